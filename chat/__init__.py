@@ -1,0 +1,1 @@
+"""The chat lambda: retrieve within the distance threshold, prompt, stream the answer, keep history."""

@@ -1,0 +1,28 @@
+"""Run the chat handler in the local Lambda runtime: ``python -m chat``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chat.handler import handler, warm
+from chat.settings import Settings
+from shared.lambda_runtime import create_runtime_app
+from shared.logs import configure_logging
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    app = create_runtime_app(
+        handler,
+        function_name=settings.function_name,
+        timeout_s=settings.timeout_s,
+        max_concurrency=settings.max_concurrency,
+        region=settings.aws_region,
+        on_startup=warm,
+    )
+    web.run_app(app, host=settings.host, port=settings.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Lambda entry point: ``chat.handler.handler`` (the image CMD on AWS and in compose).
+
+Also the ``$default`` route: whatever the gateway cannot route lands here and gets a typed error.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from chat.service import ChatService
+from chat.settings import Settings
+from shared.aws_clients import client_config, make_client
+from shared.bedrock import ChatModel, Embedder
+from shared.connections import Connections
+from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
+from shared.vector_store import VectorStore
+from shared.ws_lambda import Emit, WebSocketLambda
+
+
+def build_service(settings: Settings) -> ChatService:
+    def bedrock(endpoint: str | None) -> Any:
+        return make_client(
+            "bedrock-runtime",
+            endpoint_url=endpoint,
+            region=settings.aws_region,
+            config=client_config(read_timeout=settings.upstream_timeout_s),
+        )
+
+    return ChatService(
+        embedder=Embedder(
+            bedrock(settings.embedding_endpoint_url),
+            settings.embedding_model_id,
+            body_format=settings.embedding_format,
+            batch_size=settings.embedding_batch_size,
+            concurrency=settings.embedding_concurrency,
+        ),
+        store=VectorStore(
+            settings.lancedb_uri,
+            dimension=settings.embedding_dimension,
+            model_id=settings.embedding_model_id,
+            storage_options=settings.storage_options(),
+        ),
+        llm=ChatModel(
+            bedrock(settings.llm_endpoint_url),
+            settings.llm_model_id,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+        ),
+        top_k=settings.top_k,
+        max_distance=settings.max_distance,
+        excerpt_chars=settings.excerpt_chars,
+        history_token_budget=settings.history_token_budget,
+        token_flush_ms=settings.token_flush_ms,
+    )
+
+
+def build_lambda(settings: Settings, service: ChatService | None = None) -> WebSocketLambda:
+    service = service or build_service(settings)
+
+    def search(req: SearchRequest, emit: Emit) -> None:
+        emit(service.search(req))
+
+    def history(req: HistoryRequest, emit: Emit) -> None:
+        emit(service.history(req))
+
+    def chat(req: ChatRequest, emit: Emit) -> None:
+        service.chat(req, emit)
+
+    connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
+    return WebSocketLambda(connections, {"chat": chat, "search": search, "history": history})
+
+
+@cache
+def _lambda() -> WebSocketLambda:
+    settings = Settings()
+    service = build_service(settings)
+    service.store.chunks()
+    service.store.messages()
+    return build_lambda(settings, service)
+
+
+def warm() -> None:
+    _lambda()
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return _lambda()(event, context)

@@ -1,0 +1,54 @@
+"""Chat lambda settings: the shared RAG_* fields plus retrieval, generation and its local runtime."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import RagSettings
+
+
+class Settings(RagSettings):
+    # -- local runtime (ignored on AWS, where Lambda hosts the handler)
+    host: str = Field("127.0.0.1", validation_alias="CHAT_HOST", description="Local runtime bind address.")
+    port: int = Field(9002, validation_alias="CHAT_PORT", description="Local runtime port (Invoke API).")
+    function_name: str = Field("chat", validation_alias="CHAT_FUNCTION_NAME", description="Function name.")
+    timeout_s: float = Field(
+        300.0, gt=0, validation_alias="CHAT_TIMEOUT_S", description="Invocation timeout, as Lambda's Timeout."
+    )
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        validation_alias="CHAT_MAX_CONCURRENCY",
+        description="Concurrent invocations (reserved concurrency).",
+    )
+    log_level: str = Field("INFO", validation_alias="CHAT_LOG_LEVEL", description="Log level.")
+
+    # -- retrieval
+    top_k: int = Field(5, ge=1, le=50, description="Passages retrieved per question before the threshold.")
+    max_distance: float = Field(
+        1.2,
+        ge=0.0,
+        le=2.0,
+        description="Keep matches with cosine distance <= this (0 identical .. 2 opposite).",
+    )
+    excerpt_chars: int = Field(300, ge=20, description="Length of the excerpt shown with each source.")
+
+    # -- generation
+    llm_endpoint_url: str | None = Field(
+        None, description="Bedrock Runtime endpoint for Converse (the local LLM service); unset = AWS."
+    )
+    llm_model_id: str = Field(
+        "local-llm", description="Model id for ConverseStream (any Bedrock model id on AWS)."
+    )
+    max_tokens: int = Field(512, ge=1, le=8192, description="Answer length limit in tokens.")
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
+    history_token_budget: int = Field(
+        1024,
+        ge=0,
+        description="Earlier turns of the conversation put in the prompt, newest first, up to this many tokens.",
+    )
+    token_flush_ms: float = Field(
+        0.0,
+        ge=0.0,
+        description="Coalesce tokens for this long before posting them (0 = one message per token).",
+    )

@@ -1,0 +1,1 @@
+"""The ingestion lambda: documents -> chunks -> embeddings -> LanceDB (+ raw copy in the object store)."""

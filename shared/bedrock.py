@@ -1,0 +1,161 @@
+"""Bedrock Runtime adapters: embeddings (InvokeModel) and chat (ConverseStream).
+
+The same code talks to the local embedding/LLM services or to Amazon Bedrock; only the client's
+endpoint URL and the model ids differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+
+from shared.errors import RagError, Throttled, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+EmbeddingFormat = Literal["cohere", "titan"]
+
+
+def upstream_error(service: str, exc: Exception) -> RagError:
+    """Map a botocore failure to a client-safe typed error (details go to the log only)."""
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return UpstreamTimeout(f"the {service} service did not answer in time")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException"):
+            return Throttled(f"the {service} service is busy; retry shortly")
+        if code == "ModelTimeoutException":
+            return UpstreamTimeout(f"the {service} model timed out")
+    return UpstreamUnavailable(f"the {service} service is unavailable")
+
+
+class Embedder:
+    """Text -> vectors through bedrock-runtime InvokeModel.
+
+    ``cohere`` sends batches (``{texts, input_type}``); ``titan`` embeds one text per call
+    (``{inputText, dimensions, normalize}``), fanned out with bounded concurrency.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        model_id: str,
+        *,
+        body_format: EmbeddingFormat = "cohere",
+        batch_size: int = 64,
+        dimensions: int | None = None,
+        concurrency: int = 4,
+    ) -> None:
+        self.client = client
+        self.model_id = model_id
+        self.body_format = body_format
+        self.batch_size = batch_size
+        self.dimensions = dimensions
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
+
+    def _invoke(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = self.client.invoke_model(
+                modelId=self.model_id,
+                body=json.dumps(body),
+                contentType="application/json",
+                accept="application/json",
+            )
+            result: dict[str, Any] = json.loads(resp["body"].read())
+            return result
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("embedding call failed: %s", exc)
+            raise upstream_error("embedding", exc) from exc
+
+    def _titan(self, text: str) -> list[float]:
+        body: dict[str, Any] = {"inputText": text, "normalize": True}
+        if self.dimensions:
+            body["dimensions"] = self.dimensions
+        vec: list[float] = self._invoke(body)["embedding"]
+        return vec
+
+    def _cohere(self, texts: Sequence[str], input_type: str) -> list[list[float]]:
+        vecs: list[list[float]] = self._invoke({"texts": list(texts), "input_type": input_type})["embeddings"]
+        return vecs
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        if self.body_format == "titan":
+            return list(self._pool.map(self._titan, texts))
+        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        out: list[list[float]] = []
+        for vecs in self._pool.map(lambda b: self._cohere(b, "search_document"), batches):
+            out.extend(vecs)
+        return out
+
+    def embed_query(self, text: str) -> list[float]:
+        if self.body_format == "titan":
+            return self._titan(text)
+        return self._cohere([text], "search_query")[0]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamDone:
+    stop_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+ChatEvent = TextDelta | StreamDone
+
+
+class ChatModel:
+    """Streams an answer through bedrock-runtime ConverseStream."""
+
+    def __init__(
+        self, client: Any, model_id: str, *, max_tokens: int = 512, temperature: float = 0.2
+    ) -> None:
+        self.client = client
+        self.model_id = model_id
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+
+    def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Iterator[ChatEvent]:
+        """Yield TextDelta per token and one StreamDone. Closing the generator closes the HTTP stream,
+        which stops generation on the server."""
+        try:
+            resp = self.client.converse_stream(
+                modelId=self.model_id,
+                system=[{"text": system}],
+                messages=[{"role": m["role"], "content": [{"text": m["content"]}]} for m in messages],
+                inferenceConfig={"maxTokens": self.max_tokens, "temperature": self.temperature},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("converse_stream failed: %s", exc)
+            raise upstream_error("LLM", exc) from exc
+        stream = resp["stream"]
+        stop_reason = "end_turn"
+        usage: dict[str, int] = {}
+        try:
+            for event in stream:
+                if "contentBlockDelta" in event:
+                    text = event["contentBlockDelta"]["delta"].get("text", "")
+                    if text:
+                        yield TextDelta(text)
+                elif "messageStop" in event:
+                    stop_reason = event["messageStop"].get("stopReason", stop_reason)
+                elif "metadata" in event:
+                    usage = event["metadata"].get("usage", {})
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("converse_stream broke off: %s", exc)
+            raise upstream_error("LLM", exc) from exc
+        finally:
+            stream.close()
+        yield StreamDone(stop_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))

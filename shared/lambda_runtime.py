@@ -1,0 +1,144 @@
+"""A small local Lambda runtime: serves the Lambda Invoke API for one handler(event, context).
+
+``POST /2015-03-31/functions/{name}/invocations`` is the path of AWS's Invoke API and of the Lambda
+Runtime Interface Emulator, so the gateway, boto3's ``lambda`` client and the AWS base image all
+speak to it the same way. Behaviour copied from Lambda:
+
+- a handler exception answers 200 with ``X-Amz-Function-Error: Unhandled`` and
+  ``{errorMessage, errorType, stackTrace}`` (the caller decides what to show; the gateway shows none);
+- a run past the timeout answers ``Sandbox.Timedout`` the same way;
+- more concurrent invocations than the reserved concurrency answer 429 TooManyRequestsException;
+- ``X-Amz-Invocation-Type: Event`` answers 202 at once and runs in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from shared.aws_http import aws_error_response
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], Any], Any]
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+
+
+class LambdaContext:
+    """The attributes of AWS's Python LambdaContext that handlers commonly use."""
+
+    def __init__(self, function_name: str, timeout_s: float, memory_mb: int, region: str) -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{region}:000000000000:function:{function_name}"
+        self.memory_limit_in_mb = memory_mb
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _function_error(error_type: str, message: str, stack: list[str] | None = None) -> web.Response:
+    body = {"errorMessage": message, "errorType": error_type, "requestId": "", "stackTrace": stack or []}
+    return web.json_response(
+        body, headers={"X-Amz-Function-Error": "Unhandled", "X-Amz-Executed-Version": "$LATEST"}
+    )
+
+
+RUNTIME_STATE: web.AppKey[dict[str, Any]] = web.AppKey("runtime_state", dict)
+
+
+def create_runtime_app(
+    handler: Handler,
+    *,
+    function_name: str,
+    timeout_s: float = 300.0,
+    max_concurrency: int = 4,
+    memory_mb: int = 1024,
+    region: str = "us-east-1",
+    on_startup: Callable[[], None] | None = None,
+) -> web.Application:
+    """An aiohttp app hosting `handler`. `on_startup` runs once (the cold start: load clients)."""
+    app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
+    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=function_name)
+    state: dict[str, Any] = {"busy": 0, "invocations": 0, "errors": 0, "timeouts": 0, "throttles": 0}
+    app[RUNTIME_STATE] = state
+
+    async def cold_start(_: web.Application) -> Any:
+        if on_startup is not None:
+            await asyncio.get_running_loop().run_in_executor(pool, on_startup)
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(cold_start)
+
+    def run(event: dict[str, Any], context: LambdaContext) -> Any:
+        try:
+            return handler(event, context)
+        finally:
+            state["busy"] -= 1
+
+    async def invoke(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            event = json.loads(raw) if raw else {}
+        except ValueError:
+            return aws_error_response(
+                400, "InvalidRequestContentException", "Could not parse request body into json"
+            )
+        if state["busy"] >= max_concurrency:
+            state["throttles"] += 1
+            return aws_error_response(429, "TooManyRequestsException", "Rate Exceeded.")
+        invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        if invocation_type == "DryRun":
+            return web.Response(status=204)
+        state["busy"] += 1
+        state["invocations"] += 1
+        context = LambdaContext(function_name, timeout_s, memory_mb, region)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(pool, run, event, context)
+        if invocation_type == "Event":
+            future.add_done_callback(_log_async_failure)
+            return web.Response(status=202)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            state["timeouts"] += 1
+            log.error(
+                "%s: task timed out after %.2f seconds (request %s)",
+                function_name,
+                timeout_s,
+                context.aws_request_id,
+            )
+            return _function_error("Sandbox.Timedout", f"Task timed out after {timeout_s:.2f} seconds")
+        except Exception as exc:
+            state["errors"] += 1
+            log.exception("%s: unhandled error (request %s)", function_name, context.aws_request_id)
+            return _function_error(type(exc).__name__, str(exc), traceback.format_tb(exc.__traceback__))
+        return web.json_response(
+            result, dumps=lambda o: json.dumps(o, default=str), headers={"X-Amz-Executed-Version": "$LATEST"}
+        )
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "function": function_name, **state})
+
+    app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
+    app.router.add_get("/health", health)
+    return app
+
+
+def _log_async_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("asynchronous invocation failed", exc_info=fut.exception())

@@ -1,0 +1,256 @@
+"""The client <-> gateway wire protocol, defined once.
+
+Every message is a JSON object. Client requests carry an ``action`` (API Gateway's route selection
+expression is ``$request.body.action``) and an optional ``request_id`` that every reply echoes.
+Server messages carry a ``type``.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+# API Gateway's WebSocket frame limit.
+MAX_MESSAGE_BYTES = 128 * 1024
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes. Clients branch on these; the message text may change."""
+
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_ACTION = "unknown_action"
+    INVALID_REQUEST = "invalid_request"
+    EMPTY_MESSAGE = "empty_message"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    EMPTY_DOCUMENT = "empty_document"
+    DOCUMENT_TOO_LARGE = "document_too_large"
+    DOCUMENT_NOT_FOUND = "document_not_found"
+    UNKNOWN_CONVERSATION = "unknown_conversation"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    THROTTLED = "throttled"
+    FUNCTION_ERROR = "function_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+RequestId = Annotated[str | None, Field(default=None, max_length=128, description="Echoed in every reply.")]
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class Document(_Msg):
+    id: str = Field(min_length=1, max_length=256, description="Stable document id; re-ingesting replaces it.")
+    title: str = Field(default="", max_length=1024)
+    text: str = Field(description="The document's text (non-empty).")
+    date: str | None = Field(default=None, max_length=64, description="Optional date, e.g. 2025-01-31.")
+    source: str | None = Field(default=None, max_length=1024, description="Where it came from (path, URL).")
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id_chars(cls, v: str) -> str:
+        if any(c in v for c in "\x00\n\r#/\\") or v != v.strip():
+            raise ValueError("document id must not contain '#', '/', '\\', control characters or padding")
+        return v
+
+
+class IngestRequest(_Msg):
+    action: Literal["ingest"]
+    request_id: RequestId
+    document: Document
+
+
+class DeleteDocumentRequest(_Msg):
+    action: Literal["delete_document"]
+    request_id: RequestId
+    doc_id: str = Field(min_length=1, max_length=256)
+
+
+class ChatRequest(_Msg):
+    action: Literal["chat"]
+    request_id: RequestId
+    question: str = Field(min_length=1, max_length=16_000)
+    conversation_id: str | None = Field(
+        default=None, max_length=128, description="Continue this conversation; omit to start one."
+    )
+    top_k: int | None = Field(default=None, ge=1, le=50)
+    max_distance: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class SearchRequest(_Msg):
+    action: Literal["search"]
+    request_id: RequestId
+    query: str = Field(min_length=1, max_length=16_000)
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    max_distance: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class HistoryRequest(_Msg):
+    action: Literal["history"]
+    request_id: RequestId
+    conversation_id: str = Field(min_length=1, max_length=128)
+
+
+ClientRequest = Annotated[
+    IngestRequest | DeleteDocumentRequest | ChatRequest | SearchRequest | HistoryRequest,
+    Field(discriminator="action"),
+]
+CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
+ACTIONS: tuple[str, ...] = ("ingest", "delete_document", "chat", "search", "history")
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+class Source(BaseModel):
+    """One retrieved passage that survived the distance threshold."""
+
+    n: int = Field(description="Citation number as used in the prompt: [1], [2], ...")
+    doc_id: str
+    title: str
+    chunk: int = Field(description="Chunk index within the document.")
+    distance: float = Field(description="Cosine distance, 0 (same direction) to 2 (opposite).")
+    excerpt: str
+    date: str | None = None
+    source: str | None = None
+
+
+# Which system prompt answered: built from retrieved passages, or the one for "nothing relevant found".
+PromptKind = Literal["context", "no_context"]
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class IngestResult(BaseModel):
+    type: Literal["ingest_result"] = "ingest_result"
+    request_id: str | None
+    doc_id: str
+    chunks: int
+    replaced_chunks: int = Field(description="Chunks of an earlier version that this one replaced.")
+    tokens: int
+    timings_ms: dict[str, float]
+
+
+class DocumentDeleted(BaseModel):
+    type: Literal["document_deleted"] = "document_deleted"
+    request_id: str | None
+    doc_id: str
+    chunks_deleted: int
+
+
+class SearchResult(BaseModel):
+    type: Literal["search_result"] = "search_result"
+    request_id: str | None
+    query: str
+    max_distance: float
+    results: list[Source]
+
+
+class StreamStart(BaseModel):
+    type: Literal["stream_start"] = "stream_start"
+    request_id: str | None
+    conversation_id: str
+    sources: list[Source]
+
+
+class Token(BaseModel):
+    type: Literal["token"] = "token"
+    request_id: str | None
+    index: int
+    text: str
+
+
+class StreamEnd(BaseModel):
+    type: Literal["stream_end"] = "stream_end"
+    request_id: str | None
+    conversation_id: str
+    answer: str
+    sources: list[Source]
+    usage: Usage
+    stop_reason: str
+    prompt: PromptKind
+    timings_ms: dict[str, float]
+
+
+class HistoryMessage(BaseModel):
+    id: str
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: str
+    sources: list[Source] = Field(default_factory=list, description="RAG context of an assistant message.")
+    max_distance: float | None = None
+    prompt: PromptKind | None = None
+
+
+class History(BaseModel):
+    type: Literal["history"] = "history"
+    request_id: str | None
+    conversation_id: str
+    messages: list[HistoryMessage]
+
+
+class ErrorMessage(BaseModel):
+    type: Literal["error"] = "error"
+    request_id: str | None
+    code: ErrorCode
+    message: str
+
+
+ServerMessage = Annotated[
+    IngestResult | DocumentDeleted | SearchResult | StreamStart | Token | StreamEnd | History | ErrorMessage,
+    Field(discriminator="type"),
+]
+SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def request_id_of(raw: bytes) -> str | None:
+    """Best-effort request id from a body that may not validate, so errors can echo it."""
+    data = _json_object(raw)
+    rid = data.get("request_id") if data is not None else None
+    return rid if isinstance(rid, str) and len(rid) <= 128 else None
+
+
+def action_of(raw: bytes) -> str | None:
+    """The value of $request.body.action, or None when the body has none (-> the $default route)."""
+    data = _json_object(raw)
+    action = data.get("action") if data is not None else None
+    return action if isinstance(action, str) else None
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode("utf-8")
+
+
+def error(code: ErrorCode, message: str, request_id: str | None = None) -> ErrorMessage:
+    return ErrorMessage(request_id=request_id, code=code, message=message)
+
+
+def describe_validation_error(errors: list[Any]) -> str:
+    """A client-safe, one-line summary of pydantic errors (field paths and reasons, no input echo)."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("function-after",)) or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more

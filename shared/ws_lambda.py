@@ -1,0 +1,120 @@
+"""The edge of both lambdas: parse an API Gateway WebSocket event, route it, reply or report.
+
+Everything a client can get wrong ends here as an ``error`` message with a stable code; anything
+unexpected is logged with context and reported as ``internal_error`` without its text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from shared.connections import ConnectionGone, Connections
+from shared.errors import RagError
+from shared.events import WebSocketEvent
+from shared.protocol import (
+    ACTIONS,
+    CLIENT_REQUEST,
+    ClientRequest,
+    ErrorCode,
+    describe_validation_error,
+    error,
+    request_id_of,
+)
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[BaseModel], None]
+RouteHandler = Callable[[Any, Emit], None]
+
+
+def parse_request(event: WebSocketEvent) -> ClientRequest:
+    """The client's message as a typed request, or a RagError saying what is wrong with it."""
+    raw = event.body_bytes()
+    if not raw.strip():
+        raise RagError("the message is empty", ErrorCode.EMPTY_MESSAGE)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RagError("the message is not valid UTF-8", ErrorCode.INVALID_UTF8) from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise RagError("the message is not valid JSON", ErrorCode.MALFORMED_JSON) from None
+    if not isinstance(data, dict):
+        raise RagError("the message must be a JSON object", ErrorCode.MALFORMED_JSON)
+    action = data.get("action")
+    if action not in ACTIONS:
+        shown = action if isinstance(action, str) and len(action) <= 64 else None
+        raise RagError(
+            f"unknown action {shown!r}; expected one of: {', '.join(ACTIONS)}"
+            if shown is not None
+            else f"missing or invalid 'action'; expected one of: {', '.join(ACTIONS)}",
+            ErrorCode.UNKNOWN_ACTION,
+        )
+    try:
+        return CLIENT_REQUEST.validate_python(data)
+    except ValidationError as exc:
+        raise RagError(
+            f"invalid {action} request: {describe_validation_error(exc.errors())}", ErrorCode.INVALID_REQUEST
+        ) from None
+
+
+class WebSocketLambda:
+    """handler(event, context) for a set of actions; $connect/$disconnect are accepted as is."""
+
+    def __init__(self, connections: Connections, routes: dict[str, RouteHandler]) -> None:
+        self.connections = connections
+        self.routes = routes
+
+    def __call__(self, event_dict: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            event = WebSocketEvent.model_validate(event_dict)
+        except ValidationError:
+            log.error("not an API Gateway WebSocket event: keys %s", sorted(event_dict)[:10])
+            return {"statusCode": 400, "body": "Bad event"}
+        ctx = event.request_context
+        if ctx.event_type != "MESSAGE":
+            log.info("%s %s", ctx.route_key, ctx.connection_id)
+            return {"statusCode": 200}
+
+        def emit(message: BaseModel) -> None:
+            self.connections.post(event, message)
+
+        request_id = request_id_of(event.body_bytes())
+        try:
+            request = parse_request(event)
+            route = self.routes.get(request.action)
+            if route is None:
+                raise RagError(
+                    f"action {request.action!r} is not served by this function", ErrorCode.UNKNOWN_ACTION
+                )
+            route(request, emit)
+        except ConnectionGone:
+            log.info("connection %s gone; dropping its reply", ctx.connection_id)
+            return {"statusCode": 410}
+        except RagError as exc:
+            self._report(emit, error(exc.code, exc.message, request_id), ctx.connection_id)
+        except Exception:
+            log.exception(
+                "route %s failed (connection %s, request %s)", ctx.route_key, ctx.connection_id, request_id
+            )
+            self._report(
+                emit,
+                error(ErrorCode.INTERNAL_ERROR, "internal error; see the service log", request_id),
+                ctx.connection_id,
+            )
+        return {"statusCode": 200}
+
+    @staticmethod
+    def _report(emit: Emit, message: BaseModel, connection_id: str) -> None:
+        try:
+            emit(message)
+        except ConnectionGone:
+            log.info("connection %s gone before its error could be sent", connection_id)
+        except Exception:
+            log.exception("could not send an error to connection %s", connection_id)
