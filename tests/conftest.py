@@ -1,0 +1,122 @@
+"""Shared fixtures: the tiny real GGUF, a moto S3 server, and the whole five-service stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from shared.stack import Stack, StackConfig, free_port, plan, wait_healthy
+from tests.gguf_factory import write_tiny_llama_gguf
+
+TIMEOUT_FACTOR = float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone S3 server on 127.0.0.1 (compose runs real MinIO instead)."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(f"{url}/moto-api/", proc, timeout=60 * TIMEOUT_FACTOR)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture(scope="session")
+def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+    """Start the five services as real processes on ephemeral ports; all are stopped at session end."""
+    stacks: list[Stack] = []
+
+    def start(name: str, *, s3_endpoint: str | None = None, **env: str) -> Stack:
+        data = tmp_path_factory.mktemp(f"stack-{name}")
+        cfg = StackConfig(
+            llm_model_path=tiny_gguf,
+            data_dir=data,
+            gateway_port=free_port(),
+            embedding_port=free_port(),
+            llm_port=free_port(),
+            ingestion_port=free_port(),
+            chat_port=free_port(),
+            s3_endpoint_url=s3_endpoint,
+            extra_env={**(S3_ENV if s3_endpoint else {}), **env},
+        )
+        if s3_endpoint:
+            bucket = f"rag-{name}".lower().replace("_", "-")
+            s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+            cfg.lancedb_uri = f"s3://{bucket}/lancedb"
+            cfg.documents_uri = f"s3://{bucket}/documents"
+        stack = Stack(plan(cfg), cfg)
+        stack.start(ARTIFACTS / "logs" / name, timeout=240 * TIMEOUT_FACTOR)
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for s in stacks:
+        s.stop()
+
+
+class WsClient:
+    """A test client over a real WebSocket: send requests, collect replies by request id."""
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        self._cm = connect(url, open_timeout=10, max_size=2**22)
+        self.ws: ClientConnection = self._cm.__enter__()
+        self.timeout = timeout * TIMEOUT_FACTOR
+
+    def send(self, message: dict[str, Any] | str | bytes) -> None:
+        self.ws.send(json.dumps(message) if isinstance(message, dict) else message)
+
+    def recv(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.ws.recv(timeout=self.timeout))
+        return data
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send and return the first reply (for request/response actions)."""
+        self.send(message)
+        return self.recv()
+
+    def chat(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send a chat request; return every reply up to stream_end or error."""
+        self.send(message)
+        replies = []
+        while True:
+            reply = self.recv()
+            replies.append(reply)
+            if reply["type"] in ("stream_end", "error"):
+                return replies
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
