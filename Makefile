@@ -1,0 +1,71 @@
+# localrag: the two commands are `make up` (run) and `make test` (install + lint + type-check + tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# llama-cpp-python is source-only on PyPI: its wheel is built once (5-10 min on 2 cores) and cached here.
+WHEEL_CACHE ?= .cache/wheels
+LLAMA_CPP_VERSION ?= 0.3.36
+STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= lambdas,embedding,llm,cli,dev
+
+.PHONY: help install up model test lint typecheck pytest system-deps llama-wheel clean
+
+help:
+	@echo "make up      - install (first time), fetch the LLM model if needed, start the five services"
+	@echo "make test    - install everything, then ruff, mypy and the whole pytest suite"
+	@echo "make model   - only fetch the default LLM GGUF (or check LLM_MODEL_PATH)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+llama-wheel: | $(PY)
+	@if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		mkdir -p $(WHEEL_CACHE); \
+		echo ">> building llama-cpp-python $(LLAMA_CPP_VERSION) once (5-10 min); cached in $(WHEEL_CACHE)"; \
+		CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PIP) wheel --no-deps -w $(WHEEL_CACHE) \
+			llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
+
+# torch first, pinned: unpinned, sentence-transformers would pull the multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(MAKE) --no-print-directory llama-wheel
+	$(PIP) install -q --find-links $(WHEEL_CACHE) -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(PY) -m llm.model_fetch
+
+up: $(STAMP)
+	$(PY) -m shared.stack
+
+# Debian packages the tests need: docker-compose 1.29 validates docker-compose.yml without a daemon.
+system-deps:
+	@if ! command -v docker-compose >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo ">> installing docker-compose (apt)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+		else \
+			echo "docker-compose is missing: install it (apt-get install docker-compose) to validate docker-compose.yml"; \
+		fi; \
+	fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy shared gateway ingestion chat embedding llm
+
+pytest: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
