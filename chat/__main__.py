@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from chat.handler import handler, warm
 from chat.settings import Settings
-from shared.lambda_runtime import create_runtime_app
+from shared.lambda_runtime import create_runtime_app, serve
 from shared.logs import configure_logging
 
 
@@ -21,7 +19,7 @@ def main() -> None:
         region=settings.aws_region,
         on_startup=warm,
     )
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    serve(app, settings.host, settings.port)
 
 
 if __name__ == "__main__":

@@ -298,8 +298,10 @@ async def delete_connection(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    conns = request.app[CONNECTIONS].all()
+    # Connection ids are listed for local debugging and tests (API Gateway has no such endpoint).
     return web.json_response(
-        {"status": "ok", "connections": len(request.app[CONNECTIONS]), **request.app[STATS]}
+        {"status": "ok", "connections": len(conns), "connection_ids": [c.id for c in conns], **request.app[STATS]}
     )
 
 

@@ -142,3 +142,43 @@ def create_runtime_app(
 def _log_async_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("asynchronous invocation failed", exc_info=fut.exception())
+
+
+def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM, then exit without waiting for handler threads still running:
+    like Lambda killing a sandbox, a stuck invocation must not keep the runtime alive."""
+    import os
+    import sys
+
+    web.run_app(app, host=host, port=port, print=None)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Host any handler, as the Runtime Interface Emulator does: ``python -m shared.lambda_runtime module.func``."""
+    import argparse
+    import importlib
+
+    from shared.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m shared.lambda_runtime")
+    parser.add_argument("handler", help="module.function, as in a Lambda image's CMD")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds, as Lambda's Timeout")
+    parser.add_argument("--max-concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    configure_logging()
+    module_name, _, func_name = args.handler.rpartition(".")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    app = create_runtime_app(
+        handler, function_name=func_name, timeout_s=args.timeout, max_concurrency=args.max_concurrency
+    )
+    serve(app, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -58,9 +58,12 @@ StackFactory = Callable[..., Stack]
 @pytest.fixture(scope="session")
 def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
     """Start the five services as real processes on ephemeral ports; all are stopped at session end."""
-    stacks: list[Stack] = []
+    stacks: dict[str, Stack] = {}
 
     def start(name: str, *, s3_endpoint: str | None = None, **env: str) -> Stack:
+        """Start (or reuse: one per name per session) a stack."""
+        if name in stacks:
+            return stacks[name]
         data = tmp_path_factory.mktemp(f"stack-{name}")
         cfg = StackConfig(
             llm_model_path=tiny_gguf,
@@ -80,11 +83,11 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             cfg.documents_uri = f"s3://{bucket}/documents"
         stack = Stack(plan(cfg), cfg)
         stack.start(ARTIFACTS / "logs" / name, timeout=240 * TIMEOUT_FACTOR)
-        stacks.append(stack)
+        stacks[name] = stack
         return stack
 
     yield start
-    for s in stacks:
+    for s in stacks.values():
         s.stop()
 
 

@@ -1,0 +1,223 @@
+"""Bad input over a real WebSocket: a typed error with a stable code, the connection stays usable,
+nothing is partly written, no exception text reaches the client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.protocol import SERVER_MESSAGE
+from shared.stack import Process, Stack, free_port, wait_healthy
+from tests.conftest import ARTIFACTS, StackFactory, WsClient
+
+LEAK_MARKERS = ("Traceback", 'File "', "Error:", "hunter2", "Exception")
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack: StackFactory) -> Stack:
+    return start_stack("e2e-local", RAG_MAX_DISTANCE="0.7")
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[WsClient]:
+    c = WsClient(stack.ws_url)
+    yield c
+    c.close()
+
+
+def assert_error(reply: dict[str, Any], code: str, request_id: str | None = None) -> None:
+    SERVER_MESSAGE.validate_python(reply)
+    assert reply["type"] == "error", reply
+    assert reply["code"] == code, reply
+    assert reply["request_id"] == request_id
+    assert not any(m in reply["message"] for m in LEAK_MARKERS), reply["message"]
+
+
+def assert_still_usable(client: WsClient) -> None:
+    r = client.request({"action": "search", "request_id": "alive", "query": "anything", "max_distance": 2.0})
+    assert r["type"] == "search_result" and r["request_id"] == "alive"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{not json", "malformed_json"),
+        ("[1, 2, 3]", "malformed_json"),
+        ('"just a string"', "malformed_json"),
+        ('{"action": "dance"}', "unknown_action"),
+        ('{"question": "no action"}', "unknown_action"),
+        ('{"action": 42}', "unknown_action"),
+        ("", "empty_message"),
+        ("   ", "empty_message"),
+    ],
+)
+def test_unparseable_messages(client: WsClient, raw: str, code: str) -> None:
+    client.send(raw)
+    assert_error(client.recv(), code)
+    assert_still_usable(client)
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"action": "chat", "request_id": "r1"}, "question"),
+        ({"action": "chat", "request_id": "r1", "question": "hi", "top_k": "five"}, "top_k"),
+        ({"action": "chat", "request_id": "r1", "question": "hi", "max_distance": 3.5}, "max_distance"),
+        ({"action": "ingest", "request_id": "r1", "document": {"id": 7, "text": "x"}}, "document.id"),
+        ({"action": "ingest", "request_id": "r1", "document": {"id": "a/b", "text": "x"}}, "document.id"),
+        ({"action": "ingest", "request_id": "r1"}, "document"),
+        ({"action": "search", "request_id": "r1", "query": ""}, "query"),
+        ({"action": "history", "request_id": "r1"}, "conversation_id"),
+        ({"action": "delete_document", "request_id": "r1", "doc_id": None}, "doc_id"),
+        ({"action": "search", "request_id": "r1", "query": "q", "surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_fields_name_the_field(client: WsClient, message: dict[str, Any], field: str) -> None:
+    reply = client.request(message)
+    assert_error(reply, "invalid_request", "r1")
+    assert field in reply["message"]
+    assert_still_usable(client)
+
+
+def test_oversize_message_is_refused_and_connection_survives(client: WsClient) -> None:
+    doc = {"id": "big", "title": "Big", "text": "word " * 30_000}  # ~150 KB > 128 KB
+    client.send({"action": "ingest", "request_id": "big", "document": doc})
+    assert_error(client.recv(), "message_too_large")
+    assert_still_usable(client)
+    r = client.request({"action": "search", "request_id": "s", "query": "word", "top_k": 50, "max_distance": 2.0})
+    assert all(s["doc_id"] != "big" for s in r["results"])
+
+
+def test_invalid_utf8_binary_frame(client: WsClient) -> None:
+    client.send(b'{"action": "search", "query": "\xff\xfe\xfa"}')
+    assert_error(client.recv(), "invalid_utf8")
+    assert_still_usable(client)
+
+
+def test_valid_utf8_binary_frame_is_accepted(client: WsClient) -> None:
+    client.send(json.dumps({"action": "search", "request_id": "b", "query": "caf\u00e9"}).encode())
+    r = client.recv()
+    assert r["type"] == "search_result" and r["request_id"] == "b"
+
+
+def test_empty_document_writes_nothing(client: WsClient) -> None:
+    reply = client.request({"action": "ingest", "request_id": "e", "document": {"id": "blank", "text": " \n\t "}})
+    assert_error(reply, "empty_document", "e")
+    r = client.request({"action": "delete_document", "request_id": "d", "doc_id": "blank"})
+    assert_error(r, "document_not_found", "d")  # neither chunks nor a raw copy were written
+
+
+def test_unknown_conversation(client: WsClient) -> None:
+    replies = client.chat({"action": "chat", "request_id": "c", "conversation_id": "nope", "question": "hi"})
+    assert len(replies) == 1
+    assert_error(replies[0], "unknown_conversation", "c")
+    assert_error(
+        client.request({"action": "history", "request_id": "h", "conversation_id": "nope"}), "unknown_conversation", "h"
+    )
+    assert_still_usable(client)
+
+
+def test_concurrent_requests_on_one_connection_are_answered_by_id(client: WsClient) -> None:
+    for i in range(4):
+        client.send({"action": "search", "request_id": f"p{i}", "query": f"query {i}"})
+    ids = {client.recv()["request_id"] for _ in range(4)}
+    assert ids == {"p0", "p1", "p2", "p3"}
+
+
+# ---------------------------------------------------------------- failing lambdas
+
+
+@pytest.fixture(scope="module")
+def faulty_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway whose 'chat' function crashes and whose 'ingestion' function times out."""
+    log_dir = ARTIFACTS / "logs" / "faulty"
+    crash_port, slow_port = free_port(), free_port()
+    procs = []
+    for name, port, args in (
+        ("crash", crash_port, ["tests.faulty_handlers.crash"]),
+        ("slow", slow_port, ["tests.faulty_handlers.slow", "--timeout", "1"]),
+    ):
+        log = (log_dir / f"{name}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "shared.lambda_runtime", *args, "--port", str(port)],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(p)
+        wait_healthy(f"http://127.0.0.1:{port}/health", p, timeout=60)
+    gw_port = free_port()
+    gateway = Process(
+        "gateway",
+        "gateway",
+        gw_port,
+        {
+            "GATEWAY_PORT": str(gw_port),
+            "GATEWAY_FUNCTIONS": json.dumps(
+                {
+                    "chat": f"http://127.0.0.1:{crash_port}/2015-03-31/functions/crash/invocations",
+                    "ingestion": f"http://127.0.0.1:{slow_port}/2015-03-31/functions/slow/invocations",
+                }
+            ),
+        },
+    )
+    gateway.start(log_dir)
+    try:
+        gateway.wait_healthy(60)
+        yield f"ws://127.0.0.1:{gw_port}/local"
+    finally:
+        gateway.stop()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+
+
+def test_crashing_lambda_becomes_a_generic_error(faulty_gateway: str) -> None:
+    c = WsClient(faulty_gateway, timeout=20)
+    try:
+        reply = c.request({"action": "search", "request_id": "x", "query": "q"})
+        assert_error(reply, "function_error", "x")
+        # The connection is still open and answers again.
+        assert_error(c.request({"action": "search", "request_id": "y", "query": "q"}), "function_error", "y")
+    finally:
+        c.close()
+
+
+def test_timed_out_lambda_becomes_a_timeout_error(faulty_gateway: str) -> None:
+    c = WsClient(faulty_gateway, timeout=20)
+    try:
+        reply = c.request({"action": "ingest", "request_id": "t", "document": {"id": "d", "text": "x"}})
+        assert_error(reply, "upstream_timeout", "t")
+    finally:
+        c.close()
+
+
+def test_unreachable_lambda_becomes_unavailable(tmp_path_factory: pytest.TempPathFactory) -> None:
+    port, dead = free_port(), free_port()
+    gateway = Process(
+        "gateway",
+        "gateway",
+        port,
+        {
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_FUNCTIONS": json.dumps(
+                {"chat": f"http://127.0.0.1:{dead}/2015-03-31/functions/chat/invocations", "ingestion": "http://x"}
+            ),
+            "GATEWAY_ROUTES": json.dumps({"search": "chat"}),  # no $connect route: connections are accepted
+        },
+    )
+    gateway.start(ARTIFACTS / "logs" / "unreachable")
+    try:
+        gateway.wait_healthy(60)
+        c = WsClient(f"ws://127.0.0.1:{port}/local", timeout=20)
+        try:
+            assert_error(c.request({"action": "search", "request_id": "u", "query": "q"}), "upstream_unavailable", "u")
+        finally:
+            c.close()
+    finally:
+        gateway.stop()
