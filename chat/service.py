@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from contextlib import closing
 from dataclasses import dataclass
 
 from chat.prompts import Turn, approx_tokens, build_system_prompt, excerpt, fit_history
@@ -84,9 +83,7 @@ class ChatService:
 
     def search(self, req: SearchRequest) -> SearchResult:
         r = self.retrieve(req.query, req.top_k, req.max_distance)
-        return SearchResult(
-            request_id=req.request_id, query=req.query, max_distance=r.max_distance, results=r.sources
-        )
+        return SearchResult(request_id=req.request_id, query=req.query, max_distance=r.max_distance, results=r.sources)
 
     # ------------------------------------------------------------------ chat
 
@@ -102,15 +99,11 @@ class ChatService:
         retrieval = self.retrieve(req.question, req.top_k, req.max_distance)
         system = build_system_prompt(retrieval.sources, retrieval.passages)
         prompt_kind = "context" if retrieval.sources else "no_context"
-        history = fit_history(
-            [Turn(m.role, m.content) for m in prior], self.history_token_budget, approx_tokens
-        )
+        history = fit_history([Turn(m.role, m.content) for m in prior], self.history_token_budget, approx_tokens)
         messages = [{"role": t.role, "content": t.content} for t in history]
         messages.append({"role": "user", "content": req.question})
 
-        emit(
-            StreamStart(request_id=req.request_id, conversation_id=conversation_id, sources=retrieval.sources)
-        )
+        emit(StreamStart(request_id=req.request_id, conversation_id=conversation_id, sources=retrieval.sources))
         t_llm = time.perf_counter()
         parts: list[str] = []
         pending: list[str] = []
@@ -126,9 +119,10 @@ class ChatService:
                 index += 1
                 pending = []
 
-        # closing(): if the client is gone (emit raises), the HTTP stream to the LLM is closed and
-        # the LLM service stops generating.
-        with closing(self.llm.stream(system, messages)) as events:
+        # If the client is gone (emit raises), close() closes the HTTP stream to the LLM and the LLM
+        # service stops generating.
+        events = self.llm.stream(system, messages)
+        try:
             for ev in events:
                 if isinstance(ev, TextDelta):
                     if first_token_ms is None:
@@ -142,6 +136,8 @@ class ChatService:
                 else:
                     done = ev
             flush()
+        finally:
+            events.close()
         answer = "".join(parts)
 
         now_iso = _now_iso()

@@ -37,9 +37,7 @@ class Settings(RagSettings):
     llm_endpoint_url: str | None = Field(
         None, description="Bedrock Runtime endpoint for Converse (the local LLM service); unset = AWS."
     )
-    llm_model_id: str = Field(
-        "local-llm", description="Model id for ConverseStream (any Bedrock model id on AWS)."
-    )
+    llm_model_id: str = Field("local-llm", description="Model id for ConverseStream (any Bedrock model id on AWS).")
     max_tokens: int = Field(512, ge=1, le=8192, description="Answer length limit in tokens.")
     temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
     history_token_budget: int = Field(

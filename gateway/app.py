@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +32,15 @@ log = logging.getLogger(__name__)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 CONNECTIONS: web.AppKey[ConnectionTable] = web.AppKey("connections", ConnectionTable)
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
-STATS: web.AppKey[dict[str, int]] = web.AppKey("stats", dict)
+
+
+@dataclass
+class Stats:
+    invocations: int = 0
+    posts: int = 0
+
+
+STATS = web.AppKey("stats", Stats)
 
 
 class InvokeFailed(Exception):
@@ -55,7 +64,7 @@ async def invoke(app: web.Application, route_key: str, event: dict[str, Any]) ->
         log.error("route %s names function %s, which has no invoke URL", route_key, function)
         raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, "this route is not configured")
     timeout = aiohttp.ClientTimeout(total=settings.integration_timeout_s, connect=5)
-    app[STATS]["invocations"] += 1
+    app[STATS].invocations += 1
     try:
         async with app[HTTP].post(url, json=event, timeout=timeout) as resp:
             body = await resp.read()
@@ -231,9 +240,7 @@ async def _on_message(app: web.Application, conn: Connection, data: bytes, binar
     route_key = action if action is not None and action in settings.routes else "$default"
     conn.inflight += 1
     try:
-        result = await invoke(
-            app, route_key, _event(app, conn, route_key, "MESSAGE", body=data, binary=binary)
-        )
+        result = await invoke(app, route_key, _event(app, conn, route_key, "MESSAGE", body=data, binary=binary))
         # A two-way route: the integration's response body goes back to the client.
         if result is not None and result.get("body") and not conn.ws.closed:
             body = result["body"]
@@ -266,7 +273,7 @@ async def post_to_connection(request: web.Request) -> web.Response:
         await conn.send(data)
     except (ConnectionResetError, RuntimeError, aiohttp.ClientConnectionResetError):
         return _gone(cid)
-    request.app[STATS]["posts"] += 1
+    request.app[STATS].posts += 1
     return web.Response(status=200)
 
 
@@ -300,9 +307,9 @@ async def delete_connection(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     conns = request.app[CONNECTIONS].all()
     # Connection ids are listed for local debugging and tests (API Gateway has no such endpoint).
-    return web.json_response(
-        {"status": "ok", "connections": len(conns), "connection_ids": [c.id for c in conns], **request.app[STATS]}
-    )
+    body: dict[str, object] = {"status": "ok", "connections": len(conns), "connection_ids": [c.id for c in conns]}
+    body.update(asdict(request.app[STATS]))
+    return web.json_response(body)
 
 
 # ---------------------------------------------------------------------- app factory
@@ -312,7 +319,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.hard_max_message_bytes)
     app[SETTINGS] = settings
     app[CONNECTIONS] = ConnectionTable()
-    app[STATS] = {"invocations": 0, "posts": 0}
+    app[STATS] = Stats()
 
     async def http_client(app: web.Application) -> Any:
         connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=60)

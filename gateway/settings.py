@@ -43,18 +43,14 @@ class Settings(BaseSettings):
         description="Route key -> function name, as JSON. The route key is the body's 'action' "
         "(route selection expression $request.body.action); unmatched messages take $default.",
     )
-    max_message_bytes: int = Field(
-        MAX_MESSAGE_BYTES, ge=1, description="Largest client message (API Gateway: 128 KB)."
-    )
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1, description="Largest client message (API Gateway: 128 KB).")
     hard_max_message_bytes: int = Field(
         4 * MAX_MESSAGE_BYTES,
         ge=1,
         description="Frames above this are refused by the WebSocket layer (close 1009); between the two limits "
         "the client gets a message_too_large error and stays connected.",
     )
-    idle_timeout_s: float = Field(
-        600.0, gt=0, description="Close a connection idle this long (API Gateway: 10 min)."
-    )
+    idle_timeout_s: float = Field(600.0, gt=0, description="Close a connection idle this long (API Gateway: 10 min).")
     integration_timeout_s: float = Field(
         300.0, gt=0, description="Wait this long for a lambda invocation (API Gateway's own cap is 29 s)."
     )

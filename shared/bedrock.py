@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,15 +119,13 @@ ChatEvent = TextDelta | StreamDone
 class ChatModel:
     """Streams an answer through bedrock-runtime ConverseStream."""
 
-    def __init__(
-        self, client: Any, model_id: str, *, max_tokens: int = 512, temperature: float = 0.2
-    ) -> None:
+    def __init__(self, client: Any, model_id: str, *, max_tokens: int = 512, temperature: float = 0.2) -> None:
         self.client = client
         self.model_id = model_id
         self.max_tokens = max_tokens
         self.temperature = temperature
 
-    def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Iterator[ChatEvent]:
+    def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Generator[ChatEvent, None, None]:
         """Yield TextDelta per token and one StreamDone. Closing the generator closes the HTTP stream,
         which stops generation on the server."""
         try:

@@ -1,6 +1,6 @@
 """Print every setting of every service as Markdown tables (the README's settings section).
 
-    python -m shared.settings_doc
+python -m shared.settings_doc
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def env_vars(cls: type[BaseSettings], *, inherited: bool = True) -> Iterator[tup
 
 def settings_class(module: str) -> type[BaseSettings]:
     mod = importlib.import_module(module)
-    cls = getattr(mod, "Settings", None) or getattr(mod, "RagSettings")
+    cls = getattr(mod, "Settings", None) or mod.RagSettings
     assert isinstance(cls, type) and issubclass(cls, BaseSettings)
     return cls
 

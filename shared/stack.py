@@ -139,7 +139,11 @@ def plan(cfg: StackConfig) -> list[Process]:
     extra = dict(cfg.extra_env)
     return [
         Process(
-            "embedding", "embedding", cfg.embedding_port, {"EMBEDDING_HOST": h, "EMBEDDING_PORT": str(cfg.embedding_port), **extra}, h
+            "embedding",
+            "embedding",
+            cfg.embedding_port,
+            {"EMBEDDING_HOST": h, "EMBEDDING_PORT": str(cfg.embedding_port), **extra},
+            h,
         ),
         Process(
             "llm",
@@ -247,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping:
             dead = stack.poll()
             if dead is not None:
-                print(f"error: {dead.name} exited with code {dead.proc.returncode if dead.proc else '?'}", file=sys.stderr)
+                print(
+                    f"error: {dead.name} exited with code {dead.proc.returncode if dead.proc else '?'}", file=sys.stderr
+                )
                 return 1
             time.sleep(0.5)
     finally:

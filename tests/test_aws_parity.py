@@ -41,7 +41,11 @@ def event(name: str) -> dict[str, Any]:
 def invoke(client: Any, name: str, payload: dict[str, Any], **kw: Any) -> dict[str, Any]:
     resp = client.invoke(FunctionName=name, Payload=json.dumps(payload).encode(), **kw)
     body = resp["Payload"].read()
-    return {"status": resp["StatusCode"], "error": resp.get("FunctionError"), "body": json.loads(body) if body else None}
+    return {
+        "status": resp["StatusCode"],
+        "error": resp.get("FunctionError"),
+        "body": json.loads(body) if body else None,
+    }
 
 
 def test_lambda_invoke_with_captured_websocket_events(stack: Stack) -> None:

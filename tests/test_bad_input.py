@@ -142,7 +142,7 @@ def faulty_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ("crash", crash_port, ["tests.faulty_handlers.crash"]),
         ("slow", slow_port, ["tests.faulty_handlers.slow", "--timeout", "1"]),
     ):
-        log = (log_dir / f"{name}.log")
+        log = log_dir / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         p = subprocess.Popen(
             [sys.executable, "-m", "shared.lambda_runtime", *args, "--port", str(port)],

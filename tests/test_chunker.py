@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from shared.chunker import Chunker
@@ -29,7 +31,7 @@ def test_every_chunk_fits_and_ends_on_a_sentence(chunker: Chunker) -> None:
     for s in sentences:
         assert any(s in c.text for c in chunks)
     # Consecutive chunks overlap (the next starts before the previous ends).
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert b.start < a.end
 
 

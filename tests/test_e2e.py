@@ -88,7 +88,12 @@ def test_ingest_ask_and_history(client: WsClient) -> None:
 
     # An off-topic question: nothing survives the threshold, so the no-context prompt answers.
     replies = client.chat(
-        {"action": "chat", "request_id": "q2", "conversation_id": conversation, "question": "Who won the 1998 World Cup?"}
+        {
+            "action": "chat",
+            "request_id": "q2",
+            "conversation_id": conversation,
+            "question": "Who won the 1998 World Cup?",
+        }
     )
     end2 = replies[-1]
     assert end2["type"] == "stream_end" and end2["sources"] == [] and end2["prompt"] == "no_context"
