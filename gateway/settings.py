@@ -20,6 +20,8 @@ DEFAULT_ROUTES = {
     "chat": "chat",
     "search": "chat",
     "history": "chat",
+    "upload_url": "ingestion",
+    "ingest_object": "ingestion",
 }
 
 

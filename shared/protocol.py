@@ -32,6 +32,10 @@ class ErrorCode(StrEnum):
     UNKNOWN_CONVERSATION = "unknown_conversation"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    CORRUPT_DOCUMENT = "corrupt_document"
+    NO_TEXT_LAYER = "no_text_layer"
+    OBJECT_NOT_FOUND = "object_not_found"
     THROTTLED = "throttled"
     FUNCTION_ERROR = "function_error"
     INTERNAL_ERROR = "internal_error"
@@ -75,6 +79,30 @@ class DeleteDocumentRequest(_Msg):
     doc_id: str = Field(min_length=1, max_length=256)
 
 
+# How passages are retrieved: vectors (cosine), LanceDB's native full-text index (BM25), or both fused.
+SearchMode = Literal["vector", "fts", "hybrid"]
+
+
+class UploadUrlRequest(_Msg):
+    """Ask for a presigned PUT URL to upload a file too large for a WebSocket message."""
+
+    action: Literal["upload_url"]
+    request_id: RequestId
+    filename: str = Field(min_length=1, max_length=512, description="File name; its extension picks the parser.")
+    content_type: str = Field(default="application/octet-stream", max_length=256)
+    size: int = Field(ge=1, description="Size in bytes (checked against the document size limit).")
+
+
+class IngestObjectRequest(_Msg):
+    """Ingest a file already uploaded to the documents bucket (after upload_url)."""
+
+    action: Literal["ingest_object"]
+    request_id: RequestId
+    key: str = Field(min_length=1, max_length=1024, description="The object key upload_url returned.")
+    doc_id: str | None = Field(default=None, max_length=256, description="Defaults to the file name.")
+    title: str | None = Field(default=None, max_length=1024)
+
+
 class ChatRequest(_Msg):
     action: Literal["chat"]
     request_id: RequestId
@@ -84,6 +112,7 @@ class ChatRequest(_Msg):
     )
     top_k: int | None = Field(default=None, ge=1, le=50)
     max_distance: float | None = Field(default=None, ge=0.0, le=2.0)
+    search_mode: SearchMode | None = None
 
 
 class SearchRequest(_Msg):
@@ -92,6 +121,7 @@ class SearchRequest(_Msg):
     query: str = Field(min_length=1, max_length=16_000)
     top_k: int | None = Field(default=None, ge=1, le=100)
     max_distance: float | None = Field(default=None, ge=0.0, le=2.0)
+    search_mode: SearchMode | None = None
 
 
 class HistoryRequest(_Msg):
@@ -101,11 +131,17 @@ class HistoryRequest(_Msg):
 
 
 ClientRequest = Annotated[
-    IngestRequest | DeleteDocumentRequest | ChatRequest | SearchRequest | HistoryRequest,
+    IngestRequest
+    | DeleteDocumentRequest
+    | ChatRequest
+    | SearchRequest
+    | HistoryRequest
+    | UploadUrlRequest
+    | IngestObjectRequest,
     Field(discriminator="action"),
 ]
 CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
-ACTIONS: tuple[str, ...] = ("ingest", "delete_document", "chat", "search", "history")
+ACTIONS: tuple[str, ...] = ("ingest", "delete_document", "chat", "search", "history", "upload_url", "ingest_object")
 
 
 # ---------------------------------------------------------------- server -> client
@@ -149,6 +185,16 @@ class DocumentDeleted(BaseModel):
     request_id: str | None
     doc_id: str
     chunks_deleted: int
+
+
+class UploadUrl(BaseModel):
+    type: Literal["upload_url"] = "upload_url"
+    request_id: str | None
+    key: str
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(description="Send these headers with the PUT (Content-Type).")
+    expires_in: int
 
 
 class SearchResult(BaseModel):
@@ -210,7 +256,15 @@ class ErrorMessage(BaseModel):
 
 
 ServerMessage = Annotated[
-    IngestResult | DocumentDeleted | SearchResult | StreamStart | Token | StreamEnd | History | ErrorMessage,
+    IngestResult
+    | DocumentDeleted
+    | UploadUrl
+    | SearchResult
+    | StreamStart
+    | Token
+    | StreamEnd
+    | History
+    | ErrorMessage,
     Field(discriminator="type"),
 ]
 SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
