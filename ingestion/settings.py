@@ -9,13 +9,9 @@ from shared.settings import RagSettings
 
 class Settings(RagSettings):
     # -- local runtime (ignored on AWS, where Lambda hosts the handler)
-    host: str = Field(
-        "127.0.0.1", validation_alias="INGESTION_HOST", description="Local runtime bind address."
-    )
+    host: str = Field("127.0.0.1", validation_alias="INGESTION_HOST", description="Local runtime bind address.")
     port: int = Field(9001, validation_alias="INGESTION_PORT", description="Local runtime port (Invoke API).")
-    function_name: str = Field(
-        "ingestion", validation_alias="INGESTION_FUNCTION_NAME", description="Function name."
-    )
+    function_name: str = Field("ingestion", validation_alias="INGESTION_FUNCTION_NAME", description="Function name.")
     timeout_s: float = Field(
         300.0,
         gt=0,
@@ -37,13 +33,9 @@ class Settings(RagSettings):
         le=8192,
         description="Chunk size in the embedding model's word-pieces (MiniLM: 256 incl. 2 specials).",
     )
-    chunk_overlap_tokens: int = Field(
-        32, ge=0, description="Overlap between consecutive chunks, in word-pieces."
-    )
+    chunk_overlap_tokens: int = Field(32, ge=0, description="Overlap between consecutive chunks, in word-pieces.")
     tokenizer_path: str | None = Field(
         None,
         description="tokenizer.json used to count word-pieces; unset = the bundled all-MiniLM-L6-v2 one.",
     )
-    max_document_bytes: int = Field(
-        10 * 1024 * 1024, ge=1, description="Largest document text accepted (UTF-8 bytes)."
-    )
+    max_document_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest document text accepted (UTF-8 bytes).")

@@ -30,7 +30,7 @@ def main() -> int:
         return 1
     settings = settings.model_copy(update={"model_path": model_path})
     log.info("serving %s as model id %r on %s:%d", model_path, settings.model_id, settings.host, settings.port)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, shutdown_timeout=5)
     return 0
 
 

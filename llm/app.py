@@ -218,6 +218,11 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
             raise
         kind = _STREAM_EXCEPTIONS.get(exc.code, "modelStreamErrorException")
         await _write_quietly(resp, encode_exception(kind, exc.message))
+    except Exception:
+        if resp is None:
+            raise
+        log.exception("converse-stream failed after the response started")
+        await _write_quietly(resp, encode_exception("internalServerException", "Internal server error"))
     assert resp is not None
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
@@ -360,6 +365,11 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             status = 408 if isinstance(exc, TimeoutError) else exc.status if isinstance(exc, AwsError) else 500
             return _openai_error(status, message, code)
         await _write_quietly(resp, _sse({"error": {"message": message, "type": "server_error", "code": code}}))
+    except Exception:
+        if resp is None:
+            raise
+        log.exception("chat/completions stream failed after the response started")
+        await _write_quietly(resp, _sse({"error": {"message": "Internal server error", "type": "server_error"}}))
     assert resp is not None
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()

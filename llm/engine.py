@@ -161,7 +161,9 @@ class Engine:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         def text(token_id: int) -> str:
-            return str(self.llama._model.token_get_text(token_id)) if token_id != -1 else ""
+            if token_id == -1:
+                return ""
+            return bytes(self.llama.detokenize([token_id], special=True)).decode("utf-8", errors="replace")
 
         formatter = Jinja2ChatFormatter(
             template=template, eos_token=text(self.llama.token_eos()), bos_token=text(self.llama.token_bos())

@@ -52,9 +52,7 @@ class LambdaContext:
 
 def _function_error(error_type: str, message: str, stack: list[str] | None = None) -> web.Response:
     body = {"errorMessage": message, "errorType": error_type, "requestId": "", "stackTrace": stack or []}
-    return web.json_response(
-        body, headers={"X-Amz-Function-Error": "Unhandled", "X-Amz-Executed-Version": "$LATEST"}
-    )
+    return web.json_response(body, headers={"X-Amz-Function-Error": "Unhandled", "X-Amz-Executed-Version": "$LATEST"})
 
 
 RUNTIME_STATE: web.AppKey[dict[str, Any]] = web.AppKey("runtime_state", dict)
@@ -95,9 +93,7 @@ def create_runtime_app(
         try:
             event = json.loads(raw) if raw else {}
         except ValueError:
-            return aws_error_response(
-                400, "InvalidRequestContentException", "Could not parse request body into json"
-            )
+            return aws_error_response(400, "InvalidRequestContentException", "Could not parse request body into json")
         if state["busy"] >= max_concurrency:
             state["throttles"] += 1
             return aws_error_response(429, "TooManyRequestsException", "Rate Exceeded.")

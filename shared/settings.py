@@ -47,20 +47,14 @@ class RagSettings(BaseSettings):
         "cohere", description="Request body: 'cohere' (batches of texts) or 'titan' (one inputText per call)."
     )
     embedding_dimension: int = Field(384, ge=1, description="Vector size the model returns (MiniLM 384).")
-    embedding_batch_size: int = Field(
-        64, ge=1, le=96, description="Texts per embedding call (Cohere max 96)."
-    )
-    embedding_concurrency: int = Field(
-        4, ge=1, le=64, description="Embedding calls in flight per invocation."
-    )
+    embedding_batch_size: int = Field(64, ge=1, le=96, description="Texts per embedding call (Cohere max 96).")
+    embedding_concurrency: int = Field(4, ge=1, le=64, description="Embedding calls in flight per invocation.")
     connections_endpoint_url: str | None = Field(
         None,
         description="API Gateway Management API endpoint for replies; unset = https://{domainName}/{stage} "
         "from the event, as on AWS.",
     )
-    upstream_timeout_s: float = Field(
-        120.0, gt=0, description="Read timeout for every call to another service."
-    )
+    upstream_timeout_s: float = Field(120.0, gt=0, description="Read timeout for every call to another service.")
 
     def storage_options(self) -> dict[str, Any]:
         from shared.vector_store import storage_options_for

@@ -139,9 +139,7 @@ class VectorStore:
         self.dimension = dimension
         self.model_id = model_id
         # timedelta(0): always see other processes' writes (ingestion writes, chat reads).
-        self.db = lancedb.connect(
-            uri, read_consistency_interval=timedelta(0), storage_options=storage_options or None
-        )
+        self.db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options or None)
         self._lock = threading.Lock()
         self._chunks: Any = None
         self._messages: Any = None

@@ -90,9 +90,7 @@ class WebSocketLambda:
             request = parse_request(event)
             route = self.routes.get(request.action)
             if route is None:
-                raise RagError(
-                    f"action {request.action!r} is not served by this function", ErrorCode.UNKNOWN_ACTION
-                )
+                raise RagError(f"action {request.action!r} is not served by this function", ErrorCode.UNKNOWN_ACTION)
             route(request, emit)
         except ConnectionGone:
             log.info("connection %s gone; dropping its reply", ctx.connection_id)
@@ -100,9 +98,7 @@ class WebSocketLambda:
         except RagError as exc:
             self._report(emit, error(exc.code, exc.message, request_id), ctx.connection_id)
         except Exception:
-            log.exception(
-                "route %s failed (connection %s, request %s)", ctx.route_key, ctx.connection_id, request_id
-            )
+            log.exception("route %s failed (connection %s, request %s)", ctx.route_key, ctx.connection_id, request_id)
             self._report(
                 emit,
                 error(ErrorCode.INTERNAL_ERROR, "internal error; see the service log", request_id),

@@ -249,6 +249,13 @@ def test_unsupported_dimensions_names_the_supported_value(client: Any) -> None:
     assert "384" in exc.value.response["Error"]["Message"]
 
 
+def test_oversized_body_is_rejected(client: Any) -> None:
+    with pytest.raises(ClientError) as exc:
+        invoke(client, {"inputText": "a " * 9_000_000})  # 18 MB, over the 16 MiB default
+    assert error_code(exc) == "ValidationException"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
 def test_unknown_model_id(client: Any) -> None:
     with pytest.raises(ClientError) as exc:
         invoke(client, {"inputText": "hello"}, model_id="amazon.titan-embed-text-v2:0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
@@ -44,7 +45,7 @@ def test_exception_round_trip() -> None:
 
 
 def test_many_frames_split_across_reads() -> None:
-    events = [("messageStart", {"role": "assistant"})]
+    events: list[tuple[str, dict[str, Any]]] = [("messageStart", {"role": "assistant"})]
     events += [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": f"t{i}"}}) for i in range(50)]
     events += [("contentBlockStop", {"contentBlockIndex": 0}), ("messageStop", {"stopReason": "end_turn"})]
     data = b"".join(encode_event(t, p) for t, p in events)

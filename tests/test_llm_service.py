@@ -7,6 +7,7 @@ which the cancellation, queueing and timeout tests rely on.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -56,22 +57,29 @@ def llm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def busy_llm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """A second instance with one queue slot and a short request timeout."""
-    svc = _start(
-        "llm-busy",
-        tiny_model,
-        tmp_path_factory.mktemp("logs-busy"),
-        LLM_MAX_QUEUE="1",
-        LLM_REQUEST_TIMEOUT_S=str(2 * TIMEOUT_FACTOR),
-    )
+    """A second instance with a single queue slot."""
+    svc = _start("llm-busy", tiny_model, tmp_path_factory.mktemp("logs-busy"), LLM_MAX_QUEUE="1")
+    yield svc
+    stop_service(svc)
+
+
+@pytest.fixture(scope="module")
+def slow_llm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A third instance whose generations time out after a second."""
+    svc = _start("llm-slow", tiny_model, tmp_path_factory.mktemp("logs-slow"), LLM_REQUEST_TIMEOUT_S="1")
     yield svc
     stop_service(svc)
 
 
 def bedrock(svc: Service, read_timeout: float = T) -> Any:
+    return _bedrock(svc.url, read_timeout)
+
+
+@functools.cache
+def _bedrock(url: str, read_timeout: float) -> Any:
     return boto3.client(
         "bedrock-runtime",
-        endpoint_url=svc.url,
+        endpoint_url=url,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
@@ -124,7 +132,8 @@ class OpenStream:
     def read_frames(self, n: int) -> list[dict[str, Any]]:
         from botocore.eventstream import EventStreamBuffer
 
-        buf, out = EventStreamBuffer(), []
+        buf = EventStreamBuffer()
+        out: list[dict[str, Any]] = []
         while len(out) < n:
             buf.add_data(self.resp.read1(65536))
             out.extend({"headers": m.headers, "payload": json.loads(m.payload)} for m in buf)
@@ -263,8 +272,10 @@ def test_bad_converse_body_is_validation_exception(llm: Service, messages: Any, 
         (b"[1, 2]", "JSON object"),
         (b'{"messages": "hello"}', "messages"),
         (b'{"messages": [{"role": "user", "content": [{"text": 5}]}]}', "messages.0.content.0.text"),
-        (b'{"messages": [{"role": "user", "content": [{"text": "a"}]}], "inferenceConfig": {"maxTokens": 0}}', "maxTokens"),
-        (b'{"messages": [{"role": "user", "content": [{"text": "a"}]}], "inferenceConfig": {"temperature": "hot"}}', "temperature"),
+        (b'{"messages": [{"role": "user", "content": [{"text": "a"}]}], "inferenceConfig": {"maxTokens": 0}}',
+         "maxTokens"),
+        (b'{"messages": [{"role": "user", "content": [{"text": "a"}]}], "inferenceConfig": {"temperature": "t"}}',
+         "temperature"),
     ],
 )  # fmt: skip
 def test_bad_raw_body_is_validation_exception(llm: Service, body: bytes, fragment: str) -> None:
@@ -354,6 +365,8 @@ def test_client_disconnect_stops_generation(llm: Service) -> None:
     frames = stream.read_frames(3)
     assert frames[0]["headers"][":event-type"] == "messageStart"
     assert frames[1]["headers"][":event-type"] == "contentBlockDelta"
+    # True streaming: the first tokens arrived while the model is still generating the rest.
+    assert get_json(llm, "/health")["generating"] is True
     stream.close()
 
     def cancelled() -> bool:
@@ -377,7 +390,7 @@ def test_client_disconnect_stops_generation(llm: Service) -> None:
 def test_client_timeout_on_converse_stops_generation(llm: Service) -> None:
     before = get_json(llm, "/health")["generations_cancelled"]
     client = bedrock(llm, read_timeout=0.5)
-    with pytest.raises(Exception, match="(?i)timeout|timed out"):
+    with pytest.raises(Exception, match=r"(?i)timeout|timed out"):
         client.converse(modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": LONG})
     wait_for(lambda: get_json(llm, "/health")["generations_cancelled"] == before + 1, what="cancellation")
     wait_for(lambda: not get_json(llm, "/health")["generating"], what="idle model")
@@ -418,9 +431,9 @@ def test_over_capacity_is_throttled(busy_llm: Service) -> None:
     assert waiting["out"]["usage"]["outputTokens"] == 3
 
 
-def test_timeout_mid_stream_is_exception_frame(busy_llm: Service) -> None:
+def test_timeout_mid_stream_is_exception_frame(slow_llm: Service) -> None:
     started = time.monotonic()
-    response = bedrock(busy_llm).converse_stream(
+    response = bedrock(slow_llm).converse_stream(
         modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": LONG}
     )
     events: list[dict[str, Any]] = []
@@ -431,12 +444,28 @@ def test_timeout_mid_stream_is_exception_frame(busy_llm: Service) -> None:
     assert events[0] == {"messageStart": {"role": "assistant"}}
     assert any("contentBlockDelta" in e for e in events)
     assert not any("messageStop" in e for e in events)
-    assert time.monotonic() - started < 8 * TIMEOUT_FACTOR
+    assert time.monotonic() - started < 6 * TIMEOUT_FACTOR
 
     with pytest.raises(ClientError) as ce:
-        bedrock(busy_llm).converse(modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": LONG})
+        bedrock(slow_llm).converse(modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": LONG})
     assert _code(ce) == "ModelTimeoutException"
-    wait_for(lambda: not get_json(busy_llm, "/health")["generating"], what="idle model")
+    wait_for(lambda: not get_json(slow_llm, "/health")["generating"], what="idle model")
+
+
+def test_stop_matcher_holds_back_partial_matches() -> None:
+    from llm.engine import _StopMatcher
+
+    m = _StopMatcher(("END", "xy"))
+    assert m.feed("abc") == ("abc", False)
+    assert m.feed("dE") == ("d", False)  # "E" may start "END"
+    assert m.feed("N") == ("", False)
+    assert m.feed("Dzz") == ("", True)  # "END" completed across three pieces: nothing after it
+    m = _StopMatcher(("END",))
+    assert m.feed("EN") == ("", False)
+    assert m.feed("X") == ("ENX", False)  # not a stop after all: released
+    assert m.feed("E") == ("", False)
+    assert m.flush() == "E"
+    assert _StopMatcher(()).feed("END") == ("END", False)
 
 
 # -- model files --------------------------------------------------------------------------------------

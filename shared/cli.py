@@ -1,0 +1,731 @@
+"""``localrag``: the command-line client of the gateway.
+
+    localrag ingest notes/ README.md        # .txt and .md files; folders recursively
+    localrag ask "How do volcanoes erupt?"  # streams the answer, then its sources
+    localrag chat                           # interactive: /sources, /new, /quit
+    localrag search "volcano"
+    localrag history CONVERSATION_ID
+    localrag delete DOC_ID
+
+The gateway URL is --url, else $RAG_URL, else ws://127.0.0.1:8000/local. With --json every protocol
+message received is printed as one JSON line instead of the human-readable output (for scripts).
+Errors are printed to stderr as ``error: <code>: <message>`` with exit code 1; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+from tqdm import tqdm
+
+from shared.client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError
+from shared.protocol import (
+    MAX_MESSAGE_BYTES,
+    Document,
+    ErrorCode,
+    Source,
+    StreamEnd,
+    Token,
+    describe_validation_error,
+)
+
+DEFAULT_CONCURRENCY = 4
+EXCERPT_CHARS = 240
+# Errors after which going on is pointless: every later request would fail the same way.
+FATAL_CODES = frozenset({RagClientError.CONNECTION_FAILED, RagClientError.INVALID_URL})
+
+
+# ====================================================================== documents from files
+
+
+@dataclass(frozen=True)
+class LoadedText:
+    """What a format loader extracts from a file's bytes."""
+
+    text: str
+    title: str | None = None
+    date: str | None = None
+
+
+@dataclass(frozen=True)
+class Format:
+    """A file format ``ingest`` understands. Add an entry to FORMATS to support another one."""
+
+    name: str
+    load: Callable[[bytes], LoadedText]
+    # Files above this size are refused unread. For plain text the JSON message is at least as large
+    # as the file, so anything much above the message limit cannot fit.
+    max_file_bytes: int = 2 * MAX_MESSAGE_BYTES
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (a BOM is dropped), newlines normalized to \\n. Raises UnicodeDecodeError."""
+    return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+
+
+_FRONT_MATTER_KEY = re.compile(r"^(title|date)\s*:\s*(.*?)\s*$", re.IGNORECASE)
+_ATX_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+
+
+def _plain_inline(text: str) -> str:
+    """Markdown inline syntax stripped from a heading: links, emphasis, code spans."""
+    text = _LINK.sub(r"\1", text)
+    text = _CODE_SPAN.sub(r"\2", text)
+    text = _EMPHASIS.sub(r"\2", text)
+    return " ".join(text.split())
+
+
+def _front_matter(lines: list[str]) -> tuple[dict[str, str], int]:
+    """YAML front matter's simple ``title:``/``date:`` keys, and the index of the first line after it."""
+    if not lines or lines[0].strip() != "---":
+        return {}, 0
+    found: dict[str, str] = {}
+    for i, line in enumerate(lines[1:], start=1):
+        if line.strip() in ("---", "..."):
+            return found, i + 1
+        m = _FRONT_MATTER_KEY.match(line)
+        if m and m.group(2):
+            found.setdefault(m.group(1).lower(), m.group(2).strip("'\""))
+    return {}, 0  # never closed: not front matter
+
+
+def markdown_title(text: str) -> str | None:
+    """The document's title: front matter ``title:``, else the first ATX (``# T``) or setext heading."""
+    lines = text.split("\n")
+    meta, start = _front_matter(lines)
+    if meta.get("title"):
+        return _plain_inline(meta["title"]) or None
+    fence: str | None = None
+    for i in range(start, len(lines)):
+        line = lines[i]
+        m = _FENCE.match(line)
+        if m:
+            marker = m.group(1)
+            if fence is None:
+                fence = marker[0] * 3
+            elif marker.startswith(fence):
+                fence = None
+            continue
+        if fence is not None:
+            continue
+        m = _ATX_HEADING.match(line)
+        if m:
+            title = _plain_inline(m.group(1) or "")
+            if title:
+                return title
+            continue
+        # A one-line paragraph underlined with === or ---.
+        if (
+            line.strip()
+            and not line.startswith(("    ", "\t"))
+            and (i == start or not lines[i - 1].strip())
+            and i + 1 < len(lines)
+            and _SETEXT_UNDERLINE.match(lines[i + 1])
+            and not re.match(r"^ {0,3}([-*+>]|\d+[.)])(\s|$)", line)
+        ):
+            return _plain_inline(line) or None
+    return None
+
+
+def load_plain_text(data: bytes) -> LoadedText:
+    return LoadedText(decode_text(data))
+
+
+def load_markdown(data: bytes) -> LoadedText:
+    text = decode_text(data)
+    meta, _ = _front_matter(text.split("\n"))
+    return LoadedText(text, title=markdown_title(text), date=meta.get("date"))
+
+
+FORMATS: dict[str, Format] = {
+    ".txt": Format("text", load_plain_text),
+    ".md": Format("markdown", load_markdown),
+    ".markdown": Format("markdown", load_markdown),
+}
+
+_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f#\\]")
+
+
+def _pct(c: str) -> str:
+    return f"%{ord(c):02X}"
+
+
+def doc_id_for(path: PurePath, root: PurePath) -> str:
+    """The document id of ``path`` found under ``root``: its relative POSIX path with '/' -> ':'.
+
+    Document ids may not contain '/', '\\\\', '#' or control characters, nor start or end with
+    whitespace; such characters are percent-encoded.
+    """
+    rel = PurePosixPath(*path.relative_to(root).parts).as_posix()
+    doc_id = _ID_FORBIDDEN.sub(lambda m: _pct(m.group()), rel.replace("/", ":"))
+    core = doc_id.strip()
+    if not core:
+        return "".join(map(_pct, doc_id))
+    lead = doc_id[: len(doc_id) - len(doc_id.lstrip())]
+    trail = doc_id[len(doc_id.rstrip()) :]
+    return "".join(map(_pct, lead)) + core + "".join(map(_pct, trail))
+
+
+def title_for(path: PurePath, loaded: LoadedText) -> str:
+    """The loader's title (a markdown heading), else the file's stem."""
+    return (loaded.title or path.stem or path.name)[:1024]
+
+
+def build_document(path: Path, root: Path, loaded: LoadedText, fmt: Format) -> Document:
+    """A protocol Document for a file (raises pydantic.ValidationError for an invalid id, say)."""
+    source = path.resolve().as_posix()
+    date = loaded.date if loaded.date and len(loaded.date) <= 64 else None
+    return Document(
+        id=doc_id_for(path, root),
+        title=title_for(path, loaded),
+        text=loaded.text,
+        date=date,
+        source=source if len(source) <= 1024 else None,
+        metadata={"format": fmt.name},
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    root: Path  # document ids are relative to this folder
+    fmt: Format
+
+    @property
+    def doc_id(self) -> str:
+        return doc_id_for(self.path, self.root)
+
+
+Status = Literal["ingested", "skipped", "failed"]
+
+
+@dataclass
+class Outcome:
+    path: Path
+    status: Status
+    code: str = ""
+    message: str = ""
+    doc_id: str | None = None
+    chunks: int = 0
+    replaced_chunks: int = 0
+    reply: BaseModel | None = None  # the server's ingest_result or error message
+
+
+def discover(paths: Iterable[Path]) -> tuple[list[Candidate], list[Outcome]]:
+    """Files to ingest under ``paths`` (folders recursively, hidden entries ignored), plus the
+    outcomes already known: unsupported formats skipped, missing paths and id clashes failed."""
+    candidates: list[Candidate] = []
+    outcomes: list[Outcome] = []
+
+    def consider(path: Path, root: Path) -> None:
+        fmt = FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            outcomes.append(Outcome(path, "skipped", message=f"unsupported format {path.suffix or '(no extension)'}"))
+        else:
+            candidates.append(Candidate(path, root, fmt))
+
+    for given in paths:
+        if given.is_dir():
+            for dirpath, dirnames, filenames in os.walk(given):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if not name.startswith("."):
+                        consider(Path(dirpath) / name, given)
+        elif given.is_file():
+            consider(given, given.parent)
+        else:
+            what = "no such file or directory" if not given.exists() else "not a regular file or folder"
+            outcomes.append(Outcome(given, "failed", code="not_found", message=what))
+
+    unique: list[Candidate] = []
+    seen_paths: set[Path] = set()
+    seen_ids: dict[str, Path] = {}
+    for c in candidates:
+        real = c.path.resolve()
+        if real in seen_paths:
+            continue  # the same file named twice
+        seen_paths.add(real)
+        first = seen_ids.setdefault(c.doc_id, c.path)
+        if first != c.path:
+            outcomes.append(
+                Outcome(c.path, "failed", code="duplicate_id", message=f"document id {c.doc_id!r} is also {first}")
+            )
+            continue
+        unique.append(c)
+    return unique, outcomes
+
+
+async def ingest_file(client: RagClient, c: Candidate) -> Outcome:
+    """Load one file and ingest it. Only errors in FATAL_CODES propagate."""
+    too_large = (
+        "too large for a WebSocket message ({}); large documents will be uploaded to the object store "
+        "in a later version"
+    )
+    try:
+        size = c.path.stat().st_size
+        if size > c.fmt.max_file_bytes:
+            detail = f"the file is {size} bytes; the message limit is {MAX_MESSAGE_BYTES}"
+            return Outcome(c.path, "failed", ErrorCode.MESSAGE_TOO_LARGE.value, too_large.format(detail))
+        data = await asyncio.to_thread(c.path.read_bytes)
+    except OSError as exc:
+        return Outcome(c.path, "failed", "unreadable", exc.strerror or str(exc))
+    try:
+        loaded = c.fmt.load(data)
+    except UnicodeDecodeError:
+        return Outcome(c.path, "failed", "not_utf8", "not UTF-8 text")
+    except ValueError as exc:
+        return Outcome(c.path, "failed", "unreadable", str(exc))
+    if not loaded.text.strip():
+        return Outcome(c.path, "skipped", message="empty")
+    try:
+        document = build_document(c.path, c.root, loaded, c.fmt)
+    except ValidationError as exc:
+        return Outcome(c.path, "failed", "invalid_document", describe_validation_error(exc.errors()))
+    try:
+        result = await client.ingest(document)
+    except RagClientError as exc:
+        if exc.code in FATAL_CODES:
+            raise
+        message = too_large.format(exc.message) if exc.code == ErrorCode.MESSAGE_TOO_LARGE else exc.message
+        return Outcome(c.path, "failed", exc.code, message, doc_id=document.id, reply=exc.reply)
+    return Outcome(
+        c.path,
+        "ingested",
+        doc_id=result.doc_id,
+        chunks=result.chunks,
+        replaced_chunks=result.replaced_chunks,
+        reply=result,
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ====================================================================== output
+
+
+def print_json(message: BaseModel) -> None:
+    print(message.model_dump_json(), flush=True)
+
+
+def print_error(code: str, message: str) -> None:
+    print(f"error: {code}: {message}", file=sys.stderr, flush=True)
+
+
+def _excerpt(text: str) -> str:
+    return textwrap.shorten(" ".join(text.split()), EXCERPT_CHARS, placeholder=" ...")
+
+
+def format_source(s: Source) -> str:
+    head = f"[{s.n}] {s.title or s.doc_id} ({s.doc_id}, chunk {s.chunk}, distance {s.distance:.2f})"
+    return f"{head}\n    {_excerpt(s.excerpt)}" if s.excerpt.strip() else head
+
+
+def print_sources(sources: Sequence[Source], no_context: bool = False) -> None:
+    if not sources:
+        why = " (nothing within the max distance; answered without your documents)" if no_context else ""
+        print(f"Sources: none{why}", flush=True)
+        return
+    print("Sources:")
+    for s in sources:
+        print(textwrap.indent(format_source(s), "  "))
+    sys.stdout.flush()
+
+
+# ====================================================================== commands
+
+
+@dataclass
+class Ctx:
+    url: str
+    json: bool
+    timeout: float
+
+    def client(self) -> RagClient:
+        return RagClient(self.url, timeout=self.timeout)
+
+
+async def cmd_ingest(ctx: Ctx, args: argparse.Namespace) -> int:
+    candidates, outcomes = discover(args.paths)
+    counts = {"ingested": 0, "skipped": 0, "failed": 0}
+    chunks = 0
+    fatal: RagClientError | None = None
+    todo: asyncio.Queue[Candidate] = asyncio.Queue()
+    for c in candidates:
+        todo.put_nowait(c)
+    bar = tqdm(total=len(candidates), unit="file", desc="ingesting", file=sys.stderr, disable=None, leave=False)
+
+    def report(o: Outcome) -> None:
+        nonlocal chunks
+        counts[o.status] += 1
+        chunks += o.chunks
+        if ctx.json and o.reply is not None:
+            tqdm.write(o.reply.model_dump_json(), file=sys.stdout)
+            sys.stdout.flush()
+        if o.status == "ingested" and not ctx.json:
+            replaced = f", replacing {o.replaced_chunks}" if o.replaced_chunks else ""
+            tqdm.write(f"ingested {o.path} as {o.doc_id} ({_plural(o.chunks, 'chunk')}{replaced})", file=sys.stdout)
+        elif o.status == "skipped":
+            tqdm.write(f"skipped {o.path}: {o.message}", file=sys.stderr)
+        elif o.status == "failed":
+            tqdm.write(f"error: {o.code}: {o.path}: {o.message}", file=sys.stderr)
+
+    for o in outcomes:
+        report(o)
+    try:
+        if candidates:
+            async with ctx.client() as client:
+
+                async def worker() -> None:
+                    nonlocal fatal
+                    while fatal is None and not todo.empty():
+                        c = todo.get_nowait()
+                        try:
+                            outcome = await ingest_file(client, c)
+                        except RagClientError as exc:
+                            fatal = exc
+                            return
+                        report(outcome)
+                        bar.update(1)
+
+                await asyncio.gather(*(worker() for _ in range(min(args.concurrency, len(candidates)))))
+    finally:
+        bar.close()
+    not_done = todo.qsize() if fatal is not None else 0
+    summary = (
+        f"{_plural(counts['ingested'], 'document')} ingested ({_plural(chunks, 'chunk')}), "
+        f"{counts['skipped']} skipped, {counts['failed']} failed" + (f", {not_done} not attempted" if not_done else "")
+    )
+    print(summary, file=sys.stderr if ctx.json else sys.stdout, flush=True)
+    if fatal is not None:
+        raise fatal
+    return 1 if counts["failed"] else 0
+
+
+async def stream_answer(
+    ctx: Ctx, client: RagClient, question: str, conversation: str | None, args: argparse.Namespace
+) -> StreamEnd:
+    """Send a chat request; print the answer as it streams (or the messages, with --json)."""
+    end: StreamEnd | None = None
+    at_line_start = True
+    try:
+        stream = client.chat(question, conversation, top_k=args.top_k, max_distance=args.max_distance)
+        async with contextlib.aclosing(stream):
+            async for msg in stream:
+                if isinstance(msg, StreamEnd):
+                    end = msg
+                if ctx.json:
+                    print_json(msg)
+                elif isinstance(msg, Token) and msg.text:
+                    sys.stdout.write(msg.text)
+                    sys.stdout.flush()
+                    at_line_start = msg.text.endswith("\n")
+    finally:
+        if not at_line_start:
+            print(flush=True)
+    assert end is not None  # the stream only ends normally at stream_end
+    return end
+
+
+async def cmd_ask(ctx: Ctx, args: argparse.Namespace) -> int:
+    async with ctx.client() as client:
+        end = await stream_answer(ctx, client, args.question, args.conversation, args)
+    if not ctx.json:
+        if not end.answer.strip():
+            print("(the model returned an empty answer)")
+        print()
+        print_sources(end.sources, end.prompt == "no_context")
+        print(
+            f"conversation: {end.conversation_id} (continue with --conversation {end.conversation_id})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0
+
+
+class StdinLines:
+    """Lines from stdin, read on a daemon thread so the event loop keeps serving the WebSocket
+    while the user types. It reads the file descriptor directly: a read cut short by Ctrl-C holds no
+    lock of sys.stdin that interpreter shutdown would wait for."""
+
+    def __init__(self, fd: int = 0) -> None:
+        self.fd = fd
+        self._buf = b""
+        self._eof = False
+
+    def _read_line(self) -> str | None:
+        while b"\n" not in self._buf and not self._eof:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+        if not self._buf:
+            return None
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8", errors="replace").rstrip("\r")
+
+    async def readline(self, prompt: str = "") -> str | None:
+        """The next line without its newline; None at end of input."""
+        if prompt:
+            sys.stderr.write(prompt)
+            sys.stderr.flush()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str | None] = loop.create_future()
+
+        def deliver(line: str | None) -> None:
+            if not done.done():
+                done.set_result(line)
+
+        def run() -> None:
+            try:
+                line = self._read_line()
+            except OSError:
+                line = None
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(deliver, line)
+
+        threading.Thread(target=run, name="stdin-reader", daemon=True).start()
+        return await done
+
+
+CHAT_HELP = """\
+Ask a question about your documents; each answer continues the conversation.
+  /sources   show the sources of the last answer
+  /new       start a new conversation
+  /quit      leave (or Ctrl-D)"""
+
+
+async def cmd_chat(ctx: Ctx, args: argparse.Namespace) -> int:
+    conversation: str | None = args.conversation
+    last: StreamEnd | None = None
+    lines = StdinLines()
+    interactive = os.isatty(0)
+    async with ctx.client() as client:
+        print(f"localrag chat on {ctx.url}\n{CHAT_HELP}", file=sys.stderr, flush=True)
+        while True:
+            line = await lines.readline("> " if interactive else "")
+            if line is None:
+                if interactive:
+                    print(file=sys.stderr)
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                command = line.split()[0].lower()
+                if command in ("/quit", "/exit", "/q"):
+                    return 0
+                if command == "/new":
+                    conversation, last = None, None
+                    print("(new conversation)", file=sys.stderr, flush=True)
+                elif command == "/sources":
+                    if last is None:
+                        print("(no answer yet)", file=sys.stderr, flush=True)
+                    else:
+                        print_sources(last.sources, last.prompt == "no_context")
+                elif command == "/help":
+                    print(CHAT_HELP, file=sys.stderr, flush=True)
+                else:
+                    print(f"unknown command {command}; try /help", file=sys.stderr, flush=True)
+                continue
+            try:
+                last = await stream_answer(ctx, client, line, conversation, args)
+            except RagClientError as exc:
+                if exc.code in FATAL_CODES:
+                    raise
+                report_error(ctx, exc)
+                continue
+            conversation = last.conversation_id
+            if not ctx.json:
+                n = len(last.sources)
+                note = f"{_plural(n, 'source')}: /sources to list" if n else "no sources"
+                print(f"({note})\n", file=sys.stderr, flush=True)
+
+
+async def cmd_search(ctx: Ctx, args: argparse.Namespace) -> int:
+    async with ctx.client() as client:
+        result = await client.search(args.query, top_k=args.top_k, max_distance=args.max_distance)
+    if ctx.json:
+        print_json(result)
+        return 0
+    if not result.results:
+        print(f"no results within distance {result.max_distance:.2f}")
+        return 0
+    print(f"{_plural(len(result.results), 'result')} within distance {result.max_distance:.2f}:")
+    for s in result.results:
+        print(format_source(s))
+    return 0
+
+
+async def cmd_history(ctx: Ctx, args: argparse.Namespace) -> int:
+    async with ctx.client() as client:
+        history = await client.history(args.conversation_id)
+    if ctx.json:
+        print_json(history)
+        return 0
+    print(f"conversation {history.conversation_id}: {_plural(len(history.messages), 'message')}")
+    for m in history.messages:
+        print(f"\n[{m.created_at}] {m.role}:")
+        print(textwrap.indent(m.content.strip() or "(empty)", "  "))
+        if m.sources:
+            cited = "; ".join(f"[{s.n}] {s.doc_id} chunk {s.chunk} ({s.distance:.2f})" for s in m.sources)
+            print(f"  sources: {cited}")
+    return 0
+
+
+async def cmd_delete(ctx: Ctx, args: argparse.Namespace) -> int:
+    async with ctx.client() as client:
+        result = await client.delete_document(args.doc_id)
+    if ctx.json:
+        print_json(result)
+    else:
+        print(f"deleted {result.doc_id} ({_plural(result.chunks_deleted, 'chunk')})")
+    return 0
+
+
+# ====================================================================== arguments and main
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """--url, --json and --timeout, accepted before and after the command."""
+    suppress = argparse.SUPPRESS
+    parser.add_argument(
+        "--url",
+        default=(os.environ.get("RAG_URL") or DEFAULT_URL) if top_level else suppress,
+        help=f"the gateway's WebSocket URL (default: $RAG_URL, else {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top_level else suppress,
+        help="print the protocol messages received as JSON lines instead",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT if top_level else suppress,
+        metavar="SECONDS",
+        help=f"wait this long for each reply (default: {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _add_retrieval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top-k", type=_positive_int, help="retrieve at most this many passages")
+    parser.add_argument(
+        "--max-distance", type=float, metavar="X", help="drop passages further than this cosine distance (0-2)"
+    )
+
+
+Handler = Callable[[Ctx, argparse.Namespace], Coroutine[None, None, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="localrag",
+        description="Talk to the local RAG system: ingest documents, ask questions, search.",
+    )
+    _add_common(parser, top_level=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top_level=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", parents=[common], help="ingest .txt and .md files (folders recursively)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument(
+        "-j",
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"documents in flight at once (default: {DEFAULT_CONCURRENCY})",
+    )
+    p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("ask", parents=[common], help="ask one question; stream the answer and its sources")
+    p.add_argument("question")
+    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    _add_retrieval(p)
+    p.set_defaults(handler=cmd_ask)
+
+    p = sub.add_parser("chat", parents=[common], help="interactive conversation (/sources, /new, /quit)")
+    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    _add_retrieval(p)
+    p.set_defaults(handler=cmd_chat)
+
+    p = sub.add_parser("search", parents=[common], help="the passages nearest to a query, without an answer")
+    p.add_argument("query")
+    _add_retrieval(p)
+    p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser("history", parents=[common], help="the messages of a conversation")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.set_defaults(handler=cmd_history)
+
+    p = sub.add_parser("delete", parents=[common], help="delete a document and its chunks")
+    p.add_argument("doc_id", metavar="DOC_ID")
+    p.set_defaults(handler=cmd_delete)
+    return parser
+
+
+def report_error(ctx: Ctx, exc: RagClientError) -> None:
+    if ctx.json and exc.reply is not None:
+        print_json(exc.reply)
+    print_error(exc.code, exc.message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Ctx(url=args.url, json=args.json, timeout=args.timeout)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(ctx, args))
+    except KeyboardInterrupt:
+        return 130
+    except RagClientError as exc:
+        report_error(ctx, exc)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`localrag search x | head -1`): stop writing, quietly.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if os.environ.get("LOCALRAG_DEBUG"):
+            raise
+        print_error("unexpected", f"{type(exc).__name__}: {exc} (set LOCALRAG_DEBUG=1 for a traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""An asyncio client for the gateway's WebSocket protocol (see ``shared.protocol``).
+
+    async with RagClient("ws://127.0.0.1:8000/local") as client:
+        await client.ingest(Document(id="notes", title="Notes", text="..."))
+        async for message in client.chat("What do my notes say?"):
+            ...  # StreamStart, then Token..., then StreamEnd
+
+One connection carries any number of concurrent requests. Every request gets a unique request id;
+a reader task routes each reply to the queue of the request it echoes, because the server answers
+requests concurrently and their replies interleave. Error replies raise :class:`RagClientError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Final, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from shared.protocol import (
+    MAX_MESSAGE_BYTES,
+    SERVER_MESSAGE,
+    ChatRequest,
+    DeleteDocumentRequest,
+    Document,
+    DocumentDeleted,
+    ErrorCode,
+    ErrorMessage,
+    History,
+    HistoryRequest,
+    IngestRequest,
+    IngestResult,
+    SearchRequest,
+    SearchResult,
+    ServerMessage,
+    StreamEnd,
+    StreamStart,
+    Token,
+    describe_validation_error,
+    request_id_of,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL: Final = "ws://127.0.0.1:8000/local"
+DEFAULT_TIMEOUT: Final = 120.0  # seconds to wait for each reply (the gateway's own integration cap is 300 s)
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+# Replies can be much larger than requests (a search with top_k=100, a long history).
+MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
+
+ChatEvent = StreamStart | Token | StreamEnd
+_Request = IngestRequest | DeleteDocumentRequest | ChatRequest | SearchRequest | HistoryRequest
+_Reply = TypeVar("_Reply", bound=BaseModel)
+
+
+class RagClientError(Exception):
+    """An ``error`` reply from the server, or a failure on the client's side of the wire.
+
+    ``code`` is an :class:`~shared.protocol.ErrorCode` value for server errors (and for a request the
+    client refuses to send because the server would refuse it), or one of the client-side codes below.
+    """
+
+    CONNECTION_FAILED: Final = "connection_failed"  # could not open the WebSocket
+    CONNECTION_CLOSED: Final = "connection_closed"  # it closed while a reply was awaited
+    TIMEOUT: Final = "timeout"  # no reply within the timeout
+    INVALID_REPLY: Final = "invalid_reply"  # the server sent something outside the protocol
+    INVALID_URL: Final = "invalid_url"  # not a ws:// or wss:// URL
+
+    def __init__(self, code: str, message: str, *, reply: ErrorMessage | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+        self.reply = reply  # the server's error message, when there was one
+
+    @classmethod
+    def from_reply(cls, reply: ErrorMessage) -> RagClientError:
+        return cls(reply.code.value, reply.message, reply=reply)
+
+
+_QueueItem = ServerMessage | RagClientError
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return str(exc.os_error) or type(exc.os_error).__name__
+    return str(exc) or type(exc).__name__
+
+
+class RagClient:
+    """A WebSocket client for the RAG gateway. Use as ``async with RagClient(url) as client:``.
+
+    ``timeout`` bounds the wait for each reply (for a chat: for each streamed message), and
+    ``connect_timeout`` the WebSocket handshake. A ``throttled`` reply (too many requests in flight
+    on the connection) is retried with backoff, up to ``throttle_retries`` times: the server did not
+    run the request. If the connection drops, the next request reconnects.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        throttle_retries: int = 8,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_message_bytes = max_message_bytes
+        self.throttle_retries = throttle_retries
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Queue[_QueueItem]] = {}
+        self._send_lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        self._entered = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> RagClient:
+        self._entered = True
+        try:
+            await self._connect()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed and self._reader is not None and not self._reader.done()
+
+    async def _connect(self) -> None:
+        await self._drop_connection()
+        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
+        if scheme not in ("ws", "wss"):
+            raise RagClientError(
+                RagClientError.INVALID_URL, f"{self.url!r} is not a WebSocket URL (expected ws://host:port/stage)"
+            )
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            ws = await asyncio.wait_for(
+                self._session.ws_connect(
+                    self.url,
+                    max_msg_size=MAX_REPLY_BYTES,
+                    autoping=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                ),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            raise RagClientError(
+                RagClientError.CONNECTION_FAILED,
+                f"cannot connect to {self.url}: no answer within {self.connect_timeout:g}s: is `make up` running?",
+            ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            hint = " (is the stage in the URL right?)" if exc.status == 404 else ""
+            raise RagClientError(
+                RagClientError.CONNECTION_FAILED,
+                f"cannot connect to {self.url}: the server refused the WebSocket with HTTP {exc.status}{hint}",
+            ) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise RagClientError(
+                RagClientError.CONNECTION_FAILED,
+                f"cannot connect to {self.url}: is `make up` running? ({_reason(exc)})",
+            ) from None
+        self._ws = ws
+        self._reader = asyncio.create_task(self._read(ws), name="rag-client-reader")
+
+    async def _ensure_connected(self) -> None:
+        if not self._entered:
+            raise RuntimeError("use the client as `async with RagClient(url) as client:`")
+        if self.connected:
+            return
+        async with self._connect_lock:
+            if not self.connected:
+                log.info("reconnecting to %s", self.url)
+                await self._connect()
+
+    async def _drop_connection(self) -> None:
+        reader, ws = self._reader, self._ws
+        self._reader = self._ws = None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5.0)
+
+    async def close(self) -> None:
+        """Close the connection; requests still waiting fail with ``connection_closed``."""
+        self._entered = False
+        try:
+            await self._drop_connection()
+        finally:
+            self._fail_pending("the client was closed")
+            if self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
+
+    # ------------------------------------------------------------------ the reader
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        reason = "the gateway closed the connection"
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._dispatch(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    try:
+                        self._dispatch(msg.data.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        log.warning("dropped a binary message that is not UTF-8")
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    reason = f"the connection failed: {_reason(ws.exception() or Exception('unknown error'))}"
+                    break
+            if ws.close_code is not None:
+                reason += f" (close code {ws.close_code})"
+        finally:
+            self._fail_pending(reason)
+
+    def _dispatch(self, text: str) -> None:
+        item: _QueueItem
+        try:
+            item = SERVER_MESSAGE.validate_json(text)
+            request_id = item.request_id
+        except ValidationError as exc:
+            request_id = request_id_of(text.encode("utf-8"))
+            item = RagClientError(
+                RagClientError.INVALID_REPLY,
+                f"the server sent a message outside the protocol: {describe_validation_error(exc.errors())}",
+            )
+        queue = self._pending.get(request_id) if request_id is not None else None
+        if queue is None and request_id is None and len(self._pending) == 1:
+            # An error the server could not attribute to a request (e.g. a frame it could not parse):
+            # with one request in flight, it can only be that one's.
+            queue = next(iter(self._pending.values()))
+        if queue is None:
+            log.warning("dropped a reply for request %r, which is not waiting (timed out?)", request_id)
+            return
+        queue.put_nowait(item)
+
+    def _fail_pending(self, reason: str) -> None:
+        for queue in self._pending.values():
+            queue.put_nowait(RagClientError(RagClientError.CONNECTION_CLOSED, reason))
+
+    # ------------------------------------------------------------------ one exchange
+
+    @contextlib.asynccontextmanager
+    async def _exchange(self, make: Callable[[str], _Request]) -> AsyncIterator[Callable[[], Awaitable[ServerMessage]]]:
+        """Send a request with a fresh request id; yield a function that awaits its next reply."""
+        request_id = uuid.uuid4().hex
+        try:
+            request = make(request_id)
+        except ValidationError as exc:
+            raise RagClientError(ErrorCode.INVALID_REQUEST.value, describe_validation_error(exc.errors())) from None
+        text = request.model_dump_json(exclude_none=True)
+        size = len(text.encode("utf-8"))
+        if size > self.max_message_bytes:
+            raise RagClientError(
+                ErrorCode.MESSAGE_TOO_LARGE.value,
+                f"the {request.action} message would be {size} bytes; "
+                f"a WebSocket message may be at most {self.max_message_bytes} bytes",
+            )
+        await self._ensure_connected()
+        queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        self._pending[request_id] = queue
+
+        async def next_reply() -> ServerMessage:
+            try:
+                item = await asyncio.wait_for(queue.get(), self.timeout)
+            except TimeoutError:
+                raise RagClientError(
+                    RagClientError.TIMEOUT, f"no reply to the {request.action} request within {self.timeout:g}s"
+                ) from None
+            if isinstance(item, RagClientError):
+                raise item
+            return item
+
+        try:
+            await self._send(text)
+            yield next_reply
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _send(self, text: str) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise RagClientError(RagClientError.CONNECTION_CLOSED, "the connection is closed")
+        try:
+            async with self._send_lock:
+                await ws.send_str(text)
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            raise RagClientError(RagClientError.CONNECTION_CLOSED, f"could not send: {_reason(exc)}") from None
+
+    async def _backoff(self, attempt: int) -> None:
+        await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+
+    async def _call(self, make: Callable[[str], _Request], expect: type[_Reply]) -> _Reply:
+        attempt = 0
+        while True:
+            async with self._exchange(make) as next_reply:
+                reply = await next_reply()
+            if isinstance(reply, ErrorMessage):
+                if reply.code == ErrorCode.THROTTLED and attempt < self.throttle_retries:
+                    await self._backoff(attempt)
+                    attempt += 1
+                    continue
+                raise RagClientError.from_reply(reply)
+            if not isinstance(reply, expect):
+                raise RagClientError(
+                    RagClientError.INVALID_REPLY, f"expected a {expect.__name__} reply, got {reply.type!r}"
+                )
+            return reply
+
+    # ------------------------------------------------------------------ the API
+
+    async def ingest(self, document: Document) -> IngestResult:
+        """Chunk, embed and store a document (re-ingesting an id replaces it)."""
+        return await self._call(
+            lambda rid: IngestRequest(action="ingest", request_id=rid, document=document), IngestResult
+        )
+
+    async def delete_document(self, doc_id: str) -> DocumentDeleted:
+        return await self._call(
+            lambda rid: DeleteDocumentRequest(action="delete_document", request_id=rid, doc_id=doc_id),
+            DocumentDeleted,
+        )
+
+    async def search(self, query: str, *, top_k: int | None = None, max_distance: float | None = None) -> SearchResult:
+        return await self._call(
+            lambda rid: SearchRequest(
+                action="search", request_id=rid, query=query, top_k=top_k, max_distance=max_distance
+            ),
+            SearchResult,
+        )
+
+    async def history(self, conversation_id: str) -> History:
+        return await self._call(
+            lambda rid: HistoryRequest(action="history", request_id=rid, conversation_id=conversation_id), History
+        )
+
+    async def chat(
+        self,
+        question: str,
+        conversation_id: str | None = None,
+        *,
+        top_k: int | None = None,
+        max_distance: float | None = None,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """Ask a question; yield stream_start, the tokens as they arrive, then stream_end."""
+
+        def make(rid: str) -> ChatRequest:
+            return ChatRequest(
+                action="chat",
+                request_id=rid,
+                question=question,
+                conversation_id=conversation_id,
+                top_k=top_k,
+                max_distance=max_distance,
+            )
+
+        attempt = 0
+        while True:
+            throttled = False
+            async with self._exchange(make) as next_reply:
+                while True:
+                    reply = await next_reply()
+                    if isinstance(reply, ErrorMessage):
+                        if reply.code == ErrorCode.THROTTLED and attempt < self.throttle_retries:
+                            throttled = True  # refused before it started: safe to send again
+                            break
+                        raise RagClientError.from_reply(reply)
+                    if not isinstance(reply, StreamStart | Token | StreamEnd):
+                        raise RagClientError(
+                            RagClientError.INVALID_REPLY, f"unexpected {reply.type!r} reply to a chat request"
+                        )
+                    yield reply
+                    if isinstance(reply, StreamEnd):
+                        return
+            if throttled:
+                await self._backoff(attempt)
+                attempt += 1

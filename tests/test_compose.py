@@ -1,0 +1,531 @@
+"""docker-compose.yml and the Dockerfiles, checked offline: no Docker daemon, no image is built.
+
+- Debian's docker-compose 1.29 validates the file (``config -q``); the Makefile installs it, so a missing
+  binary is a failure, not a skip.
+- The structure the stack relies on: services, health checks, start order, builds.
+- Every environment variable given to our services is a real settings field (pydantic-settings ignores
+  unknown variables, so a typo would silently fall back to the default), and the values validate.
+- The lambda images start FROM the AWS Lambda base image and their CMD is a handler that imports.
+- Every COPY source of every Dockerfile exists and is not excluded by .dockerignore.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+OUR_SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm")
+ALL_SERVICES = {*OUR_SERVICES, "minio", "minio-init"}
+LAMBDA_HANDLERS = {"ingestion": "ingestion.handler.handler", "chat": "chat.handler.handler"}
+LAMBDA_BASE_IMAGE = "public.ecr.aws/lambda/python:"
+RIE_PORT = 8080
+RIE_INVOKE_PATH = "/2015-03-31/functions/function/invocations"
+
+# Standard variables read by boto3 / LanceDB's object store, and by the Runtime Interface Emulator.
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_LAMBDA_FUNCTION_TIMEOUT",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+}
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+def service(name: str) -> dict[str, Any]:
+    services = compose().get("services") or {}
+    assert name in services, f"service {name!r} missing from docker-compose.yml"
+    svc = services[name]
+    assert isinstance(svc, dict)
+    return svc
+
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{(?P<braced>[^}]*)\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
+_WITH_DEFAULT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:?-(?P<default>.*)$")
+
+
+def interpolate(value: str) -> str:
+    """The value compose uses when no variable is set: every ${VAR:-default} is its default."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        expr = m.group("braced")
+        found = _WITH_DEFAULT.match(expr) if expr is not None else None
+        if found is None:
+            raise AssertionError(f"{m.group(0)!r} in docker-compose.yml has no default: write ${{VAR:-default}}")
+        return found.group("default")
+
+    return _INTERPOLATION.sub(sub, value)
+
+
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from strings(k)
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+
+
+def environment(name: str) -> dict[str, str]:
+    """A service's environment (mapping or list form), values interpolated with their defaults."""
+    env = service(name).get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def settings_classes() -> dict[str, type[BaseSettings]]:
+    from chat.settings import Settings as ChatSettings
+    from embedding.settings import Settings as EmbeddingSettings
+    from gateway.settings import Settings as GatewaySettings
+    from ingestion.settings import Settings as IngestionSettings
+    from llm.settings import Settings as LlmSettings
+
+    return {
+        "gateway": GatewaySettings,
+        "ingestion": IngestionSettings,
+        "chat": ChatSettings,
+        "embedding": EmbeddingSettings,
+        "llm": LlmSettings,
+    }
+
+
+def env_names(cls: type[BaseSettings]) -> set[str]:
+    """The environment variables a pydantic-settings class reads (upper case; matching is case-insensitive)."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names: set[str] = set()
+    for field_name, field in cls.model_fields.items():
+        alias = field.validation_alias or field.alias
+        if alias is None:
+            names.add(f"{prefix}{field_name}".upper())
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        elif isinstance(alias, AliasChoices):
+            names.update(choice.upper() for choice in alias.choices if isinstance(choice, str))
+    return names
+
+
+def allowed_env(name: str) -> set[str]:
+    allowed = env_names(settings_classes()[name])
+    if name in LAMBDA_HANDLERS:
+        allowed |= AWS_ENV
+    return allowed
+
+
+def load_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The service's Settings as the container would build them from the compose environment."""
+    cls = settings_classes()[name]
+    for var in list(os.environ):
+        if var.upper() in env_names(cls) | AWS_ENV:
+            monkeypatch.delenv(var)
+    for var, value in environment(name).items():
+        monkeypatch.setenv(var, value)
+    return cls()
+
+
+def depends_on(name: str) -> dict[str, str]:
+    """Dependency -> condition; the short list form means service_started."""
+    deps = service(name).get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {dep: (spec or {}).get("condition", "service_started") for dep, spec in deps.items()}
+
+
+def dockerfile_path(name: str) -> Path:
+    build = service(name).get("build")
+    assert isinstance(build, dict), f"{name}: build must be a mapping with context and dockerfile"
+    return (ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs: continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not pending):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        if full:
+            keyword, _, args = full.partition(" ")
+            out.append((keyword.upper(), args.strip()))
+    if pending.strip():
+        keyword, _, args = pending.strip().partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    ins = instructions(dockerfile)
+    starts = [i for i, (kw, _) in enumerate(ins) if kw == "FROM"]
+    assert starts, f"{dockerfile}: no FROM"
+    return ins[starts[-1] :]
+
+
+def copy_sources(args: str) -> list[str] | None:
+    """The build-context sources of a COPY/ADD, or None when it copies from another stage."""
+    parts = json.loads(args) if args.startswith("[") else args.split()
+    flags = [p for p in parts if p.startswith("--")]
+    if any(f.startswith("--from") for f in flags):
+        return None
+    paths = [p for p in parts if not p.startswith("--")]
+    assert len(paths) >= 2, f"COPY {args!r} needs a source and a destination"
+    return paths[:-1]
+
+
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if pattern.startswith("/", i):
+                out += "/?"
+                i += 1
+            continue
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            end = pattern.find("]", i)
+            out += pattern[i : end + 1] if end != -1 else re.escape(c)
+            i = end if end != -1 else i
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(out + r"\Z")
+
+
+@cache
+def dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
+    """(is_exception, regex) per .dockerignore line, in order (the last match wins, as in Docker)."""
+    path = ROOT / ".dockerignore"
+    rules: list[tuple[bool, re.Pattern[str]]] = []
+    if not path.exists():
+        return rules
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        rules.append((exception, _ignore_regex(pattern)))
+    return rules
+
+
+def ignored(rel: str) -> bool:
+    """Whether .dockerignore keeps this context path (or one of its parent folders) out of the build."""
+    parts = Path(rel).parts
+    for depth in range(1, len(parts) + 1):
+        candidate = "/".join(parts[:depth])
+        excluded = False
+        for exception, regex in dockerignore():
+            if regex.match(candidate):
+                excluded = not exception
+        if excluded:
+            return True
+    return False
+
+
+def url_service_and_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port, f"{url!r}: expected http://<service>:<port>"
+    return parts.hostname, parts.port
+
+
+# -- docker-compose 1.29 accepts the file ---------------------------------------------------------------------
+
+
+def test_docker_compose_config_is_valid() -> None:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail(
+            "docker-compose (v1.29, Debian package 'docker-compose') is not installed, so docker-compose.yml "
+            "cannot be validated. `make pytest` installs it (apt-get install -y docker-compose).",
+            pytrace=False,
+        )
+    proc = subprocess.run(
+        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"docker-compose config -q failed:\n{proc.stdout}\n{proc.stderr}"
+    warnings = [line for line in proc.stderr.splitlines() if "WARN" in line.upper()]
+    assert not warnings, "docker-compose config warned:\n" + "\n".join(warnings)
+
+
+def test_every_variable_has_a_default() -> None:
+    for text in strings(compose()):
+        interpolate(text)  # raises on ${VAR} / $VAR without a default
+
+
+# -- structure --------------------------------------------------------------------------------------------------
+
+
+def test_all_services_present() -> None:
+    services = set(compose().get("services") or {})
+    assert services >= ALL_SERVICES, f"missing services: {sorted(ALL_SERVICES - services)}"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SERVICES - {"minio-init"}))
+def test_long_running_services_have_a_healthcheck(name: str) -> None:
+    check = service(name).get("healthcheck")
+    assert isinstance(check, dict), f"{name}: no healthcheck"
+    assert not check.get("disable"), f"{name}: healthcheck disabled"
+    test = check.get("test")
+    assert test and test != ["NONE"], f"{name}: healthcheck has no test"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SERVICES))
+def test_dependencies_are_conditional_and_sound(name: str) -> None:
+    """Each dependency waits for health (or, for the one-shot init, for its successful exit)."""
+    for dep, condition in depends_on(name).items():
+        assert dep in ALL_SERVICES, f"{name} depends on unknown service {dep!r}"
+        expected = "service_completed_successfully" if dep == "minio-init" else "service_healthy"
+        assert condition == expected, f"{name} -> {dep}: condition {condition!r}, expected {expected!r}"
+
+
+def test_gateway_waits_for_healthy_lambdas() -> None:
+    deps = depends_on("gateway")
+    for fn in LAMBDA_HANDLERS:
+        assert deps.get(fn) == "service_healthy", f"gateway must depend on {fn} being healthy"
+
+
+@pytest.mark.parametrize("name", sorted(LAMBDA_HANDLERS))
+def test_lambdas_wait_for_storage_and_models(name: str) -> None:
+    deps = depends_on(name)
+    assert deps.get("minio-init") == "service_completed_successfully", f"{name}: must wait for the bucket"
+    assert deps.get("embedding") == "service_healthy", f"{name}: must wait for the embedding service"
+    if name == "chat":  # ingestion never calls the LLM
+        assert deps.get("llm") == "service_healthy", "chat: must wait for the llm service"
+
+
+def test_minio_init_creates_the_bucket_the_lambdas_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    init = service("minio-init")
+    script = " ".join(strings([init.get("entrypoint"), init.get("command")]))
+    assert "mc mb" in script, "minio-init must create the bucket with `mc mb`"
+    assert depends_on("minio-init").get("minio") == "service_healthy"
+    for name in LAMBDA_HANDLERS:
+        settings = load_settings(name, monkeypatch)
+        for uri in (settings.lancedb_uri, settings.documents_uri):
+            bucket = urlsplit(uri).netloc
+            assert uri.startswith("s3://") and re.search(rf"/{re.escape(bucket)}(\s|$|;|&)", script), (
+                f"{name}: {uri} is not in a bucket minio-init creates"
+            )
+
+
+def test_lambda_credentials_are_the_minio_root_user() -> None:
+    raw_minio = service("minio")["environment"]
+    for name in LAMBDA_HANDLERS:
+        raw = service(name)["environment"]
+        assert raw["AWS_ACCESS_KEY_ID"] == raw_minio["MINIO_ROOT_USER"], name
+        assert raw["AWS_SECRET_ACCESS_KEY"] == raw_minio["MINIO_ROOT_PASSWORD"], name
+
+
+@pytest.mark.parametrize("name", OUR_SERVICES)
+def test_services_are_built_from_the_repo_root(name: str) -> None:
+    build = service(name).get("build")
+    assert isinstance(build, dict), f"{name}: build must be a mapping"
+    assert Path(build.get("context", ".")) == Path("."), f"{name}: the build context must be the repo root"
+    path = dockerfile_path(name)
+    assert path == (ROOT / name / "Dockerfile").resolve(), f"{name}: expected {name}/Dockerfile, got {path}"
+    assert path.is_file(), f"{path} does not exist"
+
+
+def test_gateway_is_published_on_8000() -> None:
+    ports = [str(p) for p in service("gateway").get("ports") or []]
+    assert any(re.fullmatch(r"(?:[\d.]+:)?8000:8000(?:/tcp)?", p) for p in ports), ports
+
+
+# -- environment variables: real fields, valid values, consistent addresses ----------------------------------
+
+
+@pytest.mark.parametrize("name", OUR_SERVICES)
+def test_environment_names_are_settings_fields(name: str) -> None:
+    allowed = allowed_env(name)
+    unknown = sorted(var for var in environment(name) if var.upper() not in allowed)
+    assert not unknown, f"{name}: {unknown} are not read by {name} (typo? pydantic-settings ignores them)"
+
+
+@pytest.mark.parametrize("name", OUR_SERVICES)
+def test_environment_values_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_settings(name, monkeypatch)
+
+
+@pytest.mark.parametrize("name", OUR_SERVICES)
+def test_services_listen_on_all_interfaces_at_their_healthchecked_port(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = " ".join(strings(service(name)["healthcheck"]["test"]))
+    if name in LAMBDA_HANDLERS:
+        assert str(RIE_PORT) in check, f"{name}: the healthcheck must probe the emulator's port {RIE_PORT}"
+        return
+    settings = load_settings(name, monkeypatch)
+    assert settings.host == "0.0.0.0", f"{name}: must bind 0.0.0.0 in a container"
+    assert f":{settings.port}/health" in check, f"{name}: healthcheck does not probe port {settings.port}"
+
+
+def test_gateway_functions_point_at_the_lambda_emulators(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings("gateway", monkeypatch)
+    assert set(settings.routes.values()) <= set(settings.functions), "a route targets an unknown function"
+    for fn, url in settings.functions.items():
+        host, port = url_service_and_port(url)
+        assert host in LAMBDA_HANDLERS, f"function {fn!r} -> {url}: not a lambda service"
+        assert port == RIE_PORT and urlsplit(url).path == RIE_INVOKE_PATH, f"{fn}: {url} is not the RIE Invoke URL"
+
+
+@pytest.mark.parametrize("name", sorted(LAMBDA_HANDLERS))
+def test_lambda_endpoints_point_at_the_services(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = load_settings("gateway", monkeypatch)
+    embedding = load_settings("embedding", monkeypatch)
+    llm = load_settings("llm", monkeypatch)
+    settings = load_settings(name, monkeypatch)
+    assert settings.embedding_endpoint_url, f"{name}: RAG_EMBEDDING_ENDPOINT_URL unset (would call AWS)"
+    assert url_service_and_port(settings.embedding_endpoint_url) == ("embedding", embedding.port)
+    assert settings.s3_endpoint_url, f"{name}: RAG_S3_ENDPOINT_URL unset (would call AWS S3)"
+    assert url_service_and_port(settings.s3_endpoint_url) == ("minio", 9000)
+    assert settings.connections_endpoint_url == f"http://gateway:{gateway.port}/{gateway.stage}"
+    if name == "chat":
+        assert settings.llm_endpoint_url, "chat: RAG_LLM_ENDPOINT_URL unset (would call AWS)"
+        assert url_service_and_port(settings.llm_endpoint_url) == ("llm", llm.port)
+
+
+def test_llm_model_is_the_mounted_default_model_fetch_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm.model_fetch import model_file_name
+    from llm.settings import Settings as LlmSettings
+
+    settings = load_settings("llm", monkeypatch)
+    mounts = {}
+    for volume in service("llm").get("volumes") or []:
+        source, target, *_ = str(volume).split(":")
+        mounts[target] = source
+    assert settings.model_path is not None, "llm: LLM_MODEL_PATH must be set"
+    mount_target = str(settings.model_path.parent)
+    assert mount_target in mounts, f"llm: {settings.model_path} is not under a mounted folder ({mounts})"
+    assert Path(mounts[mount_target]) == Path("./models"), "llm: ./models (where make model fetches) must be mounted"
+    default_url = LlmSettings.model_fields["model_url"].default
+    assert settings.model_path.name == model_file_name(default_url), (
+        "llm: the default LLM_MODEL_PATH is not the file `python -m llm.model_fetch` downloads"
+    )
+
+
+# -- Dockerfiles ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LAMBDA_HANDLERS))
+def test_lambda_images_use_the_lambda_base_image_and_handler(name: str) -> None:
+    stage = final_stage(dockerfile_path(name))
+    base = next(word for word in stage[0][1].split() if not word.startswith("--"))  # FROM [--platform=..] image
+    assert base.startswith(LAMBDA_BASE_IMAGE), f"{name}: FROM {base}, expected {LAMBDA_BASE_IMAGE}<version>"
+    cmds = [args for kw, args in stage if kw == "CMD"]
+    assert cmds, f"{name}: no CMD"
+    cmd = json.loads(cmds[-1])
+    assert cmd == [LAMBDA_HANDLERS[name]], f"{name}: CMD {cmd}, expected [{LAMBDA_HANDLERS[name]!r}]"
+    assert not any(kw == "ENTRYPOINT" for kw, _ in stage), f"{name}: keep the base image's entrypoint (the RIE)"
+
+    module_name, _, attr = LAMBDA_HANDLERS[name].rpartition(".")
+    handler = getattr(importlib.import_module(module_name), attr, None)
+    assert callable(handler), f"{LAMBDA_HANDLERS[name]} is not a callable"
+    inspect.signature(handler).bind({}, None)  # handler(event, context)
+
+
+def test_gateway_image_installs_only_the_base_dependencies() -> None:
+    runs = " ".join(args for kw, args in instructions(dockerfile_path("gateway")) if kw == "RUN")
+    assert "pip install" in runs
+    assert "torch" not in runs and "[" not in runs, f"gateway image must install no extras: {runs}"
+
+
+def test_embedding_image_installs_the_cpu_torch_first() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["embedding"]
+    torch_pin = next(p for p in pins if p.replace(" ", "").startswith("torch=="))
+    runs = [args for kw, args in instructions(dockerfile_path("embedding")) if kw == "RUN" and "pip install" in args]
+    torch_at = next((i for i, r in enumerate(runs) if torch_pin.replace(" ", "") in r.replace(" ", "")), None)
+    extra_at = next((i for i, r in enumerate(runs) if "[embedding]" in r), None)
+    assert torch_at is not None, f"embedding image must install {torch_pin} explicitly"
+    assert "download.pytorch.org/whl/cpu" in runs[torch_at], "embedding: torch must come from the CPU wheel index"
+    assert extra_at is not None and torch_at < extra_at, "embedding: install torch before .[embedding]"
+
+
+@pytest.mark.parametrize("name", OUR_SERVICES)
+def test_dockerfile_copy_sources_exist_and_are_not_dockerignored(name: str) -> None:
+    dockerfile = dockerfile_path(name)
+    copied: set[str] = set()
+    for kw, args in instructions(dockerfile):
+        if kw not in {"COPY", "ADD"}:
+            continue
+        sources = copy_sources(args)
+        if sources is None:
+            continue
+        matched_any = False
+        for src in sources:
+            rel = os.path.normpath(src).lstrip("/")
+            if any(ch in rel for ch in "*?["):  # a wildcard may match nothing (e.g. an optional README.m[d])
+                matches = [p for p in ROOT.glob(rel) if not ignored(p.relative_to(ROOT).as_posix())]
+                matched_any |= bool(matches)
+                continue
+            path = ROOT / rel
+            assert path.exists(), f"{dockerfile.relative_to(ROOT)}: COPY source {src!r} does not exist"
+            assert not ignored(rel), f"{dockerfile.relative_to(ROOT)}: COPY source {src!r} is in .dockerignore"
+            if path.is_dir():
+                for py in path.rglob("*"):
+                    if py.is_file() and "__pycache__" not in py.parts and py.suffix != ".pyc":
+                        rel_py = py.relative_to(ROOT).as_posix()
+                        assert not ignored(rel_py), f"{rel_py} (copied by {dockerfile.name}) is in .dockerignore"
+            matched_any = True
+            copied.add(rel)
+        assert matched_any, f"{dockerfile.relative_to(ROOT)}: COPY {args!r} copies nothing"
+    # setuptools builds every package named in pyproject, so each image that installs the project needs them all.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    missing = sorted(set(packages) - copied)
+    assert not missing, f"{dockerfile.relative_to(ROOT)} does not copy package folders {missing}"
+    assert "pyproject.toml" in copied, f"{dockerfile.relative_to(ROOT)} does not copy pyproject.toml"
+
+
+def test_dockerignore_keeps_the_big_and_private_things_out() -> None:
+    for rel in (".git", ".venv", "models", "data", ".cache", ".env"):
+        assert ignored(rel), f".dockerignore should exclude {rel}"
