@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ class Stats:
 
 
 STATS = web.AppKey("stats", Stats)
+SLOTS = web.AppKey("function_slots", dict[str, asyncio.Semaphore])
 
 
 class InvokeFailed(Exception):
@@ -65,6 +67,18 @@ async def invoke(app: web.Application, route_key: str, event: dict[str, Any]) ->
         raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, "this route is not configured")
     timeout = aiohttp.ClientTimeout(total=settings.integration_timeout_s, connect=5)
     app[STATS].invocations += 1
+    slot = app[SLOTS].get(function)
+    try:
+        async with asyncio.timeout(settings.integration_timeout_s), slot or contextlib.nullcontext():
+            return await _post_invoke(app, function, route_key, url, event, timeout)
+    except TimeoutError:
+        log.error("invoke %s timed out after %.0fs", function, settings.integration_timeout_s)
+        raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function did not answer in time") from None
+
+
+async def _post_invoke(
+    app: web.Application, function: str, route_key: str, url: str, event: dict[str, Any], timeout: aiohttp.ClientTimeout
+) -> dict[str, Any] | None:
     try:
         async with app[HTTP].post(url, json=event, timeout=timeout) as resp:
             body = await resp.read()
@@ -81,9 +95,6 @@ async def invoke(app: web.Application, route_key: str, event: dict[str, Any]) ->
                 raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function failed; see its log")
             result = json.loads(body) if body else None
             return result if isinstance(result, dict) else None
-    except TimeoutError:
-        log.error("invoke %s timed out after %.0fs", function, settings.integration_timeout_s)
-        raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function did not answer in time") from None
     except aiohttp.ClientError as exc:
         log.error("invoke %s unreachable: %s", function, exc)
         raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, f"the {function} service is unavailable") from None
@@ -320,6 +331,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[CONNECTIONS] = ConnectionTable()
     app[STATS] = Stats()
+    app[SLOTS] = {name: asyncio.Semaphore(n) for name, n in settings.function_concurrency.items()}
 
     async def http_client(app: web.Application) -> Any:
         connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=60)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         description="Route key -> function name, as JSON. The route key is the body's 'action' "
         "(route selection expression $request.body.action); unmatched messages take $default.",
     )
+    function_concurrency: dict[str, int] = Field(
+        default_factory=dict,
+        description="Function name -> most invocations in flight at once, as JSON; more wait their turn "
+        "(within the integration timeout). Unset = no limit. Compose sets 1: the Lambda base image's "
+        "emulator serves one invocation at a time.",
+    )
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1, description="Largest client message (API Gateway: 128 KB).")
     hard_max_message_bytes: int = Field(
         4 * MAX_MESSAGE_BYTES,
