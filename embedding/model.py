@@ -169,6 +169,7 @@ class MicroBatcher:
         self.batch_wait_s = batch_wait_s
         self.max_queue = max_queue
         self._queue: deque[_Job] = deque()
+        self._inflight: list[_Job] = []  # jobs of the batch being encoded
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -186,15 +187,17 @@ class MicroBatcher:
         self._task = asyncio.create_task(self._run(), name="embedding-batcher")
 
     async def close(self) -> None:
+        stranded = [*self._inflight, *self._queue]  # the worker's cleanup forgets its batch when cancelled
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for job in self._queue:
+        for job in stranded:
             if not job.future.done():
                 job.future.set_exception(BatcherClosed("embedding service is shutting down"))
         self._queue.clear()
+        self._inflight = []
         self._pending = 0
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -259,9 +262,13 @@ class MicroBatcher:
                 texts, parts = self._take_batch()
                 if not texts:
                     break
+                self._inflight = [job for job, _, _ in parts]
                 try:
                     vectors = await loop.run_in_executor(self._executor, self.model.encode, texts, False)
-                except Exception as exc:
+                    if vectors.shape[0] != len(texts):
+                        raise RuntimeError(f"model returned {vectors.shape[0]} vectors for {len(texts)} texts")
+                    self._deliver(vectors, parts)
+                except Exception as exc:  # fail this batch's requests, keep serving the others
                     log.exception("encoding a batch of %d texts failed", len(texts))
                     for job, _, _ in parts:
                         if not job.future.done():
@@ -270,7 +277,7 @@ class MicroBatcher:
                     self.batches_encoded += 1
                     self.texts_encoded += len(texts)
                     log.debug("encoded a batch of %d texts from %d requests", len(texts), len(parts))
-                    self._deliver(vectors, parts)
                 finally:
+                    self._inflight = []
                     self._pending -= len(texts)
             self._wakeup.clear()
