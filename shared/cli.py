@@ -441,7 +441,8 @@ async def stream_answer(
     finally:
         if not at_line_start:
             print(flush=True)
-    assert end is not None  # the stream only ends normally at stream_end
+    if end is None:  # the client only ends a chat stream normally at stream_end
+        raise RagClientError(RagClientError.INVALID_REPLY, "the answer stream ended without stream_end")
     return end
 
 
@@ -711,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(handler(ctx, args))
     except KeyboardInterrupt:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # end the line the ^C was echoed on
         return 130
     except RagClientError as exc:
         report_error(ctx, exc)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -86,6 +88,22 @@ class RagClientError(Exception):
 _QueueItem = ServerMessage | RagClientError
 
 
+class _Backoff:
+    """Exponential backoff with jitter, for at most ``budget`` seconds in all."""
+
+    def __init__(self, budget: float) -> None:
+        self.deadline = time.monotonic() + budget
+        self.attempt = 0
+
+    def allowed(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    async def wait(self) -> None:
+        delay = min(0.05 * 2**self.attempt, 1.0) * random.uniform(0.5, 1.0)
+        self.attempt += 1
+        await asyncio.sleep(max(0.0, min(delay, self.deadline - time.monotonic())))
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return str(exc.os_error) or type(exc.os_error).__name__
@@ -97,7 +115,8 @@ class RagClient:
 
     ``timeout`` bounds the wait for each reply (for a chat: for each streamed message), and
     ``connect_timeout`` the WebSocket handshake. A ``throttled`` reply (too many requests in flight
-    on the connection) is retried with backoff, up to ``throttle_retries`` times: the server did not
+    on the connection) is retried with backoff until ``timeout`` has passed, unless
+    ``retry_throttled`` is false: the server did not
     run the request. If the connection drops, the next request reconnects.
     """
 
@@ -108,13 +127,13 @@ class RagClient:
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
-        throttle_retries: int = 8,
+        retry_throttled: bool = True,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
-        self.throttle_retries = throttle_retries
+        self.retry_throttled = retry_throttled
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -308,18 +327,17 @@ class RagClient:
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             raise RagClientError(RagClientError.CONNECTION_CLOSED, f"could not send: {_reason(exc)}") from None
 
-    async def _backoff(self, attempt: int) -> None:
-        await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+    def _throttle_backoff(self) -> _Backoff:
+        return _Backoff(self.timeout if self.retry_throttled else 0.0)
 
     async def _call(self, make: Callable[[str], _Request], expect: type[_Reply]) -> _Reply:
-        attempt = 0
+        backoff = self._throttle_backoff()
         while True:
             async with self._exchange(make) as next_reply:
                 reply = await next_reply()
             if isinstance(reply, ErrorMessage):
-                if reply.code == ErrorCode.THROTTLED and attempt < self.throttle_retries:
-                    await self._backoff(attempt)
-                    attempt += 1
+                if reply.code == ErrorCode.THROTTLED and backoff.allowed():
+                    await backoff.wait()
                     continue
                 raise RagClientError.from_reply(reply)
             if not isinstance(reply, expect):
@@ -375,14 +393,14 @@ class RagClient:
                 max_distance=max_distance,
             )
 
-        attempt = 0
+        backoff = self._throttle_backoff()
         while True:
             throttled = False
             async with self._exchange(make) as next_reply:
                 while True:
                     reply = await next_reply()
                     if isinstance(reply, ErrorMessage):
-                        if reply.code == ErrorCode.THROTTLED and attempt < self.throttle_retries:
+                        if reply.code == ErrorCode.THROTTLED and backoff.allowed():
                             throttled = True  # refused before it started: safe to send again
                             break
                         raise RagClientError.from_reply(reply)
@@ -394,5 +412,4 @@ class RagClient:
                     if isinstance(reply, StreamEnd):
                         return
             if throttled:
-                await self._backoff(attempt)
-                attempt += 1
+                await backoff.wait()
