@@ -15,11 +15,16 @@ def client_config(
     max_attempts: int = 4,
     max_pool_connections: int = 16,
 ) -> Config:
-    """Timeouts on every call; 'standard' retries back off with jitter on throttling and 5xx."""
+    """Timeouts on every call; 'standard' retries back off with jitter on throttling and 5xx.
+
+    ``max_attempts`` counts every attempt, the first included (botocore's ``total_max_attempts``; its
+    own ``max_attempts`` key would count retries only). A throttled call (ThrottlingException,
+    TooManyRequestsException, LimitExceededException, ...) waits rand(0, 1) * min(2 ** n, 20) seconds
+    before retry n: with 4 attempts at most 1 + 2 + 4 s. GoneException and other 4xx are not retried."""
     return Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
         tcp_keepalive=True,
     )

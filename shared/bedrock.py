@@ -22,16 +22,36 @@ log = logging.getLogger(__name__)
 EmbeddingFormat = Literal["cohere", "titan"]
 
 
+# Bedrock error codes (botocore's bedrock-runtime model) that mean "busy: try again shortly".
+# ModelNotReadyException: the model is being loaded (Bedrock asks callers to retry).
+THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException", "ModelNotReadyException"}
+)
+
+
+def error_code(exc: ClientError) -> str:
+    """The AWS error code, normalised: an exception inside a ConverseStream event stream arrives with its
+    event name in lowerCamelCase (``throttlingException``), the HTTP error as ``ThrottlingException``."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code[:1].upper() + code[1:]
+
+
 def upstream_error(service: str, exc: Exception) -> RagError:
-    """Map a botocore failure to a client-safe typed error (details go to the log only)."""
+    """Map a botocore failure to a client-safe typed error (details go to the log only).
+
+    The same mapping holds for the local stand-ins and for Bedrock: both raise botocore's ClientError
+    with the same error codes (tests/test_error_parity.py)."""
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
         return UpstreamTimeout(f"the {service} service did not answer in time")
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException"):
+        code = error_code(exc)
+        if code in THROTTLING_CODES:
             return Throttled(f"the {service} service is busy; retry shortly")
         if code == "ModelTimeoutException":
             return UpstreamTimeout(f"the {service} model timed out")
+        if code in ("ResourceNotFoundException", "AccessDeniedException"):
+            # A deployment problem (model id, model access, IAM), not the client's: say so, without details.
+            return UpstreamUnavailable(f"the {service} model is not available to this service (see its log)")
     return UpstreamUnavailable(f"the {service} service is unavailable")
 
 
@@ -81,7 +101,10 @@ class Embedder:
         return vec
 
     def _cohere(self, texts: Sequence[str], input_type: str) -> list[list[float]]:
-        vecs: list[list[float]] = self._invoke({"texts": list(texts), "input_type": input_type})["embeddings"]
+        out = self._invoke({"texts": list(texts), "input_type": input_type})["embeddings"]
+        # Cohere answers {"embeddings": [[...]]} ("embeddings_floats"), or {"embeddings": {"float": [[...]]}}
+        # when embedding types are involved (Embed v4 always does).
+        vecs: list[list[float]] = out["float"] if isinstance(out, dict) else out
         return vecs
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -20,6 +21,11 @@ class ConnectionGone(Exception):
     """The client disconnected (GoneException): stop working for it, don't retry."""
 
 
+# Connection ids seen gone, remembered so that other replies for them (concurrent requests on the same
+# connection, error reports) are dropped without another call. Ids are never reused, so this is safe.
+_GONE_MEMORY = 1024
+
+
 class Connections:
     """post_to_connection with one cached client per endpoint.
 
@@ -33,6 +39,7 @@ class Connections:
         self.timeout_s = timeout_s
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._gone: OrderedDict[str, None] = OrderedDict()
 
     def endpoint_for(self, event: WebSocketEvent) -> str:
         if self.endpoint_url:
@@ -52,13 +59,27 @@ class Connections:
             return self._clients[endpoint]
 
     def post(self, event: WebSocketEvent, message: BaseModel) -> None:
-        """Send one message; raise ConnectionGone if the client has left."""
+        """Send one message; raise ConnectionGone if the client has left.
+
+        GoneException (410) is final: botocore's retry policy does not retry it, and the connection is
+        remembered as gone, so later posts to it raise ConnectionGone without calling the API again.
+        Throttling (429 LimitExceededException) and 5xx are retried by the client's 'standard' policy."""
+        connection_id = event.request_context.connection_id
+        if connection_id in self._gone:
+            raise ConnectionGone(connection_id)
         client = self.client(self.endpoint_for(event))
         try:
-            client.post_to_connection(ConnectionId=event.request_context.connection_id, Data=encode(message))
+            client.post_to_connection(ConnectionId=connection_id, Data=encode(message))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "GoneException":
-                raise ConnectionGone(event.request_context.connection_id) from exc
+                self._remember_gone(connection_id)
+                raise ConnectionGone(connection_id) from exc
             raise
         except BotoCoreError:
             raise
+
+    def _remember_gone(self, connection_id: str) -> None:
+        with self._lock:
+            self._gone[connection_id] = None
+            while len(self._gone) > _GONE_MEMORY:
+                self._gone.popitem(last=False)

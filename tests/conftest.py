@@ -74,7 +74,8 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             ingestion_port=free_port(),
             chat_port=free_port(),
             s3_endpoint_url=s3_endpoint,
-            extra_env={**(S3_ENV if s3_endpoint else {}), **env},
+            # Short answers keep the suite fast: the tiny test model never stops on its own.
+            extra_env={"RAG_MAX_TOKENS": "64", **(S3_ENV if s3_endpoint else {}), **env},
         )
         if s3_endpoint:
             bucket = f"rag-{name}".lower().replace("_", "-")

@@ -1,0 +1,545 @@
+"""template.yaml (AWS SAM), checked offline: no AWS account, no Docker.
+
+- cfn-lint accepts it (SAM schemas, CloudFormation rules, circular dependencies), and so does AWS's own
+  SAM translator (aws-sam-translator, what ``sam build``/``sam deploy`` run); cfn-lint accepts the
+  translated CloudFormation too.
+- The WebSocket API has the local gateway's routes, each a Lambda proxy integration with its permission.
+- The functions are the compose images (same Dockerfiles, repo root as context, same handler CMD).
+- Their environment is made of real settings names and is an ``aws`` profile (shared/profiles.py) that
+  passes the profile check, for every embedding choice the parameters allow.
+- IAM is least privilege: Bedrock on the configured model ARNs only, S3 on the bucket (and prefixes) only,
+  ManageConnections on this API's stage only; no ``*`` resource, no wildcard action.
+- The bucket notifies ingestion of files under the documents prefix's ``inbox/`` (the documents code's
+  INBOX_PREFIX), without a circular dependency.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from shared.profiles import EMBEDDING_MODELS, LOCAL_EMBEDDING_MODEL_ID, aws_profile, check, mode_of
+from tests.test_compose import env_names
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+
+REGION, ACCOUNT = "eu-west-1", "123456789012"
+PSEUDO = {
+    "AWS::Region": REGION,
+    "AWS::AccountId": ACCOUNT,
+    "AWS::Partition": "aws",
+    "AWS::StackName": "localrag",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+# Physical ids CloudFormation would give the resources (what Ref / GetAtt resolve to in these tests).
+API_ID = "k3x9q2w7lb"
+PHYSICAL = {
+    "WebSocketApi": API_ID,
+    "IngestionFunction": "localrag-IngestionFunction-AbC",
+    "ChatFunction": "localrag-ChatFunction-DeF",
+    "IngestionIntegration": "ing123",
+    "ChatIntegration": "chat456",
+}
+FUNCTIONS = {"ingestion": "IngestionFunction", "chat": "ChatFunction"}
+ENDPOINT_VARS = {
+    "RAG_EMBEDDING_ENDPOINT_URL",
+    "RAG_LLM_ENDPOINT_URL",
+    "RAG_S3_ENDPOINT_URL",
+    "RAG_CONNECTIONS_ENDPOINT_URL",
+}
+SCOPED_SERVICES = ("bedrock:", "s3:", "execute-api:")
+
+
+# -- loading and resolving ------------------------------------------------------------------------------------
+
+
+@cache
+def _template() -> dict[str, Any]:
+    from cfnlint.decode import decode
+
+    tpl, matches = decode(str(TEMPLATE))
+    assert not matches, f"template.yaml does not parse: {matches}"
+    data: dict[str, Any] = json.loads(json.dumps(tpl))  # plain dicts, short-form tags as Fn::...
+    return data
+
+
+def template() -> dict[str, Any]:
+    return copy.deepcopy(_template())
+
+
+def resources(kind: str | None = None) -> dict[str, dict[str, Any]]:
+    res: dict[str, dict[str, Any]] = template()["Resources"]
+    return {k: v for k, v in res.items() if kind is None or v["Type"] == kind}
+
+
+def props(name: str) -> dict[str, Any]:
+    p: dict[str, Any] = template()["Resources"][name].get("Properties", {})
+    return p
+
+
+class Resolver:
+    """Evaluates the intrinsic functions the template uses, with parameter defaults (or overrides),
+    fixed pseudo parameters and made-up physical ids."""
+
+    def __init__(self, **overrides: str) -> None:
+        tpl = template()
+        self.tpl = tpl
+        self.params = {k: str(v.get("Default", "")) for k, v in tpl.get("Parameters", {}).items()}
+        unknown = set(overrides) - set(self.params)
+        assert not unknown, f"no such parameters: {unknown}"
+        self.params.update(overrides)
+
+    def bucket(self) -> str:
+        name: str = self(self.tpl["Resources"]["DocumentsBucket"]["Properties"]["BucketName"])
+        return name
+
+    def ref(self, name: str) -> str:
+        if name in self.params:
+            return self.params[name]
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if name == "DocumentsBucket":
+            return self.bucket()
+        assert name in PHYSICAL, f"Ref {name}: not a parameter or known resource"
+        return PHYSICAL[name]
+
+    def getatt(self, resource: str, attr: str) -> str:
+        if resource in ("IngestionFunction", "ChatFunction") and attr == "Arn":
+            return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{PHYSICAL[resource]}"
+        if resource == "DocumentsBucket" and attr == "Arn":
+            return f"arn:aws:s3:::{self.bucket()}"
+        raise AssertionError(f"GetAtt {resource}.{attr} not modelled")
+
+    def condition(self, name: str) -> bool:
+        return bool(self(self.tpl["Conditions"][name]))
+
+    def sub(self, text: str, extra: dict[str, Any]) -> str:
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name in extra:
+                return str(self(extra[name]))
+            if "." in name and not name.startswith("AWS::"):
+                return self.getatt(*name.split(".", 1))
+            return self.ref(name)
+
+        return re.sub(r"\$\{([^}!]+)\}", one, text)
+
+    def __call__(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::Sub":
+                return self.sub(arg, {}) if isinstance(arg, str) else self.sub(arg[0], arg[1])
+            if key == "Fn::GetAtt":
+                res, attr = arg.split(".", 1) if isinstance(arg, str) else arg
+                return self.getatt(res, attr)
+            if key == "Fn::If":
+                return self(arg[1] if self.condition(arg[0]) else arg[2])
+            if key == "Fn::Select":
+                return self(arg[1])[int(self(arg[0]))]
+            if key == "Fn::Split":
+                return str(self(arg[1])).split(arg[0])
+            if key == "Fn::Join":
+                return arg[0].join(str(x) for x in self(arg[1]))
+            if key == "Fn::Equals":
+                return str(self(arg[0])) == str(self(arg[1]))
+            if key == "Fn::Or":
+                return any(self(a) for a in arg)
+            if key == "Fn::And":
+                return all(self(a) for a in arg)
+            if key == "Fn::Not":
+                return not self(arg[0])
+            if key == "Condition":
+                return self.condition(arg)
+        return {k: self(v) for k, v in node.items()}
+
+
+def statements(function: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for policy in props(function).get("Policies", []):
+        assert isinstance(policy, dict) and "Statement" in policy, (
+            f"{function}: use inline policy documents (a SAM policy template or managed policy name is not "
+            "checked here)"
+        )
+        out.extend(policy["Statement"])
+    return out
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def allowed(function: str, resolver: Resolver) -> dict[str, set[str]]:
+    """action -> the resources it is allowed on, resolved."""
+    out: dict[str, set[str]] = {}
+    for st in statements(function):
+        assert st["Effect"] == "Allow"
+        for action in as_list(st["Action"]):
+            out.setdefault(action, set()).update(as_list(resolver(st["Resource"])))
+    return out
+
+
+def function_env(function: str, resolver: Resolver) -> dict[str, str]:
+    variables = props(function)["Environment"]["Variables"]
+    return {k: str(v) for k, v in resolver(variables).items()}
+
+
+def route_targets() -> dict[str, str]:
+    """route key -> integration resource name."""
+    out = {}
+    for r in resources("AWS::ApiGatewayV2::Route").values():
+        target = r["Properties"]["Target"]
+        m = re.fullmatch(r"integrations/\$\{(\w+)\}", target.get("Fn::Sub", ""))
+        assert m, f"route {r['Properties']['RouteKey']}: Target must be !Sub integrations/${{Integration}}"
+        out[r["Properties"]["RouteKey"]] = m.group(1)
+    return out
+
+
+def integration_function(integration: str) -> str:
+    uri = props(integration)["IntegrationUri"]["Fn::Sub"]
+    m = re.fullmatch(
+        r"arn:\$\{AWS::Partition\}:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/"
+        r"\$\{(\w+)\.Arn\}/invocations",
+        uri,
+    )
+    assert m, f"{integration}: not a Lambda proxy integration URI: {uri}"
+    return m.group(1)
+
+
+def settings_for(function: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The function's Settings as Lambda would build them from this environment (and nothing else)."""
+    from chat.settings import Settings as ChatSettings
+    from ingestion.settings import Settings as IngestionSettings
+
+    classes: dict[str, type[BaseSettings]] = {"IngestionFunction": IngestionSettings, "ChatFunction": ChatSettings}
+    cls = classes[function]
+    import os
+
+    for var in list(os.environ):
+        if var.upper() in env_names(cls):
+            monkeypatch.delenv(var)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return cls()
+
+
+# -- the linters --------------------------------------------------------------------------------------------------
+
+
+def _cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
+    if not CFN_LINT.exists():
+        pytest.fail(f"cfn-lint is not installed in {CFN_LINT.parent} (pip install -e '.[dev]')", pytrace=False)
+    return subprocess.run([str(CFN_LINT), str(path)], capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_cfn_lint_accepts_the_template() -> None:
+    proc = _cfn_lint(TEMPLATE)
+    assert proc.returncode == 0, f"cfn-lint template.yaml:\n{proc.stdout}\n{proc.stderr}"
+
+
+def translated(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """template.yaml through AWS's SAM translator (ImageUri is what `sam build` fills in)."""
+    from samtranslator.translator.transform import transform
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    tpl = template()
+    for fn in FUNCTIONS.values():
+        tpl["Resources"][fn]["Properties"]["ImageUri"] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/localrag:{fn}"
+
+    class ManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {"AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
+
+    out: dict[str, Any] = transform(tpl, {}, ManagedPolicies())
+    return out
+
+
+def test_sam_translates_and_the_result_lints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfn = translated(monkeypatch)
+    assert "Transform" not in cfn
+    for fn in FUNCTIONS.values():
+        role = cfn["Resources"][f"{fn}Role"]
+        assert role["Type"] == "AWS::IAM::Role"
+        # The role holds exactly the template's statements, plus only the basic logging policy.
+        assert role["Properties"]["ManagedPolicyArns"] == [
+            "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+        ]
+        got = [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        assert got == statements(fn)
+        assert cfn["Resources"][fn]["Properties"]["PackageType"] == "Image"
+    path = tmp_path / "translated.json"
+    path.write_text(json.dumps(cfn, indent=1))
+    proc = _cfn_lint(path)
+    assert proc.returncode == 0, f"cfn-lint on the SAM translation:\n{proc.stdout}\n{proc.stderr}"
+
+
+# -- the WebSocket API -----------------------------------------------------------------------------------------
+
+
+def test_websocket_api() -> None:
+    (api,) = resources("AWS::ApiGatewayV2::Api").values()
+    assert api["Properties"]["ProtocolType"] == "WEBSOCKET"
+    assert api["Properties"]["RouteSelectionExpression"] == "$request.body.action"
+
+
+def test_routes_are_the_local_gateways() -> None:
+    from gateway.settings import DEFAULT_ROUTES
+    from shared.protocol import ACTIONS
+
+    routes = {key: integration_function(integration) for key, integration in route_targets().items()}
+    expected = {key: FUNCTIONS[fn] for key, fn in DEFAULT_ROUTES.items()}
+    assert routes == expected
+    assert set(routes) == {"$connect", "$disconnect", "$default", *ACTIONS}
+
+
+def test_integrations_are_lambda_proxy_and_may_invoke() -> None:
+    integrations = resources("AWS::ApiGatewayV2::Integration")
+    assert set(integrations) == set(route_targets().values())
+    permissions = resources("AWS::Lambda::Permission")
+    resolver = Resolver()
+    for name, integration in integrations.items():
+        assert integration["Properties"]["IntegrationType"] == "AWS_PROXY"
+        assert integration["Properties"]["ApiId"] == {"Ref": "WebSocketApi"}
+        fn = integration_function(name)
+        grants = [
+            p["Properties"]
+            for p in permissions.values()
+            if p["Properties"]["Principal"] == "apigateway.amazonaws.com"
+            and resolver(p["Properties"]["FunctionName"]) in (PHYSICAL[fn], resolver.getatt(fn, "Arn"))
+        ]
+        assert len(grants) == 1, f"{fn}: expected one API Gateway invoke permission"
+        assert grants[0]["Action"] == "lambda:InvokeFunction"
+        stage = resolver.params["StageName"]
+        assert resolver(grants[0]["SourceArn"]) == f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{stage}/*"
+
+
+def test_stage_auto_deploys_after_every_route() -> None:
+    stage = resources("AWS::ApiGatewayV2::Stage")
+    ((_, res),) = stage.items()
+    assert res["Properties"]["AutoDeploy"] is True
+    assert res["Properties"]["ApiId"] == {"Ref": "WebSocketApi"}
+    assert set(res.get("DependsOn", [])) == set(resources("AWS::ApiGatewayV2::Route"))
+    throttle = res["Properties"]["DefaultRouteSettings"]
+    assert throttle["ThrottlingRateLimit"] and throttle["ThrottlingBurstLimit"]
+
+
+def test_outputs_give_the_cli_url() -> None:
+    resolver = Resolver()
+    outputs = resolver(template()["Outputs"])
+    stage = resolver.params["StageName"]
+    assert outputs["WebSocketUrl"]["Value"] == f"wss://{API_ID}.execute-api.{REGION}.amazonaws.com/{stage}"
+    assert outputs["ConnectionsUrl"]["Value"] == f"https://{API_ID}.execute-api.{REGION}.amazonaws.com/{stage}"
+
+
+# -- the functions ---------------------------------------------------------------------------------------------
+
+
+def _dockerfile_cmd(path: Path) -> list[str]:
+    cmds = [line.split(None, 1)[1] for line in path.read_text().splitlines() if line.startswith("CMD ")]
+    assert cmds, f"{path}: no CMD"
+    cmd: list[str] = json.loads(cmds[-1])
+    return cmd
+
+
+@pytest.mark.parametrize(("service", "function"), sorted(FUNCTIONS.items()))
+def test_functions_are_the_compose_images(service: str, function: str) -> None:
+    res = template()["Resources"][function]
+    assert res["Type"] == "AWS::Serverless::Function"
+    assert res["Properties"]["PackageType"] == "Image"
+    meta = res["Metadata"]
+    dockerfile = ROOT / meta["DockerContext"] / meta["Dockerfile"]
+    assert (ROOT / meta["DockerContext"]).resolve() == ROOT, "the build context must be the repo root"
+    assert dockerfile.resolve() == (ROOT / service / "Dockerfile").resolve()
+    assert _dockerfile_cmd(dockerfile) == [f"{service}.handler.handler"]
+    assert "ImageConfig" not in res["Properties"], "keep the Dockerfile's CMD (the handler compose runs)"
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS.values()))
+def test_environment_names_are_settings_fields(function: str) -> None:
+    from chat.settings import Settings as ChatSettings
+    from ingestion.settings import Settings as IngestionSettings
+
+    classes: dict[str, type[BaseSettings]] = {"IngestionFunction": IngestionSettings, "ChatFunction": ChatSettings}
+    cls = classes[function]
+    names = set(props(function)["Environment"]["Variables"])
+    unknown = sorted(n for n in names if n.upper() not in env_names(cls))
+    assert not unknown, f"{function}: {unknown} are not settings (pydantic-settings would ignore them)"
+    assert not names & ENDPOINT_VARS, f"{function}: endpoint variables must be unset on AWS"
+
+
+EMBEDDINGS = [
+    ("amazon.titan-embed-text-v2:0", "titan", "1024"),
+    ("amazon.titan-embed-text-v2:0", "titan", "512"),
+    ("amazon.titan-embed-text-v2:0", "titan", "256"),
+    ("cohere.embed-english-v3", "cohere", "1024"),
+    ("cohere.embed-multilingual-v3", "cohere", "1024"),
+]
+
+
+@pytest.mark.parametrize(("model", "body_format", "dimension"), EMBEDDINGS)
+@pytest.mark.parametrize("function", sorted(FUNCTIONS.values()))
+def test_environment_is_a_consistent_aws_profile(
+    function: str, model: str, body_format: str, dimension: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolver = Resolver(EmbeddingModelId=model, EmbeddingFormat=body_format, EmbeddingDimension=dimension)
+    env = function_env(function, resolver)
+    settings = settings_for(function, env, monkeypatch)
+    assert mode_of(settings) == "aws"
+    assert check(settings) == []
+    bucket = resolver.bucket()
+    assert settings.lancedb_uri == f"s3://{bucket}/lancedb"
+    assert settings.documents_uri == f"s3://{bucket}/documents"
+    assert settings.aws_region == REGION
+    assert settings.connections_endpoint_url is None  # replies: https://{domainName}/{stage} from the event
+    # The documented profile (python -m shared.profiles aws) says the same.
+    choice = {"titan": f"titan-{dimension}", "cohere": "cohere-en" if "english" in model else "cohere-multi"}
+    profile = aws_profile(bucket=bucket, region=REGION, embedding=choice[body_format])
+    shared_keys = {k for k in profile if k.upper() in env_names(type(settings))} - {"RAG_LLM_MODEL_ID"}
+    assert {k: env[k] for k in shared_keys} == {k: profile[k] for k in shared_keys}
+
+
+def test_a_wrong_embedding_combination_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parameters allow cohere with 256 dimensions; the profile check (python -m shared.profiles check)
+    names the problem before the first call would fail."""
+    resolver = Resolver(EmbeddingModelId="cohere.embed-english-v3", EmbeddingFormat="titan", EmbeddingDimension="256")
+    settings = settings_for("ChatFunction", function_env("ChatFunction", resolver), monkeypatch)
+    problems = check(settings)
+    assert any("'cohere' bodies" in p for p in problems) and any("1024" in p for p in problems), problems
+
+
+def test_parameters_match_the_known_models() -> None:
+    from shared.bedrock import EmbeddingFormat
+
+    params = template()["Parameters"]
+    bedrock_models = {k: m for k, m in EMBEDDING_MODELS.items() if k != LOCAL_EMBEDDING_MODEL_ID}
+    assert set(params["EmbeddingModelId"]["AllowedValues"]) == set(bedrock_models)
+    assert set(params["EmbeddingFormat"]["AllowedValues"]) == set(get_args(EmbeddingFormat))
+    dims = {d for m in bedrock_models.values() for d in m.dimensions}
+    assert {int(d) for d in params["EmbeddingDimension"]["AllowedValues"]} == dims
+    default = bedrock_models[params["EmbeddingModelId"]["Default"]]
+    assert params["EmbeddingFormat"]["Default"] == default.body_format
+    assert int(params["EmbeddingDimension"]["Default"]) == default.dimensions[0]
+
+
+# -- IAM ------------------------------------------------------------------------------------------------------
+
+
+def _all_statements() -> Iterator[tuple[str, dict[str, Any]]]:
+    for fn in FUNCTIONS.values():
+        for st in statements(fn):
+            yield fn, st
+
+
+def test_no_wildcards_on_scoped_services() -> None:
+    resolver = Resolver()
+    for fn, st in _all_statements():
+        for action in as_list(st["Action"]):
+            assert "*" not in action, f"{fn}: wildcard action {action}"
+            if not action.startswith(SCOPED_SERVICES):
+                continue
+            for resource in as_list(resolver(st["Resource"])):
+                assert resource != "*", f"{fn}: {action} on *"
+                service = action.split(":")[0]
+                assert resource.startswith(f"arn:aws:{service}:"), f"{fn}: {action} on {resource}"
+
+
+def test_bedrock_only_on_the_configured_models() -> None:
+    resolver = Resolver()
+    p = resolver.params
+    embed = f"arn:aws:bedrock:{REGION}::foundation-model/{p['EmbeddingModelId']}"
+    llm = f"arn:aws:bedrock:{REGION}::foundation-model/{p['LlmModelId']}"
+    ingestion = allowed("IngestionFunction", resolver)
+    chat = allowed("ChatFunction", resolver)
+    assert {a: r for a, r in ingestion.items() if a.startswith("bedrock:")} == {"bedrock:InvokeModel": {embed}}
+    assert {a: r for a, r in chat.items() if a.startswith("bedrock:")} == {
+        "bedrock:InvokeModel": {embed, llm},
+        "bedrock:InvokeModelWithResponseStream": {llm},
+    }
+
+
+def test_bedrock_with_an_inference_profile() -> None:
+    profile_id = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+    resolver = Resolver(LlmModelId=profile_id)
+    assert resolver.condition("LlmIsInferenceProfile")
+    assert not Resolver().condition("LlmIsInferenceProfile")
+    chat = allowed("ChatFunction", resolver)
+    assert chat["bedrock:InvokeModelWithResponseStream"] == {
+        f"arn:aws:bedrock:{REGION}:{ACCOUNT}:inference-profile/{profile_id}",
+        # the model the profile routes to, in the regions it routes to
+        "arn:aws:bedrock:*::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0",
+    }
+
+
+def test_s3_only_on_the_bucket() -> None:
+    resolver = Resolver()
+    bucket_arn = f"arn:aws:s3:::{resolver.bucket()}"
+    ingestion = allowed("IngestionFunction", resolver)
+    chat = allowed("ChatFunction", resolver)
+    for actions in (ingestion, chat):
+        assert actions["s3:ListBucket"] == {bucket_arn}
+        for action, res in actions.items():
+            if action.startswith("s3:") and action != "s3:ListBucket":
+                assert all(r.startswith(bucket_arn + "/") and r.endswith("/*") for r in res), (action, res)
+    # ingestion: raw documents and the index; chat: the index only.
+    assert ingestion["s3:PutObject"] == {f"{bucket_arn}/documents/*", f"{bucket_arn}/lancedb/*"}
+    assert chat["s3:PutObject"] == {f"{bucket_arn}/lancedb/*"}
+    assert chat["s3:GetObject"] == {f"{bucket_arn}/lancedb/*"}
+
+
+def test_manage_connections_only_on_this_api_stage() -> None:
+    resolver = Resolver()
+    stage = resolver.params["StageName"]
+    expected = {f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{stage}/POST/@connections/*"}
+    for fn in FUNCTIONS.values():
+        actions = allowed(fn, resolver)
+        assert actions["execute-api:ManageConnections"] == expected
+        assert {a for a in actions if a.startswith("execute-api:")} == {"execute-api:ManageConnections"}
+
+
+# -- the bucket -------------------------------------------------------------------------------------------------
+
+
+def test_bucket_notifies_ingestion_of_inbox_files() -> None:
+    from shared.object_store import INBOX_PREFIX
+
+    resolver = Resolver()
+    bucket = template()["Resources"]["DocumentsBucket"]
+    configs = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
+    documents_prefix = resolver.params["DocumentsPrefix"]
+    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
+    for c in configs:
+        assert resolver(c["Function"]) == resolver.getatt("IngestionFunction", "Arn")
+        (rule,) = c["Filter"]["S3Key"]["Rules"]
+        assert rule["Name"] == "prefix" and resolver(rule["Value"]) == f"{documents_prefix}/{INBOX_PREFIX}"
+    # S3 checks the destination when the bucket is created: the permission must exist first, and must
+    # name the bucket without referring to it (no circular dependency).
+    perm_name = bucket["DependsOn"]
+    perm = props(perm_name if isinstance(perm_name, str) else perm_name[0])
+    assert perm["Principal"] == "s3.amazonaws.com"
+    assert resolver(perm["SourceArn"]) == f"arn:aws:s3:::{resolver.bucket()}"
+    assert resolver(perm["SourceAccount"]) == ACCOUNT
+    assert "DocumentsBucket" not in json.dumps(perm)
+
+
+def test_bucket_is_private_and_encrypted() -> None:
+    p = props("DocumentsBucket")
+    assert all(p["PublicAccessBlockConfiguration"].values()) and len(p["PublicAccessBlockConfiguration"]) == 4
+    assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert re.fullmatch(r"[a-z0-9.-]{3,63}", Resolver().bucket())
