@@ -44,7 +44,9 @@ model: $(STAMP)
 up: $(STAMP)
 	$(PY) -m shared.stack
 
-# Debian packages the tests need: docker-compose 1.29 validates docker-compose.yml without a daemon.
+# Debian packages the tests need: docker-compose 1.29 validates docker-compose.yml without a daemon;
+# chromium is the headless browser the web-chat tests drive through the playwright pip package
+# (never `playwright install`: it downloads its own browser builds).
 system-deps:
 	@if ! command -v docker-compose >/dev/null 2>&1; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -52,6 +54,14 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
 		else \
 			echo "docker-compose is missing: install it (apt-get install docker-compose) to validate docker-compose.yml"; \
+		fi; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo ">> installing chromium (apt)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "chromium is missing: install it (apt-get install chromium) to run the web chat tests"; \
 		fi; \
 	fi
 
@@ -69,3 +79,12 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+
+# Retrieval quality (nDCG@10, recall, MRR per search mode), threshold calibration and ingestion speed on
+# BEIR SciFact through the real services; writes bench/results/scifact.json. Not part of `make test`.
+# 10-20 min on an idle 2-core machine. Smoke run: make eval EVAL_ARGS="--limit-docs 300 --limit-queries 30"
+.PHONY: eval bench
+eval: $(STAMP)
+	$(PY) -m bench.eval_scifact $(EVAL_ARGS)
+
+bench: eval

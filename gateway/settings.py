@@ -22,6 +22,7 @@ DEFAULT_ROUTES = {
     "history": "chat",
     "upload_url": "ingestion",
     "ingest_object": "ingestion",
+    "list_documents": "ingestion",
 }
 
 
@@ -66,6 +67,19 @@ class Settings(BaseSettings):
         4, ge=1, description="Invocations in flight per connection; more get a 'throttled' error."
     )
     log_level: str = Field("INFO", description="Log level.")
+    # -- the local stand-in for presigned S3 PUTs (documents in a local folder)
+    upload_secret: str | None = Field(
+        None,
+        description="HMAC key that upload URLs (PUT /{stage}/uploads/...) are signed with; the same as the "
+        "ingestion lambda's RAG_UPLOAD_SECRET. Unset = uploads refused (403).",
+    )
+    documents_dir: str = Field(
+        "data/documents",
+        description="The documents folder (RAG_DOCUMENTS_URI of the lambdas); uploads are written to its uploads/.",
+    )
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Largest upload body accepted (larger: 413 EntityTooLarge)."
+    )
 
     def public_domain(self) -> str:
         return self.domain_name or f"{self.host}:{self.port}"

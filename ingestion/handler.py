@@ -1,13 +1,28 @@
 """Lambda entry point: ``ingestion.handler.handler`` (the image CMD on AWS and in compose).
 
+One function, three triggers, told apart by the event's shape (``shared.events.event_kind``):
+
+- API Gateway WebSocket events: ``ingest``, ``delete_document``, ``upload_url``, ``ingest_object``;
+- S3 event notifications (``Records[].eventSource == "aws:s3"``, or MinIO's webhook, ``"minio:s3"``)
+  for files under the documents prefix's ``inbox/``;
+- Kinesis batches (``Records[].eventSource == "aws:kinesis"``).
+
+S3 and Kinesis invocations answer a partial batch response, ``{"batchItemFailures": [{"itemIdentifier":
+...}]}``: the Kinesis sequence number, or for S3 the object key (decoded), of each record that failed.
+
 Clients and models are created once per process, on the first invocation (the cold start), and
 reused by every later one, as on Lambda.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
+from urllib.parse import unquote_plus
+
+from botocore.config import Config
+from pydantic import ValidationError
 
 from ingestion.service import IngestionService
 from ingestion.settings import Settings
@@ -15,10 +30,33 @@ from shared.aws_clients import client_config, make_client
 from shared.bedrock import Embedder
 from shared.chunker import Chunker
 from shared.connections import Connections
+from shared.events import BatchItemFailure, BatchResponse, KinesisEventRecord, S3EventRecord, event_kind
 from shared.object_store import open_object_store
-from shared.protocol import DeleteDocumentRequest, DocumentDeleted, IngestRequest, IngestResult
+from shared.protocol import (
+    DeleteDocumentRequest,
+    DocumentDeleted,
+    IngestObjectRequest,
+    IngestRequest,
+    IngestResult,
+    UploadUrl,
+    UploadUrlRequest,
+)
 from shared.vector_store import VectorStore
 from shared.ws_lambda import Emit, WebSocketLambda
+
+log = logging.getLogger(__name__)
+
+
+def _presign_client(settings: Settings) -> Any:
+    """An S3 client used only to sign upload URLs, with the endpoint the client will reach."""
+    endpoint = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+    s3_config: dict[str, Any] = {"addressing_style": "path"} if endpoint else {}
+    return make_client(
+        "s3",
+        endpoint_url=endpoint,
+        region=settings.aws_region,
+        config=client_config().merge(Config(signature_version="s3v4", s3=s3_config)),
+    )
 
 
 def build_service(settings: Settings) -> IngestionService:
@@ -46,46 +84,115 @@ def build_service(settings: Settings) -> IngestionService:
         objects=open_object_store(
             settings.documents_uri,
             lambda: make_client("s3", endpoint_url=settings.s3_endpoint_url, region=settings.aws_region),
+            presign_client_factory=lambda: _presign_client(settings),
+            upload_base_url=settings.upload_base_url,
+            upload_secret=settings.upload_secret,
         ),
         max_document_bytes=settings.max_document_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload_url_expires_s=settings.upload_url_expires_s,
     )
 
 
 def build_lambda(settings: Settings, service: IngestionService | None = None) -> WebSocketLambda:
     service = service or build_service(settings)
 
-    def ingest(req: IngestRequest, emit: Emit) -> None:
-        out = service.ingest(req.document)
-        emit(
-            IngestResult(
-                request_id=req.request_id,
-                doc_id=out.doc_id,
-                chunks=out.chunks,
-                replaced_chunks=out.replaced_chunks,
-                tokens=out.tokens,
-                timings_ms=out.timings_ms,
-            )
+    def result(request_id: str | None, out: Any) -> IngestResult:
+        return IngestResult(
+            request_id=request_id,
+            doc_id=out.doc_id,
+            chunks=out.chunks,
+            replaced_chunks=out.replaced_chunks,
+            tokens=out.tokens,
+            timings_ms=out.timings_ms,
         )
+
+    def ingest(req: IngestRequest, emit: Emit) -> None:
+        emit(result(req.request_id, service.ingest(req.document)))
 
     def delete(req: DeleteDocumentRequest, emit: Emit) -> None:
         n = service.delete(req.doc_id)
         emit(DocumentDeleted(request_id=req.request_id, doc_id=req.doc_id, chunks_deleted=n))
 
+    def upload_url(req: UploadUrlRequest, emit: Emit) -> None:
+        ticket = service.upload_url(req.filename, req.content_type, req.size)
+        emit(
+            UploadUrl(
+                request_id=req.request_id,
+                key=ticket.key,
+                url=ticket.url,
+                headers=ticket.headers,
+                expires_in=ticket.expires_in,
+            )
+        )
+
+    def ingest_object(req: IngestObjectRequest, emit: Emit) -> None:
+        emit(result(req.request_id, service.ingest_object(req.key, req.doc_id, req.title)))
+
     connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
-    return WebSocketLambda(connections, {"ingest": ingest, "delete_document": delete})
+    return WebSocketLambda(
+        connections,
+        {"ingest": ingest, "delete_document": delete, "upload_url": upload_url, "ingest_object": ingest_object},
+    )
 
 
 @cache
-def _lambda() -> WebSocketLambda:
+def _runtime() -> tuple[IngestionService, WebSocketLambda]:
     settings = Settings()
     service = build_service(settings)
     service.store.chunks()  # open (or create) the table now: fail fast on a model mismatch
-    return build_lambda(settings, service)
+    return service, build_lambda(settings, service)
 
 
 def warm() -> None:
-    _lambda()
+    _runtime()
+
+
+def _parse_records(
+    model: type[S3EventRecord] | type[KinesisEventRecord], raw: list[dict[str, Any]]
+) -> tuple[list[Any], list[BatchItemFailure]]:
+    """Each record on its own: one malformed record fails alone (identified as well as it can be)."""
+    good: list[Any] = []
+    bad: list[BatchItemFailure] = []
+    for i, record in enumerate(raw):
+        try:
+            good.append(model.model_validate(record))
+        except ValidationError as exc:
+            ident = _raw_identifier(record) or str(i)
+            log.warning("malformed record %s: %s", ident, exc.errors()[:3])
+            bad.append(BatchItemFailure(item_identifier=ident))
+    return good, bad
+
+
+def _raw_identifier(record: dict[str, Any]) -> str | None:
+    kinesis, s3 = record.get("kinesis"), record.get("s3")
+    if isinstance(kinesis, dict) and isinstance(kinesis.get("sequenceNumber"), str):
+        return str(kinesis["sequenceNumber"])
+    if isinstance(s3, dict) and isinstance(s3.get("object"), dict) and isinstance(s3["object"].get("key"), str):
+        return unquote_plus(s3["object"]["key"])
+    return None
+
+
+def handle_records(service: IngestionService, event: dict[str, Any]) -> dict[str, Any] | None:
+    """An S3 notification or a Kinesis batch -> its partial batch response; None for other events."""
+    kind = event_kind(event)
+    if kind == "s3_test":
+        return BatchResponse().to_aws()
+    if kind == "s3":
+        records, bad = _parse_records(S3EventRecord, event["Records"])
+        out = service.ingest_s3_records(records)
+    elif kind == "kinesis":
+        records, bad = _parse_records(KinesisEventRecord, event["Records"])
+        out = service.ingest_kinesis_records(records)
+    else:
+        return None
+    return BatchResponse(batch_item_failures=[*bad, *out.batch_item_failures]).to_aws()
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return _lambda()(event, context)
+    service, ws = _runtime()
+    if event_kind(event) != "websocket":
+        out = handle_records(service, event)
+        if out is not None:
+            return out
+    return ws(event, context)

@@ -1,19 +1,53 @@
-"""Ingestion logic: chunk, embed in batches, replace the document's chunks in one commit."""
+"""Ingestion logic: parse, chunk, embed in batches, replace the document's chunks in one commit.
+
+Documents arrive four ways, all ending in ``_index`` (raw copy first, then one LanceDB merge_insert):
+
+- ``ingest``: text in a WebSocket message;
+- ``upload_url`` + ``ingest_object``: a file PUT to ``uploads/`` with a presigned URL, parsed by its
+  extension (shared/documents.py), then kept as the document's original under ``originals/{doc_id}/``;
+- ``ingest_s3_records``: S3 ObjectCreated / ObjectRemoved notifications for files under ``inbox/``;
+- ``ingest_kinesis_records``: Kinesis records carrying ``{doc_id, text, ...}`` or ``{doc_id, op: "delete"}``.
+
+Bad input leaves nothing behind: no chunks, no raw copy, and no upload (an upload that fails to parse,
+is empty or too large is deleted; a transient failure such as the embedding service being down keeps it,
+so ``ingest_object`` can be retried).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from shared.bedrock import Embedder
-from shared.chunker import Chunker
-from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument
-from shared.object_store import ObjectStore
-from shared.protocol import Document
+from shared.chunker import Chunk, Chunker
+from shared.documents import CorruptDocument, NoTextLayer, ParsedDocument, Section, UnsupportedType, format_for
+from shared.documents import parse_document as parse_file
+from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, InvalidRequest, RagError
+from shared.events import BatchItemFailure, BatchResponse, KinesisDocument, KinesisEventRecord, S3EventRecord
+from shared.object_store import (
+    INBOX_PREFIX,
+    UPLOADS_PREFIX,
+    ObjectNotFound,
+    ObjectStore,
+    is_upload_key,
+    originals_prefix,
+)
+from shared.protocol import Document, describe_validation_error
 from shared.vector_store import ChunkRow, VectorStore, timed_ms
 
 log = logging.getLogger(__name__)
+
+# Errors that say the file itself is bad: retrying cannot help, so the upload is deleted.
+_BAD_FILE = (UnsupportedType, CorruptDocument, NoTextLayer, EmptyDocument, DocumentTooLarge)
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\#]")
 
 
 @dataclass(frozen=True)
@@ -25,6 +59,50 @@ class IngestOutcome:
     timings_ms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class UploadTicket:
+    key: str
+    url: str
+    headers: dict[str, str]
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class Original:
+    """Where a document's original file is and what it was."""
+
+    key: str
+    filename: str
+    content_type: str
+    size: int
+    format: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "format": self.format,
+        }
+
+
+def safe_filename(name: str) -> str:
+    """The last path component, without control characters, '#' or slashes, at most 200 characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE_NAME.sub("_", base).strip().lstrip(".")
+    if len(base) > 200:
+        stem, dot, ext = base.rpartition(".")
+        base = (stem[: 200 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 16 else base[:200]
+    return base or "file"
+
+
+def doc_id_for(name: str) -> str:
+    """A valid document id made from a file name or key (ids may not contain '/', '#', '\\')."""
+    doc_id = _UNSAFE_NAME.sub("_", name).strip()[:256].strip()
+    return doc_id or "document"
+
+
 class IngestionService:
     def __init__(
         self,
@@ -34,12 +112,18 @@ class IngestionService:
         store: VectorStore,
         objects: ObjectStore,
         max_document_bytes: int,
+        max_upload_bytes: int = 50 * 1024 * 1024,
+        upload_url_expires_s: int = 900,
     ) -> None:
         self.chunker = chunker
         self.embedder = embedder
         self.store = store
         self.objects = objects
         self.max_document_bytes = max_document_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.upload_url_expires_s = upload_url_expires_s
+
+    # ------------------------------------------------------------------ text documents
 
     def ingest(self, doc: Document) -> IngestOutcome:
         """Validate, chunk and embed (no side effects), then write the raw copy and the chunks.
@@ -47,54 +131,256 @@ class IngestionService:
         The raw copy goes first: it is the source of truth, so the object store is never behind
         the index. If anything fails before that, nothing has been written.
         """
-        size = len(doc.text.encode("utf-8"))
-        if size > self.max_document_bytes:
-            raise DocumentTooLarge(f"document is {size} bytes; the limit is {self.max_document_bytes}")
+        self._check_text_size(doc.text)
         if not doc.text.strip():
             raise EmptyDocument("the document has no text")
-        t0 = time.perf_counter()
-        chunks = self.chunker.split(doc.text)
+        return self._index(doc, [Section(doc.text)], original=None, t0=time.perf_counter(), timings={})
+
+    def _check_text_size(self, text: str) -> None:
+        size = len(text.encode("utf-8"))
+        if size > self.max_document_bytes:
+            raise DocumentTooLarge(f"document is {size} bytes; the limit is {self.max_document_bytes}")
+
+    def _index(
+        self,
+        doc: Document,
+        sections: Sequence[Section],
+        *,
+        original: Original | None,
+        t0: float,
+        timings: dict[str, float],
+        upload_key: str | None = None,
+    ) -> IngestOutcome:
+        """Chunk every section on its own (chunks never span sections), number the chunks across the
+        document, embed, then write: the original file, the raw JSON, and the chunks in one commit."""
+        t1 = time.perf_counter()
+        chunks: list[tuple[Chunk, dict[str, Any]]] = []
+        for section in sections:
+            meta = {**doc.metadata, **section.metadata}
+            chunks.extend((c, meta) for c in self.chunker.split(section.text))
         if not chunks:
             raise EmptyDocument("the document has no text")
-        t_chunk = timed_ms(t0)
+        timings["chunk"] = timed_ms(t1)
 
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
         # The title helps retrieval of chunks that never mention it; embed "title: chunk".
-        vectors = self.embedder.embed_documents([self._embed_text(doc.title, c.text) for c in chunks])
-        t_embed = timed_ms(t1)
+        vectors = self.embedder.embed_documents([self._embed_text(doc.title, c.text) for c, _ in chunks])
+        timings["embed"] = timed_ms(t2)
 
         rows = [
             ChunkRow(
                 doc_id=doc.id,
-                chunk=c.index,
+                chunk=n,
                 title=doc.title,
                 text=c.text,
                 vector=v,
                 date=doc.date,
                 source=doc.source,
-                metadata=dict(doc.metadata),
+                metadata=meta,
             )
-            for c, v in zip(chunks, vectors, strict=True)
+            for n, ((c, meta), v) in enumerate(zip(chunks, vectors, strict=True))
         ]
-        t2 = time.perf_counter()
-        self.objects.put_document(doc.id, doc.model_dump())
+        t3 = time.perf_counter()
+        raw = doc.model_dump()
+        if original is not None:
+            if upload_key is not None and original.key != upload_key:
+                self.objects.copy(upload_key, original.key, original.content_type)
+            raw["original"] = original.as_json()
+        self.objects.put_document(doc.id, raw)
         written, before = self.store.replace_document(doc.id, rows)
-        t_store = timed_ms(t2)
+        # The new version is in place: drop what belonged to the old one, and the upload.
+        self.objects.delete_prefix(originals_prefix(doc.id), keep=original.key if original else None)
+        if upload_key is not None and (original is None or original.key != upload_key):
+            self.objects.delete(upload_key)
+        timings["store"] = timed_ms(t3)
+        timings["total"] = timed_ms(t0)
         log.info("ingested %s: %d chunks (%d before)", doc.id, written, before)
         return IngestOutcome(
             doc_id=doc.id,
             chunks=written,
             replaced_chunks=before,
-            tokens=sum(c.tokens for c in chunks),
-            timings_ms={"chunk": t_chunk, "embed": t_embed, "store": t_store, "total": timed_ms(t0)},
+            tokens=sum(c.tokens for c, _ in chunks),
+            timings_ms=timings,
         )
 
     def _embed_text(self, title: str, text: str) -> str:
-        return f"{title}: {text}" if title and not text.startswith(title) else text
+        """ "title: chunk" when that still fits the model (a full chunk plus a title may not: then the
+        chunk alone, rather than a text the model would refuse or truncate)."""
+        if not title or text.startswith(title):
+            return text
+        combined = f"{title}: {text}"
+        return combined if self.chunker.count(combined) <= self.chunker.max_tokens else text
+
+    # ------------------------------------------------------------------ files
+
+    def upload_url(self, filename: str, content_type: str, size: int) -> UploadTicket:
+        """A presigned PUT for a file to ingest with ingest_object. Refuses unsupported or too large
+        files before anything is uploaded."""
+        name = safe_filename(filename)
+        format_for(name, content_type)  # unsupported_type now rather than after the upload
+        if size > self.max_upload_bytes:
+            raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.max_upload_bytes}")
+        content_type = content_type or "application/octet-stream"
+        key = f"{UPLOADS_PREFIX}{uuid.uuid4().hex}/{name}"
+        url = self.objects.presign_put(key, content_type, self.upload_url_expires_s)
+        return UploadTicket(
+            key=key, url=url, headers={"Content-Type": content_type}, expires_in=self.upload_url_expires_s
+        )
+
+    def ingest_object(self, key: str, doc_id: str | None = None, title: str | None = None) -> IngestOutcome:
+        """Parse an uploaded file, index it, keep it as the document's original."""
+        if not is_upload_key(key):
+            raise ObjectNotFound("no uploaded object with that key; use the key upload_url returned")
+        filename = key.rsplit("/", 1)[1]
+        doc = self._doc_shell(doc_id if doc_id is not None else doc_id_for(filename), title, source=filename)
+        original_key = f"{originals_prefix(doc.id)}{filename}"
+        return self._ingest_file(key, filename, doc, original_key=original_key, delete_bad=True)
+
+    def _doc_shell(self, doc_id: str, title: str | None, source: str) -> Document:
+        try:
+            return Document(id=doc_id, title=title or "", text="", source=source)
+        except ValidationError as exc:
+            raise InvalidRequest(f"invalid document id: {describe_validation_error(exc.errors())}") from None
+
+    def _ingest_file(
+        self, key: str, filename: str, shell: Document, *, original_key: str, delete_bad: bool
+    ) -> IngestOutcome:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            size = self.objects.size(key)
+            if size is None:
+                raise ObjectNotFound(f"no uploaded object {key!r}; PUT the file to the upload_url URL first")
+            if size > self.max_upload_bytes:
+                raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.max_upload_bytes}")
+            data = self.objects.read(key)
+            if len(data) > self.max_upload_bytes:  # it may have been replaced since the size check
+                raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {self.max_upload_bytes}")
+            timings["read"] = timed_ms(t0)
+            t1 = time.perf_counter()
+            parsed: ParsedDocument = parse_file(data, filename)
+            text = parsed.text
+            self._check_text_size(text)
+            timings["parse"] = timed_ms(t1)
+            doc = shell.model_copy(
+                update={
+                    "title": shell.title or parsed.title or filename,
+                    "text": text,
+                    "metadata": {**shell.metadata, "format": parsed.format},
+                }
+            )
+            fmt = format_for(filename)
+            original = Original(
+                key=original_key,
+                filename=filename,
+                content_type=fmt.content_types[0] if fmt.content_types else "application/octet-stream",
+                size=len(data),
+                format=parsed.format,
+            )
+            return self._index(doc, parsed.sections, original=original, t0=t0, timings=timings, upload_key=key)
+        except _BAD_FILE:
+            if delete_bad:
+                self.objects.delete(key)
+            raise
+
+    # ------------------------------------------------------------------ delete
 
     def delete(self, doc_id: str) -> int:
+        """Remove the document's chunks, its raw JSON and its original file(s)."""
+        raw = self.objects.get_document(doc_id)
         removed = self.store.delete_document(doc_id)
+        originals = self.objects.delete_prefix(originals_prefix(doc_id))
+        inbox_key = _original_key(raw)
+        if inbox_key and inbox_key.startswith(INBOX_PREFIX):
+            self.objects.delete(inbox_key)  # S3 then reports ObjectRemoved, which finds nothing left to do
         had_raw = self.objects.delete_document(doc_id)
-        if not removed and not had_raw:
+        if not removed and not had_raw and not originals:
             raise DocumentNotFound(f"no document with id {doc_id!r}")
         return removed
+
+    # ------------------------------------------------------------------ event sources
+
+    def ingest_s3_records(self, records: Sequence[S3EventRecord]) -> BatchResponse:
+        """S3 notifications for files under inbox/: ObjectCreated ingests the file (doc id = its key
+        under inbox/, '/' -> '_'; the file stays there as the document's original), ObjectRemoved deletes
+        the document ingested from that key. Keys elsewhere (our own writes) are ignored. A failed record's
+        itemIdentifier is its (decoded) object key."""
+        failures: list[BatchItemFailure] = []
+        for record in records:
+            key = record.s3.object.decoded_key
+            try:
+                self._s3_record(record, key)
+            except Exception as exc:
+                _log_record_failure("S3 record for " + repr(key), exc)
+                failures.append(BatchItemFailure(item_identifier=key))
+        return BatchResponse(batch_item_failures=failures)
+
+    def _s3_record(self, record: S3EventRecord, key: str) -> None:
+        if not self.objects.in_bucket(record.s3.bucket.name):
+            raise InvalidRequest(f"bucket {record.s3.bucket.name!r} is not the documents bucket")
+        rel = self.objects.relative_key(record.s3.bucket.name, key)
+        if rel is None or not rel.startswith(INBOX_PREFIX) or rel.endswith("/"):
+            log.info("ignoring %s on %s (not under %s)", record.event_name, key, INBOX_PREFIX)
+            return
+        doc_id = doc_id_for(rel.removeprefix(INBOX_PREFIX).replace("/", "_"))
+        if record.action == "created":
+            filename = rel.rsplit("/", 1)[-1]
+            shell = self._doc_shell(doc_id, None, source=self.objects.uri(rel))
+            out = self._ingest_file(rel, filename, shell, original_key=rel, delete_bad=False)
+            log.info("S3 %s %s -> %s (%d chunks)", record.event_name, key, doc_id, out.chunks)
+        elif record.action == "removed":
+            # Only if the document still comes from this key (it may have been replaced since).
+            if _original_key(self.objects.get_document(doc_id)) == rel:
+                self.delete(doc_id)
+            else:
+                log.info("S3 %s %s: document %s does not come from it; nothing to do", record.event_name, key, doc_id)
+        else:
+            log.info("ignoring S3 event %s on %s", record.event_name, key)
+
+    def ingest_kinesis_records(self, records: Sequence[KinesisEventRecord]) -> BatchResponse:
+        """Kinesis records, in order: upsert (or delete, with op "delete") the document they carry. A failed
+        record's itemIdentifier is its sequence number; deleting a missing document is not a failure."""
+        failures: list[BatchItemFailure] = []
+        for record in records:
+            seq = record.kinesis.sequence_number
+            try:
+                try:
+                    item = KinesisDocument.model_validate(json.loads(record.kinesis.payload()))
+                except (ValueError, ValidationError) as exc:
+                    raise InvalidRequest(f"record data is not a document: {type(exc).__name__}") from None
+                if item.op == "delete":
+                    try:
+                        self.delete(item.doc_id)
+                    except DocumentNotFound:
+                        log.info("kinesis %s: %s already deleted", seq, item.doc_id)
+                    continue
+                try:
+                    doc = Document(
+                        id=item.doc_id,
+                        title=item.title,
+                        text=item.text or "",
+                        date=item.date(),
+                        source=item.source,
+                        metadata=item.metadata,
+                    )
+                except ValidationError as exc:
+                    raise InvalidRequest(f"record data is not a document: {len(exc.errors())} error(s)") from None
+                self.ingest(doc)
+            except Exception as exc:
+                _log_record_failure(f"kinesis record {seq}", exc)
+                failures.append(BatchItemFailure(item_identifier=seq))
+        return BatchResponse(batch_item_failures=failures)
+
+
+def _original_key(raw: dict[str, Any] | None) -> str | None:
+    if not raw or not isinstance(raw.get("original"), dict):
+        return None
+    key = raw["original"].get("key")
+    return key if isinstance(key, str) else None
+
+
+def _log_record_failure(what: str, exc: Exception) -> None:
+    if isinstance(exc, RagError):
+        log.warning("%s failed: %s (%s)", what, exc.message, exc.code)
+    else:
+        log.exception("%s failed", what)

@@ -39,3 +39,29 @@ class Settings(RagSettings):
         description="tokenizer.json used to count word-pieces; unset = the bundled all-MiniLM-L6-v2 one.",
     )
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest document text accepted (UTF-8 bytes).")
+
+    # -- files: upload_url / ingest_object, S3 notifications
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024,
+        ge=1,
+        description="Largest file accepted by upload_url, ingest_object and S3 notifications (bytes); "
+        "checked against the declared size and again against the stored object.",
+    )
+    upload_url_expires_s: int = Field(
+        900, ge=1, le=7 * 24 * 3600, description="How long an upload_url URL stays valid, in seconds."
+    )
+    s3_public_endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint put in presigned upload URLs, as the client reaches it (compose: "
+        "http://localhost:9000 while the lambdas use http://minio:9000); unset = RAG_S3_ENDPOINT_URL.",
+    )
+    upload_base_url: str = Field(
+        "http://127.0.0.1:8000/local",
+        description="Local documents folder only: the gateway's http://host:port/{stage}, which serves "
+        "PUT {stage}/uploads/... in place of S3.",
+    )
+    upload_secret: str | None = Field(
+        None,
+        description="Local documents folder only: HMAC key signing upload URLs; the gateway's "
+        "GATEWAY_UPLOAD_SECRET must be the same (make up generates one per run).",
+    )

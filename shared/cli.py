@@ -1,11 +1,15 @@
 """``localrag``: the command-line client of the gateway.
 
-    localrag ingest notes/ README.md        # .txt and .md files; folders recursively
+    localrag ingest notes/ README.md        # .txt, .md, .pdf, .html files; folders recursively
     localrag ask "How do volcanoes erupt?"  # streams the answer, then its sources
     localrag chat                           # interactive: /sources, /new, /quit
     localrag search "volcano"
     localrag history CONVERSATION_ID
     localrag delete DOC_ID
+
+Small .txt/.md files go in one ``ingest`` message; PDFs, HTML pages and files too large for a WebSocket
+message (128 KB) are uploaded: ``upload_url``, an HTTP PUT of the bytes, then ``ingest_object`` (the
+server parses them: PDF pages, Markdown/HTML headings).
 
 The gateway URL is --url, else $RAG_URL, else ws://127.0.0.1:8000/local. With --json every protocol
 message received is printed as one JSON line instead of the human-readable output (for scripts).
@@ -64,9 +68,10 @@ class Format:
     """A file format ``ingest`` understands. Add an entry to FORMATS to support another one."""
 
     name: str
-    load: Callable[[bytes], LoadedText]
-    # Files above this size are refused unread. For plain text the JSON message is at least as large
-    # as the file, so anything much above the message limit cannot fit.
+    # Text read here and sent in an ingest message; None: the file is uploaded and the server parses it.
+    load: Callable[[bytes], LoadedText] | None
+    # Larger files are uploaded rather than sent in a message. For plain text the JSON message is at
+    # least as large as the file, so anything much above the message limit cannot fit.
     max_file_bytes: int = 2 * MAX_MESSAGE_BYTES
 
 
@@ -158,6 +163,9 @@ FORMATS: dict[str, Format] = {
     ".txt": Format("text", load_plain_text),
     ".md": Format("markdown", load_markdown),
     ".markdown": Format("markdown", load_markdown),
+    ".pdf": Format("pdf", None),
+    ".html": Format("html", None),
+    ".htm": Format("html", None),
 }
 
 _ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f#\\]")
@@ -273,16 +281,14 @@ def discover(paths: Iterable[Path]) -> tuple[list[Candidate], list[Outcome]]:
 
 
 async def ingest_file(client: RagClient, c: Candidate) -> Outcome:
-    """Load one file and ingest it. Only errors in FATAL_CODES propagate."""
-    too_large = (
-        "too large for a WebSocket message ({}); large documents will be uploaded to the object store "
-        "in a later version"
-    )
+    """Load one file and ingest it: in an ingest message when it is text that fits, else uploaded
+    (upload_url, PUT, ingest_object). Only errors in FATAL_CODES propagate."""
     try:
         size = c.path.stat().st_size
-        if size > c.fmt.max_file_bytes:
-            detail = f"the file is {size} bytes; the message limit is {MAX_MESSAGE_BYTES}"
-            return Outcome(c.path, "failed", ErrorCode.MESSAGE_TOO_LARGE.value, too_large.format(detail))
+        if size == 0:
+            return Outcome(c.path, "skipped", message="empty")
+        if c.fmt.load is None:
+            return await upload_file(client, c, size)
         data = await asyncio.to_thread(c.path.read_bytes)
     except OSError as exc:
         return Outcome(c.path, "failed", "unreadable", exc.strerror or str(exc))
@@ -298,13 +304,43 @@ async def ingest_file(client: RagClient, c: Candidate) -> Outcome:
         document = build_document(c.path, c.root, loaded, c.fmt)
     except ValidationError as exc:
         return Outcome(c.path, "failed", "invalid_document", describe_validation_error(exc.errors()))
+    if len(data) > c.fmt.max_file_bytes:
+        return await upload_file(client, c, len(data), data=data, title=document.title)
     try:
         result = await client.ingest(document)
     except RagClientError as exc:
         if exc.code in FATAL_CODES:
             raise
-        message = too_large.format(exc.message) if exc.code == ErrorCode.MESSAGE_TOO_LARGE else exc.message
-        return Outcome(c.path, "failed", exc.code, message, doc_id=document.id, reply=exc.reply)
+        if exc.code == ErrorCode.MESSAGE_TOO_LARGE:  # as a JSON message it does not fit: upload it
+            return await upload_file(client, c, len(data), data=data, title=document.title)
+        return Outcome(c.path, "failed", exc.code, exc.message, doc_id=document.id, reply=exc.reply)
+    return Outcome(
+        c.path,
+        "ingested",
+        doc_id=result.doc_id,
+        chunks=result.chunks,
+        replaced_chunks=result.replaced_chunks,
+        reply=result,
+    )
+
+
+async def upload_file(
+    client: RagClient, c: Candidate, size: int, *, data: bytes | None = None, title: str | None = None
+) -> Outcome:
+    """upload_url (refused early when the type or size is not accepted), PUT the bytes, ingest_object."""
+    doc_id = c.doc_id
+    try:
+        ticket = await client.upload_url(c.path.name, size)
+        if data is None:
+            data = await asyncio.to_thread(c.path.read_bytes)
+        await client.put_upload(ticket, data)
+        result = await client.ingest_object(ticket.key, doc_id=doc_id, title=title)
+    except OSError as exc:
+        return Outcome(c.path, "failed", "unreadable", exc.strerror or str(exc), doc_id=doc_id)
+    except RagClientError as exc:
+        if exc.code in FATAL_CODES:
+            raise
+        return Outcome(c.path, "failed", exc.code, exc.message, doc_id=doc_id, reply=exc.reply)
     return Outcome(
         c.path,
         "ingested",
@@ -662,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(common, top_level=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", parents=[common], help="ingest .txt and .md files (folders recursively)")
+    p = sub.add_parser("ingest", parents=[common], help="ingest .txt, .md, .pdf and .html files (folders recursively)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument(
         "-j",

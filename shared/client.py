@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mimetypes
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
 
@@ -36,6 +39,7 @@ from shared.protocol import (
     ErrorMessage,
     History,
     HistoryRequest,
+    IngestObjectRequest,
     IngestRequest,
     IngestResult,
     SearchRequest,
@@ -44,6 +48,8 @@ from shared.protocol import (
     StreamEnd,
     StreamStart,
     Token,
+    UploadUrl,
+    UploadUrlRequest,
     describe_validation_error,
     request_id_of,
 )
@@ -57,8 +63,35 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
 
 ChatEvent = StreamStart | Token | StreamEnd
-_Request = IngestRequest | DeleteDocumentRequest | ChatRequest | SearchRequest | HistoryRequest
+_Request = (
+    IngestRequest
+    | DeleteDocumentRequest
+    | ChatRequest
+    | SearchRequest
+    | HistoryRequest
+    | UploadUrlRequest
+    | IngestObjectRequest
+)
+# How long a presigned PUT may take (a large file on a slow link), and the S3-style error in its body.
+UPLOAD_TIMEOUT: Final = 600.0
+_S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.S)
 _Reply = TypeVar("_Reply", bound=BaseModel)
+
+
+_CONTENT_TYPES: Final = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+    ".pdf": "application/pdf",
+    ".html": "text/html",
+    ".htm": "text/html",
+}
+
+
+def content_type_for(filename: str) -> str:
+    """The Content-Type to upload a file with (the server picks the parser by extension anyway)."""
+    suffix = Path(filename).suffix.lower()
+    return _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
 class RagClientError(Exception):
@@ -73,6 +106,7 @@ class RagClientError(Exception):
     TIMEOUT: Final = "timeout"  # no reply within the timeout
     INVALID_REPLY: Final = "invalid_reply"  # the server sent something outside the protocol
     INVALID_URL: Final = "invalid_url"  # not a ws:// or wss:// URL
+    UPLOAD_FAILED: Final = "upload_failed"  # the PUT to an upload URL was refused or failed
 
     def __init__(self, code: str, message: str, *, reply: ErrorMessage | None = None) -> None:
         super().__init__(f"{code}: {message}")
@@ -353,6 +387,71 @@ class RagClient:
         return await self._call(
             lambda rid: IngestRequest(action="ingest", request_id=rid, document=document), IngestResult
         )
+
+    async def upload_url(self, filename: str, size: int, content_type: str | None = None) -> UploadUrl:
+        """A presigned PUT URL for a file too large for a WebSocket message (or not plain text)."""
+        ctype = content_type or content_type_for(filename)
+        return await self._call(
+            lambda rid: UploadUrlRequest(
+                action="upload_url", request_id=rid, filename=filename, content_type=ctype, size=size
+            ),
+            UploadUrl,
+        )
+
+    async def put_upload(self, ticket: UploadUrl, data: bytes) -> None:
+        """PUT the file's bytes to the URL upload_url returned (S3, MinIO or the local gateway)."""
+        if self._session is None:
+            raise RuntimeError("use the client as `async with RagClient(url) as client:`")
+        try:
+            async with self._session.request(
+                ticket.method,
+                ticket.url,
+                data=data,
+                headers=ticket.headers,
+                timeout=aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT, connect=self.connect_timeout),
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= 300:
+                    m = _S3_ERROR.search(body[:4096].decode("utf-8", "replace"))
+                    detail = f"{m.group(1)}: {m.group(2) or ''}".rstrip(": ") if m else resp.reason or ""
+                    raise RagClientError(
+                        RagClientError.UPLOAD_FAILED, f"the upload was refused: HTTP {resp.status} {detail}".rstrip()
+                    )
+        except TimeoutError:
+            raise RagClientError(
+                RagClientError.UPLOAD_FAILED, f"the upload did not finish within {UPLOAD_TIMEOUT:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise RagClientError(
+                RagClientError.UPLOAD_FAILED, f"the upload URL could not be reached: {_reason(exc)}"
+            ) from None
+
+    async def ingest_object(self, key: str, *, doc_id: str | None = None, title: str | None = None) -> IngestResult:
+        """Parse, chunk, embed and store a file uploaded with upload_url + put_upload."""
+        return await self._call(
+            lambda rid: IngestObjectRequest(
+                action="ingest_object", request_id=rid, key=key, doc_id=doc_id, title=title
+            ),
+            IngestResult,
+        )
+
+    async def upload_file(
+        self,
+        path: str | Path,
+        *,
+        doc_id: str | None = None,
+        title: str | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> IngestResult:
+        """upload_url -> PUT -> ingest_object for one file (.txt, .md, .pdf, .html ...; the server parses it).
+        ``doc_id`` defaults to the file name on the server."""
+        path = Path(path)
+        if data is None:
+            data = await asyncio.to_thread(path.read_bytes)
+        ticket = await self.upload_url(path.name, max(len(data), 1), content_type)
+        await self.put_upload(ticket, data)
+        return await self.ingest_object(ticket.key, doc_id=doc_id, title=title)
 
     async def delete_document(self, doc_id: str) -> DocumentDeleted:
         return await self._call(

@@ -1,4 +1,4 @@
-"""API Gateway WebSocket events, as API Gateway delivers them to Lambda — defined once, here.
+"""Events Lambda receives — API Gateway WebSocket events, S3 notifications, Kinesis batches — defined once, here.
 
 The local gateway builds these; the lambda handlers parse them. Field names follow AWS's JSON
 (camelCase aliases), so captured AWS events in tests/events/ parse unchanged.
@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,3 +119,127 @@ def build_event(
         multi_value_headers={k: [v] for k, v in headers.items()} if with_headers and headers else None,
         query_string_parameters=query or None,
     )
+
+
+# ---------------------------------------------------------------------- S3 event notifications
+#
+# What S3 sends Lambda for ObjectCreated:* / ObjectRemoved:* (event structure version 2.x), and what
+# MinIO's webhook target posts (the same Records; eventSource "minio:s3", eventName "s3:ObjectCreated:Put",
+# plus top-level EventName/Key). Object keys arrive URL-encoded, with '+' for spaces.
+
+
+class S3Bucket(_Aws):
+    name: str
+    arn: str | None = None
+
+
+class S3Object(_Aws):
+    key: str
+    size: int | None = None
+    e_tag: str | None = Field(default=None, alias="eTag")
+    version_id: str | None = Field(default=None, alias="versionId")
+    sequencer: str | None = None
+
+    @property
+    def decoded_key(self) -> str:
+        """The key as stored: S3 URL-encodes keys in notifications ('+' for a space)."""
+        return unquote_plus(self.key)
+
+
+class S3Entity(_Aws):
+    bucket: S3Bucket
+    object: S3Object
+    configuration_id: str | None = Field(default=None, alias="configurationId")
+
+
+class S3EventRecord(_Aws):
+    event_source: Literal["aws:s3", "minio:s3"] = Field(alias="eventSource")
+    event_name: str = Field(alias="eventName")
+    event_time: str | None = Field(default=None, alias="eventTime")
+    aws_region: str | None = Field(default=None, alias="awsRegion")
+    s3: S3Entity
+
+    @property
+    def action(self) -> Literal["created", "removed", "other"]:
+        name = self.event_name.removeprefix("s3:")
+        if name.startswith("ObjectCreated:"):
+            return "created"
+        if name.startswith("ObjectRemoved:"):
+            return "removed"
+        return "other"
+
+
+# ---------------------------------------------------------------------- Kinesis batches
+
+
+class KinesisData(_Aws):
+    kinesis_schema_version: str | None = Field(default=None, alias="kinesisSchemaVersion")
+    partition_key: str = Field(alias="partitionKey")
+    sequence_number: str = Field(alias="sequenceNumber")
+    data: str = Field(description="The record's payload, base64.")
+    approximate_arrival_timestamp: float | None = Field(default=None, alias="approximateArrivalTimestamp")
+
+    def payload(self) -> bytes:
+        return base64.b64decode(self.data, validate=True)
+
+
+class KinesisEventRecord(_Aws):
+    event_source: Literal["aws:kinesis"] = Field(alias="eventSource")
+    kinesis: KinesisData
+    event_id: str | None = Field(default=None, alias="eventID")
+    event_name: str | None = Field(default=None, alias="eventName")
+    event_source_arn: str | None = Field(default=None, alias="eventSourceARN")
+    aws_region: str | None = Field(default=None, alias="awsRegion")
+
+
+class KinesisDocument(BaseModel):
+    """The JSON in a Kinesis record's data: upsert (default) or delete one document by id."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    doc_id: str = Field(min_length=1, max_length=256)
+    op: Literal["upsert", "delete"] = "upsert"
+    text: str | None = None
+    title: str = Field(default="", max_length=1024)
+    source: str | None = Field(default=None, max_length=1024)
+    ts: str | float | None = Field(default=None, description="When it was written: ISO 8601 or Unix seconds.")
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    def date(self) -> str | None:
+        if self.ts is None or self.ts == "":
+            return None
+        if isinstance(self.ts, int | float):
+            return datetime.fromtimestamp(float(self.ts), tz=UTC).isoformat(timespec="seconds")
+        return self.ts[:64]
+
+
+class BatchItemFailure(BaseModel):
+    item_identifier: str = Field(serialization_alias="itemIdentifier")
+
+
+class BatchResponse(BaseModel):
+    """Partial batch response (ReportBatchItemFailures): only the failed records are retried."""
+
+    batch_item_failures: list[BatchItemFailure] = Field(default_factory=list, serialization_alias="batchItemFailures")
+
+    def to_aws(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+EventKind = Literal["websocket", "s3", "kinesis", "s3_test", "unknown"]
+
+
+def event_kind(event: dict[str, Any]) -> EventKind:
+    """Which trigger sent this event, by its shape."""
+    if isinstance(event.get("requestContext"), dict):
+        return "websocket"
+    if event.get("Event") == "s3:TestEvent":
+        return "s3_test"  # sent once when a bucket notification is configured
+    records = event.get("Records")
+    if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
+        sources = {r.get("eventSource") for r in records}
+        if sources <= {"aws:s3", "minio:s3"}:
+            return "s3"
+        if sources == {"aws:kinesis"}:
+            return "kinesis"
+    return "unknown"

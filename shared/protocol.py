@@ -103,6 +103,16 @@ class IngestObjectRequest(_Msg):
     title: str | None = Field(default=None, max_length=1024)
 
 
+class ListDocumentsRequest(_Msg):
+    action: Literal["list_documents"]
+    request_id: RequestId
+
+
+class ChatMessage(_Msg):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=64_000)
+
+
 class ChatRequest(_Msg):
     action: Literal["chat"]
     request_id: RequestId
@@ -113,6 +123,12 @@ class ChatRequest(_Msg):
     top_k: int | None = Field(default=None, ge=1, le=50)
     max_distance: float | None = Field(default=None, ge=0.0, le=2.0)
     search_mode: SearchMode | None = None
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        max_length=200,
+        description="Stateless chat: the earlier turns, sent by the client (the OpenAI-style HTTP API). "
+        "Nothing is stored and conversation_id must be omitted.",
+    )
 
 
 class SearchRequest(_Msg):
@@ -137,11 +153,21 @@ ClientRequest = Annotated[
     | SearchRequest
     | HistoryRequest
     | UploadUrlRequest
-    | IngestObjectRequest,
+    | IngestObjectRequest
+    | ListDocumentsRequest,
     Field(discriminator="action"),
 ]
 CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
-ACTIONS: tuple[str, ...] = ("ingest", "delete_document", "chat", "search", "history", "upload_url", "ingest_object")
+ACTIONS: tuple[str, ...] = (
+    "ingest",
+    "delete_document",
+    "chat",
+    "search",
+    "history",
+    "upload_url",
+    "ingest_object",
+    "list_documents",
+)
 
 
 # ---------------------------------------------------------------- server -> client
@@ -195,6 +221,23 @@ class UploadUrl(BaseModel):
     method: Literal["PUT"] = "PUT"
     headers: dict[str, str] = Field(description="Send these headers with the PUT (Content-Type).")
     expires_in: int
+
+
+class DocumentInfo(BaseModel):
+    id: str
+    title: str = ""
+    name: str | None = Field(default=None, description="Original file name, for uploads.")
+    size: int | None = Field(default=None, description="Bytes of the raw document or uploaded file.")
+    status: Literal["uploaded", "indexed", "failed"]
+    chunks: int = 0
+    uploaded_at: str | None = None
+    indexed_at: str | None = None
+
+
+class DocumentList(BaseModel):
+    type: Literal["document_list"] = "document_list"
+    request_id: str | None
+    documents: list[DocumentInfo]
 
 
 class SearchResult(BaseModel):
@@ -259,6 +302,7 @@ ServerMessage = Annotated[
     IngestResult
     | DocumentDeleted
     | UploadUrl
+    | DocumentList
     | SearchResult
     | StreamStart
     | Token

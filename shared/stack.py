@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -113,6 +114,8 @@ class StackConfig:
     documents_uri: str | None = None  # default: {data_dir}/documents
     s3_endpoint_url: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Signs the gateway's stand-in for presigned S3 PUTs (local documents folder); random per run.
+    upload_secret: str = field(default_factory=lambda: secrets.token_hex(32))
 
     def __post_init__(self) -> None:
         self.lancedb_uri = self.lancedb_uri or str(self.data_dir / "lancedb")
@@ -132,11 +135,22 @@ def plan(cfg: StackConfig) -> list[Process]:
     }
     if cfg.s3_endpoint_url:
         shared_env["RAG_S3_ENDPOINT_URL"] = cfg.s3_endpoint_url
+    extra = dict(cfg.extra_env)
+    # Uploads: with a local documents folder the gateway serves the presigned PUTs the ingestion lambda
+    # signs, so both get the secret; the gateway writes into the same folder, with the same size limit.
+    upload_env = {
+        "RAG_UPLOAD_SECRET": cfg.upload_secret,
+        "RAG_UPLOAD_BASE_URL": f"http://{h}:{cfg.gateway_port}/{stage}",
+    }
+    gateway_upload_env = {"GATEWAY_UPLOAD_SECRET": cfg.upload_secret}
+    if not str(cfg.documents_uri).startswith("s3://"):
+        gateway_upload_env["GATEWAY_DOCUMENTS_DIR"] = str(cfg.documents_uri).removeprefix("file://")
+    if "RAG_MAX_UPLOAD_BYTES" in extra:
+        gateway_upload_env["GATEWAY_MAX_UPLOAD_BYTES"] = extra["RAG_MAX_UPLOAD_BYTES"]
     functions = (
         f'{{"ingestion": "http://{h}:{cfg.ingestion_port}/2015-03-31/functions/ingestion/invocations", '
         f'"chat": "http://{h}:{cfg.chat_port}/2015-03-31/functions/chat/invocations"}}'
     )
-    extra = dict(cfg.extra_env)
     return [
         Process(
             "embedding",
@@ -156,7 +170,7 @@ def plan(cfg: StackConfig) -> list[Process]:
             "ingestion",
             "ingestion",
             cfg.ingestion_port,
-            {**shared_env, "INGESTION_HOST": h, "INGESTION_PORT": str(cfg.ingestion_port), **extra},
+            {**shared_env, **upload_env, "INGESTION_HOST": h, "INGESTION_PORT": str(cfg.ingestion_port), **extra},
             h,
         ),
         Process(
@@ -171,6 +185,7 @@ def plan(cfg: StackConfig) -> list[Process]:
                 "GATEWAY_PORT": str(cfg.gateway_port),
                 "GATEWAY_STAGE": stage,
                 "GATEWAY_FUNCTIONS": functions,
+                **gateway_upload_env,
                 **extra,
             },
             h,

@@ -1,0 +1,535 @@
+"""Document formats (shared/documents.py) and the ingestion service's file handling, without processes:
+real parsers (pypdf, markdown-it-py, BeautifulSoup), the real chunker and tokenizer, a real local object
+store in a temporary folder; only the embedder and the vector store are in-memory stand-ins."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fpdf import FPDF
+
+from ingestion.service import IngestionService, doc_id_for, safe_filename
+from shared.chunker import Chunker
+from shared.documents import (
+    REGISTRY,
+    CorruptDocument,
+    NoTextLayer,
+    UnsupportedType,
+    format_for,
+    parse_document,
+)
+from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, RagError
+from shared.events import KinesisEventRecord, S3EventRecord, event_kind
+from shared.object_store import (
+    LocalObjectStore,
+    ObjectNotFound,
+    is_upload_key,
+    local_upload_url,
+    sign_upload,
+    verify_upload,
+)
+from shared.protocol import Document, ErrorCode
+from shared.vector_store import ChunkRow
+
+EVENTS = Path(__file__).parent / "events"
+
+
+# ---------------------------------------------------------------------- test files
+
+
+def make_pdf(pages: Sequence[str], *, title: str | None = None, outline: Sequence[str] | None = None) -> bytes:
+    """A real PDF with one text page per entry (fpdf2); `outline` adds a bookmark per page."""
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    if title:
+        pdf.set_title(title)
+    for i, text in enumerate(pages):
+        pdf.add_page()
+        if outline:
+            pdf.start_section(outline[i])
+        pdf.multi_cell(0, 6, text)
+    return bytes(pdf.output())
+
+
+def make_image_only_pdf(n_pages: int = 2) -> bytes:
+    """Pages with drawings and no text at all: what a scan without OCR looks like to a parser."""
+    pdf = FPDF()
+    for _ in range(n_pages):
+        pdf.add_page()
+        pdf.set_fill_color(120, 120, 120)
+        pdf.rect(20, 20, 150, 200, style="F")
+    return bytes(pdf.output())
+
+
+MARKDOWN = """---
+title: Field guide
+author: someone
+---
+A short preamble before any heading.
+
+# Volcanoes
+
+## Setup
+
+Put on boots before climbing.
+
+### Install
+
+Install the seismometer on bedrock.
+
+```
+# not a heading: a comment in a code block
+```
+
+## Eruptions
+
+Setext heading below.
+
+Lava types
+----------
+
+Basalt lava is runny.
+
+- # a heading inside a list item is content
+"""
+
+
+# ---------------------------------------------------------------------- registry
+
+
+def test_registry_picks_by_extension_then_content_type() -> None:
+    assert format_for("notes.TXT").name == "text"
+    assert format_for("a/b/guide.markdown").name == "markdown"
+    assert format_for("report.pdf", "text/plain").name == "pdf"  # the extension wins
+    assert format_for("page.htm").name == "html"
+    assert format_for("no-extension", "text/markdown; charset=utf-8").name == "markdown"
+    assert {".txt", ".md", ".pdf", ".html", ".htm"} <= set(REGISTRY.extensions)
+    for name, ctype in (("slides.pptx", None), ("archive", "application/octet-stream"), ("x.docx", "text/nope")):
+        with pytest.raises(UnsupportedType) as info:
+            format_for(name, ctype)
+        assert info.value.code == ErrorCode.UNSUPPORTED_TYPE and ".pdf" in info.value.message
+
+
+def test_a_new_format_plugs_in() -> None:
+    from shared.documents import Format as Fmt
+    from shared.documents import FormatRegistry, ParsedDocument, Section
+
+    reg = FormatRegistry()
+    reg.register(Fmt("csv", (".csv",), ("text/csv",), lambda b: ParsedDocument(None, [Section(b.decode())], "csv")))
+    assert reg.lookup("data.csv").parse(b"a,b").sections[0].text == "a,b"
+
+
+# ---------------------------------------------------------------------- text
+
+
+def test_text_utf8_bom_and_utf16() -> None:
+    assert parse_document("\ufeffCafé au lait.".encode(), "a.txt").sections[0].text == "Café au lait."
+    assert parse_document("Grüße".encode("utf-16"), "a.txt").text == "Grüße"
+    doc = parse_document(b"  plain text  ", "a.txt")
+    assert doc.title is None and doc.format == "text" and doc.sections[0].metadata == {}
+
+
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff\xe0 jpeg bytes \x00\x01", b"abc\x00def"])
+def test_binary_named_txt_is_corrupt(data: bytes) -> None:
+    with pytest.raises(CorruptDocument):
+        parse_document(data, "photo.txt")
+
+
+def test_blank_text_is_empty() -> None:
+    with pytest.raises(EmptyDocument):
+        parse_document(b" \n\t ", "blank.txt")
+
+
+# ---------------------------------------------------------------------- markdown
+
+
+def test_markdown_sections_carry_their_heading_path() -> None:
+    doc = parse_document(MARKDOWN.encode(), "guide.md")
+    assert doc.title == "Field guide"  # front matter wins over the first heading
+    got = [(s.metadata.get("heading"), s.text.splitlines()[0]) for s in doc.sections]
+    assert got == [
+        (None, "A short preamble before any heading."),
+        ("Volcanoes > Setup", "Setup"),
+        ("Volcanoes > Setup > Install", "Install"),
+        ("Volcanoes > Eruptions", "Eruptions"),
+        ("Volcanoes > Lava types", "Lava types"),  # a setext "----" heading is an h2
+    ]
+    install = doc.sections[2].text
+    assert "# not a heading" in install  # a code block's '#' is not a heading
+    assert "a heading inside a list item" in doc.sections[-1].text
+    assert all("author:" not in s.text for s in doc.sections)  # front matter is not content
+
+
+def test_markdown_title_from_first_h1_and_inline_markup() -> None:
+    doc = parse_document(b"# The **bold** `title`\n\nBody.\n\n## [Linked](http://x) part\n\nMore.", "x.md")
+    assert doc.title == "The bold title"
+    assert [s.metadata["heading"] for s in doc.sections] == ["The bold title", "The bold title > Linked part"]
+
+
+def test_markdown_without_headings_is_one_section() -> None:
+    doc = parse_document(b"Just a paragraph.\n\nAnd another.", "x.md")
+    assert len(doc.sections) == 1 and doc.sections[0].metadata == {} and doc.title is None
+
+
+# ---------------------------------------------------------------------- PDF
+
+
+def test_pdf_one_section_per_page_with_page_numbers_and_outline_headings() -> None:
+    data = make_pdf(
+        ["Magma rises through the crust.", "", "Ash clouds travel far.", "Lava cools into basalt."],
+        title="Volcano notes",
+        outline=["Origins", "Blank", "Eruptions", "Aftermath"],
+    )
+    doc = parse_document(data, "notes.pdf")
+    assert doc.title == "Volcano notes" and doc.format == "pdf"
+    assert [s.metadata for s in doc.sections] == [
+        {"page": 1, "heading": "Origins"},
+        {"page": 3, "heading": "Eruptions"},  # page 2 has no text: no section
+        {"page": 4, "heading": "Aftermath"},
+    ]
+    assert "Ash clouds travel far." in doc.sections[1].text
+
+
+def test_pdf_without_outline_or_title() -> None:
+    doc = parse_document(make_pdf(["One.", "Two."]), "x.pdf")
+    assert doc.title is None and [s.metadata for s in doc.sections] == [{"page": 1}, {"page": 2}]
+
+
+def test_pdf_without_text_layer() -> None:
+    with pytest.raises(NoTextLayer) as info:
+        parse_document(make_image_only_pdf(), "scan.pdf")
+    assert info.value.code == ErrorCode.NO_TEXT_LAYER and "no text layer" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"%PDF-1.7\nthis is not really a pdf",
+        b"hello, I am a text file with a .pdf name",
+        b"",
+        "truncated",
+    ],
+)
+def test_corrupt_pdf(data: bytes | str) -> None:
+    if data == "truncated":
+        data = make_pdf(["A page of text that will be cut off."])[:300]
+    assert isinstance(data, bytes)
+    with pytest.raises(CorruptDocument) as info:
+        parse_document(data, "broken.pdf")
+    assert info.value.code == ErrorCode.CORRUPT_DOCUMENT
+    assert "Traceback" not in info.value.message
+
+
+def test_password_protected_pdf_is_refused() -> None:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    pdf.add_page()
+    pdf.multi_cell(0, 6, "Locked text.")
+    pdf.set_encryption(owner_password="owner", user_password="user")
+    with pytest.raises(CorruptDocument, match="password"):
+        parse_document(bytes(pdf.output()), "locked.pdf")
+
+
+# ---------------------------------------------------------------------- HTML
+
+HTML = b"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title> Geysers &amp; hot springs </title>
+<style>body { color: red }</style><script>var tracking = "do not index";</script></head>
+<body>
+<header><a href="/">Home</a> | <a href="/about">About us</a></header>
+<nav><ul><li>Menu item</li></ul></nav>
+<main>
+<article>
+<header><p class="byline">By a geologist</p></header>
+<h1>Geysers</h1>
+<p>A geyser is a spring that
+   erupts intermittently.</p>
+<div hidden>hidden text</div><span style="display: none">invisible</span>
+<h2>Old Faithful</h2>
+<p>It erupts about every <b>90</b>&nbsp;minutes.</p>
+<pre>line one
+line two</pre>
+<!-- a comment -->
+<table><tr><td>cell a</td><td>cell b</td></tr></table>
+</article>
+</main>
+<aside>Related links</aside>
+<footer>Copyright 2025</footer>
+<noscript>enable js</noscript>
+</body></html>"""
+
+
+def test_html_visible_text_only_with_headings_and_title() -> None:
+    doc = parse_document(HTML, "geysers.html")
+    assert doc.title == "Geysers & hot springs"
+    text = doc.text
+    for gone in ("tracking", "color: red", "Home", "Menu item", "hidden text", "invisible", "Related links",
+                 "Copyright", "enable js", "a comment"):  # fmt: skip
+        assert gone not in text, gone
+    assert "By a geologist" in text  # an article's own header is content
+    assert "A geyser is a spring that erupts intermittently." in text
+    assert "every 90 minutes" in text
+    assert "line one\nline two" in text  # <pre> keeps its lines
+    assert "cell a cell b" in text
+    assert [s.metadata.get("heading") for s in doc.sections] == [None, "Geysers", "Geysers > Old Faithful"]
+
+
+def test_html_charset_and_title_fallback() -> None:
+    latin1 = '<html><head><meta charset="iso-8859-1"></head><body><h1>Caf\xe9</h1><p>Cr\xe8me.</p></body></html>'
+    doc = parse_document(latin1.encode("latin-1"), "x.htm")
+    assert doc.title == "Café" and "Crème." in doc.text
+
+
+def test_html_without_visible_text_is_empty() -> None:
+    with pytest.raises(EmptyDocument):
+        parse_document(b"<html><head><title>t</title><script>x()</script></head><body> </body></html>", "e.html")
+
+
+# ---------------------------------------------------------------------- upload signatures and keys
+
+
+def test_upload_signature_binds_method_key_expiry_and_content_type() -> None:
+    key = "uploads/" + "a" * 32 + "/report.pdf"
+    sig = sign_upload("s3cret", "PUT", key, 2_000_000_000, "application/pdf")
+    assert verify_upload("s3cret", "PUT", key, 2_000_000_000, "application/pdf", sig)
+    for args in (
+        ("other", "PUT", key, 2_000_000_000, "application/pdf"),
+        ("s3cret", "GET", key, 2_000_000_000, "application/pdf"),
+        ("s3cret", "PUT", key + "x", 2_000_000_000, "application/pdf"),
+        ("s3cret", "PUT", key, 2_000_000_001, "application/pdf"),
+        ("s3cret", "PUT", key, 2_000_000_000, "text/plain"),
+    ):
+        assert not verify_upload(*args, sig)
+    url = local_upload_url("http://127.0.0.1:8000/local/", "s3cret", "uploads/" + "b" * 32 + "/My File.md", "x/y", 60)
+    assert url.startswith("http://127.0.0.1:8000/local/uploads/" + "b" * 32 + "/My%20File.md?expires=")
+
+
+def test_upload_keys_and_names() -> None:
+    assert is_upload_key("uploads/" + "0" * 32 + "/a b.pdf")
+    for bad in ("uploads/xyz/a.pdf", "uploads/" + "0" * 32 + "/../x", "documents/a.json", "uploads/" + "0" * 32 + "/"):
+        assert not is_upload_key(bad), bad
+    assert safe_filename("../../etc/passwd") == "passwd"
+    assert safe_filename("C:\\Users\\me\\notes #1.md") == "notes _1.md"
+    assert safe_filename("..") == "file"
+    assert len(safe_filename("x" * 300 + ".pdf")) == 200 and safe_filename("x" * 300 + ".pdf").endswith(".pdf")
+    assert doc_id_for("reports_q1#draft.pdf") == "reports_q1_draft.pdf"
+
+
+# ---------------------------------------------------------------------- event models
+
+
+def test_event_fixtures_parse() -> None:
+    created = json.loads((EVENTS / "s3_object_created.json").read_text())
+    removed = json.loads((EVENTS / "s3_object_removed.json").read_text())
+    kinesis = json.loads((EVENTS / "kinesis_batch.json").read_text())
+    assert event_kind(created) == event_kind(removed) == "s3"
+    assert event_kind(kinesis) == "kinesis"
+    assert event_kind(json.loads((EVENTS / "websocket_message_ingest.json").read_text())) == "websocket"
+    assert event_kind({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}) == "s3_test"
+    assert event_kind({"hello": "world"}) == event_kind({"Records": []}) == "unknown"
+    rec = S3EventRecord.model_validate(created["Records"][0])
+    assert rec.action == "created" and " " in rec.s3.object.decoded_key and "+" not in rec.s3.object.decoded_key
+    assert S3EventRecord.model_validate(removed["Records"][0]).action == "removed"
+    minio = {**created["Records"][0], "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put"}
+    assert S3EventRecord.model_validate(minio).action == "created"
+    k = KinesisEventRecord.model_validate(kinesis["Records"][0])
+    payload = json.loads(k.kinesis.payload())
+    assert {"doc_id", "text", "source", "ts"} <= set(payload)
+
+
+# ---------------------------------------------------------------------- the service, with fakes
+
+
+class FakeEmbedder:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+        self.texts: list[str] = []
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
+        self.texts.extend(texts)
+        if self.fail:
+            from shared.errors import UpstreamUnavailable
+
+            raise UpstreamUnavailable("the embedding service is unavailable")
+        return [[float(len(t)), 1.0, 0.0] for t in texts]
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.rows: dict[str, list[ChunkRow]] = {}
+
+    def replace_document(self, doc_id: str, rows: Sequence[ChunkRow]) -> tuple[int, int]:
+        before = len(self.rows.get(doc_id, []))
+        self.rows[doc_id] = list(rows)
+        return len(rows), before
+
+    def delete_document(self, doc_id: str) -> int:
+        return len(self.rows.pop(doc_id, []))
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> IngestionService:
+    svc = IngestionService(
+        chunker=Chunker(64, 8),
+        embedder=FakeEmbedder(),  # type: ignore[arg-type]
+        store=FakeStore(),  # type: ignore[arg-type]
+        objects=LocalObjectStore(tmp_path, upload_base_url="http://gw/local", upload_secret="k"),
+        max_document_bytes=1_000_000,
+        max_upload_bytes=200_000,
+    )
+    return svc
+
+
+def _upload(service: IngestionService, name: str, data: bytes) -> str:
+    ticket = service.upload_url(name, "application/octet-stream", max(len(data), 1))
+    root: Path = service.objects.root  # type: ignore[attr-defined]
+    (root / ticket.key).parent.mkdir(parents=True, exist_ok=True)
+    (root / ticket.key).write_bytes(data)
+    return ticket.key
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_markdown_upload_chunks_never_span_sections_and_are_numbered_across_the_document(
+    service: IngestionService, tmp_path: Path
+) -> None:
+    long_section = " ".join(f"Sentence {i} about installing seismometers on bedrock." for i in range(40))
+    md = MARKDOWN.replace("Install the seismometer on bedrock.", long_section)
+    key = _upload(service, "guide.md", md.encode())
+    out = service.ingest_object(key)
+    rows = service.store.rows["guide.md"]  # type: ignore[attr-defined]
+    assert out.doc_id == "guide.md" and out.chunks == len(rows) > 5
+    assert [r.chunk for r in rows] == list(range(len(rows)))
+    sections = parse_document(md.encode(), "guide.md").sections
+    for r in rows:
+        heading = r.metadata.get("heading")
+        owner = [s for s in sections if s.metadata.get("heading") == heading]
+        assert len(owner) == 1 and r.text in owner[0].text  # within exactly one section
+        assert r.metadata["format"] == "markdown" and r.title == "Field guide" and r.source == "guide.md"
+    assert sum(r.metadata.get("heading") == "Volcanoes > Setup > Install" for r in rows) > 2
+    # The upload became the original; the raw JSON says where it is.
+    assert _files(tmp_path) == ["guide.md.json", "originals/guide.md/guide.md"]
+    raw = json.loads((tmp_path / "guide.md.json").read_text())
+    assert raw["original"]["key"] == "originals/guide.md/guide.md" and raw["original"]["format"] == "markdown"
+    assert "Basalt lava is runny." in raw["text"]
+    assert set(out.timings_ms) >= {"read", "parse", "chunk", "embed", "store", "total"}
+
+
+def test_pdf_upload_keeps_pages_and_reupload_replaces(service: IngestionService, tmp_path: Path) -> None:
+    pdf = make_pdf(["Page one text.", "Page two text.", "Page three text."], title="Three pages")
+    out = service.ingest_object(_upload(service, "three.pdf", pdf), doc_id="report", title="My report")
+    rows = service.store.rows["report"]  # type: ignore[attr-defined]
+    assert out.chunks == 3 and [r.metadata["page"] for r in rows] == [1, 2, 3]
+    assert rows[0].title == "My report"
+    # Same document id, another file: the old original goes, the new one stays.
+    again = service.ingest_object(_upload(service, "v2.md", b"# New\n\nShorter."), doc_id="report")
+    assert again.replaced_chunks == 3 and again.chunks == 1
+    assert _files(tmp_path) == ["originals/report/v2.md", "report.json"]
+    # A text ingest of the same id replaces it too, and its original is gone.
+    service.ingest(Document(id="report", text="Plain text now."))
+    assert _files(tmp_path) == ["report.json"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "error"),
+    [
+        ("broken.pdf", b"%PDF-1.4 not a pdf", CorruptDocument),
+        ("scan.pdf", "image-only", NoTextLayer),
+        ("blank.md", b"  \n\n ", EmptyDocument),
+        ("huge.txt", b"x" * 200_001, DocumentTooLarge),
+    ],
+)
+def test_bad_uploads_leave_nothing(
+    service: IngestionService, tmp_path: Path, name: str, data: bytes | str, error: type[RagError]
+) -> None:
+    blob = make_image_only_pdf() if data == "image-only" else data
+    assert isinstance(blob, bytes)
+    ticket = service.upload_url(name, "", 10)
+    (tmp_path / ticket.key).parent.mkdir(parents=True)
+    (tmp_path / ticket.key).write_bytes(blob)
+    with pytest.raises(error):
+        service.ingest_object(ticket.key)
+    assert _files(tmp_path) == [] and not (tmp_path / "uploads").exists()
+    assert service.store.rows == {}  # type: ignore[attr-defined]
+
+
+def test_upload_url_refuses_before_the_upload(service: IngestionService) -> None:
+    with pytest.raises(UnsupportedType):
+        service.upload_url("slides.pptx", "application/vnd.ms-powerpoint", 10)
+    with pytest.raises(DocumentTooLarge):
+        service.upload_url("big.pdf", "application/pdf", 200_001)
+    t = service.upload_url("../../x/Notes #1.md", "text/markdown", 10)
+    assert is_upload_key(t.key) and t.key.endswith("/Notes _1.md") and t.headers == {"Content-Type": "text/markdown"}
+    assert t.url.startswith("http://gw/local/uploads/") and "signature=" in t.url and t.expires_in == 900
+    expires = int(t.url.split("expires=")[1].split("&")[0])
+    assert time.time() + 800 < expires <= time.time() + 901
+
+
+def test_missing_object_and_transient_failure(service: IngestionService, tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        service.ingest_object("uploads/" + "c" * 32 + "/gone.md")
+    with pytest.raises(ObjectNotFound):
+        service.ingest_object("guide.md.json")  # not an upload key: never read
+    key = _upload(service, "ok.md", b"# T\n\nText.")
+    service.embedder.fail = True  # type: ignore[attr-defined]
+    with pytest.raises(RagError) as info:
+        service.ingest_object(key)
+    assert info.value.code == ErrorCode.UPSTREAM_UNAVAILABLE
+    assert _files(tmp_path) == [key]  # kept: the client can retry ingest_object
+    service.embedder.fail = False  # type: ignore[attr-defined]
+    assert service.ingest_object(key).chunks == 1
+
+
+def test_delete_removes_chunks_json_and_original(service: IngestionService, tmp_path: Path) -> None:
+    service.ingest_object(_upload(service, "a.md", b"# A\n\nAlpha."))
+    assert service.delete("a.md") == 1
+    assert _files(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    with pytest.raises(DocumentNotFound):
+        service.delete("a.md")
+
+
+def _kinesis(seq: str, payload: Any) -> KinesisEventRecord:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return KinesisEventRecord.model_validate(
+        {
+            "eventSource": "aws:kinesis",
+            "kinesis": {"partitionKey": "p", "sequenceNumber": seq, "data": base64.b64encode(data).decode()},
+        }
+    )
+
+
+def test_kinesis_records_partial_failures(service: IngestionService) -> None:
+    out = service.ingest_kinesis_records(
+        [
+            _kinesis("1", {"doc_id": "k1", "text": "First.", "source": "feed", "ts": 1767225600}),
+            _kinesis("2", b"{not json"),
+            _kinesis("3", {"doc_id": "k2", "text": "   "}),
+            _kinesis("4", {"doc_id": "bad/id", "text": "x"}),
+            _kinesis("5", {"doc_id": "k3", "text": "Third.", "ts": "2026-01-02T03:04:05Z", "title": "T"}),
+            _kinesis("6", {"doc_id": "k1", "op": "delete"}),
+            _kinesis("7", {"doc_id": "never-existed", "op": "delete"}),
+        ]
+    )
+    assert [f.item_identifier for f in out.batch_item_failures] == ["2", "3", "4"]
+    rows = service.store.rows  # type: ignore[attr-defined]
+    assert set(rows) == {"k3"} and rows["k3"][0].date == "2026-01-02T03:04:05Z"
+    assert out.to_aws() == {"batchItemFailures": [{"itemIdentifier": s} for s in ("2", "3", "4")]}
+
+
+def test_embedded_texts_fit_the_model_even_with_the_title(service: IngestionService) -> None:
+    """Full chunks (no sentence breaks) leave no room for "title: ": they are embedded without it."""
+    service.ingest(Document(id="dense", title="A rather long title", text="understanding " * 400))
+    service.ingest(Document(id="short", title="Short", text="One sentence. Another one."))
+    texts = service.embedder.texts  # type: ignore[attr-defined]
+    assert all(service.chunker.count(t) <= service.chunker.max_tokens for t in texts)
+    assert texts[-1] == "Short: One sentence. Another one."  # the title is kept where it fits
