@@ -5,6 +5,7 @@ Also the ``$default`` route: whatever the gateway cannot route lands here and ge
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -14,8 +15,10 @@ from shared.aws_clients import client_config, make_client
 from shared.bedrock import ChatModel, Embedder
 from shared.connections import Connections
 from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
-from shared.vector_store import VectorStore
-from shared.ws_lambda import Emit, WebSocketLambda
+from shared.vector_store import EmbeddingMismatch, VectorStore
+from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
+
+log = logging.getLogger(__name__)
 
 
 def build_service(settings: Settings) -> ChatService:
@@ -34,6 +37,7 @@ def build_service(settings: Settings) -> ChatService:
             body_format=settings.embedding_format,
             batch_size=settings.embedding_batch_size,
             concurrency=settings.embedding_concurrency,
+            dimensions=settings.embedding_dimension if settings.embedding_format == "titan" else None,
         ),
         store=VectorStore(
             settings.lancedb_uri,
@@ -75,7 +79,12 @@ def build_lambda(settings: Settings, service: ChatService | None = None) -> WebS
 def _lambda() -> WebSocketLambda:
     settings = Settings()
     service = build_service(settings)
-    service.store.chunks()
+    try:
+        service.store.chunks()
+    except EmbeddingMismatch as exc:
+        log.error("refusing to serve: %s", exc)
+        connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
+        return refusing_lambda(connections, ["chat", "search", "history"], index_mismatch_error())
     service.store.messages()
     return build_lambda(settings, service)
 

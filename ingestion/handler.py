@@ -35,14 +35,16 @@ from shared.object_store import open_object_store
 from shared.protocol import (
     DeleteDocumentRequest,
     DocumentDeleted,
+    DocumentList,
     IngestObjectRequest,
     IngestRequest,
     IngestResult,
+    ListDocumentsRequest,
     UploadUrl,
     UploadUrlRequest,
 )
-from shared.vector_store import VectorStore
-from shared.ws_lambda import Emit, WebSocketLambda
+from shared.vector_store import EmbeddingMismatch, VectorStore
+from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def build_service(settings: Settings) -> IngestionService:
             body_format=settings.embedding_format,
             batch_size=settings.embedding_batch_size,
             concurrency=settings.embedding_concurrency,
+            dimensions=settings.embedding_dimension if settings.embedding_format == "titan" else None,
         ),
         store=VectorStore(
             settings.lancedb_uri,
@@ -129,10 +132,19 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
     def ingest_object(req: IngestObjectRequest, emit: Emit) -> None:
         emit(result(req.request_id, service.ingest_object(req.key, req.doc_id, req.title)))
 
+    def list_documents(req: ListDocumentsRequest, emit: Emit) -> None:
+        emit(DocumentList(request_id=req.request_id, documents=service.list_documents()))
+
     connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
     return WebSocketLambda(
         connections,
-        {"ingest": ingest, "delete_document": delete, "upload_url": upload_url, "ingest_object": ingest_object},
+        {
+            "ingest": ingest,
+            "delete_document": delete,
+            "upload_url": upload_url,
+            "ingest_object": ingest_object,
+            "list_documents": list_documents,
+        },
     )
 
 
@@ -140,7 +152,13 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
 def _runtime() -> tuple[IngestionService, WebSocketLambda]:
     settings = Settings()
     service = build_service(settings)
-    service.store.chunks()  # open (or create) the table now: fail fast on a model mismatch
+    try:
+        service.store.chunks()  # open (or create) the table now: a model mismatch is found at cold start
+    except EmbeddingMismatch as exc:
+        log.error("refusing to serve: %s", exc)
+        connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
+        actions = ["ingest", "delete_document", "upload_url", "ingest_object", "list_documents"]
+        return service, refusing_lambda(connections, actions, index_mismatch_error())
     return service, build_lambda(settings, service)
 
 

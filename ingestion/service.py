@@ -40,7 +40,7 @@ from shared.object_store import (
     is_upload_key,
     originals_prefix,
 )
-from shared.protocol import Document, describe_validation_error
+from shared.protocol import Document, DocumentInfo, describe_validation_error
 from shared.vector_store import ChunkRow, VectorStore, timed_ms
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,50 @@ class IngestionService:
             if delete_bad:
                 self.objects.delete(key)
             raise
+
+    def reindex_document(self, raw: dict[str, Any]) -> tuple[IngestOutcome, str]:
+        """Index one raw document the way ingestion did (used by ``python -m shared.reindex``).
+
+        A document that came from a file (its raw JSON names an ``original``) is parsed again from
+        that file, so its chunks keep their sections (pages, headings) and the original stays; any
+        other document is ingested from its text. Returns the outcome and how it was done."""
+        doc = Document.model_validate({k: raw[k] for k in Document.model_fields if k in raw})
+        original = raw.get("original")
+        if isinstance(original, dict) and isinstance(original.get("key"), str) and original.get("filename"):
+            key = original["key"]
+            try:
+                shell = doc.model_copy(update={"text": ""})
+                return self._ingest_file(key, str(original["filename"]), shell, original_key=key, delete_bad=False), (
+                    "original file"
+                )
+            except ObjectNotFound:
+                pass  # the original is gone: the text the raw document kept is all there is
+            return self.ingest(doc), "text (original file missing)"
+        return self.ingest(doc), "text"
+
+    # ------------------------------------------------------------------ listing
+
+    def list_documents(self) -> list[DocumentInfo]:
+        """Every document in the object store, with its chunk count and index time from LanceDB."""
+        stats = self.store.document_stats()
+        out: list[DocumentInfo] = []
+        for doc_id in self.objects.document_ids():
+            raw = self.objects.get_document(doc_id) or {}
+            original = raw.get("original") if isinstance(raw.get("original"), dict) else None
+            chunks, indexed_at = stats.get(doc_id, (0, None))
+            out.append(
+                DocumentInfo(
+                    id=doc_id,
+                    title=str(raw.get("title") or ""),
+                    name=str(original["filename"]) if original else raw.get("source"),
+                    size=int(original["size"]) if original else len(str(raw.get("text", "")).encode("utf-8")),
+                    status="indexed" if chunks else "failed",
+                    chunks=chunks,
+                    uploaded_at=indexed_at,
+                    indexed_at=indexed_at,
+                )
+            )
+        return out
 
     # ------------------------------------------------------------------ delete
 

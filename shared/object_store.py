@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from shared.errors import RagError
 from shared.protocol import ErrorCode
@@ -58,6 +58,13 @@ def is_upload_key(key: str) -> bool:
 
 def _key_name(doc_id: str) -> str:
     return quote(doc_id, safe="") + ".json"
+
+
+def _id_from_name(name: str) -> str | None:
+    """The document id a raw-document object name encodes (``{quoted id}.json``), or None."""
+    if not name.endswith(".json") or name.startswith(".") or "/" in name:
+        return None
+    return unquote(name[: -len(".json")]) or None
 
 
 def originals_prefix(doc_id: str) -> str:
@@ -107,6 +114,7 @@ class ObjectStore(Protocol):
     def in_bucket(self, bucket: str) -> bool: ...
     def relative_key(self, bucket: str, key: str) -> str | None: ...
     def uri(self, key: str) -> str: ...
+    def document_ids(self) -> list[str]: ...
 
 
 class LocalObjectStore:
@@ -132,6 +140,11 @@ class LocalObjectStore:
             json.dump(document, f, ensure_ascii=False)
         os.replace(tmp, path)
         return str(path)
+
+    def document_ids(self) -> list[str]:
+        """Ids of the raw documents (the ``*.json`` files directly in the folder), sorted."""
+        ids = (_id_from_name(p.name) for p in self.root.iterdir() if p.is_file())
+        return sorted(i for i in ids if i is not None)
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
         path = self._path(doc_id)
@@ -260,6 +273,19 @@ class S3ObjectStore:
             ContentType="application/json",
         )
         return f"s3://{self.bucket}/{key}"
+
+    def document_ids(self) -> list[str]:
+        """Ids of the raw documents (the ``*.json`` objects directly under the prefix), sorted."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        ids: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+        ):
+            for obj in page.get("Contents", []):
+                doc_id = _id_from_name(obj["Key"][len(prefix) :])
+                if doc_id is not None:
+                    ids.append(doc_id)
+        return sorted(ids)
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
         try:

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     DOCUMENT_TOO_LARGE = "document_too_large"
     DOCUMENT_NOT_FOUND = "document_not_found"
     UNKNOWN_CONVERSATION = "unknown_conversation"
+    INDEX_MISMATCH = "index_mismatch"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UNSUPPORTED_TYPE = "unsupported_type"
@@ -184,6 +185,8 @@ class Source(BaseModel):
     excerpt: str
     date: str | None = None
     source: str | None = None
+    page: int | None = Field(default=None, description="1-based page (PDFs).")
+    heading: str | None = Field(default=None, description="Heading path, e.g. 'Setup > Install' (Markdown, HTML).")
 
 
 # Which system prompt answered: built from retrieved passages, or the one for "nothing relevant found".

@@ -41,16 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from shared.aws_clients import make_client
 from shared.errors import RagError, UpstreamTimeout, UpstreamUnavailable
-from shared.object_store import ObjectNotFound
-from shared.protocol import Document
+from shared.object_store import open_object_store
 from shared.vector_store import CHUNKS_TABLE, MESSAGES_TABLE, EmbeddingMismatch, storage_options_for
 
 if TYPE_CHECKING:
-    from ingestion.service import IngestionService, IngestOutcome
     from ingestion.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,64 +92,11 @@ class Summary:
 # ------------------------------------------------------------------------------------ the raw documents
 
 
-def _id_from_name(name: str) -> str | None:
-    """``{quoted id}.json`` -> id (shared/object_store.py's naming); None for anything else."""
-    if not name.endswith(".json") or name.startswith("."):
-        return None
-    return unquote(name[: -len(".json")])
-
-
 def list_document_ids(documents_uri: str, s3_client_factory: Callable[[], Any]) -> list[str]:
-    """The ids of the raw documents at ``documents_uri``: the ``*.json`` objects directly under it
-    (not in sub-folders / sub-prefixes, where uploaded originals may live), sorted."""
-    ids: list[str] = []
-    if documents_uri.startswith("s3://"):
-        bucket, _, prefix = documents_uri.removeprefix("s3://").partition("/")
-        prefix = prefix.strip("/")
-        prefix = f"{prefix}/" if prefix else ""
-        paginator = s3_client_factory().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            for obj in page.get("Contents", []):
-                doc_id = _id_from_name(obj["Key"][len(prefix) :])
-                if doc_id is not None:
-                    ids.append(doc_id)
-    else:
-        root = Path(documents_uri.removeprefix("file://"))
-        if root.is_dir():
-            for path in root.iterdir():
-                doc_id = _id_from_name(path.name) if path.is_file() else None
-                if doc_id is not None:
-                    ids.append(doc_id)
-    return sorted(ids)
-
-
-def as_document(raw: dict[str, Any]) -> Document:
-    """A stored raw document as the ingest request's Document (keys it does not know are ignored)."""
-    return Document.model_validate({k: v for k, v in raw.items() if k in Document.model_fields})
-
-
-def reindex_one(service: IngestionService, raw: dict[str, Any]) -> tuple[IngestOutcome, str]:
-    """Index one raw document the way ingestion did: a document that came from a file (its raw JSON
-    names an ``original``) is parsed again from that file, so its chunks keep their sections (pages,
-    headings) and the original stays; any other document is ingested from its text. Returns the outcome
-    and how it was done."""
-    own = getattr(service, "reindex_document", None)  # if ingestion grows its own, it knows best
-    if callable(own):
-        outcome: IngestOutcome = own(raw)
-        return outcome, "reindex_document"
-    original = raw.get("original")
-    if isinstance(original, dict) and isinstance(original.get("key"), str) and original.get("filename"):
-        shell = as_document({**raw, "text": ""})
-        key = original["key"]
-        try:
-            return (
-                service._ingest_file(key, str(original["filename"]), shell, original_key=key, delete_bad=False),
-                "original file",
-            )
-        except ObjectNotFound:
-            pass  # the original is gone: the text the raw document kept is all there is
-        return service.ingest(as_document(raw)), "text (original file missing)"
-    return service.ingest(as_document(raw)), "text"
+    """The ids of the raw documents at ``documents_uri``, sorted."""
+    if not documents_uri.startswith("s3://") and not Path(documents_uri.removeprefix("file://")).is_dir():
+        return []
+    return open_object_store(documents_uri, s3_client_factory).document_ids()
 
 
 # ------------------------------------------------------------------------------------ the target
@@ -246,7 +190,7 @@ def reindex(
                 say(f"[{i:>{width}}/{len(ids)}] {doc_id}: gone, skipped")
                 summary.documents -= 1
                 continue
-            out, how = reindex_one(service, raw)
+            out, how = service.reindex_document(raw)
         except (RagError, ValueError) as exc:
             message = exc.message if isinstance(exc, RagError) else f"not a valid raw document ({type(exc).__name__})"
             summary.failed[doc_id] = message

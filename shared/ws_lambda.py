@@ -114,3 +114,20 @@ class WebSocketLambda:
             log.info("connection %s gone before its error could be sent", connection_id)
         except Exception:
             log.exception("could not send an error to connection %s", connection_id)
+
+
+def refusing_lambda(connections: Connections, actions: list[str], reason: RagError) -> WebSocketLambda:
+    """A lambda that answers every action with `reason`: what a function serves when it must not touch
+    its data (e.g. the index was built with another embedding model), instead of failing every call."""
+
+    def refuse(_request: Any, _emit: Emit) -> None:
+        raise reason
+
+    return WebSocketLambda(connections, dict.fromkeys(actions, refuse))
+
+
+def index_mismatch_error() -> RagError:
+    return RagError(
+        "the index was built with another embedding model; an operator must rebuild it (python -m shared.reindex)",
+        ErrorCode.INDEX_MISMATCH,
+    )

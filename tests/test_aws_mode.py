@@ -824,11 +824,6 @@ def test_gone_is_never_retried_and_throttled_posts_are() -> None:
     assert all(path.startswith("/prod/@connections/") for _, _, path in svc.requests)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="ingestion/handler.py and chat/handler.py build Embedder without dimensions=RAG_EMBEDDING_DIMENSION: "
-    "Titan V2 then answers 1024 floats whatever the setting, so 256/512 fail at the first write or search",
-)
 @pytest.mark.parametrize("service", ["ingestion", "chat"])
 def test_titan_is_asked_for_the_configured_dimension(
     service: str, aws_settings: Path, monkeypatch: pytest.MonkeyPatch

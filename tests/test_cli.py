@@ -136,21 +136,28 @@ def test_titles_and_ids_reach_the_index(stack: Stack, ingested: subprocess.Compl
     assert all((s.source or "").endswith(s.doc_id.replace(":", "/")) for s in result.results)
 
 
-def test_ingest_reports_oversize_files_and_goes_on(stack: Stack, tmp_path: Path) -> None:
-    (tmp_path / "big.txt").write_text(" ".join(f"word{i}" for i in range(30_000)))  # ~290 KB
-    # Just under the limit as a file, just over it as a JSON message: caught by the exact size check.
+def test_ingest_uploads_large_files_pdfs_and_html(stack: Stack, tmp_path: Path) -> None:
+    from tests.test_documents import make_image_only_pdf, make_pdf
+
+    # Above the message limit as a file (> 2 x 128 KB): uploaded without trying a message.
+    (tmp_path / "big.txt").write_text("understanding " * (2 * MAX_MESSAGE_BYTES // 14 + 10))
+    # Just under the limit as a file, just over it as a JSON message: caught by the exact size check, uploaded.
     (tmp_path / "edge.txt").write_text("glacier " * ((MAX_MESSAGE_BYTES - 100) // 8))
     (tmp_path / "fits.md").write_text("Glaciers\n========\n\nGlaciers are slow rivers of ice carving valleys.\n")
     (tmp_path / "blank.txt").write_text("   \n")
+    (tmp_path / "reef.pdf").write_bytes(make_pdf(["Coral reefs are built by tiny animals called polyps."]))
+    (tmp_path / "page.html").write_text("<title>Moss</title><nav>menu</nav><p>Moss grows on the north side.</p>")
+    (tmp_path / "scan.pdf").write_bytes(make_image_only_pdf())
     r = failed(run_cli(stack.ws_url, "ingest", str(tmp_path)))
-    for name in ("big.txt", "edge.txt"):
-        assert re.search(rf"^error: message_too_large: .*{name}: too large for a WebSocket message", r.stderr, re.M), (
-            r.stderr
-        )
+    assert re.search(r"^error: no_text_layer: .*scan\.pdf: .*text layer", r.stderr, re.M), r.stderr
     assert "blank.txt: empty" in r.stderr
-    assert re.search(r"^1 document ingested \(1 chunk\), 1 skipped, 2 failed$", r.stdout, re.M), r.stdout
-    found = ok(run_cli(stack.ws_url, "search", "glaciers carving valleys"))
-    assert "(fits.md, chunk 0," in found.stdout and "[1] Glaciers" in found.stdout
+    assert re.search(r"^5 documents ingested \((\d+) chunks\), 1 skipped, 1 failed$", r.stdout, re.M), r.stdout
+    found = ok(run_cli(stack.ws_url, "search", "coral polyps build reefs"))
+    assert "(reef.pdf, chunk 0," in found.stdout, found.stdout
+    found = ok(run_cli(stack.ws_url, "--json", "search", "glacier glacier", "--top-k", "50", "--max-distance", "2"))
+    assert "edge.txt" in {s["doc_id"] for s in json_lines(found.stdout)[0]["results"]}, found.stdout
+    found = ok(run_cli(stack.ws_url, "--json", "search", "understanding", "--top-k", "50", "--max-distance", "2"))
+    assert "big.txt" in {s["doc_id"] for s in json_lines(found.stdout)[0]["results"]}, found.stdout
 
 
 def test_ingest_many_files_concurrently(stack: Stack, tmp_path: Path) -> None:
@@ -383,13 +390,14 @@ def test_discover(tmp_path: Path) -> None:
     (tmp_path / "one" / "same.md").write_text("# One")
     (tmp_path / "two" / "same.md").write_text("# Two")
     (tmp_path / "one" / "x.pdf").write_bytes(b"%PDF")
+    (tmp_path / "one" / "y.bin").write_bytes(b"\x00")
     (tmp_path / "one" / ".git").mkdir()
     (tmp_path / "one" / ".git" / "HEAD.txt").write_text("hidden")
     found, outcomes = discover([tmp_path / "one", tmp_path / "one" / "same.md", tmp_path / "two", tmp_path / "missing"])
-    assert [(c.path.name, c.doc_id) for c in found] == [("same.md", "same.md")]
+    assert [(c.path.name, c.doc_id) for c in found] == [("same.md", "same.md"), ("x.pdf", "x.pdf")]
     by_status = {(o.path.name, o.status, o.code) for o in outcomes}
     assert by_status == {
-        ("x.pdf", "skipped", ""),  # unsupported, for now
+        ("y.bin", "skipped", ""),  # unsupported
         ("missing", "failed", "not_found"),
         ("same.md", "failed", "duplicate_id"),  # two/same.md would overwrite one/same.md
     }

@@ -310,11 +310,6 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
     assert search(b, "How does magma reach the surface?")[0] == "volcanoes"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="ingestion/handler.py's cold start lets EmbeddingMismatch escape: the local runtime exits with a "
-    "traceback (on Lambda: an Unhandled function error per invocation); proposed fix in the AWS report",
-)
 def test_the_refusal_is_logged_without_a_traceback() -> None:
     if "text" not in REFUSAL_LOG:
         pytest.skip("runs after test_switching_models_refuse_then_reindex")
