@@ -7,6 +7,14 @@ from dataclasses import dataclass
 
 from shared.protocol import Source
 
+CONVERSATIONAL_PROMPT = (
+    "You are a friendly assistant for a document collection.\n"
+    "The user's message is small talk (a greeting, thanks, a pleasantry or a question about you), not a "
+    "question about the documents. Reply briefly and naturally, in one or two sentences, and offer to "
+    "help with questions about the documents. Do not state facts from or about the documents and do not "
+    "cite passages."
+)
+
 NO_CONTEXT_PROMPT = (
     "You are a helpful assistant for a document collection.\n"
     "No passage in the collection is relevant to the user's question. Say plainly that the documents "
@@ -30,6 +38,12 @@ def build_system_prompt(sources: Sequence[Source], passages: Sequence[str]) -> s
         header = f"[{src.n}] {src.title or src.doc_id}"
         if src.date:
             header += f" ({src.date})"
+        # page / heading: set by the PDF and Markdown parsers (absent on older protocol versions).
+        page, heading = getattr(src, "page", None), getattr(src, "heading", None)
+        if heading:
+            header += f", {heading}"
+        if page is not None:
+            header += f", p. {page}"
         blocks.append(f"{header}\n{text}")
     return CONTEXT_PROMPT.format(passages="\n\n".join(blocks))
 

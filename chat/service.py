@@ -1,20 +1,24 @@
-"""Chat logic: retrieval with the distance threshold, prompt, streamed answer, history."""
+"""Chat logic: intent routing, retrieval with the distance threshold, prompt, streamed answer, history."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from chat.prompts import Turn, approx_tokens, build_system_prompt, excerpt, fit_history
+from chat.intent import Intent, classify
+from chat.prompts import CONVERSATIONAL_PROMPT, Turn, approx_tokens, build_system_prompt, excerpt, fit_history
 from shared.bedrock import ChatModel, Embedder, StreamDone, TextDelta
-from shared.errors import UnknownConversation
+from shared.errors import InvalidRequest, UnknownConversation
 from shared.protocol import (
     ChatRequest,
     History,
     HistoryMessage,
     HistoryRequest,
+    PromptKind,
+    SearchMode,
     SearchRequest,
     SearchResult,
     Source,
@@ -23,7 +27,7 @@ from shared.protocol import (
     Token,
     Usage,
 )
-from shared.vector_store import MessageRow, VectorStore, timed_ms
+from shared.vector_store import RRF_K, Match, MessageRow, VectorStore, timed_ms
 from shared.ws_lambda import Emit
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ class Retrieval:
     passages: list[str]
     max_distance: float
     ms: float
+    search_mode: SearchMode = "vector"
 
 
 class ChatService:
@@ -49,6 +54,9 @@ class ChatService:
         excerpt_chars: int = 300,
         history_token_budget: int = 1024,
         token_flush_ms: float = 0.0,
+        search_mode: SearchMode = "hybrid",
+        rrf_k: int = RRF_K,
+        intent_routing: bool = True,
     ) -> None:
         self.embedder = embedder
         self.store = store
@@ -58,48 +66,111 @@ class ChatService:
         self.excerpt_chars = excerpt_chars
         self.history_token_budget = history_token_budget
         self.token_flush_ms = token_flush_ms
+        self.search_mode: SearchMode = search_mode
+        self.rrf_k = rrf_k
+        self.intent_routing = intent_routing
+        # Retrieval runs here while the caller's thread classifies the message's intent.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve")
 
     # ------------------------------------------------------------------ retrieval
 
-    def retrieve(self, query: str, top_k: int | None = None, max_distance: float | None = None) -> Retrieval:
+    def retrieve(
+        self,
+        query: str,
+        top_k: int | None = None,
+        max_distance: float | None = None,
+        search_mode: SearchMode | None = None,
+    ) -> Retrieval:
         t0 = time.perf_counter()
         k = top_k or self.top_k
         limit = self.max_distance if max_distance is None else max_distance
-        matches = self.store.search(self.embedder.embed_query(query), top_k=k, max_distance=limit)
-        sources = [
-            Source(
-                n=i,
-                doc_id=m.doc_id,
-                title=m.title,
-                chunk=m.chunk,
-                distance=round(m.distance, 4),
-                excerpt=excerpt(m.text, self.excerpt_chars),
-                date=m.date,
-                source=m.source,
-            )
-            for i, m in enumerate(matches, start=1)
-        ]
-        return Retrieval(sources, [m.text for m in matches], limit, timed_ms(t0))
+        mode: SearchMode = search_mode or self.search_mode
+        matches = self.store.search(
+            self.embedder.embed_query(query),
+            top_k=k,
+            max_distance=limit,
+            mode=mode,
+            query_text=query,
+            rrf_k=self.rrf_k,
+        )
+        sources = [self._source(i, m) for i, m in enumerate(matches, start=1)]
+        return Retrieval(sources, [m.text for m in matches], limit, timed_ms(t0), mode)
+
+    def _source(self, n: int, m: Match) -> Source:
+        # page/heading come from the chunk metadata (PDF/Markdown parsers); validated from a dict so that
+        # this also works while the protocol's Source does not declare them yet (pydantic ignores extras).
+        return Source.model_validate(
+            {
+                "n": n,
+                "doc_id": m.doc_id,
+                "title": m.title,
+                "chunk": m.chunk,
+                "distance": round(m.distance, 4),
+                "excerpt": excerpt(m.text, self.excerpt_chars),
+                "date": m.date,
+                "source": m.source,
+                "page": m.page,
+                "heading": m.heading,
+            }
+        )
 
     def search(self, req: SearchRequest) -> SearchResult:
-        r = self.retrieve(req.query, req.top_k, req.max_distance)
+        r = self.retrieve(req.query, req.top_k, req.max_distance, req.search_mode)
         return SearchResult(request_id=req.request_id, query=req.query, max_distance=r.max_distance, results=r.sources)
+
+    def route(self, req: ChatRequest) -> tuple[Intent, Retrieval | None]:
+        """Classify the message while retrieval runs; small talk does not wait for retrieval.
+
+        Retrieval starts first, on a worker thread, so a question pays nothing for the classifier.
+        For small talk the retrieval result is not used (it is cancelled if it has not started).
+        """
+        if not self.intent_routing:
+            return Intent.RETRIEVAL, self.retrieve(req.question, req.top_k, req.max_distance, req.search_mode)
+        future: Future[Retrieval] = self._pool.submit(
+            self.retrieve, req.question, req.top_k, req.max_distance, req.search_mode
+        )
+        intent = classify(req.question)
+        if intent is Intent.CONVERSATIONAL:
+            future.cancel()
+            future.add_done_callback(_log_discarded)
+            return intent, None
+        return intent, future.result()
 
     # ------------------------------------------------------------------ chat
 
     def chat(self, req: ChatRequest, emit: Emit) -> None:
+        """Answer `req`, streaming through `emit`.
+
+        Stateful (the WebSocket chat): the earlier turns come from the stored conversation, and the
+        question and answer are stored. Stateless (``req.messages`` given, the HTTP API): those messages
+        are the earlier turns, nothing is read or stored, and ``conversation_id`` must be omitted (the
+        reply carries a fresh id that names no stored conversation).
+        """
         t0 = time.perf_counter()
         prior: list[MessageRow] = []
+        stateless = req.messages is not None
+        if stateless and req.conversation_id is not None:
+            raise InvalidRequest("invalid chat request: chat.conversation_id: must be omitted when messages is given")
         if req.conversation_id is not None:
             prior = self.store.conversation(req.conversation_id)
             if not prior:
                 raise UnknownConversation(f"no conversation with id {req.conversation_id!r}")
         conversation_id = req.conversation_id or str(uuid.uuid4())
 
-        retrieval = self.retrieve(req.question, req.top_k, req.max_distance)
-        system = build_system_prompt(retrieval.sources, retrieval.passages)
-        prompt_kind = "context" if retrieval.sources else "no_context"
-        history = fit_history([Turn(m.role, m.content) for m in prior], self.history_token_budget, approx_tokens)
+        t_route = time.perf_counter()
+        intent, found = self.route(req)
+        if found is None:  # small talk: no passages, the conversational prompt
+            retrieval = Retrieval([], [], self.max_distance if req.max_distance is None else req.max_distance, 0.0)
+            system = CONVERSATIONAL_PROMPT
+        else:
+            retrieval = found
+            system = build_system_prompt(retrieval.sources, retrieval.passages)
+        # The protocol's PromptKind has no "conversational" yet: small talk reports "no_context" and the
+        # stored RAG context says intent "conversational".
+        prompt_kind: PromptKind = "context" if retrieval.sources else "no_context"
+        route_ms = timed_ms(t_route)
+        turns = _client_turns(req) if stateless else [Turn(m.role, m.content) for m in prior]
+        history = fit_history(turns, self.history_token_budget, approx_tokens)
         messages = [{"role": t.role, "content": t.content} for t in history]
         messages.append({"role": "user", "content": req.question})
 
@@ -140,6 +211,42 @@ class ChatService:
             events.close()
         answer = "".join(parts)
 
+        if not stateless:
+            self._store_turn(req, conversation_id, prior, answer, retrieval, prompt_kind, intent, found is not None)
+        emit(
+            StreamEnd(
+                request_id=req.request_id,
+                conversation_id=conversation_id,
+                answer=answer,
+                sources=retrieval.sources,
+                usage=Usage(
+                    input_tokens=done.input_tokens,
+                    output_tokens=done.output_tokens,
+                    total_tokens=done.input_tokens + done.output_tokens,
+                ),
+                stop_reason=done.stop_reason,
+                prompt=prompt_kind,
+                timings_ms={
+                    "retrieval": retrieval.ms if found is not None else route_ms,
+                    "first_token": first_token_ms if first_token_ms is not None else timed_ms(t_llm),
+                    "generation": timed_ms(t_llm),
+                    "total": timed_ms(t0),
+                },
+            )
+        )
+
+    def _store_turn(
+        self,
+        req: ChatRequest,
+        conversation_id: str,
+        prior: list[MessageRow],
+        answer: str,
+        retrieval: Retrieval,
+        prompt_kind: PromptKind,
+        intent: Intent,
+        retrieved: bool,
+    ) -> None:
+        """The user message and the assistant message with its RAG context, in one commit."""
         now_iso = _now_iso()
         seq = prior[-1].seq + 1 if prior else 0
         self.store.append_messages(
@@ -156,30 +263,11 @@ class ChatService:
                         "sources": [s.model_dump() for s in retrieval.sources],
                         "max_distance": retrieval.max_distance,
                         "prompt": prompt_kind,
+                        "intent": str(intent),
+                        "search_mode": retrieval.search_mode if retrieved else None,
                     },
                 ),
             ]
-        )
-        emit(
-            StreamEnd(
-                request_id=req.request_id,
-                conversation_id=conversation_id,
-                answer=answer,
-                sources=retrieval.sources,
-                usage=Usage(
-                    input_tokens=done.input_tokens,
-                    output_tokens=done.output_tokens,
-                    total_tokens=done.input_tokens + done.output_tokens,
-                ),
-                stop_reason=done.stop_reason,
-                prompt=prompt_kind,
-                timings_ms={
-                    "retrieval": retrieval.ms,
-                    "first_token": first_token_ms if first_token_ms is not None else timed_ms(t_llm),
-                    "generation": timed_ms(t_llm),
-                    "total": timed_ms(t0),
-                },
-            )
         )
 
     # ------------------------------------------------------------------ history
@@ -204,6 +292,26 @@ class ChatService:
                 for r in rows
             ],
         )
+
+
+def _client_turns(req: ChatRequest) -> list[Turn]:
+    """The earlier turns a stateless request carries, made fit for the model: consecutive messages of
+    one role are merged (chat models expect user and assistant to alternate), and a trailing user
+    message that got no answer is dropped (the question follows it)."""
+    turns: list[Turn] = []
+    for m in req.messages or []:
+        if turns and turns[-1].role == m.role:
+            turns[-1] = Turn(m.role, f"{turns[-1].content}\n\n{m.content}")
+        else:
+            turns.append(Turn(m.role, m.content))
+    while turns and turns[-1].role == "user":
+        turns.pop()
+    return turns
+
+
+def _log_discarded(future: Future[Retrieval]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("discarded retrieval for small talk failed: %s", future.exception())
 
 
 def _now_iso() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from shared.protocol import SearchMode
 from shared.settings import RagSettings
 
 
@@ -32,6 +33,18 @@ class Settings(RagSettings):
         description="Keep matches with cosine distance <= this (0 identical .. 2 opposite).",
     )
     excerpt_chars: int = Field(300, ge=20, description="Length of the excerpt shown with each source.")
+    search_mode: SearchMode = Field(
+        "hybrid",
+        description="How passages are found: 'vector' (cosine), 'fts' (BM25 full-text) or 'hybrid' (both, "
+        "fused by reciprocal rank fusion); per request 'search_mode'. RAG_MAX_DISTANCE gates every mode "
+        "by cosine distance.",
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant for hybrid search: 1 / (k + rank).")
+    intent_routing: bool = Field(
+        True,
+        description="Answer small talk (greetings, thanks, 'how are you?') without retrieved passages, using "
+        "a conversational prompt; decided by a rule classifier, no LLM call.",
+    )
 
     # -- generation
     llm_endpoint_url: str | None = Field(

@@ -454,6 +454,9 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_delete(prefix + "/@connections/{connection_id}", delete_connection)
     app.router.add_get("/health", health)
     add_web_routes(app, settings.stage)
+    from gateway.http_api import add_http_api  # imports this module: import it here, not at the top
+
+    add_http_api(app, settings)
     app.router.add_put(f"/{settings.stage}/{UPLOADS_PREFIX}{{rest:.+}}", upload_put)
     app.router.add_route("OPTIONS", f"/{settings.stage}/{UPLOADS_PREFIX}{{rest:.+}}", upload_preflight)
     app.router.add_get(f"/{settings.stage}", websocket_handler)

@@ -1,4 +1,10 @@
-"""The gateway's table of open WebSocket connections."""
+"""The gateway's table of open connections: WebSocket ones, and the HTTP API's pseudo-connections.
+
+A pseudo-connection (``QueueSocket``) stands in for a socket while one HTTP API request is served: the
+lambda replies through ``@connections`` exactly as for a WebSocket client, and the messages land in an
+``asyncio.Queue`` that the HTTP handler turns into its response. Closing it (the request is done, or its
+client left) makes later posts answer 410 GoneException, as for a closed WebSocket.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,7 @@ import base64
 import secrets
 import time
 from dataclasses import dataclass, field
-
-from aiohttp import web
+from typing import Protocol
 
 
 def new_connection_id() -> str:
@@ -16,10 +21,59 @@ def new_connection_id() -> str:
     return base64.b64encode(secrets.token_bytes(12)).decode()
 
 
+class Socket(Protocol):
+    """What the gateway uses of a connection's socket (aiohttp's WebSocketResponse, or a QueueSocket)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class QueueSocket:
+    """A pseudo-socket for an HTTP API request: each message sent to it is put on `queue` (as UTF-8 bytes).
+
+    ``None`` on the queue means "no more messages" (the socket was closed, or the caller put it there when
+    the invocation ended). Sending to a closed QueueSocket raises ConnectionResetError, which the
+    @connections API answers with 410 GoneException.
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send_str(self, data: str) -> None:
+        await self.send_bytes(data.encode("utf-8"))
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionResetError("the HTTP request is over")
+        self.queue.put_nowait(data)
+
+    def shut(self) -> bool:
+        """Close now (it never blocks): later sends fail, and the reader gets None. False if already closed."""
+        if self._closed:
+            return False
+        self._closed = True
+        self.queue.put_nowait(None)
+        return True
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        return self.shut()
+
+
 @dataclass
 class Connection:
     id: str
-    ws: web.WebSocketResponse
+    ws: Socket
     source_ip: str
     user_agent: str
     connected_at: float = field(default_factory=time.time)

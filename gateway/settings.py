@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         4, ge=1, description="Invocations in flight per connection; more get a 'throttled' error."
     )
     log_level: str = Field("INFO", description="Log level.")
+    http_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Largest request body of the OpenAI-compatible HTTP API under /v1 (larger: 413).",
+    )
     # -- the local stand-in for presigned S3 PUTs (documents in a local folder)
     upload_secret: str | None = Field(
         None,

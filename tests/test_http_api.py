@@ -1,0 +1,491 @@
+"""The OpenAI-compatible HTTP API (gateway/http_api.py) against the real five-service stack.
+
+Driven with the official ``openai`` client and with plain HTTP (urllib / http.client); responses are
+validated against the gateway's own OpenAPI document, whose paths must be exactly the gateway's routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
+
+from gateway.app import create_app
+from gateway.openapi import openapi_document
+from gateway.settings import Settings
+from shared.stack import Stack, free_port
+from tests.conftest import TIMEOUT_FACTOR, StackFactory, WsClient
+from tests.test_e2e import BREAD, VOLCANO
+
+TIDES_MD = b"""# Ocean tides
+
+## Causes
+
+Tides are the regular rise and fall of the sea level. They are caused by the gravitational pull of the
+Moon and, to a lesser degree, the Sun on the Earth's oceans. Most coasts see two high tides and two low
+tides every lunar day. Spring tides, the largest, happen when the Sun and the Moon line up.
+"""
+TIDES_QUESTION = "What causes the ocean tides to rise and fall?"
+VOLCANO_QUESTION = "How do volcanoes erupt?"
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack: StackFactory) -> Stack:
+    s = start_stack("http", RAG_MAX_DISTANCE="0.7")
+    ws = WsClient(s.ws_url, timeout=180)
+    try:
+        for i, doc in enumerate((VOLCANO, BREAD)):
+            reply = ws.request({"action": "ingest", "request_id": f"i{i}", "document": doc})
+            assert reply["type"] == "ingest_result", reply
+    finally:
+        ws.close()
+    return s
+
+
+@pytest.fixture(scope="module")
+def base(stack: Stack) -> str:
+    return stack.by_name["gateway"].url
+
+
+@pytest.fixture(scope="module")
+def client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="local", max_retries=0, timeout=180 * TIMEOUT_FACTOR)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def call(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """(status, parsed JSON body) of one request."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=180 * TIMEOUT_FACTOR) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+_DOC = openapi_document()
+
+
+def conforms(schema: str, data: Any) -> Any:
+    """Validate `data` against components.schemas[schema] of the gateway's OpenAPI document."""
+    validator = Draft202012Validator({"$ref": f"#/components/schemas/{schema}", "components": _DOC["components"]})
+    errors = sorted(validator.iter_errors(data), key=str)
+    assert not errors, f"{schema}: {[e.message for e in errors[:3]]}"
+    return data
+
+
+def assert_openai_error(status: int, body: Any, expected_status: int, code: str | None = None) -> None:
+    assert status == expected_status, body
+    conforms("Error", body)
+    if code is not None:
+        assert body["error"]["code"] == code, body
+
+
+def sse_events(base: str, body: dict[str, Any]) -> list[Any]:
+    """POST a streaming chat completion; every `data:` event, parsed ("[DONE]" kept as a string)."""
+    req = urllib.request.Request(
+        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    events: list[Any] = []
+    with urllib.request.urlopen(req, timeout=180 * TIMEOUT_FACTOR) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        for line in resp:
+            text = line.decode().rstrip("\n")
+            if text.startswith("data: "):
+                payload = text.removeprefix("data: ")
+                events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def ask(client: openai.OpenAI, question: str) -> tuple[str, list[dict[str, Any]]]:
+    resp = client.chat.completions.create(model="localrag", messages=[{"role": "user", "content": question}])
+    citations = (resp.model_extra or {}).get("citations")
+    assert isinstance(citations, list)
+    return resp.choices[0].message.content or "", citations
+
+
+def gateway_routes() -> set[tuple[str, str]]:
+    app = create_app(Settings())
+    return {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None
+        and r.method != "HEAD"
+        and (r.resource.canonical.startswith("/v1/") or r.resource.canonical == "/openapi.json")
+    }
+
+
+# ---------------------------------------------------------------------- the description
+
+
+def test_openapi_document_matches_the_routes() -> None:
+    validate_spec(_DOC)  # a valid OpenAPI 3.1 document
+    documented = {(m, path) for path, ops in _DOC["paths"].items() for m in ops}
+    assert documented == gateway_routes()
+
+
+def test_openapi_is_served(base: str) -> None:
+    status, body = call(base, "GET", "/openapi.json")
+    assert status == 200 and body == json.loads(json.dumps(_DOC))
+
+
+# ---------------------------------------------------------------------- models
+
+
+def test_models(client: openai.OpenAI, base: str) -> None:
+    assert [m.id for m in client.models.list()] == ["localrag"]
+    model = client.models.retrieve("localrag")
+    assert model.id == "localrag" and model.owned_by == "localrag"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    status, body = call(base, "GET", "/v1/models")
+    assert status == 200
+    conforms("ModelList", body)
+    status, body = call(base, "GET", "/v1/models/nope")
+    assert_openai_error(status, body, 404, "model_not_found")
+
+
+# ---------------------------------------------------------------------- chat
+
+
+def test_chat_completion(client: openai.OpenAI, base: str) -> None:
+    resp = client.chat.completions.create(
+        model="localrag",
+        messages=[
+            {"role": "system", "content": "You are terse."},  # ignored: the RAG prompt is the system prompt
+            {"role": "user", "content": VOLCANO_QUESTION},
+        ],
+    )
+    assert resp.object == "chat.completion" and resp.model == "localrag"
+    assert resp.choices[0].message.role == "assistant" and resp.choices[0].message.content
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.usage is not None and resp.usage.completion_tokens >= 1
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    citations = (resp.model_extra or {})["citations"]
+    doc_ids = {c["doc_id"] for c in citations}
+    assert "volcanoes" in doc_ids and "sourdough" not in doc_ids
+    assert [c["n"] for c in citations] == list(range(1, len(citations) + 1))
+
+    # The raw response, validated against the OpenAPI schema; extensions go through to retrieval.
+    status, body = call(
+        base,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "localrag", "messages": [{"role": "user", "content": VOLCANO_QUESTION}], "top_k": 1},
+    )
+    assert status == 200, body
+    conforms("ChatCompletion", body)
+    assert [c["doc_id"] for c in body["citations"]] == ["volcanoes"]
+    # An off-topic question: nothing passes the threshold.
+    _, citations = ask(client, "Who won the 1998 football World Cup?")
+    assert citations == []
+
+
+def test_stateless_history(client: openai.OpenAI) -> None:
+    """Earlier turns come from the request (text content parts too); the last user message is the question."""
+    resp = client.chat.completions.create(
+        model="localrag",
+        messages=[
+            {"role": "user", "content": "Tell me about bread."},
+            {"role": "assistant", "content": "Sourdough uses a starter."},
+            {"role": "user", "content": [{"type": "text", "text": "What is the starter of sourdough made of?"}]},
+        ],
+    )
+    assert resp.choices[0].message.content
+    assert "sourdough" in {c["doc_id"] for c in (resp.model_extra or {})["citations"]}
+
+
+def test_streaming_with_the_openai_client(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="localrag",
+        messages=[{"role": "user", "content": VOLCANO_QUESTION}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert len(chunks) >= 4
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishes) == 1 and finishes[0] in ("stop", "length")
+    # The last chunk carries the citations (and the usage asked for), with no choices.
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens >= 1
+    assert "volcanoes" in {c["doc_id"] for c in (last.model_extra or {})["citations"]}
+
+
+def test_streaming_events(base: str) -> None:
+    events = sse_events(
+        base, {"model": "localrag", "messages": [{"role": "user", "content": VOLCANO_QUESTION}], "stream": True}
+    )
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    for c in chunks:
+        conforms("ChatCompletionChunk", c)
+    first, *tokens, finish, cites = chunks
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert tokens and all(t["choices"][0]["delta"].get("content") is not None for t in tokens)
+    assert "".join(t["choices"][0]["delta"]["content"] for t in tokens)
+    assert finish["choices"][0]["finish_reason"] in ("stop", "length") and finish["choices"][0]["delta"] == {}
+    assert cites["choices"] == [] and "usage" not in cites
+    assert {c["doc_id"] for c in cites["citations"]} == {"volcanoes"}
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_client_leaving_mid_stream_closes_the_pseudo_connection(base: str) -> None:
+    def connections() -> int:
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
+            n: int = json.loads(resp.read())["connections"]
+            return n
+
+    assert connections() == 0
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60 * TIMEOUT_FACTOR)
+    body = {"model": "localrag", "messages": [{"role": "user", "content": VOLCANO_QUESTION}], "stream": True}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")  # the stream has started
+    # Leave mid-answer (the tiny model may already be done: then the connection is gone already).
+    if conn.sock is not None:
+        conn.sock.close()
+    resp.close()
+    conn.close()
+    deadline = time.monotonic() + 5 * TIMEOUT_FACTOR
+    while connections() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connections() == 0
+
+
+# ---------------------------------------------------------------------- documents and sync
+
+
+def put(url: str, data: bytes, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(url, data=data, method="PUT", headers=headers)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return int(resp.status)
+
+
+def wait_for_job(base: str, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180 * TIMEOUT_FACTOR
+    while time.monotonic() < deadline:
+        status, body = call(base, "GET", "/v1/kb/status")
+        assert status == 200
+        conforms("SyncJobList", body)
+        job = next(j for j in body["data"] if j["id"] == job_id)
+        if job["status"] in ("done", "failed"):
+            return dict(job)
+        time.sleep(0.2)
+    raise AssertionError(f"sync job {job_id} did not finish")
+
+
+def documents(base: str) -> dict[str, dict[str, Any]]:
+    status, body = call(base, "GET", "/v1/documents")
+    assert status == 200
+    conforms("DocumentList", body)
+    return {d["id"]: d for d in body["data"]}
+
+
+def test_upload_sync_ask_delete(base: str, client: openai.OpenAI) -> None:
+    status, ticket = call(
+        base, "POST", "/v1/documents", {"filename": "tides.md", "content_type": "text/markdown", "size": len(TIDES_MD)}
+    )
+    assert status == 201, ticket
+    conforms("UploadTicket", ticket)
+    assert ticket["id"] == "tides.md" and ticket["method"] == "PUT"
+    assert put(ticket["upload_url"], TIDES_MD, ticket["headers"]) == 200
+    listed = documents(base)
+    assert listed["tides.md"]["status"] == "uploaded" and listed["tides.md"]["name"] == "tides.md"
+    assert listed["volcanoes"]["status"] == "indexed"
+
+    status, job = call(base, "POST", "/v1/kb/sync")
+    assert status == 202, job
+    conforms("SyncJobAccepted", job)
+    assert job["status"] == "queued" and job["total"] == 1
+    done = wait_for_job(base, job["job_id"])
+    assert done["status"] == "done" and done["succeeded"] == 1 and done["failed"] == 0 and done["errors"] == []
+    assert done["started_at"] and done["finished_at"]
+    listed = documents(base)
+    assert listed["tides.md"]["status"] == "indexed" and listed["tides.md"]["chunks"] >= 1
+
+    _, citations = ask(client, TIDES_QUESTION)
+    tides = [c for c in citations if c["doc_id"] == "tides.md"]
+    assert tides and tides[0]["heading"] and "Causes" in tides[0]["heading"]
+
+    status, body = call(base, "DELETE", "/v1/documents/tides.md")
+    assert status == 200, body
+    conforms("DocumentDeleted", body)
+    assert body["deleted"] is True and body["chunks_deleted"] >= 1
+    assert "tides.md" not in documents(base)
+    _, citations = ask(client, TIDES_QUESTION)
+    assert "tides.md" not in {c["doc_id"] for c in citations}
+    status, body = call(base, "DELETE", "/v1/documents/tides.md")
+    assert_openai_error(status, body, 404, "document_not_found")
+
+
+def test_sync_failure_is_reported(base: str) -> None:
+    """An upload URL that was never used: the sync job fails for it, and the list says why."""
+    status, ticket = call(base, "POST", "/v1/documents", {"filename": "ghost.txt", "size": 10})
+    assert status == 201, ticket
+    status, job = call(base, "POST", "/v1/kb/sync")
+    assert status == 202
+    done = wait_for_job(base, job["job_id"])
+    assert done["status"] == "failed" and done["failed"] == 1
+    assert done["errors"] == [
+        {"document": "ghost.txt", "code": "object_not_found", "message": done["errors"][0]["message"]}
+    ]
+    ghost = documents(base)["ghost.txt"]
+    assert ghost["status"] == "failed" and ghost["error"]["code"] == "object_not_found"
+    # Not retried by the next sync (the failure is not transient); deleting forgets it.
+    status, job = call(base, "POST", "/v1/kb/sync")
+    assert status == 202 and job["total"] == 0
+    assert wait_for_job(base, job["job_id"])["status"] == "done"
+    status, body = call(base, "DELETE", "/v1/documents/ghost.txt")
+    assert status == 200 and body["chunks_deleted"] == 0
+    assert "ghost.txt" not in documents(base)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_errors(base: str, client: openai.OpenAI) -> None:
+    path = "/v1/chat/completions"
+    status, body = call(base, "POST", path, raw=b"{not json")
+    assert_openai_error(status, body, 400, "malformed_json")
+    status, body = call(base, "POST", path, raw=b"[1, 2]")
+    assert_openai_error(status, body, 400, "malformed_json")
+    status, body = call(base, "POST", path, {"model": "localrag"})
+    assert_openai_error(status, body, 400, "invalid_request")
+    assert body["error"]["param"] == "messages" and body["error"]["type"] == "invalid_request_error"
+    status, body = call(base, "POST", path, {"model": "localrag", "messages": [{"role": "assistant", "content": "x"}]})
+    assert_openai_error(status, body, 400, "invalid_request")
+    # Validated by the chat function itself (the protocol's ChatRequest), as on the WebSocket.
+    status, body = call(
+        base, "POST", path, {"model": "localrag", "messages": [{"role": "user", "content": "hi"}], "top_k": 0}
+    )
+    assert_openai_error(status, body, 400, "invalid_request")
+    assert "top_k" in body["error"]["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="localrag", messages=[{"role": "user", "content": "x"}], extra_body={"top_k": 0}
+        )
+
+    status, body = call(base, "POST", path, {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert_openai_error(status, body, 404, "model_not_found")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+    big = json.dumps({"model": "localrag", "messages": [{"role": "user", "content": "x" * (1024 * 1024 + 10)}]})
+    status, body = call(base, "POST", path, raw=big.encode())
+    assert_openai_error(status, body, 413, "request_too_large")
+
+    status, body = call(base, "POST", "/v1/documents", {"filename": "tool.exe", "size": 10})
+    assert_openai_error(status, body, 415, "unsupported_type")
+    status, body = call(base, "POST", "/v1/documents", {"filename": "a.txt"})
+    assert_openai_error(status, body, 400, "invalid_request")
+    status, body = call(base, "DELETE", "/v1/documents/no-such-doc")
+    assert_openai_error(status, body, 404, "document_not_found")
+    status, body = call(base, "GET", "/v1/nothing-here")
+    assert_openai_error(status, body, 404, "not_found")
+    status, body = call(base, "POST", "/v1/kb/sync", raw=b"nope")
+    assert_openai_error(status, body, 400, "malformed_json")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "base" in request.fixturenames:  # every HTTP request removed its pseudo-connection
+        base = request.getfixturevalue("base")
+        deadline = time.monotonic() + 2
+        while True:
+            with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
+                n = json.loads(resp.read())["connections"]
+            if n == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert n == 0
+
+
+# ---------------------------------------------------------------------- leaving mid-answer, deterministically
+
+
+def test_client_leaving_makes_the_lambdas_next_post_gone() -> None:
+    """In process: a stand-in chat lambda posts a slow stream; the HTTP client leaves after two events;
+    the lambda's next post to the pseudo-connection gets 410 Gone (so a real one stops generating)."""
+
+    async def scenario() -> list[int]:
+        statuses: list[int] = []
+        gw_port = free_port()
+
+        async def fake_lambda(request: web.Request) -> web.Response:
+            event = await request.json()
+            cid = event["requestContext"]["connectionId"]
+            rid = json.loads(event["body"])["request_id"]
+            start = {"type": "stream_start", "request_id": rid, "conversation_id": "c", "sources": []}
+            async with aiohttp.ClientSession() as s:
+                for i in range(200):
+                    msg = start if i == 0 else {"type": "token", "request_id": rid, "index": i - 1, "text": "x"}
+                    async with s.post(f"http://127.0.0.1:{gw_port}/local/@connections/{cid}", json=msg) as r:
+                        statuses.append(r.status)
+                        if r.status == 410:
+                            break
+                    await asyncio.sleep(0.02)
+            return web.json_response({"statusCode": 200})
+
+        lam = web.Application()
+        lam.router.add_post("/2015-03-31/functions/chat/invocations", fake_lambda)
+        lam_runner = web.AppRunner(lam)
+        await lam_runner.setup()
+        lam_port = free_port()
+        await web.TCPSite(lam_runner, "127.0.0.1", lam_port).start()
+        url = f"http://127.0.0.1:{lam_port}/2015-03-31/functions/chat/invocations"
+        gw_runner = web.AppRunner(create_app(Settings(port=gw_port, functions={"chat": url, "ingestion": url})))
+        await gw_runner.setup()
+        await web.TCPSite(gw_runner, "127.0.0.1", gw_port).start()
+        try:
+            body = {"model": "localrag", "messages": [{"role": "user", "content": "q"}], "stream": True}
+            async with aiohttp.ClientSession() as s:
+                resp = await s.post(f"http://127.0.0.1:{gw_port}/v1/chat/completions", json=body)
+                assert resp.status == 200
+                await resp.content.readline()  # the role chunk
+                await resp.content.readline()
+                await resp.content.readline()  # the first token
+                resp.close()  # leave
+            for _ in range(200):
+                if statuses and statuses[-1] == 410:
+                    break
+                await asyncio.sleep(0.02)
+            return statuses
+        finally:
+            await gw_runner.cleanup()
+            await lam_runner.cleanup()
+
+    statuses = asyncio.run(scenario())
+    assert statuses[-1] == 410 and len(statuses) < 50, statuses
+    assert set(statuses[:-1]) == {200}
