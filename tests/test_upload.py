@@ -54,6 +54,19 @@ def client(stack: Stack) -> Iterator[WsClient]:
     c.close()
 
 
+@pytest.fixture(scope="module")
+def folder_stack(start_stack: StackFactory) -> Stack:
+    """The local-folder stack only: the gateway's PUT stand-in serves local folders (on S3, S3 checks)."""
+    return local_stack(start_stack)
+
+
+@pytest.fixture
+def folder_client(folder_stack: Stack) -> Iterator[WsClient]:
+    c = WsClient(folder_stack.ws_url, timeout=180)
+    yield c
+    c.close()
+
+
 # ---------------------------------------------------------------------- helpers
 
 
@@ -409,11 +422,10 @@ def _with_query(url: str, **changes: str) -> str:
     return parts._replace(query=urlencode(q)).geturl()
 
 
-def test_local_put_refuses_bad_signatures_expiry_and_oversize(client: WsClient, stack: Stack) -> None:
+def test_local_put_refuses_bad_signatures_expiry_and_oversize(folder_client: WsClient, folder_stack: Stack) -> None:
+    client, stack = folder_client, folder_stack
     cfg = stack.config
     assert cfg is not None
-    if cfg.s3_endpoint_url:
-        pytest.skip("the gateway's PUT stand-in serves local folders only (moto does not check signatures)")
     ticket = client.request(
         {"action": "upload_url", "request_id": "t", "filename": "n.md", "content_type": "text/markdown", "size": 5}
     )
@@ -457,12 +469,11 @@ def test_local_put_refuses_bad_signatures_expiry_and_oversize(client: WsClient, 
     client.request({"action": "delete_document", "request_id": "d", "doc_id": "n.md"})
 
 
-def test_local_put_streams_and_caps_a_body_without_length(stack: Stack) -> None:
+def test_local_put_streams_and_caps_a_body_without_length(folder_stack: Stack) -> None:
     """Chunked transfer (no Content-Length): the gateway counts while streaming and stops at the cap."""
+    stack = folder_stack
     cfg = stack.config
     assert cfg is not None
-    if cfg.s3_endpoint_url:
-        pytest.skip("local folders only")
     key = "uploads/" + "ab" * 16 + "/stream.txt"
     expires = int(time.time()) + 60
     base = f"{stack.by_name['gateway'].url}/local/{key}"
