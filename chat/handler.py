@@ -11,42 +11,22 @@ from typing import Any
 
 from chat.service import ChatService
 from chat.settings import Settings
-from shared.aws_clients import client_config, make_client
-from shared.bedrock import ChatModel, Embedder
+from shared import wiring
+from shared.bedrock import ChatModel
 from shared.connections import Connections
 from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
-from shared.vector_store import EmbeddingMismatch, VectorStore
+from shared.vector_store import EmbeddingMismatch
 from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
 
 log = logging.getLogger(__name__)
 
 
 def build_service(settings: Settings) -> ChatService:
-    def bedrock(endpoint: str | None) -> Any:
-        return make_client(
-            "bedrock-runtime",
-            endpoint_url=endpoint,
-            region=settings.aws_region,
-            config=client_config(read_timeout=settings.upstream_timeout_s),
-        )
-
     return ChatService(
-        embedder=Embedder(
-            bedrock(settings.embedding_endpoint_url),
-            settings.embedding_model_id,
-            body_format=settings.embedding_format,
-            batch_size=settings.embedding_batch_size,
-            concurrency=settings.embedding_concurrency,
-            dimensions=settings.embedding_dimension if settings.embedding_format == "titan" else None,
-        ),
-        store=VectorStore(
-            settings.lancedb_uri,
-            dimension=settings.embedding_dimension,
-            model_id=settings.embedding_model_id,
-            storage_options=settings.storage_options(),
-        ),
+        embedder=wiring.embedder(settings),
+        store=wiring.vector_store(settings),
         llm=ChatModel(
-            bedrock(settings.llm_endpoint_url),
+            wiring.bedrock_client(settings, settings.llm_endpoint_url),
             settings.llm_model_id,
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from ingestion.service import IngestionService
 from ingestion.settings import Settings
+from shared import wiring
 from shared.aws_clients import client_config, make_client
-from shared.bedrock import Embedder
 from shared.chunker import Chunker
 from shared.connections import Connections
 from shared.events import BatchItemFailure, BatchResponse, KinesisEventRecord, S3EventRecord, event_kind
@@ -43,7 +43,7 @@ from shared.protocol import (
     UploadUrl,
     UploadUrlRequest,
 )
-from shared.vector_store import EmbeddingMismatch, VectorStore
+from shared.vector_store import EmbeddingMismatch
 from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
 
 log = logging.getLogger(__name__)
@@ -62,28 +62,10 @@ def _presign_client(settings: Settings) -> Any:
 
 
 def build_service(settings: Settings) -> IngestionService:
-    bedrock = make_client(
-        "bedrock-runtime",
-        endpoint_url=settings.embedding_endpoint_url,
-        region=settings.aws_region,
-        config=client_config(read_timeout=settings.upstream_timeout_s),
-    )
     return IngestionService(
         chunker=Chunker(settings.chunk_tokens, settings.chunk_overlap_tokens, settings.tokenizer_path),
-        embedder=Embedder(
-            bedrock,
-            settings.embedding_model_id,
-            body_format=settings.embedding_format,
-            batch_size=settings.embedding_batch_size,
-            concurrency=settings.embedding_concurrency,
-            dimensions=settings.embedding_dimension if settings.embedding_format == "titan" else None,
-        ),
-        store=VectorStore(
-            settings.lancedb_uri,
-            dimension=settings.embedding_dimension,
-            model_id=settings.embedding_model_id,
-            storage_options=settings.storage_options(),
-        ),
+        embedder=wiring.embedder(settings),
+        store=wiring.vector_store(settings),
         objects=open_object_store(
             settings.documents_uri,
             lambda: make_client("s3", endpoint_url=settings.s3_endpoint_url, region=settings.aws_region),

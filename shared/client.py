@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from shared.protocol import (
     MAX_MESSAGE_BYTES,
     SERVER_MESSAGE,
+    AnyClientRequest,
     ChatRequest,
     DeleteDocumentRequest,
     Document,
@@ -63,15 +64,7 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
 
 ChatEvent = StreamStart | Token | StreamEnd
-_Request = (
-    IngestRequest
-    | DeleteDocumentRequest
-    | ChatRequest
-    | SearchRequest
-    | HistoryRequest
-    | UploadUrlRequest
-    | IngestObjectRequest
-)
+_Request = AnyClientRequest
 # How long a presigned PUT may take (a large file on a slow link), and the S3-style error in its body.
 UPLOAD_TIMEOUT: Final = 600.0
 _S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.S)

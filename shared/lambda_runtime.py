@@ -21,7 +21,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -151,6 +151,34 @@ def serve(app: web.Application, host: str, port: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class RuntimeSettings(Protocol):
+    """What the local runtime needs from a lambda's settings (ingestion/settings.py, chat/settings.py)."""
+
+    host: str
+    port: int
+    function_name: str
+    timeout_s: float
+    max_concurrency: int
+    aws_region: str
+    log_level: str
+
+
+def run_local(handler: Handler, warm: Callable[[], None], settings: RuntimeSettings) -> None:
+    """``python -m ingestion`` / ``python -m chat``: host the handler like Lambda, warm at start."""
+    from shared.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    app = create_runtime_app(
+        handler,
+        function_name=settings.function_name,
+        timeout_s=settings.timeout_s,
+        max_concurrency=settings.max_concurrency,
+        region=settings.aws_region,
+        on_startup=warm,
+    )
+    serve(app, settings.host, settings.port)
 
 
 def main(argv: list[str] | None = None) -> None:

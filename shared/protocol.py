@@ -147,7 +147,7 @@ class HistoryRequest(_Msg):
     conversation_id: str = Field(min_length=1, max_length=128)
 
 
-ClientRequest = Annotated[
+AnyClientRequest = (
     IngestRequest
     | DeleteDocumentRequest
     | ChatRequest
@@ -155,9 +155,9 @@ ClientRequest = Annotated[
     | HistoryRequest
     | UploadUrlRequest
     | IngestObjectRequest
-    | ListDocumentsRequest,
-    Field(discriminator="action"),
-]
+    | ListDocumentsRequest
+)
+ClientRequest = Annotated[AnyClientRequest, Field(discriminator="action")]
 CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
 ACTIONS: tuple[str, ...] = (
     "ingest",
