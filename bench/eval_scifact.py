@@ -30,10 +30,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench.metrics import Qrels, Run, evaluate, evaluate_with_ir_measures
+from shared.vector_store import HYBRID_CANDIDATES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact"
@@ -121,7 +123,9 @@ def build_services(db_dir: Path, embedding_url: str, args: argparse.Namespace) -
     )
     # The LLM is never called by retrieve(); point it at a closed port.
     chat = build_chat(ChatSettings(**common, llm_endpoint_url="http://127.0.0.1:9"))
-    chat.rrf_k = args.rrf_k
+    if args.rrf_k is not None:
+        chat.rrf_k = args.rrf_k
+    args.rrf_k = chat.rrf_k
     return ingestion, chat
 
 
@@ -338,6 +342,18 @@ def dropped_relevant(results: dict[str, QueryResult], qrels: Qrels, threshold: f
     return {"relevant_found": found, "dropped": dropped, "share_dropped": round(dropped / found, 4) if found else None}
 
 
+def first_threshold_with_sources(chat: Any, question: str, mode: str) -> float:
+    """The smallest threshold in THRESHOLDS at which retrieve() returns a source (3.0 if none does)."""
+    lo, hi = 0, len(THRESHOLDS)  # answer index in [lo, hi]; hi = none
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chat.retrieve(question, chat.top_k, THRESHOLDS[mid], mode).sources:
+            hi = mid
+        else:
+            lo = mid + 1
+    return THRESHOLDS[lo] if lo < len(THRESHOLDS) else 3.0
+
+
 def offtopic_rejected(min_distances: Sequence[float], threshold: float) -> float:
     return round(sum(d > threshold for d in min_distances) / len(min_distances), 4) if min_distances else 0.0
 
@@ -472,7 +488,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| mode | nDCG@10 | Recall@10 | Recall@100 | MRR@10 |",
         "|---|---|---|---|---|",
     ]
-    for mode, m in report["metrics"].items():
+    for mode, m in report.get("metrics", {}).items():
         cells = " | ".join(f"{m[k]:.3f}" for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10"))
         lines.append(f"| {mode} | {cells} |")
     lines.append("")
@@ -481,14 +497,22 @@ def markdown(report: dict[str, Any]) -> str:
     if cal:
         lines += [
             "",
-            "| max_distance | relevant dropped (top-10, hybrid) | off-topic with no sources |",
+            "| max_distance | relevant top-10 dropped: vector / fts / hybrid | off-topic with no sources: "
+            "vector / fts / hybrid |",
             "|---|---|---|",
         ]
         for row in cal["sweep"]:
             if row["threshold"] in cal["highlight"]:
-                d = row["relevant_dropped_top10"]["hybrid"]["share_dropped"]
-                lines.append(f"| {row['threshold']:.2f} | {d:.1%} | {row['offtopic_no_sources']['hybrid']:.1%} |")
+                d = " / ".join(f"{row['relevant_dropped_top10'][m]['share_dropped']:.1%}" for m in MODES)
+                o = " / ".join(f"{row['offtopic_no_sources'][m]:.0%}" for m in MODES)
+                lines.append(f"| {row['threshold']:.2f} | {d} | {o} |")
         lines.append(f"\nrecommended max_distance: {cal['recommended']} ({cal['reason']})")
+    it = report.get("intent")
+    if it:
+        lines.append(
+            f"\nintent routing: {it['classified_conversational']} of {it['questions']} questions (SciFact queries and "
+            f"off-topic) taken for small talk; {it['us_per_message']} µs per message"
+        )
     sp = report.get("speed")
     if sp:
         lines += [
@@ -536,9 +560,12 @@ def main(argv: list[str] | None = None) -> int:
     # service refuses it (40% of SciFact documents fail). 254 - 90 (SciFact's longest title) = 164.
     p.add_argument("--chunk-tokens", type=int, default=164)
     p.add_argument("--chunk-overlap", type=int, default=32)
-    p.add_argument("--rrf-k", type=int, default=60)
+    p.add_argument("--rrf-k", type=int, default=None, help="hybrid RRF constant (default: the chat setting)")
     p.add_argument("--top-chunks", type=int, default=300, help="chunks retrieved per query (>= 100 documents)")
-    p.add_argument("--max-drop", type=float, default=0.05, help="relevant share a recommended threshold may drop")
+    p.add_argument(
+        "--max-drop", type=float, default=0.03, help="share of relevant top-10 documents the threshold may drop"
+    )
+    p.add_argument("--speed-only", action="store_true", help="only ingest and measure speed (no queries)")
     p.add_argument("--sweep", action="store_true", help="also evaluate hybrid variants (use with --split train)")
     p.add_argument("--skip-speed", action="store_true", help="skip the bare-encode speed comparison")
     p.add_argument("--blocks", type=int, default=8, help="ingest blocks, each followed by a bare-encode sample")
@@ -574,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         ingestion, chat = build_services(db_dir, emb.url, args)
+        report["settings"].update(rrf_k=chat.rrf_k, hybrid_candidates=HYBRID_CANDIDATES, search_mode=chat.search_mode)
         docs = documents(corpus.docs)
         already = ingestion.store.count_chunks()
         strategy = args.ingest
@@ -623,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 del bare
 
+        if args.speed_only:
+            return finish(report, args.out)
+
         # -- quality
         report["metrics"] = {}
         results: dict[str, dict[str, QueryResult]] = {}
@@ -639,8 +670,12 @@ def main(argv: list[str] | None = None) -> int:
         offtopic = load_offtopic()
         off_min: dict[str, list[float]] = {}
         for mode in MODES:
-            off = run_queries(retriever(chat, mode, chat.top_k), {str(i): t for i, t in enumerate(offtopic)})
-            off_min[mode] = [min(r.best_distance.values(), default=2.0) for r in off.values()]
+            # The smallest threshold of the sweep at which each question gets a source, found through
+            # ChatService.retrieve with the chat's top_k and that max_distance (whether a question gets
+            # sources only grows with the threshold, so a binary search over the sweep is exact).
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                off_min[mode] = list(pool.map(partial(first_threshold_with_sources, chat, mode=mode), offtopic))
+        nearest = run_queries(retriever(chat, "vector", 1), {str(i): t for i, t in enumerate(offtopic)})
         rows = []
         for t in THRESHOLDS:
             rows.append(
@@ -660,13 +695,26 @@ def main(argv: list[str] | None = None) -> int:
         report["calibration"] = {
             "offtopic_questions": len(offtopic),
             "sweep": rows,
-            "highlight": sorted({1.2, best, 0.7}),
+            "highlight": sorted({0.6, 0.65, 0.7, 0.75, 0.8, 1.2, best}),
             "recommended": best,
             "reason": reason,
             "distance_quantiles": {
                 "relevant_top10_best_chunk_hybrid": _quantiles(rel_best),
-                "offtopic_nearest_chunk": _quantiles(off_min["vector"]),
+                "offtopic_nearest_chunk": _quantiles([min(r.best_distance.values()) for r in nearest.values()]),
             },
+        }
+
+        # -- intent routing: no real question may be taken for small talk
+        from chat.intent import Intent, classify
+
+        all_queries = [json.loads(line)["text"] for line in (args.data / "queries.jsonl").open()] + offtopic
+        t0 = time.perf_counter()
+        small_talk = [q for q in all_queries if classify(q) is Intent.CONVERSATIONAL]
+        report["intent"] = {
+            "questions": len(all_queries),
+            "classified_conversational": len(small_talk),
+            "examples": small_talk[:10],
+            "us_per_message": round((time.perf_counter() - t0) * 1e6 / len(all_queries), 1),
         }
 
         # -- tuning variants
@@ -680,11 +728,15 @@ def main(argv: list[str] | None = None) -> int:
         emb.stop()
         tmp.cleanup()
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return finish(report, args.out)
+
+
+def finish(report: dict[str, Any], out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(markdown(report))
-    print(f"\nwritten to {args.out}")
+    print(f"\nwritten to {out}")
     return 0
 
 

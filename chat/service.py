@@ -50,7 +50,7 @@ class ChatService:
         store: VectorStore,
         llm: ChatModel,
         top_k: int = 5,
-        max_distance: float = 1.2,
+        max_distance: float = 0.7,
         excerpt_chars: int = 300,
         history_token_budget: int = 1024,
         token_flush_ms: float = 0.0,

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from shared.protocol import SearchMode
 from shared.settings import RagSettings
+from shared.vector_store import RRF_K
 
 
 class Settings(RagSettings):
@@ -27,10 +28,12 @@ class Settings(RagSettings):
     # -- retrieval
     top_k: int = Field(5, ge=1, le=50, description="Passages retrieved per question before the threshold.")
     max_distance: float = Field(
-        1.2,
+        0.7,
         ge=0.0,
         le=2.0,
-        description="Keep matches with cosine distance <= this (0 identical .. 2 opposite).",
+        description="Keep matches with cosine distance <= this (0 identical .. 2 opposite), in every search mode. "
+        "0.7 is calibrated on SciFact (bench/): it keeps ~97% of the relevant top-10 passages and gives 85% "
+        "of off-topic questions no sources (1.2 gives none).",
     )
     excerpt_chars: int = Field(300, ge=20, description="Length of the excerpt shown with each source.")
     search_mode: SearchMode = Field(
@@ -39,7 +42,11 @@ class Settings(RagSettings):
         "fused by reciprocal rank fusion); per request 'search_mode'. RAG_MAX_DISTANCE gates every mode "
         "by cosine distance.",
     )
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant for hybrid search: 1 / (k + rank).")
+    rrf_k: int = Field(
+        RRF_K,
+        ge=1,
+        description="Hybrid search: reciprocal rank fusion constant, score = sum of 1 / (k + rank) over the two lists.",
+    )
     intent_routing: bool = Field(
         True,
         description="Answer small talk (greetings, thanks, 'how are you?') without retrieved passages, using "

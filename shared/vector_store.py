@@ -33,8 +33,9 @@ MESSAGES_TABLE = "messages"
 SearchMode = Literal["vector", "fts", "hybrid"]
 SEARCH_MODES: tuple[str, ...] = ("vector", "fts", "hybrid")
 
-# Reciprocal rank fusion constant (Cormack et al. 2009; LanceDB's RRFReranker default).
-RRF_K = 60
+# Reciprocal rank fusion constant: score = sum 1 / (k + rank). Cormack et al. (2009) and LanceDB's
+# RRFReranker use 60; on the SciFact train split 10 gives nDCG@10 0.721 vs 0.711 for 60 (50-deep lists).
+RRF_K = 10
 # Each list fused by hybrid search is at least this deep (and at least top_k), so a passage ranked
 # moderately by both retrievers can still win.
 HYBRID_CANDIDATES = 50

@@ -75,7 +75,6 @@ def test_evaluate_averages_over_qrels_queries() -> None:
 
 
 def test_agrees_with_ir_measures_on_random_runs() -> None:
-    pytest.importorskip("ir_measures")
     rng = random.Random(7)
     docs = [f"d{i}" for i in range(150)]
     qrels = {f"q{i}": {d: rng.choice([1, 1, 2]) for d in rng.sample(docs, rng.randint(1, 5))} for i in range(40)}
