@@ -70,7 +70,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy shared gateway ingestion chat embedding llm
+	$(PY) -m mypy shared gateway ingestion chat embedding llm bench
 
 pytest: $(STAMP) system-deps
 	$(PY) -m pytest -q

@@ -17,21 +17,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, get_args
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS
 
+from shared.protocol import SearchMode
+
 log = logging.getLogger(__name__)
 
 CHUNKS_TABLE = "chunks"
 MESSAGES_TABLE = "messages"
 
-# The same values as shared.protocol.SearchMode (kept here so the adapter does not import the protocol).
-SearchMode = Literal["vector", "fts", "hybrid"]
-SEARCH_MODES: tuple[str, ...] = ("vector", "fts", "hybrid")
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
 
 # Reciprocal rank fusion constant: score = sum 1 / (k + rank). Cormack et al. (2009) and LanceDB's
 # RRFReranker use 60; on the SciFact train split 10 gives nDCG@10 0.721 vs 0.711 for 60 (50-deep lists).
