@@ -157,38 +157,19 @@ def ingest_per_document(service: Any, docs: Sequence[Any], workers: int) -> tupl
     return chunks, failures
 
 
-def ingest_many_proposal(service: Any, docs: Sequence[Any], batch_docs: int) -> tuple[int, list[str]]:
-    """PROPOSAL for ingestion/service.py (``IngestionService.ingest_many``), run here on the service's own
-    parts: chunk a batch of documents, embed all their chunks together sorted by length (full, evenly
-    padded model batches), write the raw copies, and replace all their chunks in ONE LanceDB commit
-    (VectorStore.replace_documents) instead of one commit per document."""
-    from shared.vector_store import ChunkRow
-
-    chunks_total = 0
+def ingest_batches(service: Any, docs: Sequence[Any], batch_docs: int) -> tuple[int, list[str]]:
+    """The batch path: IngestionService.ingest_many, ``batch_docs`` documents per call, as the ingestion
+    lambda takes a Kinesis batch: one embedding pass and one LanceDB commit per call."""
+    chunks = 0
     failures: list[str] = []
     for start in range(0, len(docs), batch_docs):
         batch = docs[start : start + batch_docs]
-        split = [(doc, service.chunker.split(doc.text)) for doc in batch]
-        split = [(doc, cs) for doc, cs in split if cs]
-        texts = [service._embed_text(doc.title, c.text) for doc, cs in split for c in cs]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors_sorted = service.embedder.embed_documents([texts[i] for i in order])
-        vectors: list[list[float]] = [[] for _ in texts]
-        for pos, i in enumerate(order):
-            vectors[i] = vectors_sorted[pos]
-        rows: dict[str, list[Any]] = {}
-        k = 0
-        for doc, cs in split:
-            rows[doc.id] = []
-            for c in cs:
-                rows[doc.id].append(
-                    ChunkRow(doc.id, c.index, doc.title, c.text, vectors[k], doc.date, doc.source, dict(doc.metadata))
-                )
-                k += 1
-            service.objects.put_document(doc.id, doc.model_dump())
-        service.store.replace_documents(rows)
-        chunks_total += k
-    return chunks_total, failures
+        for doc, out in zip(batch, service.ingest_many(batch), strict=True):
+            if isinstance(out, Exception):
+                failures.append(f"{doc.id}: {type(out).__name__}: {out}")
+            else:
+                chunks += out.chunks
+    return chunks, failures
 
 
 def embed_texts(service: Any, docs: Sequence[Any]) -> list[str]:
@@ -260,11 +241,8 @@ def ingest_interleaved(
         c0 = cpu_seconds() + (cpu_seconds(embedding_pid) if embedding_pid else 0.0)
         if strategy == "per-document":
             n, f = ingest_per_document(ingestion, block, args.workers)
-        elif strategy == "ingest_many":
-            outcomes = ingestion.ingest_many(block)
-            n, f = sum(o.chunks for o in outcomes), []
         else:
-            n, f = ingest_many_proposal(ingestion, block, args.batch_docs)
+            n, f = ingest_batches(ingestion, block, args.batch_docs)
         secs += time.perf_counter() - t0
         cpu += cpu_seconds() + (cpu_seconds(embedding_pid) if embedding_pid else 0.0) - c0
         chunks += n
@@ -543,6 +521,12 @@ def recommend(sweep_rows: list[dict[str, Any]], mode: str, max_drop: float) -> t
     )
 
 
+def _ingestion_default(name: str) -> int:
+    from ingestion.settings import Settings
+
+    return int(Settings.model_fields[name].default)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.eval_scifact", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR scifact folder (corpus, queries, qrels)")
@@ -552,14 +536,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--db", type=Path, default=None, help="keep the LanceDB here (reused if it already holds chunks)")
     p.add_argument("--workers", type=int, default=4, help="concurrent IngestionService.ingest calls")
-    p.add_argument("--ingest", default="auto", choices=["auto", "per-document", "ingest-many-proposal"])
-    p.add_argument("--batch-docs", type=int, default=256, help="documents per ingest_many batch")
+    p.add_argument(
+        "--ingest",
+        default="batch",
+        choices=["batch", "per-document"],
+        help="batch: IngestionService.ingest_many (Kinesis batches); per-document: IngestionService.ingest "
+        "from --workers threads (WebSocket ingest, CLI)",
+    )
+    p.add_argument(
+        "--batch-docs", type=int, default=100, help="documents per ingest_many call (100: Kinesis' default BatchSize)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="texts per embedding call (and bare encode batch)")
-    # 164, not the product's 254: tuned on the train split (nDCG@10 vector 0.683 vs 0.671, hybrid 0.721 vs
-    # 0.710), because then every chunk is embedded with its title ("title: chunk" must fit MiniLM's 254
-    # word-pieces; SciFact titles run up to 90) -- at the price of 1.5x the chunks (14.1k vs 9.3k).
-    p.add_argument("--chunk-tokens", type=int, default=164)
-    p.add_argument("--chunk-overlap", type=int, default=32)
+    # The product's defaults (ingestion/settings.py); 164 was chosen on the train split against 254.
+    p.add_argument("--chunk-tokens", type=int, default=_ingestion_default("chunk_tokens"))
+    p.add_argument("--chunk-overlap", type=int, default=_ingestion_default("chunk_overlap_tokens"))
     p.add_argument("--rrf-k", type=int, default=None, help="hybrid RRF constant (default: the chat setting)")
     p.add_argument("--top-chunks", type=int, default=300, help="chunks retrieved per query (>= 100 documents)")
     p.add_argument(
@@ -595,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
             "embedding_batch_size": args.batch_size,
             "rrf_k": args.rrf_k,
             "top_chunks_per_query": args.top_chunks,
-            "ingest_workers": args.workers,
+            "ingest": args.ingest,
+            "ingest_workers": args.workers if args.ingest == "per-document" else None,
+            "ingest_batch_docs": args.batch_docs if args.ingest == "batch" else None,
         },
         "anchors_ndcg@10": ANCHORS,
     }
@@ -605,8 +597,6 @@ def main(argv: list[str] | None = None) -> int:
         docs = documents(corpus.docs)
         already = ingestion.store.count_chunks()
         strategy = args.ingest
-        if strategy == "auto":
-            strategy = "ingest_many" if hasattr(ingestion, "ingest_many") else "per-document"
         if already:
             print(f"reusing {already} chunks in {db_dir}", flush=True)
             report["ingest"] = {"reused": True, "chunks": already, "seconds": None, "optimize_seconds": None}

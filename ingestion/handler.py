@@ -63,7 +63,12 @@ def _presign_client(settings: Settings) -> Any:
 
 def build_service(settings: Settings) -> IngestionService:
     return IngestionService(
-        chunker=Chunker(settings.chunk_tokens, settings.chunk_overlap_tokens, settings.tokenizer_path),
+        chunker=Chunker(
+            settings.chunk_tokens,
+            settings.chunk_overlap_tokens,
+            settings.tokenizer_path,
+            model_max_tokens=settings.embed_max_tokens,
+        ),
         embedder=wiring.embedder(settings),
         store=wiring.vector_store(settings),
         objects=open_object_store(

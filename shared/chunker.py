@@ -52,16 +52,26 @@ def _sentence_spans(text: str) -> list[tuple[int, int]]:
 class Chunker:
     """Token-budgeted, sentence-aware chunking with overlap.
 
-    ``max_tokens`` counts content word-pieces; the model adds 2 special tokens ([CLS], [SEP]), so
-    the default 254 content pieces + 2 = MiniLM's 256 limit.
+    ``max_tokens`` (the chunk size) and ``model_max_tokens`` (the longest text the embedding model
+    reads) count content word-pieces; the model adds 2 special tokens ([CLS], [SEP]), so 254 content
+    pieces + 2 = MiniLM's 256 limit. A chunk never exceeds either.
     """
 
-    def __init__(self, max_tokens: int = 254, overlap: int = 32, tokenizer_path: str | None = None) -> None:
+    def __init__(
+        self,
+        max_tokens: int = 164,
+        overlap: int = 32,
+        tokenizer_path: str | None = None,
+        model_max_tokens: int = 254,
+    ) -> None:
         if max_tokens < 8:
             raise ValueError("max_tokens must be at least 8")
+        if max_tokens > model_max_tokens:
+            raise ValueError(f"max_tokens ({max_tokens}) exceeds what the model reads ({model_max_tokens})")
         if not 0 <= overlap < max_tokens // 2:
             raise ValueError("overlap must be >= 0 and less than half of max_tokens")
         self.max_tokens = max_tokens
+        self.model_max_tokens = model_max_tokens
         self.overlap = overlap
         self.tokenizer = load_tokenizer(tokenizer_path)
 

@@ -9,12 +9,16 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fpdf import FPDF
 
 from ingestion.service import IngestionService, doc_id_for, safe_filename
+from ingestion.settings import Settings
+from shared import wiring
+from shared.bedrock import Embedder
 from shared.chunker import Chunker
 from shared.documents import (
     REGISTRY,
@@ -35,7 +39,9 @@ from shared.object_store import (
     verify_upload,
 )
 from shared.protocol import Document, ErrorCode
-from shared.vector_store import ChunkRow
+from shared.stack import free_port
+from shared.vector_store import VectorStore
+from tests.conftest import StackFactory
 
 EVENTS = Path(__file__).parent / "events"
 
@@ -343,49 +349,59 @@ def test_event_fixtures_parse() -> None:
     assert {"doc_id", "text", "source", "ts"} <= set(payload)
 
 
-# ---------------------------------------------------------------------- the service, with fakes
+# ---------------------------------------------------------------------- the service, on real parts
+# The embedding service of a test stack (MiniLM in its own process), LanceDB in a temporary folder, the
+# local object store in tmp_path.
 
 
-class FakeEmbedder:
-    def __init__(self) -> None:
-        self.calls = 0
-        self.fail = False
+class RecordingEmbedder:
+    """The real embedder, remembering what it was asked to embed."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
         self.texts: list[str] = []
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        self.calls += 1
         self.texts.extend(texts)
-        if self.fail:
-            from shared.errors import UpstreamUnavailable
+        return self.inner.embed_documents(texts)
 
-            raise UpstreamUnavailable("the embedding service is unavailable")
-        return [[float(len(t)), 1.0, 0.0] for t in texts]
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.rows: dict[str, list[ChunkRow]] = {}
+def _embedder(url: str) -> Embedder:
+    return wiring.embedder(Settings(embedding_endpoint_url=url, s3_endpoint_url=None))
 
-    def replace_document(self, doc_id: str, rows: Sequence[ChunkRow]) -> tuple[int, int]:
-        before = len(self.rows.get(doc_id, []))
-        self.rows[doc_id] = list(rows)
-        return len(rows), before
 
-    def delete_document(self, doc_id: str) -> int:
-        return len(self.rows.pop(doc_id, []))
+@pytest.fixture(scope="module")
+def embedding_url(start_stack: StackFactory) -> str:
+    from tests.test_upload import local_stack  # here: test_upload imports this module
+
+    return local_stack(start_stack).by_name["embedding"].url
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> IngestionService:
-    svc = IngestionService(
+def service(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, embedding_url: str) -> IngestionService:
+    return IngestionService(
         chunker=Chunker(64, 8),
-        embedder=FakeEmbedder(),  # type: ignore[arg-type]
-        store=FakeStore(),  # type: ignore[arg-type]
+        embedder=RecordingEmbedder(_embedder(embedding_url)),  # type: ignore[arg-type]
+        store=VectorStore(
+            str(tmp_path_factory.mktemp("lancedb")), dimension=384, model_id=Settings().embedding_model_id
+        ),
         objects=LocalObjectStore(tmp_path, upload_base_url="http://gw/local", upload_secret="k"),
         max_document_bytes=1_000_000,
         max_upload_bytes=200_000,
     )
-    return svc
+
+
+def _rows(service: IngestionService) -> dict[str, list[SimpleNamespace]]:
+    """Every chunk in LanceDB, by document and chunk number, metadata decoded."""
+    out: dict[str, list[SimpleNamespace]] = {}
+    for r in sorted(service.store.chunks().to_arrow().to_pylist(), key=lambda r: (r["doc_id"], r["chunk"])):
+        meta = r["metadata"]
+        r["metadata"] = json.loads(meta) if isinstance(meta, str) else meta
+        out.setdefault(r["doc_id"], []).append(SimpleNamespace(**r))
+    return out
 
 
 def _upload(service: IngestionService, name: str, data: bytes) -> str:
@@ -407,7 +423,7 @@ def test_markdown_upload_chunks_never_span_sections_and_are_numbered_across_the_
     md = MARKDOWN.replace("Install the seismometer on bedrock.", long_section)
     key = _upload(service, "guide.md", md.encode())
     out = service.ingest_object(key)
-    rows = service.store.rows["guide.md"]  # type: ignore[attr-defined]
+    rows = _rows(service)["guide.md"]
     assert out.doc_id == "guide.md" and out.chunks == len(rows) > 5
     assert [r.chunk for r in rows] == list(range(len(rows)))
     sections = parse_document(md.encode(), "guide.md").sections
@@ -428,7 +444,7 @@ def test_markdown_upload_chunks_never_span_sections_and_are_numbered_across_the_
 def test_pdf_upload_keeps_pages_and_reupload_replaces(service: IngestionService, tmp_path: Path) -> None:
     pdf = make_pdf(["Page one text.", "Page two text.", "Page three text."], title="Three pages")
     out = service.ingest_object(_upload(service, "three.pdf", pdf), doc_id="report", title="My report")
-    rows = service.store.rows["report"]  # type: ignore[attr-defined]
+    rows = _rows(service)["report"]
     assert out.chunks == 3 and [r.metadata["page"] for r in rows] == [1, 2, 3]
     assert rows[0].title == "My report"
     # Same document id, another file: the old original goes, the new one stays.
@@ -460,7 +476,7 @@ def test_bad_uploads_leave_nothing(
     with pytest.raises(error):
         service.ingest_object(ticket.key)
     assert _files(tmp_path) == [] and not (tmp_path / "uploads").exists()
-    assert service.store.rows == {}  # type: ignore[attr-defined]
+    assert _rows(service) == {}
 
 
 def test_upload_url_refuses_before_the_upload(service: IngestionService) -> None:
@@ -481,12 +497,13 @@ def test_missing_object_and_transient_failure(service: IngestionService, tmp_pat
     with pytest.raises(ObjectNotFound):
         service.ingest_object("guide.md.json")  # not an upload key: never read
     key = _upload(service, "ok.md", b"# T\n\nText.")
-    service.embedder.fail = True  # type: ignore[attr-defined]
+    working = service.embedder
+    service.embedder = _embedder(f"http://127.0.0.1:{free_port()}")  # the embedding service is down
     with pytest.raises(RagError) as info:
         service.ingest_object(key)
     assert info.value.code == ErrorCode.UPSTREAM_UNAVAILABLE
     assert _files(tmp_path) == [key]  # kept: the client can retry ingest_object
-    service.embedder.fail = False  # type: ignore[attr-defined]
+    service.embedder = working
     assert service.ingest_object(key).chunks == 1
 
 
@@ -521,15 +538,17 @@ def test_kinesis_records_partial_failures(service: IngestionService) -> None:
         ]
     )
     assert [f.item_identifier for f in out.batch_item_failures] == ["2", "3", "4"]
-    rows = service.store.rows  # type: ignore[attr-defined]
+    rows = _rows(service)
     assert set(rows) == {"k3"} and rows["k3"][0].date == "2026-01-02T03:04:05Z"
     assert out.to_aws() == {"batchItemFailures": [{"itemIdentifier": s} for s in ("2", "3", "4")]}
 
 
 def test_embedded_texts_fit_the_model_even_with_the_title(service: IngestionService) -> None:
-    """Full chunks (no sentence breaks) leave no room for "title: ": they are embedded without it."""
+    """A full chunk plus "title: " may exceed what the model reads: then the chunk is embedded alone."""
+    service.chunker = Chunker(64, 8, model_max_tokens=66)
     service.ingest(Document(id="dense", title="A rather long title", text="understanding " * 400))
     service.ingest(Document(id="short", title="Short", text="One sentence. Another one."))
     texts = service.embedder.texts  # type: ignore[attr-defined]
-    assert all(service.chunker.count(t) <= service.chunker.max_tokens for t in texts)
+    assert all(service.chunker.count(t) <= 66 for t in texts)
+    assert "understanding understanding" in texts[0] and not texts[0].startswith("A rather long title")
     assert texts[-1] == "Short: One sentence. Another one."  # the title is kept where it fits

@@ -198,6 +198,36 @@ def test_kinesis_batch_with_one_bad_record(localstack: Stack) -> None:
         c.close()
 
 
+def test_kinesis_batch_keeps_record_order_across_deletes_and_repeats(localstack: Stack) -> None:
+    """Runs of upserts are ingested together, but a delete or a repeated id still sees the records
+    before it, as if they had been applied one by one."""
+    t = event("kinesis_batch.json")
+
+    def put(seq: str, doc_id: str, text: str) -> dict[str, Any]:
+        return kinesis_record(t, seq, {"doc_id": doc_id, "text": text})
+
+    batch = {
+        "Records": [
+            put("7001", "order-a", "Version one of a: glaciers carve valleys."),
+            put("7002", "order-b", "Version one of b: comets have icy nuclei."),
+            kinesis_record(t, "7003", {"doc_id": "order-a", "op": "delete"}),
+            put("7004", "order-a", "Version two of a: fjords are drowned glacial valleys."),
+            put("7005", "order-b", "Version two of b: a comet's tail points away from the sun."),
+            put("7006", "order-c", "   "),  # empty: fails alone, in its place
+            put("7007", "order-d", "Only version of d: meteor showers follow comet debris."),
+            kinesis_record(t, "7008", {"doc_id": "order-d", "op": "delete"}),
+        ]
+    }
+    assert failures(invoke(localstack, batch)) == ["7006"]
+    assert [r["text"] for r in chunk_rows(localstack, "order-a")] == [
+        "Version two of a: fjords are drowned glacial valleys."
+    ]
+    assert [r["text"] for r in chunk_rows(localstack, "order-b")] == [
+        "Version two of b: a comet's tail points away from the sun."
+    ]
+    assert chunk_rows(localstack, "order-c") == [] and chunk_rows(localstack, "order-d") == []
+
+
 def test_ingest_to_searchable_latency(localstack: Stack) -> None:
     """Kinesis-style record invoked -> a search finds it. Printed and saved, not asserted on time."""
     template = event("kinesis_batch.json")
