@@ -16,6 +16,7 @@ DEFAULT_ROUTES = {
     "$disconnect": "chat",
     "$default": "chat",
     "ingest": "ingestion",
+    "ingest_batch": "ingestion",
     "delete_document": "ingestion",
     "chat": "chat",
     "search": "chat",

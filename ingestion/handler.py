@@ -2,7 +2,8 @@
 
 One function, three triggers, told apart by the event's shape (``shared.events.event_kind``):
 
-- API Gateway WebSocket events: ``ingest``, ``delete_document``, ``upload_url``, ``ingest_object``;
+- API Gateway WebSocket events: ``ingest``, ``ingest_batch``, ``delete_document``, ``upload_url``,
+  ``ingest_object``, ``list_documents``;
 - S3 event notifications (``Records[].eventSource == "aws:s3"``, or MinIO's webhook, ``"minio:s3"``)
   for files under the documents prefix's ``inbox/``;
 - Kinesis batches (``Records[].eventSource == "aws:kinesis"``).
@@ -17,6 +18,7 @@ reused by every later one, as on Lambda.
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus
@@ -24,18 +26,23 @@ from urllib.parse import unquote_plus
 from botocore.config import Config
 from pydantic import ValidationError
 
-from ingestion.service import IngestionService
+from ingestion.service import IngestionService, IngestOutcome
 from ingestion.settings import Settings
 from shared import wiring
 from shared.aws_clients import client_config, make_client
 from shared.chunker import Chunker
 from shared.connections import Connections
+from shared.errors import RagError
 from shared.events import BatchItemFailure, BatchResponse, KinesisEventRecord, S3EventRecord, event_kind
 from shared.object_store import open_object_store
 from shared.protocol import (
     DeleteDocumentRequest,
     DocumentDeleted,
     DocumentList,
+    ErrorDetail,
+    IngestBatchRequest,
+    IngestBatchResult,
+    IngestItem,
     IngestObjectRequest,
     IngestRequest,
     IngestResult,
@@ -43,7 +50,7 @@ from shared.protocol import (
     UploadUrl,
     UploadUrlRequest,
 )
-from shared.vector_store import EmbeddingMismatch
+from shared.vector_store import EmbeddingMismatch, timed_ms
 from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
 
 log = logging.getLogger(__name__)
@@ -100,6 +107,22 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
     def ingest(req: IngestRequest, emit: Emit) -> None:
         emit(result(req.request_id, service.ingest(req.document)))
 
+    def ingest_batch(req: IngestBatchRequest, emit: Emit) -> None:
+        t0 = time.perf_counter()
+        items = [
+            _batch_item(doc.id, out) for doc, out in zip(req.documents, service.ingest_many(req.documents), strict=True)
+        ]
+        ingested = sum(i.status == "ingested" for i in items)
+        emit(
+            IngestBatchResult(
+                request_id=req.request_id,
+                results=items,
+                ingested=ingested,
+                failed=len(items) - ingested,
+                timings_ms={"total": timed_ms(t0)},
+            )
+        )
+
     def delete(req: DeleteDocumentRequest, emit: Emit) -> None:
         n = service.delete(req.doc_id)
         emit(DocumentDeleted(request_id=req.request_id, doc_id=req.doc_id, chunks_deleted=n))
@@ -123,15 +146,28 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
         emit(DocumentList(request_id=req.request_id, documents=service.list_documents()))
 
     connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
-    return WebSocketLambda(
-        connections,
-        {
-            "ingest": ingest,
-            "delete_document": delete,
-            "upload_url": upload_url,
-            "ingest_object": ingest_object,
-            "list_documents": list_documents,
-        },
+    routes: dict[str, Any] = {
+        "ingest": ingest,
+        "ingest_batch": ingest_batch,
+        "delete_document": delete,
+        "upload_url": upload_url,
+        "ingest_object": ingest_object,
+        "list_documents": list_documents,
+    }
+    if set(routes) != set(ACTIONS):
+        raise RuntimeError("ingestion.handler.ACTIONS must list every route")
+    return WebSocketLambda(connections, routes)
+
+
+# The WebSocket actions this function serves (the gateway's and template.yaml's routes to it).
+ACTIONS = ("ingest", "ingest_batch", "delete_document", "upload_url", "ingest_object", "list_documents")
+
+
+def _batch_item(doc_id: str, out: IngestOutcome | RagError) -> IngestItem:
+    if isinstance(out, RagError):
+        return IngestItem(doc_id=doc_id, status="failed", error=ErrorDetail(code=out.code, message=out.message))
+    return IngestItem(
+        doc_id=doc_id, status="ingested", chunks=out.chunks, replaced_chunks=out.replaced_chunks, tokens=out.tokens
     )
 
 
@@ -144,8 +180,7 @@ def _runtime() -> tuple[IngestionService, WebSocketLambda]:
     except EmbeddingMismatch as exc:
         log.error("refusing to serve: %s", exc)
         connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
-        actions = ["ingest", "delete_document", "upload_url", "ingest_object", "list_documents"]
-        return service, refusing_lambda(connections, actions, index_mismatch_error())
+        return service, refusing_lambda(connections, list(ACTIONS), index_mismatch_error())
     return service, build_lambda(settings, service)
 
 

@@ -7,9 +7,11 @@
     localrag history CONVERSATION_ID
     localrag delete DOC_ID
 
-Small .txt/.md files go in one ``ingest`` message; PDFs, HTML pages and files too large for a WebSocket
-message (128 KB) are uploaded: ``upload_url``, an HTTP PUT of the bytes, then ``ingest_object`` (the
-server parses them: PDF pages, Markdown/HTML headings).
+Small .txt/.md files are packed into ``ingest_batch`` messages (up to 100 documents within the 128 KB
+message limit; the server embeds and indexes each batch in one pass); a larger text file goes in its own
+``ingest`` message; PDFs, HTML pages and files too large for a WebSocket message are uploaded:
+``upload_url``, an HTTP PUT of the bytes, then ``ingest_object`` (the server parses them: PDF pages,
+Markdown/HTML headings).
 
 The gateway URL is --url, else $RAG_URL, else ws://127.0.0.1:8000/local. With --json every protocol
 message received is printed as one JSON line instead of the human-readable output (for scripts).
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from shared.client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError
 from shared.protocol import (
+    MAX_BATCH_DOCUMENTS,
     MAX_MESSAGE_BYTES,
     Document,
     ErrorCode,
@@ -46,6 +49,8 @@ from shared.protocol import (
 )
 
 DEFAULT_CONCURRENCY = 4
+# JSON bytes of the documents packed into one ingest_batch message (the rest of 128 KB is headroom).
+BATCH_BYTES = MAX_MESSAGE_BYTES - 8 * 1024
 EXCERPT_CHARS = 240
 # Errors after which going on is pointless: every later request would fail the same way.
 FATAL_CODES = frozenset({RagClientError.CONNECTION_FAILED, RagClientError.INVALID_URL})
@@ -324,6 +329,66 @@ async def ingest_file(client: RagClient, c: Candidate) -> Outcome:
     )
 
 
+@dataclass(frozen=True)
+class Batchable:
+    """A small text file loaded and ready to go in an ingest_batch message."""
+
+    candidate: Candidate
+    document: Document
+    json_bytes: int
+
+
+async def load_batchable(c: Candidate) -> Batchable | None:
+    """The file as a document for a batch, or None when it needs ``ingest_file`` (not text, too large,
+    empty, unreadable or invalid: that path says why)."""
+    if c.fmt.load is None:
+        return None
+    try:
+        if c.path.stat().st_size > BATCH_BYTES:
+            return None
+        data = await asyncio.to_thread(c.path.read_bytes)
+        loaded = c.fmt.load(data)
+        if not loaded.text.strip():
+            return None
+        document = build_document(c.path, c.root, loaded, c.fmt)
+    except (OSError, ValueError):  # UnicodeDecodeError and pydantic's ValidationError are ValueErrors
+        return None
+    size = len(document.model_dump_json(exclude_none=True).encode()) + 1  # as the client sends it, plus a comma
+    return Batchable(c, document, size) if size <= BATCH_BYTES else None
+
+
+async def ingest_batch(client: RagClient, batch: Sequence[Batchable]) -> tuple[list[Outcome], BaseModel | None]:
+    """Send loaded files in one ingest_batch message (one ``ingest`` for a single file). Returns an
+    outcome per file and the server's reply. Only errors in FATAL_CODES propagate."""
+    if len(batch) == 1:
+        return [await ingest_file(client, batch[0].candidate)], None
+    try:
+        result = await client.ingest_batch([b.document for b in batch])
+    except RagClientError as exc:
+        if exc.code in FATAL_CODES:
+            raise
+        return [
+            Outcome(b.candidate.path, "failed", exc.code, exc.message, doc_id=b.document.id) for b in batch
+        ], exc.reply
+    outcomes = []
+    for b, item in zip(batch, result.results, strict=True):
+        if item.status == "ingested" or item.error is None:
+            outcomes.append(
+                Outcome(
+                    b.candidate.path,
+                    "ingested",
+                    doc_id=item.doc_id,
+                    chunks=item.chunks,
+                    replaced_chunks=item.replaced_chunks,
+                )
+            )
+        else:
+            outcomes.append(
+                Outcome(b.candidate.path, "failed", item.error.code, item.error.message, doc_id=item.doc_id)
+            )
+    return outcomes, result
+
+
 async def upload_file(
     client: RagClient, c: Candidate, size: int, *, data: bytes | None = None, title: str | None = None
 ) -> Outcome:
@@ -403,10 +468,11 @@ async def cmd_ingest(ctx: Ctx, args: argparse.Namespace) -> int:
     candidates, outcomes = discover(args.paths)
     counts = {"ingested": 0, "skipped": 0, "failed": 0}
     chunks = 0
+    attempted = 0
     fatal: RagClientError | None = None
-    todo: asyncio.Queue[Candidate] = asyncio.Queue()
-    for c in candidates:
-        todo.put_nowait(c)
+    # Work for the senders: a file on its own, or a batch of small text files. Bounded, so that only a
+    # few batches' worth of files is in memory at a time.
+    todo: asyncio.Queue[Candidate | list[Batchable] | None] = asyncio.Queue(maxsize=2 * max(1, args.concurrency))
     bar = tqdm(total=len(candidates), unit="file", desc="ingesting", file=sys.stderr, disable=None, leave=False)
 
     def report(o: Outcome) -> None:
@@ -414,8 +480,7 @@ async def cmd_ingest(ctx: Ctx, args: argparse.Namespace) -> int:
         counts[o.status] += 1
         chunks += o.chunks
         if ctx.json and o.reply is not None:
-            tqdm.write(o.reply.model_dump_json(), file=sys.stdout)
-            sys.stdout.flush()
+            print_reply(o.reply)
         if o.status == "ingested" and not ctx.json:
             replaced = f", replacing {o.replaced_chunks}" if o.replaced_chunks else ""
             tqdm.write(f"ingested {o.path} as {o.doc_id} ({_plural(o.chunks, 'chunk')}{replaced})", file=sys.stdout)
@@ -424,28 +489,62 @@ async def cmd_ingest(ctx: Ctx, args: argparse.Namespace) -> int:
         elif o.status == "failed":
             tqdm.write(f"error: {o.code}: {o.path}: {o.message}", file=sys.stderr)
 
+    def print_reply(reply: BaseModel) -> None:
+        tqdm.write(reply.model_dump_json(), file=sys.stdout)
+        sys.stdout.flush()
+
+    async def produce(senders: int) -> None:
+        """Files in discovery order: small text files packed into batches, the rest one by one."""
+        batch: list[Batchable] = []
+        size = 0
+        for c in candidates:
+            if fatal is not None:
+                break
+            loaded = await load_batchable(c)
+            if loaded is None:
+                await todo.put(c)
+                continue
+            if batch and (len(batch) == MAX_BATCH_DOCUMENTS or size + loaded.json_bytes > BATCH_BYTES):
+                await todo.put(batch)
+                batch, size = [], 0
+            batch.append(loaded)
+            size += loaded.json_bytes
+        if batch and fatal is None:
+            await todo.put(batch)
+        for _ in range(senders):
+            await todo.put(None)
+
+    async def send(client: RagClient) -> None:
+        nonlocal fatal, attempted
+        while (item := await todo.get()) is not None:
+            if fatal is not None:
+                continue  # drain, so that the producer never blocks
+            n = 1 if isinstance(item, Candidate) else len(item)
+            try:
+                if isinstance(item, Candidate):
+                    done, reply = [await ingest_file(client, item)], None
+                else:
+                    done, reply = await ingest_batch(client, item)
+            except RagClientError as exc:
+                fatal = exc
+                continue
+            attempted += n
+            if ctx.json and reply is not None:
+                print_reply(reply)
+            for o in done:
+                report(o)
+            bar.update(n)
+
     for o in outcomes:
         report(o)
     try:
         if candidates:
             async with ctx.client() as client:
-
-                async def worker() -> None:
-                    nonlocal fatal
-                    while fatal is None and not todo.empty():
-                        c = todo.get_nowait()
-                        try:
-                            outcome = await ingest_file(client, c)
-                        except RagClientError as exc:
-                            fatal = exc
-                            return
-                        report(outcome)
-                        bar.update(1)
-
-                await asyncio.gather(*(worker() for _ in range(min(args.concurrency, len(candidates)))))
+                senders = min(args.concurrency, len(candidates))
+                await asyncio.gather(produce(senders), *(send(client) for _ in range(senders)))
     finally:
         bar.close()
-    not_done = todo.qsize() if fatal is not None else 0
+    not_done = len(candidates) - attempted if fatal is not None else 0
     summary = (
         f"{_plural(counts['ingested'], 'document')} ingested ({_plural(chunks, 'chunk')}), "
         f"{counts['skipped']} skipped, {counts['failed']} failed" + (f", {not_done} not attempted" if not_done else "")

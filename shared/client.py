@@ -20,7 +20,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
@@ -40,6 +40,8 @@ from shared.protocol import (
     ErrorMessage,
     History,
     HistoryRequest,
+    IngestBatchRequest,
+    IngestBatchResult,
     IngestObjectRequest,
     IngestRequest,
     IngestResult,
@@ -379,6 +381,14 @@ class RagClient:
         """Chunk, embed and store a document (re-ingesting an id replaces it)."""
         return await self._call(
             lambda rid: IngestRequest(action="ingest", request_id=rid, document=document), IngestResult
+        )
+
+    async def ingest_batch(self, documents: Sequence[Document]) -> IngestBatchResult:
+        """Several small documents in one message (at most MAX_BATCH_DOCUMENTS, within the message size
+        limit), ingested together; the reply says, per document, what happened to it."""
+        return await self._call(
+            lambda rid: IngestBatchRequest(action="ingest_batch", request_id=rid, documents=list(documents)),
+            IngestBatchResult,
         )
 
     async def upload_url(self, filename: str, size: int, content_type: str | None = None) -> UploadUrl:

@@ -74,6 +74,19 @@ class IngestRequest(_Msg):
     document: Document
 
 
+# Documents per ingest_batch message (the message itself stays within MAX_MESSAGE_BYTES).
+MAX_BATCH_DOCUMENTS = 100
+
+
+class IngestBatchRequest(_Msg):
+    """Several small documents in one message, ingested together: one embedding pass and one index
+    commit for all of them (faster than one ``ingest`` each). Each document succeeds or fails on its own."""
+
+    action: Literal["ingest_batch"]
+    request_id: RequestId
+    documents: list[Document] = Field(min_length=1, max_length=MAX_BATCH_DOCUMENTS)
+
+
 class DeleteDocumentRequest(_Msg):
     action: Literal["delete_document"]
     request_id: RequestId
@@ -149,6 +162,7 @@ class HistoryRequest(_Msg):
 
 AnyClientRequest = (
     IngestRequest
+    | IngestBatchRequest
     | DeleteDocumentRequest
     | ChatRequest
     | SearchRequest
@@ -161,6 +175,7 @@ ClientRequest = Annotated[AnyClientRequest, Field(discriminator="action")]
 CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
 ACTIONS: tuple[str, ...] = (
     "ingest",
+    "ingest_batch",
     "delete_document",
     "chat",
     "search",
@@ -206,6 +221,31 @@ class IngestResult(BaseModel):
     chunks: int
     replaced_chunks: int = Field(description="Chunks of an earlier version that this one replaced.")
     tokens: int
+    timings_ms: dict[str, float]
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class IngestItem(BaseModel):
+    """One document of an ingest_batch: what ingest_result says of it, or why it failed."""
+
+    doc_id: str
+    status: Literal["ingested", "failed"]
+    chunks: int = 0
+    replaced_chunks: int = 0
+    tokens: int = 0
+    error: ErrorDetail | None = None
+
+
+class IngestBatchResult(BaseModel):
+    type: Literal["ingest_batch_result"] = "ingest_batch_result"
+    request_id: str | None
+    results: list[IngestItem] = Field(description="One per document, in the order sent.")
+    ingested: int
+    failed: int
     timings_ms: dict[str, float]
 
 
@@ -303,6 +343,7 @@ class ErrorMessage(BaseModel):
 
 ServerMessage = Annotated[
     IngestResult
+    | IngestBatchResult
     | DocumentDeleted
     | UploadUrl
     | DocumentList

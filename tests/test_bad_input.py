@@ -75,6 +75,24 @@ def test_unparseable_messages(client: WsClient, raw: str, code: str) -> None:
         ({"action": "history", "request_id": "r1"}, "conversation_id"),
         ({"action": "delete_document", "request_id": "r1", "doc_id": None}, "doc_id"),
         ({"action": "search", "request_id": "r1", "query": "q", "surprise": 1}, "surprise"),
+        ({"action": "ingest_batch", "request_id": "r1", "documents": []}, "documents"),
+        (
+            {
+                "action": "ingest_batch",
+                "request_id": "r1",
+                "documents": [{"id": f"d{i}", "text": "x"} for i in range(101)],
+            },
+            "documents",
+        ),
+        # One bad document refuses the whole message: nothing of it is written (checked below).
+        (
+            {
+                "action": "ingest_batch",
+                "request_id": "r1",
+                "documents": [{"id": "fine-1", "text": "Fine."}, {"id": "x#y", "text": "x"}],
+            },
+            "documents.1.id",
+        ),
     ],
 )
 def test_invalid_fields_name_the_field(client: WsClient, message: dict[str, Any], field: str) -> None:
@@ -110,6 +128,41 @@ def test_empty_document_writes_nothing(client: WsClient) -> None:
     assert_error(reply, "empty_document", "e")
     r = client.request({"action": "delete_document", "request_id": "d", "doc_id": "blank"})
     assert_error(r, "document_not_found", "d")  # neither chunks nor a raw copy were written
+
+
+def test_a_batch_refused_as_a_whole_writes_nothing(client: WsClient) -> None:
+    bad = {"action": "ingest_batch", "request_id": "b", "documents": [{"id": "fine-2", "text": "Fine."}, {"id": 3}]}
+    assert_error(client.request(bad), "invalid_request", "b")
+    r = client.request({"action": "delete_document", "request_id": "d", "doc_id": "fine-2"})
+    assert_error(r, "document_not_found", "d")
+
+
+def test_a_batch_fails_bad_documents_alone(client: WsClient) -> None:
+    docs = [
+        {"id": "batch-tides", "title": "Tides", "text": "The moon's pull raises two tidal bulges a day."},
+        {"id": "batch-blank", "text": "  \n "},
+        {"id": "batch-comets", "title": "Comets", "text": "A comet's tail always points away from the sun."},
+    ]
+    reply = client.request({"action": "ingest_batch", "request_id": "ib", "documents": docs})
+    SERVER_MESSAGE.validate_python(reply)
+    assert reply["type"] == "ingest_batch_result" and reply["request_id"] == "ib", reply
+    assert (reply["ingested"], reply["failed"]) == (2, 1)
+    assert [(r["doc_id"], r["status"]) for r in reply["results"]] == [
+        ("batch-tides", "ingested"),
+        ("batch-blank", "failed"),
+        ("batch-comets", "ingested"),
+    ]
+    assert reply["results"][0]["chunks"] == 1 and reply["results"][1]["error"]["code"] == "empty_document"
+    assert not any(m in reply["results"][1]["error"]["message"] for m in LEAK_MARKERS)
+    r = client.request({"action": "search", "request_id": "s", "query": "why does a comet's tail point away"})
+    assert r["results"][0]["doc_id"] == "batch-comets"
+    # Sent again: each replaces its earlier version.
+    again = client.request({"action": "ingest_batch", "request_id": "ib2", "documents": [docs[0], docs[2]]})
+    assert [r["replaced_chunks"] for r in again["results"]] == [1, 1]
+    for doc_id in ("batch-tides", "batch-comets"):
+        client.request({"action": "delete_document", "request_id": "del", "doc_id": doc_id})
+    r = client.request({"action": "delete_document", "request_id": "d", "doc_id": "batch-blank"})
+    assert_error(r, "document_not_found", "d")
 
 
 def test_unknown_conversation(client: WsClient) -> None:

@@ -161,16 +161,37 @@ def test_ingest_uploads_large_files_pdfs_and_html(stack: Stack, tmp_path: Path) 
 
 
 def test_ingest_many_files_concurrently(stack: Stack, tmp_path: Path) -> None:
+    # HTML files are uploaded (upload_url, PUT, ingest_object), one by one: with 8 in flight, more than the
+    # gateway allows per connection (4), throttled requests are retried.
     for i in range(12):
-        (tmp_path / f"bike-{i:02d}.txt").write_text(
-            f"Bicycle maintenance note {i}: oil the chain and check tyre pressure."
+        (tmp_path / f"bike-{i:02d}.html").write_text(
+            f"<p>Bicycle maintenance note {i}: oil the chain and check tyre pressure.</p>"
         )
-    # More in flight than the gateway allows per connection (4): throttled requests are retried.
     r = ok(run_cli(stack.ws_url, "ingest", "-j", "8", str(tmp_path)))
     assert re.search(r"^12 documents ingested \(12 chunks\), 0 skipped, 0 failed$", r.stdout, re.M), r.stdout
-    r = ok(run_cli(stack.ws_url, "--json", "ingest", str(tmp_path / "bike-00.txt")))
+    r = ok(run_cli(stack.ws_url, "--json", "ingest", str(tmp_path / "bike-00.html")))
     (line,) = json_lines(r.stdout)
-    assert line["type"] == "ingest_result" and line["doc_id"] == "bike-00.txt" and line["replaced_chunks"] == 1
+    assert line["type"] == "ingest_result" and line["doc_id"] == "bike-00.html" and line["replaced_chunks"] == 1
+
+
+def test_small_text_files_go_in_batches(stack: Stack, tmp_path: Path) -> None:
+    for i in range(230):
+        (tmp_path / f"note-{i:03d}.txt").write_text(f"Field note {i}: the heron {i} waded through the reeds at dawn.")
+    (tmp_path / "blank.md").write_text("\n")
+    r = ok(run_cli(stack.ws_url, "--json", "ingest", str(tmp_path)))
+    replies = json_lines(r.stdout)
+    # 230 documents in three messages (at most 100 each), each a batch reply listing every file.
+    assert [m["type"] for m in replies] == ["ingest_batch_result"] * 3, replies
+    assert sorted(len(m["results"]) for m in replies) == [30, 100, 100]
+    ids = sorted(item["doc_id"] for m in replies for item in m["results"])
+    assert ids == [f"note-{i:03d}.txt" for i in range(230)]
+    assert all(item["status"] == "ingested" and item["chunks"] == 1 for m in replies for item in m["results"])
+    assert "230 documents ingested (230 chunks), 1 skipped, 0 failed" in r.stderr
+    found = ok(run_cli(stack.ws_url, "--json", "search", "heron 117 waded through the reeds", "--top-k", "1"))
+    assert json_lines(found.stdout)[0]["results"][0]["doc_id"] == "note-117.txt"
+    # Human output: a line per file, as for single messages.
+    r = ok(run_cli(stack.ws_url, "ingest", str(tmp_path / "note-000.txt"), str(tmp_path / "note-001.txt")))
+    assert "ingested " in r.stdout and "as note-001.txt (1 chunk, replacing 1)" in r.stdout, r.stdout
 
 
 # ---------------------------------------------------------------------- ask, history, search, delete
