@@ -82,7 +82,7 @@ clean:
 
 # Retrieval quality (nDCG@10, recall, MRR per search mode), threshold calibration and ingestion speed on
 # BEIR SciFact through the real services; writes bench/results/scifact.json. Not part of `make test`.
-# 10-20 min on an idle 2-core machine. Smoke run: make eval EVAL_ARGS="--limit-docs 300 --limit-queries 30"
+# About 25 min on an idle 2-core machine. Smoke run: make eval EVAL_ARGS="--limit-docs 300 --limit-queries 30"
 .PHONY: eval bench
 eval: $(STAMP)
 	$(PY) -m bench.eval_scifact $(EVAL_ARGS)

@@ -1,6 +1,6 @@
 """Retrieval quality, threshold calibration and ingestion speed on BEIR SciFact, through the real path.
 
-    python -m bench.eval_scifact                      # full run (make eval): ~10-20 min on 2 cores
+    python -m bench.eval_scifact                      # full run (make eval): ~25 min on 2 idle cores
     python -m bench.eval_scifact --limit-docs 300 --limit-queries 30 --out /tmp/smoke.json   # smoke run
 
 What runs is the product, not a re-implementation: the embedding service as a real process (the
