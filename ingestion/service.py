@@ -143,28 +143,23 @@ class IngestionService:
         The raw copy goes first: it is the source of truth, so the object store is never behind
         the index. If anything fails before that, nothing has been written.
         """
+        return self._index(self._text_job(doc))
+
+    def _text_job(self, doc: Document) -> _Job:
+        """A text document validated and chunked (no side effects)."""
+        t0 = time.perf_counter()
         self._check_text_size(doc.text)
         if not doc.text.strip():
             raise EmptyDocument("the document has no text")
-        return self._index(doc, [Section(doc.text)], original=None, t0=time.perf_counter(), timings={})
+        return self._prepare(doc, [Section(doc.text)], original=None, t0=t0, timings={})
 
     def _check_text_size(self, text: str) -> None:
         size = len(text.encode("utf-8"))
         if size > self.max_document_bytes:
             raise DocumentTooLarge(f"document is {size} bytes; the limit is {self.max_document_bytes}")
 
-    def _index(
-        self,
-        doc: Document,
-        sections: Sequence[Section],
-        *,
-        original: Original | None,
-        t0: float,
-        timings: dict[str, float],
-        upload_key: str | None = None,
-    ) -> IngestOutcome:
-        """Chunk, embed, then write: the original file, the raw JSON, and the chunks in one commit."""
-        job = self._prepare(doc, sections, original=original, t0=t0, timings=timings, upload_key=upload_key)
+    def _index(self, job: _Job) -> IngestOutcome:
+        """Embed, then write: the original file, the raw JSON, and the chunks in one commit."""
         return self._write([job], self._embed([job]))[0]
 
     def _prepare(
@@ -190,14 +185,15 @@ class IngestionService:
         return _Job(doc, chunks, original, upload_key, t0, timings)
 
     def _embed(self, jobs: Sequence[_Job]) -> list[list[list[float]]]:
-        """One embedding pass over every chunk of ``jobs``, longest first: the model pads each batch to
-        its longest text, so batches of similar lengths waste no compute (sentence-transformers' own
-        ``encode`` sorts the same way). Returns each job's vectors, in chunk order."""
+        """One embedding pass over every chunk of ``jobs``, longest first in word-pieces: the model pads
+        each batch to its longest text, so batches of similar lengths waste no compute
+        (sentence-transformers' ``encode`` sorts too, by characters). Returns each job's vectors, in
+        chunk order."""
         t0 = time.perf_counter()
         # The title helps retrieval of chunks that never mention it; embed "title: chunk".
-        texts = [self._embed_text(job.doc.title, c.text) for job in jobs for c, _ in job.chunks]
-        tokens = [c.tokens for job in jobs for c, _ in job.chunks]
-        order = sorted(range(len(texts)), key=lambda i: -tokens[i])
+        sized = [self._embed_text_sized(job.doc.title, c.text, c.tokens) for job in jobs for c, _ in job.chunks]
+        texts = [text for text, _ in sized]
+        order = sorted(range(len(texts)), key=lambda i: -sized[i][1])
         embedded = self.embedder.embed_documents([texts[i] for i in order])
         if len(embedded) != len(texts):
             raise RuntimeError(f"the embedder returned {len(embedded)} vectors for {len(texts)} texts")
@@ -296,10 +292,7 @@ class IngestionService:
 
         for i, doc in enumerate(docs):
             try:
-                self._check_text_size(doc.text)
-                if not doc.text.strip():
-                    raise EmptyDocument("the document has no text")
-                job = self._prepare(doc, [Section(doc.text)], original=None, t0=time.perf_counter(), timings={})
+                job = self._text_job(doc)
             except RagError as exc:
                 results[i] = exc
                 continue
@@ -313,10 +306,17 @@ class IngestionService:
     def _embed_text(self, title: str, text: str) -> str:
         """ "title: chunk" when that still fits the model (a full chunk plus a long title may not: then
         the chunk alone, rather than a text the model would refuse or truncate)."""
+        return self._embed_text_sized(title, text, None)[0]
+
+    def _embed_text_sized(self, title: str, text: str, tokens: int | None) -> tuple[str, int]:
+        """``_embed_text`` and its word-piece count (``tokens``: the chunk's own, when known)."""
         if not title or text.startswith(title):
-            return text
+            return text, tokens if tokens is not None else self.chunker.count(text)
         combined = f"{title}: {text}"
-        return combined if self.chunker.count(combined) <= self.chunker.model_max_tokens else text
+        n = self.chunker.count(combined)
+        if n <= self.chunker.model_max_tokens:
+            return combined, n
+        return text, tokens if tokens is not None else self.chunker.count(text)
 
     # ------------------------------------------------------------------ files
 
@@ -384,7 +384,9 @@ class IngestionService:
                 size=len(data),
                 format=parsed.format,
             )
-            return self._index(doc, parsed.sections, original=original, t0=t0, timings=timings, upload_key=key)
+            return self._index(
+                self._prepare(doc, parsed.sections, original=original, t0=t0, timings=timings, upload_key=key)
+            )
         except _BAD_FILE:
             if delete_bad:
                 self.objects.delete(key)
