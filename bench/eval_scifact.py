@@ -174,7 +174,7 @@ def ingest_batches(service: Any, docs: Sequence[Any], batch_docs: int) -> tuple[
 
 def embed_texts(service: Any, docs: Sequence[Any]) -> list[str]:
     """Exactly the texts the pipeline sends to the embedding model ("title: chunk")."""
-    return [service._embed_text(doc.title, c.text) for doc in docs for c in service.chunker.split(doc.text)]
+    return [service._embed_text(doc.title, c)[0] for doc in docs for c in service.chunker.split(doc.text)]
 
 
 class BareEncoder:
@@ -570,8 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest",
         default="batch",
         choices=["batch", "per-document"],
-        help="batch: IngestionService.ingest_many (Kinesis batches); per-document: IngestionService.ingest "
-        "from --workers threads (WebSocket ingest, CLI)",
+        help="batch: IngestionService.ingest_many (ingest_batch messages, Kinesis batches); "
+        "per-document: IngestionService.ingest from --workers threads (WebSocket ingest)",
     )
     p.add_argument(
         "--batch-docs", type=int, default=100, help="documents per ingest_many call (100: Kinesis' default BatchSize)"

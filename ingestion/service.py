@@ -191,7 +191,7 @@ class IngestionService:
         chunk order."""
         t0 = time.perf_counter()
         # The title helps retrieval of chunks that never mention it; embed "title: chunk".
-        sized = [self._embed_text_sized(job.doc.title, c.text, c.tokens) for job in jobs for c, _ in job.chunks]
+        sized = [self._embed_text(job.doc.title, c) for job in jobs for c, _ in job.chunks]
         texts = [text for text, _ in sized]
         order = sorted(range(len(texts)), key=lambda i: -sized[i][1])
         embedded = self.embedder.embed_documents([texts[i] for i in order])
@@ -268,8 +268,9 @@ class IngestionService:
         """Ingest a batch of text documents together: every chunk embedded in one pass (full, evenly
         padded model batches), every document's chunks replaced in ONE LanceDB commit.
 
-        LanceDB's merge_insert joins against the whole table, so one commit per document costs more as
-        the table grows; one per batch does not (bench/: SciFact ingest). Each document keeps the
+        LanceDB's merge_insert joins the new rows against the table: once per batch here, instead of once
+        per document (bench/: the batch path keeps up with the bare model, one document at a time does
+        not). Each document keeps the
         guarantees of ``ingest``: a reader sees it wholly before or after, and its new chunks replace
         all its old ones. Results come in the order of ``docs``: an outcome, or the typed error of a
         document that failed. A document that is bad by itself (empty, too large) fails alone; a typed
@@ -303,20 +304,14 @@ class IngestionService:
             flush()
         return [r for r in results if r is not None]
 
-    def _embed_text(self, title: str, text: str) -> str:
+    def _embed_text(self, title: str, chunk: Chunk) -> tuple[str, int]:
         """ "title: chunk" when that still fits the model (a full chunk plus a long title may not: then
-        the chunk alone, rather than a text the model would refuse or truncate)."""
-        return self._embed_text_sized(title, text, None)[0]
-
-    def _embed_text_sized(self, title: str, text: str, tokens: int | None) -> tuple[str, int]:
-        """``_embed_text`` and its word-piece count (``tokens``: the chunk's own, when known)."""
-        if not title or text.startswith(title):
-            return text, tokens if tokens is not None else self.chunker.count(text)
-        combined = f"{title}: {text}"
+        the chunk alone, rather than a text the model would refuse or truncate), and its word-pieces."""
+        if not title or chunk.text.startswith(title):
+            return chunk.text, chunk.tokens
+        combined = f"{title}: {chunk.text}"
         n = self.chunker.count(combined)
-        if n <= self.chunker.model_max_tokens:
-            return combined, n
-        return text, tokens if tokens is not None else self.chunker.count(text)
+        return (combined, n) if n <= self.chunker.model_max_tokens else (chunk.text, chunk.tokens)
 
     # ------------------------------------------------------------------ files
 
