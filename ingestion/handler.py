@@ -26,11 +26,11 @@ from urllib.parse import unquote_plus
 from botocore.config import Config
 from pydantic import ValidationError
 
+from ingestion.chunker import Chunker
 from ingestion.service import IngestionService, IngestOutcome
 from ingestion.settings import Settings
 from shared import wiring
 from shared.aws_clients import client_config, make_client
-from shared.chunker import Chunker
 from shared.connections import Connections
 from shared.errors import RagError
 from shared.events import BatchItemFailure, BatchResponse, KinesisEventRecord, S3EventRecord, event_kind

@@ -26,10 +26,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ingestion.chunker import Chunk, Chunker
+from ingestion.parsers import CorruptDocument, NoTextLayer, ParsedDocument, Section, UnsupportedType, format_for
+from ingestion.parsers import parse_document as parse_file
 from shared.bedrock import Embedder
-from shared.chunker import Chunk, Chunker
-from shared.documents import CorruptDocument, NoTextLayer, ParsedDocument, Section, UnsupportedType, format_for
-from shared.documents import parse_document as parse_file
 from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, InvalidRequest, RagError
 from shared.events import BatchItemFailure, BatchResponse, KinesisDocument, KinesisEventRecord, S3EventRecord
 from shared.object_store import (
@@ -388,7 +388,7 @@ class IngestionService:
             raise
 
     def reindex_document(self, raw: dict[str, Any]) -> tuple[IngestOutcome, str]:
-        """Index one raw document the way ingestion did (used by ``python -m shared.reindex``).
+        """Index one raw document the way ingestion did (used by ``python -m ingestion.reindex``).
 
         A document that came from a file (its raw JSON names an ``original``) is parsed again from
         that file, so its chunks keep their sections (pages, headings) and the original stays; any

@@ -29,11 +29,11 @@ from aiohttp import web
 
 from llm.converse_models import ChatCompletionRequest, ConverseRequest, parse_body
 from llm.engine import Engine, Generation, GenerationFailed, GenerationParams, StopReason
+from llm.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
+from llm.eventstream import encode_event, encode_exception
 from llm.model_fetch import ensure_model
 from llm.settings import Settings
 from shared.aws_http import AwsError, ModelTimeout, ResourceNotFound, aws_error_middleware
-from shared.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
-from shared.eventstream import encode_event, encode_exception
 
 log = logging.getLogger(__name__)
 

@@ -128,6 +128,6 @@ def refusing_lambda(connections: Connections, actions: list[str], reason: RagErr
 
 def index_mismatch_error() -> RagError:
     return RagError(
-        "the index was built with another embedding model; an operator must rebuild it (python -m shared.reindex)",
+        "the index was built with another embedding model; an operator must rebuild it (python -m ingestion.reindex)",
         ErrorCode.INDEX_MISMATCH,
     )

@@ -15,10 +15,10 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from shared.stack import Stack, StackConfig, free_port, plan, wait_healthy
-from tests.gguf_factory import write_tiny_llama_gguf
+from tests.support.gguf_factory import write_tiny_llama_gguf
+from tests.support.paths import ARTIFACTS
 
 TIMEOUT_FACTOR = float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 
 @pytest.fixture(scope="session")

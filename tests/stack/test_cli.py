@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shared.cli import (
+from shared.client.cli import (
     FORMATS,
     LoadedText,
     build_document,
@@ -33,8 +33,8 @@ from shared.cli import (
 from shared.protocol import MAX_MESSAGE_BYTES, SERVER_MESSAGE, Document, History, SearchResult, StreamEnd
 from shared.stack import Stack, free_port
 from tests.conftest import TIMEOUT_FACTOR, StackFactory
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MAX_DISTANCE = "0.7"  # see test_e2e: related texts sit at ~0.3-0.4, unrelated ones at ~0.85+
 
 VOLCANO_MD = """\
@@ -57,7 +57,7 @@ in a very hot oven until the crust is dark and crisp.
 def run_cli(url: str, *args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAG_URL", "LOCALRAG_DEBUG")}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--url", url, *args],
+        [sys.executable, "-m", "shared.client.cli", "--url", url, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -137,7 +137,7 @@ def test_titles_and_ids_reach_the_index(stack: Stack, ingested: subprocess.Compl
 
 
 def test_ingest_uploads_large_files_pdfs_and_html(stack: Stack, tmp_path: Path) -> None:
-    from tests.test_documents import make_image_only_pdf, make_pdf
+    from tests.stack.test_documents import make_image_only_pdf, make_pdf
 
     # Above the message limit as a file (> 2 x 128 KB): uploaded without trying a message.
     (tmp_path / "big.txt").write_text("understanding " * (2 * MAX_MESSAGE_BYTES // 14 + 10))
@@ -292,7 +292,7 @@ def test_invalid_arguments_are_reported_not_sent(stack: Stack) -> None:
     r = failed(run_cli(stack.ws_url, "ask", "q", "--top-k", "51"))
     assert "error: invalid_request: top_k" in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "ask"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "shared.client.cli", "ask"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert r.returncode == 2 and "usage:" in r.stderr  # argparse's own usage error
 
@@ -322,7 +322,7 @@ def test_chat_repl_keeps_the_conversation_until_new(stack: Stack, ingested: subp
 
 def test_ctrl_c_exits_130_quietly(stack: Stack) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "--url", stack.ws_url, "chat"],
+        [sys.executable, "-m", "shared.client.cli", "--url", stack.ws_url, "chat"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

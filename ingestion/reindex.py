@@ -1,4 +1,4 @@
-"""Rebuild the vector index from the raw documents: ``python -m shared.reindex [--to-uri URI] [--drop]``.
+"""Rebuild the vector index from the raw documents: ``python -m ingestion.reindex [--to-uri URI] [--drop]``.
 
 The raw documents (``{RAG_DOCUMENTS_URI}/{quoted id}.json``, written by ingestion before any chunk) are
 the source of truth; the ``chunks`` table can always be rebuilt from them, e.g. after switching the
@@ -236,7 +236,7 @@ def _print_progress(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.reindex",
+        prog="python -m ingestion.reindex",
         description="Rebuild the LanceDB chunks table from the raw documents with the configured embedding "
         "model (RAG_EMBEDDING_MODEL_ID / _FORMAT / _DIMENSION / _ENDPOINT_URL).",
     )

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from shared.chunker import Chunker
+from ingestion.chunker import Chunker
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,9 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from shared.profiles import EMBEDDING_MODELS, LOCAL_EMBEDDING_MODEL_ID, aws_profile, check, mode_of
-from tests.test_compose import env_names
+from tests.support.paths import ROOT
+from tests.unit.test_compose import env_names
 
-ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 

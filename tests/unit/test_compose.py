@@ -30,7 +30,8 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 OUR_SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm")
@@ -520,7 +521,8 @@ def test_dockerfile_copy_sources_exist_and_are_not_dockerignored(name: str) -> N
             copied.add(rel)
         assert matched_any, f"{dockerfile.relative_to(ROOT)}: COPY {args!r} copies nothing"
     # setuptools builds every package named in pyproject, so each image that installs the project needs them all.
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+        packages = {p.removesuffix("*") for p in include}
     missing = sorted(set(packages) - copied)
     assert not missing, f"{dockerfile.relative_to(ROOT)} does not copy package folders {missing}"
     assert "pyproject.toml" in copied, f"{dockerfile.relative_to(ROOT)} does not copy pyproject.toml"

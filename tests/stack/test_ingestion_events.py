@@ -10,7 +10,6 @@ import json
 import statistics
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -20,10 +19,10 @@ from botocore.config import Config
 
 from shared.stack import Stack
 from tests.conftest import ARTIFACTS, StackFactory, WsClient
-from tests.test_documents import make_pdf
-from tests.test_upload import chunk_rows, local_stack, read_object, s3_stack, search, store_keys, write_object
+from tests.stack.test_documents import make_pdf
+from tests.stack.test_upload import chunk_rows, local_stack, read_object, s3_stack, search, store_keys, write_object
+from tests.support.paths import EVENTS
 
-EVENTS = Path(__file__).parent / "events"
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 

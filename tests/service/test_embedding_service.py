@@ -17,7 +17,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.procs import TIMEOUT_FACTOR, Service, start_service, stop_service
+from tests.support.procs import TIMEOUT_FACTOR, Service, start_service, stop_service
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_QUEUE = 40  # small enough to overload on purpose, big enough for the concurrency test

@@ -26,8 +26,8 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from llm.model_fetch import ModelFetchError, ensure_model
 from llm.settings import Settings
-from tests.gguf_factory import write_tiny_llama_gguf
-from tests.procs import ROOT, TIMEOUT_FACTOR, Service, start_service, stop_service
+from tests.support.gguf_factory import write_tiny_llama_gguf
+from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, start_service, stop_service
 
 MODEL_ID = "local-llm"
 LONG = 4000  # maxTokens that keeps the tiny model generating for several seconds

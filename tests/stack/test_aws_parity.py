@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -15,8 +14,8 @@ from botocore.config import Config
 
 from shared.stack import Stack
 from tests.conftest import StackFactory, WsClient
+from tests.support.paths import EVENTS
 
-EVENTS = Path(__file__).parent / "events"
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 

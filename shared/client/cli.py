@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from shared.client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError
+from shared.client.ws_client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError
 from shared.protocol import (
     MAX_BATCH_DOCUMENTS,
     MAX_MESSAGE_BYTES,

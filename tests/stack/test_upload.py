@@ -24,7 +24,7 @@ from shared.protocol import SERVER_MESSAGE
 from shared.stack import Stack
 from shared.vector_store import sql_str, storage_options_for
 from tests.conftest import StackFactory, WsClient, s3_client
-from tests.test_documents import make_image_only_pdf, make_pdf
+from tests.stack.test_documents import make_image_only_pdf, make_pdf
 
 MAX_UPLOAD_BYTES = 1_000_000
 STACK_ENV = {"RAG_MAX_DISTANCE": "0.7", "RAG_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}

@@ -15,12 +15,8 @@ from typing import Any
 import pytest
 from fpdf import FPDF
 
-from ingestion.service import IngestionService, doc_id_for, safe_filename
-from ingestion.settings import Settings
-from shared import wiring
-from shared.bedrock import Embedder
-from shared.chunker import Chunker
-from shared.documents import (
+from ingestion.chunker import Chunker
+from ingestion.parsers import (
     REGISTRY,
     CorruptDocument,
     NoTextLayer,
@@ -28,6 +24,10 @@ from shared.documents import (
     format_for,
     parse_document,
 )
+from ingestion.service import IngestionService, doc_id_for, safe_filename
+from ingestion.settings import Settings
+from shared import wiring
+from shared.bedrock import Embedder
 from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, RagError
 from shared.events import KinesisEventRecord, S3EventRecord, event_kind
 from shared.object_store import (
@@ -42,9 +42,7 @@ from shared.protocol import Document, ErrorCode
 from shared.stack import free_port
 from shared.vector_store import VectorStore
 from tests.conftest import StackFactory
-
-EVENTS = Path(__file__).parent / "events"
-
+from tests.support.paths import EVENTS
 
 # ---------------------------------------------------------------------- test files
 
@@ -123,8 +121,8 @@ def test_registry_picks_by_extension_then_content_type() -> None:
 
 
 def test_a_new_format_plugs_in() -> None:
-    from shared.documents import Format as Fmt
-    from shared.documents import FormatRegistry, ParsedDocument, Section
+    from ingestion.parsers import Format as Fmt
+    from ingestion.parsers import FormatRegistry, ParsedDocument, Section
 
     reg = FormatRegistry()
     reg.register(Fmt("csv", (".csv",), ("text/csv",), lambda b: ParsedDocument(None, [Section(b.decode())], "csv")))
@@ -375,7 +373,7 @@ def _embedder(url: str) -> Embedder:
 
 @pytest.fixture(scope="module")
 def embedding_url(start_stack: StackFactory) -> str:
-    from tests.test_upload import local_stack  # here: test_upload imports this module
+    from tests.stack.test_upload import local_stack  # here: test_upload imports this module
 
     return local_stack(start_stack).by_name["embedding"].url
 

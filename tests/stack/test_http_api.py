@@ -28,7 +28,7 @@ from gateway.openapi import openapi_document
 from gateway.settings import Settings
 from shared.stack import Stack, free_port
 from tests.conftest import TIMEOUT_FACTOR, StackFactory, WsClient
-from tests.test_e2e import BREAD, VOLCANO
+from tests.stack.test_e2e import BREAD, VOLCANO
 
 TIDES_MD = b"""# Ocean tides
 

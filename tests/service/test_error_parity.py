@@ -30,8 +30,8 @@ from botocore.stub import Stubber
 from shared.aws_clients import client_config, make_client
 from shared.bedrock import ChatModel, Embedder, upstream_error
 from shared.errors import RagError
-from tests.gguf_factory import write_tiny_llama_gguf
-from tests.procs import TIMEOUT_FACTOR, Service, start_service, stop_service
+from tests.support.gguf_factory import write_tiny_llama_gguf
+from tests.support.procs import TIMEOUT_FACTOR, Service, start_service, stop_service
 
 EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2"
 LLM_ID = "local-llm"

@@ -17,7 +17,7 @@ from shared.errors import DocumentTooLarge, EmptyDocument, RagError, UpstreamUna
 from shared.protocol import Document
 from shared.stack import Stack, free_port
 from tests.conftest import StackFactory
-from tests.test_upload import local_stack
+from tests.stack.test_upload import local_stack
 
 # Several chunks each at 40 word-pieces, of different lengths (so the batch mixes them when sorting).
 TEXTS = {

@@ -46,20 +46,20 @@ from botocore.stub import ANY, Stubber
 from botocore.validate import validate_parameters
 from pydantic import BaseModel
 
+from llm.eventstream import encode_event, encode_exception
 from shared.aws_clients import client_config, make_client
 from shared.aws_http import aws_error_response
 from shared.bedrock import ChatModel, Embedder, StreamDone, TextDelta, upstream_error
 from shared.connections import ConnectionGone, Connections
 from shared.errors import Throttled, UpstreamTimeout, UpstreamUnavailable
 from shared.events import WebSocketEvent
-from shared.eventstream import encode_event, encode_exception
 from shared.object_store import S3ObjectStore
 from shared.profiles import aws_profile
 from shared.protocol import StreamEnd, encode
 from shared.ws_lambda import WebSocketLambda
-from tests.test_template import ACCOUNT, REGION, Resolver, allowed
+from tests.support.paths import EVENTS
+from tests.unit.test_template import ACCOUNT, REGION, Resolver, allowed
 
-EVENTS = Path(__file__).parent / "events"
 TITAN = "amazon.titan-embed-text-v2:0"
 COHERE = "cohere.embed-english-v3"
 LLM = "amazon.nova-micro-v1:0"

@@ -1,4 +1,4 @@
-"""shared.eventstream frames must decode with botocore's own event stream decoder."""
+"""llm.eventstream frames must decode with botocore's own event stream decoder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
-from shared.eventstream import encode_event, encode_exception, encode_message
+from llm.eventstream import encode_event, encode_exception, encode_message
 
 
 def _decode(data: bytes, chunk: int | None = None) -> list[EventStreamMessage]:

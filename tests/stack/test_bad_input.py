@@ -192,8 +192,8 @@ def faulty_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     crash_port, slow_port = free_port(), free_port()
     procs = []
     for name, port, args in (
-        ("crash", crash_port, ["tests.faulty_handlers.crash"]),
-        ("slow", slow_port, ["tests.faulty_handlers.slow", "--timeout", "1"]),
+        ("crash", crash_port, ["tests.support.faulty_handlers.crash"]),
+        ("slow", slow_port, ["tests.support.faulty_handlers.slow", "--timeout", "1"]),
     ):
         log = log_dir / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

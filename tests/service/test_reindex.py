@@ -1,4 +1,4 @@
-"""Switching the embedding model: a mismatch is refused, ``python -m shared.reindex`` rebuilds the index.
+"""Switching the embedding model: a mismatch is refused, ``python -m ingestion.reindex`` rebuilds the index.
 
 Real embedding services (two processes: the local model served as all-MiniLM-L6-v2 with Cohere bodies,
 and as ``amazon.titan-embed-text-v2:0`` with Titan bodies, one text per call -- same weights, another
@@ -7,7 +7,7 @@ ingestion service process for the refusal:
 
 1. two text documents and one Markdown file (upload -> ingest_object) are ingested with model A;
 2. the ingestion service configured with model B refuses the table, clearly, and writes nothing;
-3. ``python -m shared.reindex`` with model B and no flag refuses too, naming the two ways out;
+3. ``python -m ingestion.reindex`` with model B and no flag refuses too, naming the two ways out;
 4. ``--to-uri`` builds a new index with model B from the raw documents (the file re-parsed from its
    original, which is kept; chat history copied); ingestion with B accepts it; search works;
 5. ``--drop`` rebuilds in place.
@@ -35,8 +35,8 @@ from botocore.config import Config
 
 from shared.vector_store import CHUNKS_TABLE, MessageRow, VectorStore
 from tests.conftest import S3_ENV, s3_client
-from tests.procs import ROOT, TIMEOUT_FACTOR, Service, free_port, start_service, stop_service
-from tests.test_aws_mode import StandIn
+from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, free_port, start_service, stop_service
+from tests.unit.test_aws_mode import StandIn
 
 # The refused ingestion service's log, for the no-traceback check below.
 REFUSAL_LOG: dict[str, str] = {}
@@ -148,7 +148,7 @@ def table_meta(uri: str | Path) -> tuple[dict[str, str], int]:
 def reindex(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "shared.reindex", *args],
+        [sys.executable, "-m", "ingestion.reindex", *args],
         cwd=ROOT,
         env=full,
         capture_output=True,
@@ -162,8 +162,8 @@ def reindex(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_list_document_ids_reads_only_raw_documents(tmp_path: Path) -> None:
+    from ingestion.reindex import list_document_ids
     from shared.object_store import LocalObjectStore
-    from shared.reindex import list_document_ids
 
     objects = LocalObjectStore(tmp_path)
     for doc_id in ("a", "notes/2025 #1", "ünï"):
@@ -296,7 +296,7 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
         stop(proc)
 
     # A re-run into the same (now matching) index updates in place, idempotently (in-process this time).
-    from shared.reindex import reindex as run_reindex
+    from ingestion.reindex import reindex as run_reindex
 
     again = run_reindex(settings(b), to_uri=str(new))
     assert (again.indexed, again.failed, again.messages_copied) == (3, {}, 0)
@@ -329,7 +329,7 @@ def search_vector(env: dict[str, str], query: str) -> list[float]:
 
 def test_reindex_on_s3(embedders: dict[str, Service], moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same on S3 (moto): raw documents listed with ListObjectsV2, the index built under a new prefix."""
-    from shared.reindex import reindex as run_reindex
+    from ingestion.reindex import reindex as run_reindex
 
     for k, v in S3_ENV.items():
         monkeypatch.setenv(k, v)
