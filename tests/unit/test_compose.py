@@ -522,7 +522,7 @@ def test_dockerfile_copy_sources_exist_and_are_not_dockerignored(name: str) -> N
         assert matched_any, f"{dockerfile.relative_to(ROOT)}: COPY {args!r} copies nothing"
     # setuptools builds every package named in pyproject, so each image that installs the project needs them all.
     include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-        packages = {p.removesuffix("*") for p in include}
+    packages = {p.removesuffix("*") for p in include}
     missing = sorted(set(packages) - copied)
     assert not missing, f"{dockerfile.relative_to(ROOT)} does not copy package folders {missing}"
     assert "pyproject.toml" in copied, f"{dockerfile.relative_to(ROOT)} does not copy pyproject.toml"
