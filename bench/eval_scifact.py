@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import Qrels, Run, evaluate, evaluate_with_ir_measures
-from shared.vector_store import HYBRID_CANDIDATES
+from shared.vector_store import HYBRID_CANDIDATES, fts_hits, vector_hits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact"
@@ -90,10 +90,10 @@ def load(data: Path, split: str, limit_docs: int | None, limit_queries: int | No
 
 
 def start_embedding(log_dir: Path) -> Any:
-    from shared.stack import Process, free_port
+    from shared.stack import Process
 
-    port = free_port()
-    proc = Process("embedding", "embedding", port, {"EMBEDDING_HOST": "127.0.0.1", "EMBEDDING_PORT": str(port)})
+    proc = Process("embedding", "embedding").bind()  # any free port, bound here and inherited
+    proc.env.update({"EMBEDDING_HOST": proc.host, "EMBEDDING_PORT": str(proc.port)})
     proc.start(log_dir)
     try:
         proc.wait_healthy(300)
@@ -122,10 +122,9 @@ def build_services(db_dir: Path, embedding_url: str, args: argparse.Namespace) -
         )
     )
     # The LLM is never called by retrieve(); point it at a closed port.
-    chat = build_chat(ChatSettings(**common, llm_endpoint_url="http://127.0.0.1:9"))
-    if args.rrf_k is not None:
-        chat.rrf_k = args.rrf_k
-    args.rrf_k = chat.rrf_k
+    rrf_k = {} if args.rrf_k is None else {"rrf_k": args.rrf_k}
+    chat = build_chat(ChatSettings(**common, **rrf_k, llm_endpoint_url="http://127.0.0.1:9"))
+    args.rrf_k = chat.settings.rrf_k
     return ingestion, chat
 
 
@@ -391,8 +390,8 @@ def sweep(chat: Any, queries: dict[str, str], qrels: Qrels, depth: int) -> dict[
     if not any("title" in list(i.columns) for i in table.list_indices()):
         table.create_index("title", config=FTS())
     vectors = {q: chat.embedder.embed_query(t) for q, t in queries.items()}
-    vec_lists = {q: store._vector_hits(table, vectors[q], depth) for q in queries}
-    fts_lists = {q: store._fts_hits(table, vectors[q], queries[q], depth) for q in queries}
+    vec_lists = {q: vector_hits(table, vectors[q], depth) for q in queries}
+    fts_lists = {q: fts_hits(table, vectors[q], queries[q], depth) for q in queries}
 
     def title_text(q: str) -> list[dict[str, Any]]:
         query = MultiMatchQuery(queries[q], ["text", "title"], boosts=None, operator=FullTextOperator.OR)

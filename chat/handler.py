@@ -13,7 +13,7 @@ from chat.service import ChatService
 from chat.settings import Settings
 from shared import wiring
 from shared.bedrock import ChatModel
-from shared.connections import Connections
+from shared.ports import ChatStore, QueryEmbedder
 from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
 from shared.vector_store import EmbeddingMismatch
 from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
@@ -21,21 +21,21 @@ from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusi
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings) -> ChatService:
+def build_service(
+    settings: Settings, *, embedder: QueryEmbedder | None = None, store: ChatStore | None = None
+) -> ChatService:
+    """The chat service and its adapters, all from ``settings``. ``embedder`` / ``store`` replace the
+    adapters the settings describe (tests run the embedding model in process)."""
     return ChatService(
-        embedder=wiring.embedder(settings),
-        store=wiring.vector_store(settings),
+        settings,
+        embedder=embedder or wiring.embedder(settings),
+        store=store or wiring.vector_store(settings),
         llm=ChatModel(
             wiring.bedrock_client(settings, settings.llm_endpoint_url),
             settings.llm_model_id,
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,
         ),
-        top_k=settings.top_k,
-        max_distance=settings.max_distance,
-        excerpt_chars=settings.excerpt_chars,
-        history_token_budget=settings.history_token_budget,
-        token_flush_ms=settings.token_flush_ms,
     )
 
 
@@ -51,22 +51,22 @@ def build_lambda(settings: Settings, service: ChatService | None = None) -> WebS
     def chat(req: ChatRequest, emit: Emit) -> None:
         service.chat(req, emit)
 
-    connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
-    return WebSocketLambda(connections, {"chat": chat, "search": search, "history": history})
+    return WebSocketLambda(
+        wiring.connections(settings), {"chat": chat, "search": search, "history": history}, function="chat"
+    )
 
 
 @cache
 def _lambda() -> WebSocketLambda:
     settings = Settings()
-    service = build_service(settings)
+    store = wiring.vector_store(settings)
     try:
-        service.store.chunks()
+        store.chunks()
     except EmbeddingMismatch as exc:
         log.error("refusing to serve: %s", exc)
-        connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
-        return refusing_lambda(connections, ["chat", "search", "history"], index_mismatch_error())
-    service.store.messages()
-    return build_lambda(settings, service)
+        return refusing_lambda(wiring.connections(settings), "chat", index_mismatch_error())
+    store.messages()
+    return build_lambda(settings, build_service(settings, store=store))
 
 
 def warm() -> None:

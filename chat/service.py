@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from chat.intent import Intent, classify
 from chat.prompts import CONVERSATIONAL_PROMPT, Turn, approx_tokens, build_system_prompt, excerpt, fit_history
-from shared.bedrock import ChatModel, Embedder, StreamDone, TextDelta
+from chat.settings import Settings
+from shared.bedrock import StreamDone, TextDelta
 from shared.errors import InvalidRequest, UnknownConversation
+from shared.ports import ChatStore, ChatStreamer, QueryEmbedder
 from shared.protocol import (
     ChatRequest,
     History,
@@ -27,7 +29,8 @@ from shared.protocol import (
     Token,
     Usage,
 )
-from shared.vector_store import RRF_K, Match, MessageRow, VectorStore, timed_ms
+from shared.timing import iso_utc, timed_ms
+from shared.vector_store import Match, MessageRow
 from shared.ws_lambda import Emit
 
 log = logging.getLogger(__name__)
@@ -43,32 +46,13 @@ class Retrieval:
 
 
 class ChatService:
-    def __init__(
-        self,
-        *,
-        embedder: Embedder,
-        store: VectorStore,
-        llm: ChatModel,
-        top_k: int = 5,
-        max_distance: float = 0.7,
-        excerpt_chars: int = 300,
-        history_token_budget: int = 1024,
-        token_flush_ms: float = 0.0,
-        search_mode: SearchMode = "hybrid",
-        rrf_k: int = RRF_K,
-        intent_routing: bool = True,
-    ) -> None:
+    def __init__(self, settings: Settings, *, embedder: QueryEmbedder, store: ChatStore, llm: ChatStreamer) -> None:
+        """``settings``: the chat lambda's settings, whole (retrieval, intent routing, prompt budget, token
+        flushing are read from it); the adapters are built from it by chat.handler.build_service."""
+        self.settings = settings
         self.embedder = embedder
         self.store = store
         self.llm = llm
-        self.top_k = top_k
-        self.max_distance = max_distance
-        self.excerpt_chars = excerpt_chars
-        self.history_token_budget = history_token_budget
-        self.token_flush_ms = token_flush_ms
-        self.search_mode: SearchMode = search_mode
-        self.rrf_k = rrf_k
-        self.intent_routing = intent_routing
         # Retrieval runs here while the caller's thread classifies the message's intent.
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve")
 
@@ -82,16 +66,16 @@ class ChatService:
         search_mode: SearchMode | None = None,
     ) -> Retrieval:
         t0 = time.perf_counter()
-        k = top_k or self.top_k
-        limit = self.max_distance if max_distance is None else max_distance
-        mode: SearchMode = search_mode or self.search_mode
+        k = top_k or self.settings.top_k
+        limit = self.settings.max_distance if max_distance is None else max_distance
+        mode: SearchMode = search_mode or self.settings.search_mode
         matches = self.store.search(
             self.embedder.embed_query(query),
             top_k=k,
             max_distance=limit,
             mode=mode,
             query_text=query,
-            rrf_k=self.rrf_k,
+            rrf_k=self.settings.rrf_k,
         )
         sources = [self._source(i, m) for i, m in enumerate(matches, start=1)]
         return Retrieval(sources, [m.text for m in matches], limit, timed_ms(t0), mode)
@@ -106,7 +90,7 @@ class ChatService:
                 "title": m.title,
                 "chunk": m.chunk,
                 "distance": round(m.distance, 4),
-                "excerpt": excerpt(m.text, self.excerpt_chars),
+                "excerpt": excerpt(m.text, self.settings.excerpt_chars),
                 "date": m.date,
                 "source": m.source,
                 "page": m.page,
@@ -124,7 +108,7 @@ class ChatService:
         Retrieval starts first, on a worker thread, so a question pays nothing for the classifier.
         For small talk the retrieval result is not used (it is cancelled if it has not started).
         """
-        if not self.intent_routing:
+        if not self.settings.intent_routing:
             return Intent.RETRIEVAL, self.retrieve(req.question, req.top_k, req.max_distance, req.search_mode)
         future: Future[Retrieval] = self._pool.submit(
             self.retrieve, req.question, req.top_k, req.max_distance, req.search_mode
@@ -160,7 +144,8 @@ class ChatService:
         t_route = time.perf_counter()
         intent, found = self.route(req)
         if found is None:  # small talk: no passages, the conversational prompt
-            retrieval = Retrieval([], [], self.max_distance if req.max_distance is None else req.max_distance, 0.0)
+            limit = self.settings.max_distance if req.max_distance is None else req.max_distance
+            retrieval = Retrieval([], [], limit, 0.0)
             system = CONVERSATIONAL_PROMPT
         else:
             retrieval = found
@@ -170,7 +155,7 @@ class ChatService:
         prompt_kind: PromptKind = "context" if retrieval.sources else "no_context"
         route_ms = timed_ms(t_route)
         turns = _client_turns(req) if stateless else [Turn(m.role, m.content) for m in prior]
-        history = fit_history(turns, self.history_token_budget, approx_tokens)
+        history = fit_history(turns, self.settings.history_token_budget, approx_tokens)
         messages = [{"role": t.role, "content": t.content} for t in history]
         messages.append({"role": "user", "content": req.question})
 
@@ -201,7 +186,7 @@ class ChatService:
                     parts.append(ev.text)
                     pending.append(ev.text)
                     now = time.perf_counter()
-                    if (now - last_flush) * 1000 >= self.token_flush_ms:
+                    if (now - last_flush) * 1000 >= self.settings.token_flush_ms:
                         flush()
                         last_flush = now
                 else:
@@ -247,7 +232,7 @@ class ChatService:
         retrieved: bool,
     ) -> None:
         """The user message and the assistant message with its RAG context, in one commit."""
-        now_iso = _now_iso()
+        now_iso = iso_utc()
         seq = prior[-1].seq + 1 if prior else 0
         self.store.append_messages(
             [
@@ -312,9 +297,3 @@ def _client_turns(req: ChatRequest) -> list[Turn]:
 def _log_discarded(future: Future[Retrieval]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.debug("discarded retrieval for small talk failed: %s", future.exception())
-
-
-def _now_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
-
 from embedding.app import create_app
 from embedding.settings import Settings
 from shared.logs import configure_logging
+from shared.serving import run_app
 
 log = logging.getLogger("embedding")
 
@@ -16,8 +15,8 @@ log = logging.getLogger("embedding")
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    log.info("embedding service starting on %s:%d", settings.host, settings.port)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    log.info("embedding service starting")
+    run_app(create_app(settings), settings.host, settings.port, name="embedding")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedding.model import EmbeddingModel, MicroBatcher, QueueFull, Vectors, load_model
 from embedding.settings import Settings
 from shared.aws_http import ResourceNotFound, Throttling, ValidationError, aws_error_middleware
+from shared.timing import timed_ms
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _response(payload: dict[str, Any], request_id: str, token_count: int, starte
         headers={
             "x-amzn-RequestId": request_id,
             "X-Amzn-Bedrock-Input-Token-Count": str(token_count),
-            "X-Amzn-Bedrock-Invocation-Latency": str(round((time.perf_counter() - started) * 1000)),
+            "X-Amzn-Bedrock-Invocation-Latency": str(round(timed_ms(started))),
         },
     )
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from gateway.app import create_app
 from gateway.settings import Settings
 from shared.logs import configure_logging
+from shared.serving import run_app
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    run_app(create_app(settings), settings.host, settings.port, name="gateway")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class Socket(Protocol):
 class QueueSocket:
     """A pseudo-socket for an HTTP API request: each message sent to it is put on `queue` (as UTF-8 bytes).
 
-    ``None`` on the queue means "no more messages" (the socket was closed, or the caller put it there when
+    ``None`` on the queue means "no more messages" (the socket was closed, or ``finish()`` was called when
     the invocation ended). Sending to a closed QueueSocket raises ConnectionResetError, which the
     @connections API answers with 410 GoneException.
     """
@@ -57,6 +57,10 @@ class QueueSocket:
         if self._closed:
             raise ConnectionResetError("the HTTP request is over")
         self.queue.put_nowait(data)
+
+    def finish(self) -> None:
+        """No more messages will come (the invocation returned, so every reply has been posted)."""
+        self.queue.put_nowait(None)
 
     def shut(self) -> bool:
         """Close now (it never blocks): later sends fail, and the reader gets None. False if already closed."""

@@ -1,6 +1,8 @@
 """An OpenAI-compatible HTTP API (the stand-in for an API Gateway HTTP API) over the same lambdas.
 
-Routes (all JSON; described by ``GET /openapi.json``, built in ``gateway/openapi.py``):
+A sub-application under ``/v1`` (``create_http_api``), with its own state and error middleware (every
+error, aiohttp's own 404 and 405 included, in OpenAI's shape). Bodies are ``gateway/http_models.py``'s
+models; ``GET /openapi.json`` (``gateway/openapi.py``) describes them.
 
 - ``GET /v1/models``, ``GET /v1/models/{id}``: one model, ``localrag``.
 - ``POST /v1/chat/completions``: OpenAI chat completions, streamed (SSE) or not, with the answer's
@@ -9,13 +11,12 @@ Routes (all JSON; described by ``GET /openapi.json``, built in ``gateway/openapi
 - ``POST /v1/kb/sync`` (index the uploaded files, as a background job), ``GET /v1/kb/status`` (the jobs).
 
 There is one code path: every request is turned into a protocol request (``shared/protocol.py``) and
-sent to the route's lambda exactly as a WebSocket message would be — the same API Gateway MESSAGE event
-(``gateway.app._event``), the same Lambda Invoke call (``gateway.app.invoke``) — from a pseudo-connection
-registered in the gateway's ConnectionTable. The lambda replies through ``@connections`` as usual; the
-pseudo-connection puts the replies on a queue, and this module turns them into the HTTP response. So
-retrieval, the threshold, the prompt and the streaming are exactly the WebSocket chat's. The
-pseudo-connection is removed when the request is done, or as soon as its HTTP client leaves, so that the
-lambda's next post gets 410 GoneException and it stops generating.
+sent to the route's lambda exactly as a WebSocket message would be, by the same Lambda integration
+(``gateway/integration.py``), from a pseudo-connection registered in the gateway's ConnectionTable. The
+lambda replies through ``@connections`` as usual; the pseudo-connection puts the replies on a queue, and
+this module turns them into the HTTP response. So retrieval, the threshold, the prompt and the streaming
+are exactly the WebSocket chat's. The pseudo-connection is removed when the request is done, or as soon
+as its HTTP client leaves, so that the lambda's next post gets 410 GoneException and it stops generating.
 
 Pending uploads (``POST /v1/documents`` not yet synced) and sync jobs are remembered by this gateway
 process only, in memory: they are lost when it restarts (the uploaded files stay in ``uploads/``; local
@@ -33,20 +34,40 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
-from gateway.app import CONNECTIONS, SETTINGS, InvokeFailed, _event, invoke
-from gateway.connections import Connection, QueueSocket, new_connection_id
-from gateway.openapi import openapi_document
+from gateway.connections import Connection, ConnectionTable, QueueSocket, new_connection_id
+from gateway.http_models import (
+    MODEL_ID,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Citation,
+    Document,
+    DocumentDeleted,
+    DocumentList,
+    Model,
+    ModelList,
+    SyncError,
+    SyncJob,
+    SyncJobAccepted,
+    SyncJobList,
+    UploadError,
+    UploadRequest,
+    UploadTicket,
+)
+from gateway.integration import LambdaIntegration
 from gateway.settings import Settings
-from shared.protocol import ErrorCode, encode, error
+from shared.openai_models import AssistantMessage, ChunkChoice, Delta, Error, FinishReason, Usage, sse
+from shared.openai_models import Choice as CompletionChoice
+from shared.protocol import ErrorCode
+from shared.timing import iso_utc
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = "localrag"
 API_PREFIX = "/v1"
 # Bodies a little over the limit are read (and dropped) before the 413 so the client gets to read it;
 # beyond this the connection is simply closed after the response.
@@ -86,19 +107,18 @@ STATUS_FOR_CODE: dict[ErrorCode, int] = {
 }
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(z=True)
+
+
+def _json(body: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(body.model_dump(mode="json"), status=status)
 
 
 # ---------------------------------------------------------------------- errors (OpenAI's shape)
-
-
-def _error_type(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
 
 
 class ApiError(Exception):
@@ -119,13 +139,39 @@ class ApiError(Exception):
             code = ErrorCode.INTERNAL_ERROR
         return cls(STATUS_FOR_CODE.get(code, 500), str(reply.get("message") or code.value), code.value)
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {"message": self.message, "type": _error_type(self.status), "code": self.code, "param": self.param}
-        }
+    def body(self) -> Error:
+        return Error.of(self.status, self.message, self.code, self.param)
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status)
+        return _json(self.body(), self.status)
+
+
+def _invalid(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, ErrorCode.INVALID_REQUEST.value, param)
+
+
+def _unexpected_end() -> ApiError:
+    return ApiError(502, "the answer ended before it was complete", ErrorCode.FUNCTION_ERROR.value)
+
+
+def _model_not_found(model: str) -> ApiError:
+    shown = model if len(model) <= 128 else model[:128] + "…"
+    message = f"The model '{shown}' does not exist; the only model is '{MODEL_ID}'"
+    return ApiError(404, message, "model_not_found", "model")
+
+
+def _parse(model: type[M], data: dict[str, Any]) -> M:
+    """Validate a request body; the first problem becomes a 400 naming the field (OpenAI's `param`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        loc = first["loc"]
+        where = ".".join(str(x) for x in loc) or "body"
+        message = f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
+        if exc.error_count() > 1:
+            message += f" (and {exc.error_count() - 1} more)"
+        raise _invalid(message, str(loc[0]) if loc else None) from None
 
 
 # ---------------------------------------------------------------------- state
@@ -140,57 +186,63 @@ class PendingUpload:
     content_type: str
     created_at: str = field(default_factory=_now_iso)
     status: Literal["uploaded", "failed"] = "uploaded"
-    error: dict[str, str] | None = None
+    error: UploadError | None = None
     job_id: str | None = None  # the sync job working on it
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": "",
-            "name": self.name,
-            "size": self.size,
-            "status": self.status,
-            "chunks": 0,
-            "uploaded_at": self.created_at,
-            "indexed_at": None,
-            "error": self.error,
-        }
+    def info(self) -> Document:
+        return Document(
+            id=self.id,
+            title="",
+            name=self.name,
+            size=self.size,
+            status=self.status,
+            chunks=0,
+            uploaded_at=self.created_at,
+            indexed_at=None,
+            error=self.error,
+        )
 
 
 @dataclass
-class SyncJob:
+class SyncRun:
+    """A knowledge-base sync job while (and after) it runs."""
+
     id: str
     documents: list[PendingUpload]
     status: Literal["queued", "running", "done", "failed"] = "queued"
     succeeded: int = 0
     failed: int = 0
-    errors: list[dict[str, str | None]] = field(default_factory=list)
+    errors: list[SyncError] = field(default_factory=list)
     created_at: str = field(default_factory=_now_iso)
     started_at: str | None = None
     finished_at: str | None = None
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "kb.sync_job",
-            "status": self.status,
-            "total": len(self.documents),
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "errors": list(self.errors),
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
+    def info(self) -> SyncJob:
+        return SyncJob(
+            id=self.id,
+            status=self.status,
+            total=len(self.documents),
+            succeeded=self.succeeded,
+            failed=self.failed,
+            errors=list(self.errors),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
 
 
-@dataclass
-class HttpApiState:
-    created: int = field(default_factory=lambda: int(time.time()))
-    pending: dict[str, PendingUpload] = field(default_factory=dict)
-    jobs: OrderedDict[str, SyncJob] = field(default_factory=OrderedDict)
-    # Strong references to background work (sync jobs, invocations that outlive their request).
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+class HttpApi:
+    """The /v1 sub-application's state: the integration it sends through, pending uploads, sync jobs."""
+
+    def __init__(self, settings: Settings, integration: LambdaIntegration, connections: ConnectionTable) -> None:
+        self.settings = settings
+        self.integration = integration
+        self.connections = connections
+        self.created = int(time.time())
+        self.pending: dict[str, PendingUpload] = {}
+        self.jobs: OrderedDict[str, SyncRun] = OrderedDict()
+        # Strong references to background work (sync jobs, invocations that outlive their request).
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -198,8 +250,25 @@ class HttpApiState:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def exchange(self, body: dict[str, Any], *, source_ip: str, user_agent: str) -> Exchange:
+        return Exchange(self, body, source_ip=source_ip, user_agent=user_agent)
 
-HTTP_API: web.AppKey[HttpApiState] = web.AppKey("http_api", HttpApiState)
+    def exchange_for(self, request: web.Request, body: dict[str, Any]) -> Exchange:
+        return self.exchange(
+            body, source_ip=request.remote or "127.0.0.1", user_agent=request.headers.get("User-Agent", "")
+        )
+
+    async def stop(self, app: web.Application) -> None:
+        """On shutdown: cancel the background work and wait for it."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+API: web.AppKey[HttpApi] = web.AppKey("http_api", HttpApi)
 
 
 # ---------------------------------------------------------------------- one protocol request
@@ -208,51 +277,37 @@ HTTP_API: web.AppKey[HttpApiState] = web.AppKey("http_api", HttpApiState)
 class Exchange:
     """One protocol request sent from a pseudo-connection; `next()` gives the lambda's replies in order.
 
-    Use as ``async with Exchange(...) as ex``: entering registers the pseudo-connection and starts the
-    invocation, leaving removes the connection (later posts to it get 410 Gone). The invocation itself is
-    not cancelled when the request ends early: like a WebSocket's in-flight invocation it runs on and
-    stops at its next post.
+    Use as ``async with api.exchange(...) as ex``: entering registers the pseudo-connection and starts
+    the invocation, leaving removes the connection (later posts to it get 410 Gone). The invocation
+    itself is not cancelled when the request ends early: like a WebSocket's in-flight invocation it runs
+    on and stops at its next post.
     """
 
-    def __init__(self, app: web.Application, body: dict[str, Any], *, source_ip: str, user_agent: str) -> None:
-        self.app = app
+    def __init__(self, api: HttpApi, body: dict[str, Any], *, source_ip: str, user_agent: str) -> None:
+        self.api = api
         self.request_id = uuid.uuid4().hex
-        self.body = {**body, "request_id": self.request_id}
+        self.data = json.dumps({**body, "request_id": self.request_id}).encode("utf-8")
         self.socket = QueueSocket()
         self.conn = Connection(id=new_connection_id(), ws=self.socket, source_ip=source_ip, user_agent=user_agent)
         self.client_left = False
 
     async def __aenter__(self) -> Exchange:
-        app = self.app
-        app[CONNECTIONS].add(self.conn)
-        action = str(self.body.get("action"))
-        route_key = action if action in app[SETTINGS].routes else "$default"
-        data = json.dumps(self.body).encode("utf-8")
-        app[HTTP_API].spawn(self._invoke(route_key, data))
+        self.api.connections.add(self.conn)
+        self.api.spawn(self._invoke())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        self.app[CONNECTIONS].remove(self.conn.id)
+        self.api.connections.remove(self.conn.id)
         self.socket.shut()
 
-    async def _invoke(self, route_key: str, data: bytes) -> None:
-        queue = self.socket.queue
+    async def _invoke(self) -> None:
         try:
-            result = await invoke(self.app, route_key, _event(self.app, self.conn, route_key, "MESSAGE", body=data))
-            # A two-way route: the integration's response body is a reply too.
-            if result is not None and result.get("body") and not self.socket.closed:
-                reply = result["body"]
-                queue.put_nowait(reply.encode("utf-8") if isinstance(reply, str) else json.dumps(reply).encode())
-        except InvokeFailed as exc:
-            queue.put_nowait(encode(error(exc.code, exc.message, self.request_id)))
-        except Exception:
-            log.exception("HTTP API invocation of %s failed", route_key)
-            queue.put_nowait(encode(error(ErrorCode.INTERNAL_ERROR, "internal error", self.request_id)))
+            await self.api.integration.message(self.conn, self.data, request_id=self.request_id)
         finally:
-            queue.put_nowait(None)  # every reply has been posted by the time the invocation returns
+            self.socket.finish()  # every reply has been posted by the time the invocation returns
 
     async def next(self) -> dict[str, Any] | None:
         """The next reply, or None when there will be none (the invocation ended, or the request is over)."""
@@ -289,17 +344,11 @@ class Exchange:
             await asyncio.sleep(0.1)
 
 
-def _exchange(request: web.Request, body: dict[str, Any]) -> Exchange:
-    return Exchange(
-        request.app, body, source_ip=request.remote or "127.0.0.1", user_agent=request.headers.get("User-Agent", "")
-    )
-
-
 # ---------------------------------------------------------------------- request bodies
 
 
 async def _read_json(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    limit = request.app[SETTINGS].http_max_body_bytes
+    limit = request.app[API].settings.http_max_body_bytes
     too_large = ApiError(413, f"the request body is larger than {limit} bytes", "request_too_large")
     length = request.content_length
     if length is not None and length > limit:
@@ -325,54 +374,29 @@ async def _read_json(request: web.Request, *, required: bool = True) -> dict[str
     return data
 
 
-def _invalid(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, ErrorCode.INVALID_REQUEST.value, param)
-
-
 # ---------------------------------------------------------------------- models
 
 
-def _model(state: HttpApiState) -> dict[str, Any]:
-    return {"id": MODEL_ID, "object": "model", "created": state.created, "owned_by": "localrag"}
-
-
-def _model_not_found(model: str) -> ApiError:
-    shown = model if len(model) <= 128 else model[:128] + "…"
-    message = f"The model '{shown}' does not exist; the only model is '{MODEL_ID}'"
-    return ApiError(404, message, "model_not_found", "model")
+def _model(api: HttpApi) -> Model:
+    return Model(id=MODEL_ID, created=api.created, owned_by="localrag")
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [_model(request.app[HTTP_API])]})
+    return _json(ModelList(data=[_model(request.app[API])]))
 
 
 async def get_model(request: web.Request) -> web.Response:
     model = request.match_info["id"]
     if model != MODEL_ID:
         raise _model_not_found(model)
-    return web.json_response(_model(request.app[HTTP_API]))
+    return _json(_model(request.app[API]))
 
 
 # ---------------------------------------------------------------------- chat completions
 
-_EXTENSIONS = ("top_k", "max_distance", "search_mode")
 
-
-def _text_of(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _invalid(f"{where}.content: only text content parts are supported", "messages")
-            parts.append(part["text"])
-        return "\n".join(parts)
-    raise _invalid(f"{where}.content: expected a string or a list of text parts", "messages")
-
-
-def chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
-    """(protocol chat request, stream?, include usage in the stream?) from an OpenAI request body.
+def chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    """(protocol chat request, the validated OpenAI request) from an OpenAI request body.
 
     The last message is the question and must be the user's; earlier user and assistant messages are the
     history (``ChatRequest.messages``). System and developer messages are ignored: the RAG prompt (the
@@ -380,45 +404,19 @@ def chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     max_tokens, ...) are ignored too: the chat function's settings apply.
     """
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _invalid("model: a model id is required", "model")
-    if model != MODEL_ID:
+    if isinstance(model, str) and model and model != MODEL_ID:  # before the rest, as OpenAI does
         raise _model_not_found(model)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages: a non-empty list of messages is required", "messages")
-    turns: list[dict[str, str]] = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise _invalid(f"{where}: expected an object with a role", "messages")
-        role = m["role"]
-        if role in ("system", "developer"):
-            continue
-        if role not in ("user", "assistant"):
-            raise _invalid(f"{where}.role: {role[:32]!r} is not supported (user, assistant, system)", "messages")
-        content = m.get("content")
-        turns.append({"role": role, "content": "" if content is None else _text_of(content, where)})
+    req = _parse(ChatCompletionRequest, body)
+    turns = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user":
         raise _invalid("messages: the last message must be the user's question", "messages")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _invalid("stream: expected a boolean", "stream")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise _invalid("n: only one choice is supported", "n")
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
     proto: dict[str, Any] = {"action": "chat", "question": turns[-1]["content"], "messages": turns[:-1]}
-    for key in _EXTENSIONS:  # validated by the chat function, as for the WebSocket
-        if body.get(key) is not None:
-            proto[key] = body[key]
-    return proto, stream, include_usage
+    # Retrieval extensions, with the chat function's own field definitions (it checks them again).
+    proto.update(req.model_dump(include={"top_k", "max_distance", "search_mode"}, exclude_none=True))
+    return proto, req
 
 
-def _finish_reason(stop_reason: str) -> str:
+def _finish_reason(stop_reason: str) -> FinishReason:
     if stop_reason == "max_tokens":
         return "length"
     if stop_reason in ("content_filtered", "guardrail_intervened"):
@@ -426,26 +424,20 @@ def _finish_reason(stop_reason: str) -> str:
     return "stop"
 
 
-def _citations(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("n", "doc_id", "title", "page", "heading", "excerpt", "distance")
-    return [{k: s.get(k) for k in keys} for s in sources]
+def _citations(end: dict[str, Any]) -> list[Citation]:
+    return [Citation.model_validate(s) for s in end.get("sources") or []]
 
 
-def _usage(end: dict[str, Any]) -> dict[str, int]:
+def _usage(end: dict[str, Any]) -> Usage:
     u = end.get("usage") or {}
-    prompt, completion = int(u.get("input_tokens", 0)), int(u.get("output_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _unexpected_end() -> ApiError:
-    return ApiError(502, "the answer ended before it was complete", ErrorCode.FUNCTION_ERROR.value)
+    return Usage.of(int(u.get("input_tokens", 0)), int(u.get("output_tokens", 0)))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    proto, stream, include_usage = chat_request(await _read_json(request))
+    proto, req = chat_request(await _read_json(request))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    async with _exchange(request, proto) as ex:
+    async with request.app[API].exchange_for(request, proto) as ex:
         watcher = asyncio.create_task(ex.watch(request))
         try:
             first = await ex.next()
@@ -453,8 +445,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 raise _unexpected_end()
             if first.get("type") == "error":
                 raise ApiError.from_protocol(first)
-            if stream:
-                return await _stream(request, ex, completion_id, created, include_usage)
+            if req.stream:
+                return await _stream(request, ex, completion_id, created, req.include_usage)
             parts: list[str] = []
             while (msg := await ex.next()) is not None:
                 kind = msg.get("type")
@@ -463,24 +455,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 elif kind == "error":
                     raise ApiError.from_protocol(msg)
                 elif kind == "stream_end":
-                    return web.json_response(
-                        {
-                            "id": completion_id,
-                            "object": "chat.completion",
-                            "created": created,
-                            "model": MODEL_ID,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "message": {"role": "assistant", "content": str(msg.get("answer", ""))},
-                                    "finish_reason": _finish_reason(str(msg.get("stop_reason", ""))),
-                                    "logprobs": None,
-                                }
-                            ],
-                            "usage": _usage(msg),
-                            "citations": _citations(msg.get("sources") or []),
-                        }
+                    completion = ChatCompletion(
+                        id=completion_id,
+                        created=created,
+                        model=MODEL_ID,
+                        choices=[
+                            CompletionChoice(
+                                message=AssistantMessage(content=str(msg.get("answer", ""))),
+                                finish_reason=_finish_reason(str(msg.get("stop_reason", ""))),
+                            )
+                        ],
+                        usage=_usage(msg),
+                        citations=_citations(msg),
                     )
+                    return _json(completion)
             raise _unexpected_end()
         finally:
             watcher.cancel()
@@ -495,44 +483,31 @@ async def _stream(
     )
     await resp.prepare(request)
 
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": MODEL_ID,
-            "choices": choices,
-            **extra,
-        }
-
-    async def send(data: dict[str, Any] | str) -> None:
-        text = data if isinstance(data, str) else json.dumps(data)
-        await resp.write(f"data: {text}\n\n".encode())
+    def chunk(delta: Delta | None = None, finish: FinishReason | None = None, **extra: Any) -> ChatCompletionChunk:
+        choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
+        return ChatCompletionChunk(id=completion_id, created=created, model=MODEL_ID, choices=choices, **extra)
 
     try:
-        await send(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+        await resp.write(sse(chunk(Delta(role="assistant", content=""))))
         while (msg := await ex.next()) is not None:
             kind = msg.get("type")
             if kind == "token":
-                await send(chunk([{"index": 0, "delta": {"content": str(msg.get("text", ""))}, "finish_reason": None}]))
+                await resp.write(sse(chunk(Delta(content=str(msg.get("text", ""))))))
             elif kind == "error":
-                await send(ApiError.from_protocol(msg).body())
+                await resp.write(sse(ApiError.from_protocol(msg).body()))
                 break
             elif kind == "stream_end":
                 ex.close()  # the answer is complete: the pseudo-connection is done before the client is
-                reason = _finish_reason(str(msg.get("stop_reason", "")))
-                await send(chunk([{"index": 0, "delta": {}, "finish_reason": reason}]))
+                await resp.write(sse(chunk(Delta(), _finish_reason(str(msg.get("stop_reason", ""))))))
                 # One chunk-shaped event with no choices carries the citations (and the usage when
                 # stream_options.include_usage asks for it, as OpenAI sends usage in a choice-less chunk).
-                extra: dict[str, Any] = {"citations": _citations(msg.get("sources") or [])}
-                if include_usage:
-                    extra["usage"] = _usage(msg)
-                await send(chunk([], **extra))
-                await send("[DONE]")
+                usage = _usage(msg) if include_usage else None
+                await resp.write(sse(chunk(citations=_citations(msg), usage=usage)))
+                await resp.write(sse("[DONE]"))
                 break
         else:
             if not ex.client_left:
-                await send(_unexpected_end().body())
+                await resp.write(sse(_unexpected_end().body()))
         if not ex.client_left:
             await resp.write_eof()
     except ConnectionResetError:
@@ -546,56 +521,54 @@ async def _stream(
 
 
 async def create_document(request: web.Request) -> web.Response:
-    body = await _read_json(request)
-    # Validated by the ingestion function (upload_url): filename, content_type?, size.
-    async with _exchange(request, {**body, "action": "upload_url"}) as ex:
+    upload = _parse(UploadRequest, await _read_json(request))
+    api = request.app[API]
+    body = {**upload.model_dump(exclude_unset=True), "action": "upload_url"}
+    async with api.exchange_for(request, body) as ex:
         ticket = await ex.reply()
     key = str(ticket["key"])
     doc_id = key.rsplit("/", 1)[-1]  # the file name as the ingestion function made it safe: a valid id
-    state = request.app[HTTP_API]
-    state.pending[doc_id] = PendingUpload(
+    headers = {str(k): str(v) for k, v in (ticket.get("headers") or {}).items()}
+    api.pending[doc_id] = PendingUpload(
         id=doc_id,
         key=key,
-        name=str(body.get("filename")),
-        size=int(body.get("size") or 0),
-        content_type=str(ticket.get("headers", {}).get("Content-Type", "application/octet-stream")),
+        name=upload.filename,
+        size=upload.size,
+        content_type=headers.get("Content-Type", "application/octet-stream"),
     )
-    return web.json_response(
-        {
-            "id": doc_id,
-            "object": "document.upload",
-            "key": key,
-            "upload_url": ticket["url"],
-            "method": "PUT",
-            "headers": ticket.get("headers", {}),
-            "expires_in": ticket.get("expires_in"),
-        },
-        status=201,
+    out = UploadTicket(
+        id=doc_id, key=key, upload_url=str(ticket["url"]), headers=headers, expires_in=int(ticket["expires_in"])
     )
+    return _json(out, 201)
 
 
 async def list_documents(request: web.Request) -> web.Response:
-    async with _exchange(request, {"action": "list_documents"}) as ex:
+    api = request.app[API]
+    async with api.exchange_for(request, {"action": "list_documents"}) as ex:
         reply = await ex.reply()
-    by_id: dict[str, dict[str, Any]] = {d["id"]: {**d, "error": None} for d in reply.get("documents", [])}
-    for p in request.app[HTTP_API].pending.values():
+    by_id: dict[str, Document] = {}
+    for d in reply.get("documents", []):
+        doc = Document.model_validate(d)
+        by_id[doc.id] = doc
+    for p in api.pending.values():
         indexed = by_id.get(p.id)
         # A newer upload of an indexed document shows as uploaded (or failed) until it is synced.
-        by_id[p.id] = {**indexed, "status": p.status, "error": p.error} if indexed else p.info()
-    return web.json_response({"object": "list", "data": list(by_id.values())})
+        by_id[p.id] = indexed.model_copy(update={"status": p.status, "error": p.error}) if indexed else p.info()
+    return _json(DocumentList(data=list(by_id.values())))
 
 
 async def delete_document(request: web.Request) -> web.Response:
+    api = request.app[API]
     doc_id = request.match_info["id"]
-    pending = request.app[HTTP_API].pending.pop(doc_id, None)
+    pending = api.pending.pop(doc_id, None)
     chunks = 0
-    async with _exchange(request, {"action": "delete_document", "doc_id": doc_id}) as ex:
+    async with api.exchange_for(request, {"action": "delete_document", "doc_id": doc_id}) as ex:
         try:
             chunks = int((await ex.reply()).get("chunks_deleted", 0))
         except ApiError as exc:
             if not (pending is not None and exc.code == ErrorCode.DOCUMENT_NOT_FOUND.value):
                 raise
-    return web.json_response({"id": doc_id, "object": "document.deleted", "deleted": True, "chunks_deleted": chunks})
+    return _json(DocumentDeleted(id=doc_id, chunks_deleted=chunks))
 
 
 # ---------------------------------------------------------------------- knowledge-base sync
@@ -604,48 +577,47 @@ async def delete_document(request: web.Request) -> web.Response:
 def _claimable(p: PendingUpload) -> bool:
     if p.job_id is not None:
         return False
-    return p.status == "uploaded" or (p.error is not None and p.error.get("code") in _RETRYABLE)
+    return p.status == "uploaded" or (p.error is not None and p.error.code in _RETRYABLE)
 
 
 async def kb_sync(request: web.Request) -> web.Response:
     await _read_json(request, required=False)  # no options yet; a body, if any, must still be JSON
-    state = request.app[HTTP_API]
-    job = SyncJob(id=f"sync-{uuid.uuid4().hex[:16]}", documents=[p for p in state.pending.values() if _claimable(p)])
+    api = request.app[API]
+    job = SyncRun(id=f"sync-{uuid.uuid4().hex[:16]}", documents=[p for p in api.pending.values() if _claimable(p)])
     for p in job.documents:
         p.job_id = job.id
-    state.jobs[job.id] = job
-    while len(state.jobs) > _KEEP_JOBS:
-        state.jobs.popitem(last=False)
-    state.spawn(_run_sync(request.app, job, request.remote or "127.0.0.1"))
-    return web.json_response({"job_id": job.id, **job.info()}, status=202)
+    api.jobs[job.id] = job
+    while len(api.jobs) > _KEEP_JOBS:
+        api.jobs.popitem(last=False)
+    api.spawn(_run_sync(api, job, request.remote or "127.0.0.1"))
+    return _json(SyncJobAccepted(job_id=job.id, **job.info().model_dump()), 202)
 
 
-async def _run_sync(app: web.Application, job: SyncJob, source_ip: str) -> None:
+async def _run_sync(api: HttpApi, job: SyncRun, source_ip: str) -> None:
     """ingest_object for each claimed upload, one at a time, through the same lambda as the WebSocket."""
-    state = app[HTTP_API]
     job.status = "running"
     job.started_at = _now_iso()
     try:
         for p in job.documents:
             body = {"action": "ingest_object", "key": p.key, "doc_id": p.id}
             try:
-                async with Exchange(app, body, source_ip=source_ip, user_agent="localrag-kb-sync") as ex:
+                async with api.exchange(body, source_ip=source_ip, user_agent="localrag-kb-sync") as ex:
                     await ex.reply()
             except ApiError as exc:
                 job.failed += 1
-                job.errors.append({"document": p.id, "code": exc.code, "message": exc.message})
-                p.status, p.error = "failed", {"code": exc.code, "message": exc.message}
+                job.errors.append(SyncError(document=p.id, code=exc.code, message=exc.message))
+                p.status, p.error = "failed", UploadError(code=exc.code, message=exc.message)
             else:
                 job.succeeded += 1
-                if state.pending.get(p.id) is p:
-                    del state.pending[p.id]
+                if api.pending.get(p.id) is p:
+                    del api.pending[p.id]
             finally:
                 p.job_id = None
         job.status = "failed" if job.failed else "done"
     except Exception:
         log.exception("sync job %s failed", job.id)
         job.status = "failed"
-        job.errors.append({"document": None, "code": ErrorCode.INTERNAL_ERROR.value, "message": "internal error"})
+        job.errors.append(SyncError(document=None, code=ErrorCode.INTERNAL_ERROR.value, message="internal error"))
     finally:
         for p in job.documents:
             p.job_id = None
@@ -653,25 +625,18 @@ async def _run_sync(app: web.Application, job: SyncJob, source_ip: str) -> None:
 
 
 async def kb_status(request: web.Request) -> web.Response:
-    jobs = [j.info() for j in reversed(request.app[HTTP_API].jobs.values())]
-    return web.json_response({"object": "list", "data": jobs})
+    jobs = [j.info() for j in reversed(request.app[API].jobs.values())]
+    return _json(SyncJobList(data=jobs))
 
 
-# ---------------------------------------------------------------------- OpenAPI, errors, wiring
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
-
+# ---------------------------------------------------------------------- the sub-application
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors under /v1 in OpenAI's shape (including aiohttp's own 404 and 405)."""
-    if not request.path.startswith(API_PREFIX + "/") and request.path != API_PREFIX:
-        return await handler(request)
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error in OpenAI's shape (including aiohttp's own 404 and 405)."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -683,27 +648,27 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return ApiError(exc.status, exc.reason, code).response()
 
 
-def add_http_api(app: web.Application, settings: Settings) -> None:
-    """Add the OpenAI-compatible HTTP API under /v1 and its description at /openapi.json."""
-    app[HTTP_API] = HttpApiState()
+# (method, path under /v1, handler): also what gateway/openapi.py documents.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/models", list_models),
+    ("GET", "/models/{id}", get_model),
+    ("POST", "/chat/completions", chat_completions),
+    ("POST", "/documents", create_document),
+    ("GET", "/documents", list_documents),
+    ("DELETE", "/documents/{id}", delete_document),
+    ("POST", "/kb/sync", kb_sync),
+    ("GET", "/kb/status", kb_status),
+)
 
-    async def stop_jobs(app: web.Application) -> None:
-        tasks = list(app[HTTP_API].tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
-    app.on_shutdown.append(stop_jobs)
-    app.middlewares.append(_openai_errors)
-    p = API_PREFIX
-    app.router.add_get(f"{p}/models", list_models)
-    app.router.add_get(f"{p}/models/{{id}}", get_model)
-    app.router.add_post(f"{p}/chat/completions", chat_completions)
-    app.router.add_post(f"{p}/documents", create_document)
-    app.router.add_get(f"{p}/documents", list_documents)
-    app.router.add_delete(f"{p}/documents/{{id}}", delete_document)
-    app.router.add_post(f"{p}/kb/sync", kb_sync)
-    app.router.add_get(f"{p}/kb/status", kb_status)
-    app.router.add_get("/openapi.json", openapi_json)
+def create_http_api(
+    settings: Settings, integration: LambdaIntegration, connections: ConnectionTable
+) -> web.Application:
+    """The OpenAI-compatible HTTP API, to mount at API_PREFIX (``app.add_subapp``)."""
+    app = web.Application(middlewares=[openai_errors])
+    api = HttpApi(settings, integration, connections)
+    app[API] = api
+    app.on_shutdown.append(api.stop)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

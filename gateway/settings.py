@@ -5,26 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.protocol import MAX_MESSAGE_BYTES
+from shared.protocol import MAX_MESSAGE_BYTES, route_table
+from shared.settings import DocumentsSettings
 
 DEFAULT_FUNCTIONS = {
     "ingestion": "http://127.0.0.1:9001/2015-03-31/functions/ingestion/invocations",
     "chat": "http://127.0.0.1:9002/2015-03-31/functions/chat/invocations",
 }
-DEFAULT_ROUTES = {
-    "$connect": "chat",
-    "$disconnect": "chat",
-    "$default": "chat",
-    "ingest": "ingestion",
-    "ingest_batch": "ingestion",
-    "delete_document": "ingestion",
-    "chat": "chat",
-    "search": "chat",
-    "history": "chat",
-    "upload_url": "ingestion",
-    "ingest_object": "ingestion",
-    "list_documents": "ingestion",
-}
+# Route key -> function, from the protocol's action registry (template.yaml has the same routes).
+DEFAULT_ROUTES: dict[str, str] = dict(route_table())
 
 
 class Settings(BaseSettings):
@@ -74,17 +63,11 @@ class Settings(BaseSettings):
         description="Largest request body of the OpenAI-compatible HTTP API under /v1 (larger: 413).",
     )
     # -- the local stand-in for presigned S3 PUTs (documents in a local folder)
-    upload_secret: str | None = Field(
-        None,
-        description="HMAC key that upload URLs (PUT /{stage}/uploads/...) are signed with; the same as the "
-        "ingestion lambda's RAG_UPLOAD_SECRET. Unset = uploads refused (403).",
-    )
-    documents_dir: str = Field(
-        "data/documents",
-        description="The documents folder (RAG_DOCUMENTS_URI of the lambdas); uploads are written to its uploads/.",
-    )
-    max_upload_bytes: int = Field(
-        50 * 1024 * 1024, ge=1, description="Largest upload body accepted (larger: 413 EntityTooLarge)."
+    documents: DocumentsSettings = Field(
+        default_factory=DocumentsSettings,
+        description="The documents store and its uploads, read from the RAG_* variables the ingestion lambda "
+        "reads (one definition for both): PUT /{stage}/uploads/... writes into RAG_DOCUMENTS_URI's uploads/ "
+        "when it is a local folder, checks RAG_UPLOAD_SECRET and refuses bodies over RAG_MAX_UPLOAD_BYTES.",
     )
 
     def public_domain(self) -> str:

@@ -23,18 +23,23 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus
 
-from botocore.config import Config
 from pydantic import ValidationError
 
 from ingestion.chunker import Chunker
 from ingestion.service import IngestionService, IngestOutcome
 from ingestion.settings import Settings
 from shared import wiring
-from shared.aws_clients import client_config, make_client
-from shared.connections import Connections
 from shared.errors import RagError
-from shared.events import BatchItemFailure, BatchResponse, KinesisEventRecord, S3EventRecord, event_kind
+from shared.events import (
+    BatchItemFailure,
+    BatchResponse,
+    KinesisEventRecord,
+    S3EventRecord,
+    WebSocketEvent,
+    event_kind,
+)
 from shared.object_store import open_object_store
+from shared.ports import DocumentIndex, TextEmbedder
 from shared.protocol import (
     DeleteDocumentRequest,
     DocumentDeleted,
@@ -50,45 +55,43 @@ from shared.protocol import (
     UploadUrl,
     UploadUrlRequest,
 )
-from shared.vector_store import EmbeddingMismatch, timed_ms
-from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
+from shared.timing import timed_ms
+from shared.vector_store import EmbeddingMismatch
+from shared.ws_lambda import Emit, WebSocketLambda, current_event, index_mismatch_error, refusing_lambda
 
 log = logging.getLogger(__name__)
 
 
-def _presign_client(settings: Settings) -> Any:
-    """An S3 client used only to sign upload URLs, with the endpoint the client will reach."""
-    endpoint = settings.s3_public_endpoint_url or settings.s3_endpoint_url
-    s3_config: dict[str, Any] = {"addressing_style": "path"} if endpoint else {}
-    return make_client(
-        "s3",
-        endpoint_url=endpoint,
-        region=settings.aws_region,
-        config=client_config().merge(Config(signature_version="s3v4", s3=s3_config)),
-    )
-
-
-def build_service(settings: Settings) -> IngestionService:
+def build_service(
+    settings: Settings, *, embedder: TextEmbedder | None = None, store: DocumentIndex | None = None
+) -> IngestionService:
+    """The ingestion service and its adapters, all from ``settings``. ``embedder`` / ``store`` replace the
+    adapters the settings describe (tests run the embedding model in process)."""
     return IngestionService(
+        settings,
         chunker=Chunker(
             settings.chunk_tokens,
             settings.chunk_overlap_tokens,
             settings.tokenizer_path,
             model_max_tokens=settings.embed_max_tokens,
         ),
-        embedder=wiring.embedder(settings),
-        store=wiring.vector_store(settings),
+        embedder=embedder or wiring.embedder(settings),
+        store=store or wiring.vector_store(settings),
         objects=open_object_store(
             settings.documents_uri,
-            lambda: make_client("s3", endpoint_url=settings.s3_endpoint_url, region=settings.aws_region),
-            presign_client_factory=lambda: _presign_client(settings),
-            upload_base_url=settings.upload_base_url,
+            lambda: wiring.s3_client(settings),
+            # Signs the URLs clients PUT to, with the endpoint they reach S3 at.
+            presign_client_factory=lambda: wiring.s3_client(settings, settings.s3_public_endpoint_url, presign=True),
             upload_secret=settings.upload_secret,
         ),
-        max_document_bytes=settings.max_document_bytes,
-        max_upload_bytes=settings.max_upload_bytes,
-        upload_url_expires_s=settings.upload_url_expires_s,
     )
+
+
+def gateway_url(event: WebSocketEvent) -> str:
+    """The local gateway as the client reached it, ``http://{domainName}/{stage}``: it receives the uploads
+    to a local documents folder (derived from the event as the @connections endpoint is on AWS)."""
+    ctx = event.request_context
+    return f"http://{ctx.domain_name}/{ctx.stage}"
 
 
 def build_lambda(settings: Settings, service: IngestionService | None = None) -> WebSocketLambda:
@@ -128,7 +131,7 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
         emit(DocumentDeleted(request_id=req.request_id, doc_id=req.doc_id, chunks_deleted=n))
 
     def upload_url(req: UploadUrlRequest, emit: Emit) -> None:
-        ticket = service.upload_url(req.filename, req.content_type, req.size)
+        ticket = service.upload_url(req.filename, req.content_type, req.size, gateway_url=gateway_url(current_event()))
         emit(
             UploadUrl(
                 request_id=req.request_id,
@@ -145,7 +148,6 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
     def list_documents(req: ListDocumentsRequest, emit: Emit) -> None:
         emit(DocumentList(request_id=req.request_id, documents=service.list_documents()))
 
-    connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
     routes: dict[str, Any] = {
         "ingest": ingest,
         "ingest_batch": ingest_batch,
@@ -154,13 +156,7 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
         "ingest_object": ingest_object,
         "list_documents": list_documents,
     }
-    if set(routes) != set(ACTIONS):
-        raise RuntimeError("ingestion.handler.ACTIONS must list every route")
-    return WebSocketLambda(connections, routes)
-
-
-# The WebSocket actions this function serves (the gateway's and template.yaml's routes to it).
-ACTIONS = ("ingest", "ingest_batch", "delete_document", "upload_url", "ingest_object", "list_documents")
+    return WebSocketLambda(wiring.connections(settings), routes, function="ingestion")
 
 
 def _batch_item(doc_id: str, out: IngestOutcome | RagError) -> IngestItem:
@@ -174,13 +170,13 @@ def _batch_item(doc_id: str, out: IngestOutcome | RagError) -> IngestItem:
 @cache
 def _runtime() -> tuple[IngestionService, WebSocketLambda]:
     settings = Settings()
-    service = build_service(settings)
+    store = wiring.vector_store(settings)
+    service = build_service(settings, store=store)
     try:
-        service.store.chunks()  # open (or create) the table now: a model mismatch is found at cold start
+        store.chunks()  # open (or create) the table now: a model mismatch is found at cold start
     except EmbeddingMismatch as exc:
         log.error("refusing to serve: %s", exc)
-        connections = Connections(endpoint_url=settings.connections_endpoint_url, region=settings.aws_region)
-        return service, refusing_lambda(connections, list(ACTIONS), index_mismatch_error())
+        return service, refusing_lambda(wiring.connections(settings), "ingestion", index_mismatch_error())
     return service, build_lambda(settings, service)
 
 

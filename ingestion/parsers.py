@@ -1,15 +1,18 @@
-"""Document formats: bytes of a file -> sections of text with metadata (page, heading).
+"""Document parsers: bytes of a file (or the text of an inline document) -> sections with metadata.
 
-A registry maps file extensions (and, as a fallback, content types) to parsers, so a format plugs in
-with one ``register`` call. Every parser returns a ``ParsedDocument``: an optional title and a list of
-``Section(text, metadata)``. The ingestion service chunks each section on its own, so a chunk never
-spans two sections, and copies the section's metadata into each of its chunks:
+What a file is (its format, by extension or content type) is decided by the one format table,
+``shared.formats.FORMATS``; here each format name has its parser (``PARSERS``), and the formats whose
+text may come inline in a message also have a reader of that text (``TEXT_READERS``), so a Markdown
+file gets the same sections, title and date whether it was uploaded or sent in ``ingest_batch``. Every
+parser returns a ``ParsedDocument``: an optional title (and date) and a list of ``Section(text,
+metadata)``. The ingestion service chunks each section on its own, so a chunk never spans two sections,
+and copies the section's metadata into each of its chunks:
 
 - ``.txt``: one section, no metadata (UTF-8, or UTF-16 with a byte-order mark).
 - ``.md`` / ``.markdown``: one section per heading (markdown-it-py finds them, so a ``#`` inside a code
   block is not a heading); ``heading`` is the path of headings it sits under, ``"Setup > Install"``.
   Text before the first heading is a section without a heading. A YAML front-matter ``title:`` or else
-  the first ``#`` heading is the title.
+  the first ``#`` heading is the title; a front-matter ``date:`` is the date.
 - ``.pdf``: one section per page (pypdf's text layer), ``page`` = 1-based page number, so chunks never
   span pages; when the PDF has an outline (bookmarks), ``heading`` is the path of the last outline entry
   that starts on or before the page. The title is the PDF's Title metadata. No text on any page ->
@@ -27,20 +30,28 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 from shared.errors import EmptyDocument, RagError
-from shared.protocol import ErrorCode
+from shared.formats import FORMATS, UnsupportedType, format_for
+from shared.protocol import ErrorCode, TextFormat
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "PARSERS",
+    "TEXT_READERS",
+    "CorruptDocument",
+    "NoTextLayer",
+    "ParsedDocument",
+    "Section",
+    "UnsupportedType",
+    "parse_document",
+    "parse_inline",
+]
+
 
 # ---------------------------------------------------------------------- errors
-
-
-class UnsupportedType(RagError):
-    code = ErrorCode.UNSUPPORTED_TYPE
 
 
 class CorruptDocument(RagError):
@@ -54,6 +65,7 @@ class NoTextLayer(RagError):
 # ---------------------------------------------------------------------- model
 
 HEADING_SEPARATOR = " > "
+MAX_DATE_CHARS = 64  # shared.protocol.Document.date's max_length
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class ParsedDocument:
     title: str | None
     sections: list[Section]
     format: str
+    date: str | None = None
 
     @property
     def text(self) -> str:
@@ -76,67 +89,26 @@ class ParsedDocument:
 
 
 Parse = Callable[[bytes], ParsedDocument]
+ReadText = Callable[[str], ParsedDocument]
 
 
-@dataclass(frozen=True)
-class Format:
-    name: str
-    extensions: tuple[str, ...]  # lower case, with the dot
-    content_types: tuple[str, ...]
-    parse: Parse
-
-
-class FormatRegistry:
-    def __init__(self) -> None:
-        self._by_ext: dict[str, Format] = {}
-        self._by_type: dict[str, Format] = {}
-        self._formats: list[Format] = []
-
-    def register(self, fmt: Format) -> Format:
-        self._formats.append(fmt)
-        for ext in fmt.extensions:
-            self._by_ext[ext.lower()] = fmt
-        for ct in fmt.content_types:
-            self._by_type[ct.lower()] = fmt
-        return fmt
-
-    @property
-    def extensions(self) -> list[str]:
-        return sorted(self._by_ext)
-
-    def lookup(self, filename: str, content_type: str | None = None) -> Format:
-        """The format for a file: by extension; by content type when the extension is unknown."""
-        ext = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
-        if ext in self._by_ext:
-            return self._by_ext[ext]
-        ct = (content_type or "").split(";")[0].strip().lower()
-        if ct in self._by_type:
-            return self._by_type[ct]
-        shown = ext or "(no extension)"
-        raise UnsupportedType(
-            f"unsupported file type {shown[:32]!r}; supported: {', '.join(self.extensions)}",
-        )
-
-
-REGISTRY = FormatRegistry()
-
-
-def register(fmt: Format) -> Format:
-    return REGISTRY.register(fmt)
-
-
-def format_for(filename: str, content_type: str | None = None) -> Format:
-    return REGISTRY.lookup(filename, content_type)
+def _non_empty(parsed: ParsedDocument) -> ParsedDocument:
+    sections = [s for s in parsed.sections if s.text.strip()]
+    if not sections:
+        raise EmptyDocument(f"the {parsed.format} file has no text")
+    return ParsedDocument(title=parsed.title, sections=sections, format=parsed.format, date=parsed.date)
 
 
 def parse_document(data: bytes, filename: str, content_type: str | None = None) -> ParsedDocument:
     """Parse a file; raises UnsupportedType, CorruptDocument, NoTextLayer or EmptyDocument."""
     fmt = format_for(filename, content_type)
-    parsed = fmt.parse(data)
-    sections = [s for s in parsed.sections if s.text.strip()]
-    if not sections:
-        raise EmptyDocument(f"the {fmt.name} file has no text")
-    return ParsedDocument(title=parsed.title, sections=sections, format=fmt.name)
+    return _non_empty(PARSERS[fmt.name](data))
+
+
+def parse_inline(text: str, fmt: TextFormat) -> ParsedDocument:
+    """Parse the text of a document sent in a message with ``format``: the same sections, title and date
+    as a file of that format; raises EmptyDocument."""
+    return _non_empty(TEXT_READERS[fmt](text))
 
 
 # ---------------------------------------------------------------------- helpers
@@ -183,14 +155,19 @@ class _HeadingPath:
 # ---------------------------------------------------------------------- text
 
 
+def read_text(text: str) -> ParsedDocument:
+    return ParsedDocument(title=None, sections=[Section(text.strip())], format="text")
+
+
 def parse_text(data: bytes) -> ParsedDocument:
-    return ParsedDocument(title=None, sections=[Section(decode_text(data).strip())], format="text")
+    return read_text(decode_text(data))
 
 
 # ---------------------------------------------------------------------- markdown
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
 _FM_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.M)
+_FM_DATE = re.compile(r"^date:[ \t]*(.+?)[ \t]*$", re.M)
 
 
 def _inline_text(token: Any) -> str:
@@ -206,17 +183,28 @@ def _inline_text(token: Any) -> str:
     return " ".join("".join(parts).split())
 
 
+def _fm_value(pattern: re.Pattern[str], front_matter: str) -> str | None:
+    m = pattern.search(front_matter)
+    return (m.group(1).strip().strip("'\"") or None) if m else None
+
+
 def parse_markdown(data: bytes) -> ParsedDocument:
+    return read_markdown(decode_text(data))
+
+
+def read_markdown(text: str) -> ParsedDocument:
     from markdown_it import MarkdownIt
 
-    text = decode_text(data).replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     title: str | None = None
+    date: str | None = None
     # YAML front matter would otherwise parse as a rule and a setext heading.
     fm = _FRONT_MATTER.match(text)
     if fm:
-        m = _FM_TITLE.search(fm.group(1))
-        if m:
-            title = m.group(1).strip().strip("'\"") or None
+        title = _fm_value(_FM_TITLE, fm.group(1))
+        date = _fm_value(_FM_DATE, fm.group(1))
+        if date is not None and len(date) > MAX_DATE_CHARS:
+            date = None
         text = text[fm.end() :]
     lines = text.split("\n")
     tokens = MarkdownIt("commonmark").enable("table").parse(text)
@@ -242,7 +230,7 @@ def parse_markdown(data: bytes) -> ParsedDocument:
             continue  # a heading with nothing under it but subheadings: they carry its path
         section_text = f"{heading}\n\n{body}" if heading else body
         sections.append(Section(section_text, {"heading": heading_path} if heading_path else {}))
-    return ParsedDocument(title=title, sections=sections, format="markdown")
+    return ParsedDocument(title=title, sections=sections, format="markdown", date=date)
 
 
 # ---------------------------------------------------------------------- PDF
@@ -475,9 +463,18 @@ def parse_html(data: bytes) -> ParsedDocument:
     return ParsedDocument(title=title or first_h1, sections=sections, format="html")
 
 
-# ---------------------------------------------------------------------- the built-in formats
+# ---------------------------------------------------------------------- one parser per format
 
-register(Format("text", (".txt", ".text"), ("text/plain",), parse_text))
-register(Format("markdown", (".md", ".markdown"), ("text/markdown", "text/x-markdown"), parse_markdown))
-register(Format("pdf", (".pdf",), ("application/pdf",), parse_pdf))
-register(Format("html", (".html", ".htm"), ("text/html", "application/xhtml+xml"), parse_html))
+PARSERS: dict[str, Parse] = {
+    "text": parse_text,
+    "markdown": parse_markdown,
+    "pdf": parse_pdf,
+    "html": parse_html,
+}
+# The formats whose text may come inline (FileFormat.inline; shared.protocol.TextFormat).
+TEXT_READERS: dict[str, ReadText] = {
+    "text": read_text,
+    "markdown": read_markdown,
+}
+if set(PARSERS) != set(FORMATS.names) or set(TEXT_READERS) != {f.name for f in FORMATS if f.inline}:
+    raise RuntimeError("ingestion.parsers needs a parser for every format of shared.formats.FORMATS")

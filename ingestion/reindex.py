@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.aws_clients import make_client
+from shared import wiring
 from shared.errors import RagError, UpstreamTimeout, UpstreamUnavailable
 from shared.object_store import open_object_store
-from shared.vector_store import CHUNKS_TABLE, MESSAGES_TABLE, EmbeddingMismatch, storage_options_for
+from shared.timing import timed_ms
+from shared.vector_store import CHUNKS_TABLE, MESSAGES_TABLE, EmbeddingMismatch, VectorStore
 
 if TYPE_CHECKING:
     from ingestion.settings import Settings
@@ -105,7 +106,7 @@ def list_document_ids(documents_uri: str, s3_client_factory: Callable[[], Any]) 
 def _connect(uri: str, settings: Settings) -> Any:
     import lancedb
 
-    options = storage_options_for(uri, settings.s3_endpoint_url, settings.aws_region)
+    options = settings.model_copy(update={"lancedb_uri": uri}).storage_options()  # with RAG_UPSTREAM_TIMEOUT_S
     return lancedb.connect(uri, storage_options=options or None)
 
 
@@ -124,7 +125,7 @@ def _copy_messages(source_uri: str, target_uri: str, settings: Settings) -> int:
     return int(data.num_rows)
 
 
-def _indexed_doc_ids(store: Any) -> set[str]:
+def _indexed_doc_ids(store: VectorStore) -> set[str]:
     table = store.chunks()
     rows = table.search().select(["doc_id"]).limit(None).to_arrow()
     return {str(v) for v in rows.column("doc_id").unique().to_pylist()}
@@ -155,9 +156,10 @@ def reindex(
             db.drop_table(CHUNKS_TABLE)
             say(f"dropped table '{CHUNKS_TABLE}' at {target_uri}")
 
-    service = build_service(target)
+    store = wiring.vector_store(target)
+    service = build_service(target, store=store)
     try:
-        service.store.chunks()
+        store.chunks()
     except EmbeddingMismatch as exc:
         raise ReindexError(
             f"{exc}.\nTo rebuild for {target.embedding_model_id} ({target.embedding_dimension}): "
@@ -172,7 +174,7 @@ def reindex(
             say(f"copied {summary.messages_copied} chat messages from {settings.lancedb_uri}")
 
     def s3() -> Any:
-        return make_client("s3", endpoint_url=target.s3_endpoint_url, region=target.aws_region)
+        return wiring.s3_client(target)
 
     ids = list_document_ids(target.documents_uri, s3)
     summary.documents = len(ids)
@@ -211,21 +213,20 @@ def reindex(
         summary.indexed += 1
         summary.chunks += out.chunks
         summary.tokens += out.tokens
-        ms = (time.perf_counter() - t0) * 1000
+        ms = timed_ms(t0)
         say(f"[{i:>{width}}/{len(ids)}] {doc_id}: {out.chunks} chunks, {out.tokens} tokens, {ms:.0f} ms ({how})")
 
     # Chunks of documents that are no longer in the raw store (re-checked now: a document ingested
     # during the rebuild has its raw copy written first, so it is never taken for an orphan).
     listed = set(ids)
-    for doc_id in sorted(_indexed_doc_ids(service.store) - listed):
+    for doc_id in sorted(_indexed_doc_ids(store) - listed):
         if service.objects.get_document(doc_id) is None:
             service.store.delete_document(doc_id)
             summary.orphans_removed += 1
             say(f"removed orphaned chunks of {doc_id} (no raw document)")
 
-    optimize = getattr(service.store, "optimize", None)
-    if callable(optimize) and summary.indexed:
-        optimize()  # fold the bulk load into the indexes / compact small files
+    if summary.indexed:
+        store.optimize()  # fold the bulk load into the indexes / compact small files
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -2,9 +2,10 @@
 
 Documents arrive four ways, all ending in ``_index`` (raw copy first, then one LanceDB merge_insert):
 
-- ``ingest``: text in a WebSocket message;
+- ``ingest``: text in a WebSocket message (with ``format`` "markdown", parsed as a Markdown file is);
 - ``upload_url`` + ``ingest_object``: a file PUT to ``uploads/`` with a presigned URL, parsed by its
-  extension (shared/documents.py), then kept as the document's original under ``originals/{doc_id}/``;
+  format (shared/formats.py, ingestion/parsers.py), then kept as the document's original under
+  ``originals/{doc_id}/``;
 - ``ingest_s3_records``: S3 ObjectCreated / ObjectRemoved notifications for files under ``inbox/``;
 - ``ingest_kinesis_records``: Kinesis records carrying ``{doc_id, text, ...}`` or ``{doc_id, op: "delete"}``.
 
@@ -27,11 +28,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ingestion.chunker import Chunk, Chunker
-from ingestion.parsers import CorruptDocument, NoTextLayer, ParsedDocument, Section, UnsupportedType, format_for
+from ingestion.parsers import CorruptDocument, NoTextLayer, ParsedDocument, Section, parse_inline
 from ingestion.parsers import parse_document as parse_file
-from shared.bedrock import Embedder
+from ingestion.settings import Settings
+from shared.doc_ids import doc_id_for
 from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, InvalidRequest, RagError
 from shared.events import BatchItemFailure, BatchResponse, KinesisDocument, KinesisEventRecord, S3EventRecord
+from shared.formats import UnsupportedType, find_format, format_for
 from shared.object_store import (
     INBOX_PREFIX,
     UPLOADS_PREFIX,
@@ -40,8 +43,10 @@ from shared.object_store import (
     is_upload_key,
     originals_prefix,
 )
+from shared.ports import DocumentIndex, TextEmbedder
 from shared.protocol import Document, DocumentInfo, describe_validation_error
-from shared.vector_store import ChunkRow, VectorStore, timed_ms
+from shared.timing import timed_ms
+from shared.vector_store import ChunkRow
 
 log = logging.getLogger(__name__)
 
@@ -109,31 +114,23 @@ def safe_filename(name: str) -> str:
     return base or "file"
 
 
-def doc_id_for(name: str) -> str:
-    """A valid document id made from a file name or key (ids may not contain '/', '#', '\\')."""
-    doc_id = _UNSAFE_NAME.sub("_", name).strip()[:256].strip()
-    return doc_id or "document"
-
-
 class IngestionService:
     def __init__(
         self,
+        settings: Settings,
         *,
         chunker: Chunker,
-        embedder: Embedder,
-        store: VectorStore,
+        embedder: TextEmbedder,
+        store: DocumentIndex,
         objects: ObjectStore,
-        max_document_bytes: int,
-        max_upload_bytes: int = 50 * 1024 * 1024,
-        upload_url_expires_s: int = 900,
     ) -> None:
+        """``settings``: the ingestion lambda's settings, whole (the size limits and upload URL lifetime are
+        read from it); the adapters are built from it by ingestion.handler.build_service."""
+        self.settings = settings
         self.chunker = chunker
         self.embedder = embedder
         self.store = store
         self.objects = objects
-        self.max_document_bytes = max_document_bytes
-        self.max_upload_bytes = max_upload_bytes
-        self.upload_url_expires_s = upload_url_expires_s
 
     # ------------------------------------------------------------------ text documents
 
@@ -146,17 +143,30 @@ class IngestionService:
         return self._index(self._text_job(doc))
 
     def _text_job(self, doc: Document) -> _Job:
-        """A text document validated and chunked (no side effects)."""
+        """A text document validated, parsed by its ``format`` if it has one, and chunked (no side effects)."""
         t0 = time.perf_counter()
         self._check_text_size(doc.text)
         if not doc.text.strip():
             raise EmptyDocument("the document has no text")
-        return self._prepare(doc, [Section(doc.text)], original=None, t0=t0, timings={})
+        if doc.format is None:
+            return self._prepare(doc, [Section(doc.text)], original=None, t0=t0, timings={})
+        timings: dict[str, float] = {}
+        parsed = parse_inline(doc.text, doc.format)
+        timings["parse"] = timed_ms(t0)
+        # The text's own title and date (Markdown front matter or first heading) come first, as for a file.
+        doc = doc.model_copy(
+            update={
+                "title": parsed.title or doc.title,
+                "date": parsed.date or doc.date,
+                "metadata": {**doc.metadata, "format": parsed.format},
+            }
+        )
+        return self._prepare(doc, parsed.sections, original=None, t0=t0, timings=timings)
 
     def _check_text_size(self, text: str) -> None:
         size = len(text.encode("utf-8"))
-        if size > self.max_document_bytes:
-            raise DocumentTooLarge(f"document is {size} bytes; the limit is {self.max_document_bytes}")
+        if size > self.settings.max_document_bytes:
+            raise DocumentTooLarge(f"document is {size} bytes; the limit is {self.settings.max_document_bytes}")
 
     def _index(self, job: _Job) -> IngestOutcome:
         """Embed, then write: the original file, the raw JSON, and the chunks in one commit."""
@@ -315,18 +325,24 @@ class IngestionService:
 
     # ------------------------------------------------------------------ files
 
-    def upload_url(self, filename: str, content_type: str, size: int) -> UploadTicket:
+    def upload_url(
+        self, filename: str, content_type: str, size: int, *, gateway_url: str | None = None
+    ) -> UploadTicket:
         """A presigned PUT for a file to ingest with ingest_object. Refuses unsupported or too large
-        files before anything is uploaded."""
+        files before anything is uploaded. ``gateway_url``: for a local documents folder, the gateway
+        (http://host:port/{stage}) that receives the PUT in place of S3."""
         name = safe_filename(filename)
-        format_for(name, content_type)  # unsupported_type now rather than after the upload
-        if size > self.max_upload_bytes:
-            raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.max_upload_bytes}")
+        fmt = format_for(name, content_type)  # unsupported_type now rather than after the upload
+        if find_format(name) is not fmt:
+            # Known by its content type only: name it so that ingest_object, which has only the key, reads it so.
+            name = safe_filename(name + fmt.extensions[0])
+        if size > self.settings.max_upload_bytes:
+            raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.settings.max_upload_bytes}")
         content_type = content_type or "application/octet-stream"
         key = f"{UPLOADS_PREFIX}{uuid.uuid4().hex}/{name}"
-        url = self.objects.presign_put(key, content_type, self.upload_url_expires_s)
+        url = self.objects.presign_put(key, content_type, self.settings.upload_url_expires_s, gateway_url=gateway_url)
         return UploadTicket(
-            key=key, url=url, headers={"Content-Type": content_type}, expires_in=self.upload_url_expires_s
+            key=key, url=url, headers={"Content-Type": content_type}, expires_in=self.settings.upload_url_expires_s
         )
 
     def ingest_object(self, key: str, doc_id: str | None = None, title: str | None = None) -> IngestOutcome:
@@ -353,11 +369,11 @@ class IngestionService:
             size = self.objects.size(key)
             if size is None:
                 raise ObjectNotFound(f"no uploaded object {key!r}; PUT the file to the upload_url URL first")
-            if size > self.max_upload_bytes:
-                raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.max_upload_bytes}")
+            if size > self.settings.max_upload_bytes:
+                raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.settings.max_upload_bytes}")
             data = self.objects.read(key)
-            if len(data) > self.max_upload_bytes:  # it may have been replaced since the size check
-                raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {self.max_upload_bytes}")
+            if len(data) > self.settings.max_upload_bytes:  # it may have been replaced since the size check
+                raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}")
             timings["read"] = timed_ms(t0)
             t1 = time.perf_counter()
             parsed: ParsedDocument = parse_file(data, filename)
@@ -367,15 +383,15 @@ class IngestionService:
             doc = shell.model_copy(
                 update={
                     "title": shell.title or parsed.title or filename,
+                    "date": shell.date or parsed.date,
                     "text": text,
                     "metadata": {**shell.metadata, "format": parsed.format},
                 }
             )
-            fmt = format_for(filename)
             original = Original(
                 key=original_key,
                 filename=filename,
-                content_type=fmt.content_types[0] if fmt.content_types else "application/octet-stream",
+                content_type=format_for(filename).content_type,
                 size=len(data),
                 format=parsed.format,
             )
@@ -449,9 +465,9 @@ class IngestionService:
     # ------------------------------------------------------------------ event sources
 
     def ingest_s3_records(self, records: Sequence[S3EventRecord]) -> BatchResponse:
-        """S3 notifications for files under inbox/: ObjectCreated ingests the file (doc id = its key
-        under inbox/, '/' -> '_'; the file stays there as the document's original), ObjectRemoved deletes
-        the document ingested from that key. Keys elsewhere (our own writes) are ignored. A failed record's
+        """S3 notifications for files under inbox/: ObjectCreated ingests the file (doc id = its path under
+        inbox/ by shared.doc_ids, '/' -> ':'; the file stays there as the document's original), ObjectRemoved
+        deletes the document ingested from that key. Keys elsewhere (our own writes) are ignored. A failed record's
         itemIdentifier is its (decoded) object key."""
         failures: list[BatchItemFailure] = []
         for record in records:
@@ -470,7 +486,7 @@ class IngestionService:
         if rel is None or not rel.startswith(INBOX_PREFIX) or rel.endswith("/"):
             log.info("ignoring %s on %s (not under %s)", record.event_name, key, INBOX_PREFIX)
             return
-        doc_id = doc_id_for(rel.removeprefix(INBOX_PREFIX).replace("/", "_"))
+        doc_id = doc_id_for(rel.removeprefix(INBOX_PREFIX))
         if record.action == "created":
             filename = rel.rsplit("/", 1)[-1]
             shell = self._doc_shell(doc_id, None, source=self.objects.uri(rel))

@@ -1,4 +1,5 @@
-"""Ingestion lambda settings: the shared RAG_* fields plus chunking and its local runtime."""
+"""Ingestion lambda settings: the shared RAG_* fields, the documents store (shared with the gateway), plus
+chunking, upload URLs and its local runtime."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from shared.settings import RagSettings
+from shared.settings import DocumentsSettings, RagSettings
 
 
-class Settings(RagSettings):
+class Settings(RagSettings, DocumentsSettings):
     # -- local runtime (ignored on AWS, where Lambda hosts the handler)
     host: str = Field("127.0.0.1", validation_alias="INGESTION_HOST", description="Local runtime bind address.")
     port: int = Field(9001, validation_alias="INGESTION_PORT", description="Local runtime port (Invoke API).")
@@ -51,13 +52,8 @@ class Settings(RagSettings):
     )
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest document text accepted (UTF-8 bytes).")
 
-    # -- files: upload_url / ingest_object, S3 notifications
-    max_upload_bytes: int = Field(
-        50 * 1024 * 1024,
-        ge=1,
-        description="Largest file accepted by upload_url, ingest_object and S3 notifications (bytes); "
-        "checked against the declared size and again against the stored object.",
-    )
+    # -- files: upload_url / ingest_object, S3 notifications (the size limit and the upload secret are in
+    # DocumentsSettings: the gateway reads them too)
     upload_url_expires_s: int = Field(
         900, ge=1, le=7 * 24 * 3600, description="How long an upload_url URL stays valid, in seconds."
     )
@@ -65,16 +61,6 @@ class Settings(RagSettings):
         None,
         description="S3 endpoint put in presigned upload URLs, as the client reaches it (compose: "
         "http://localhost:9000 while the lambdas use http://minio:9000); unset = RAG_S3_ENDPOINT_URL.",
-    )
-    upload_base_url: str = Field(
-        "http://127.0.0.1:8000/local",
-        description="Local documents folder only: the gateway's http://host:port/{stage}, which serves "
-        "PUT {stage}/uploads/... in place of S3.",
-    )
-    upload_secret: str | None = Field(
-        None,
-        description="Local documents folder only: HMAC key signing upload URLs; the gateway's "
-        "GATEWAY_UPLOAD_SECRET must be the same (make up generates one per run).",
     )
 
     @model_validator(mode="after")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from llm.app import create_app
 from llm.model_fetch import ModelFetchError, ensure_model
 from llm.settings import Settings
 from shared.logs import configure_logging
+from shared.serving import run_app
 
 log = logging.getLogger("llm")
 
@@ -29,8 +29,8 @@ def main() -> int:
         log.error("%s", exc)
         return 1
     settings = settings.model_copy(update={"model_path": model_path})
-    log.info("serving %s as model id %r on %s:%d", model_path, settings.model_id, settings.host, settings.port)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, shutdown_timeout=5)
+    log.info("serving %s as model id %r", model_path, settings.model_id)
+    run_app(create_app(settings), settings.host, settings.port, name="llm", shutdown_timeout=5)
     return 0
 
 

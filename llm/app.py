@@ -18,22 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
-from llm.converse_models import ChatCompletionRequest, ConverseRequest, parse_body
+from llm.converse_models import ConverseRequest, openai_chat_messages, openai_stops, parse_body
 from llm.engine import Engine, Generation, GenerationFailed, GenerationParams, StopReason
 from llm.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from llm.eventstream import encode_event, encode_exception
 from llm.model_fetch import ensure_model
 from llm.settings import Settings
 from shared.aws_http import AwsError, ModelTimeout, ResourceNotFound, aws_error_middleware
+from shared.openai_models import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Error,
+    FinishReason,
+    Model,
+    ModelList,
+    Usage,
+    sse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +249,7 @@ async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
 
 # -- OpenAI-compatible --------------------------------------------------------------------------------
 
-_OPENAI_FINISH: dict[StopReason | None, str] = {
+_OPENAI_FINISH: dict[StopReason | None, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
@@ -245,22 +258,16 @@ _OPENAI_FINISH: dict[StopReason | None, str] = {
 
 
 def _openai_error(status: int, message: str, code: str) -> web.Response:
-    kind = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(
-        status, "server_error"
-    )
-    return web.json_response({"error": {"message": message, "type": kind, "code": code}}, status=status)
+    return web.json_response(Error.of(status, message, code).dump(), status=status)
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+def _openai_usage(gen: Generation) -> Usage:
+    return Usage.of(gen.input_tokens, gen.output_tokens)
 
 
 async def list_models(request: web.Request) -> web.Response:
     model_id = request.app[SETTINGS].model_id
-    return web.json_response(
-        {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "local"}]}
-    )
+    return web.json_response(ModelList(data=[Model(id=model_id, created=0, owned_by="local")]).dump())
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -277,11 +284,11 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     if req.model is not None:
         _check_model_id(request, req.model)
     params = GenerationParams(
-        messages=req.chat_messages(),
+        messages=openai_chat_messages(req),
         max_tokens=req.max_completion_tokens or req.max_tokens or settings.max_tokens,
         temperature=settings.temperature if req.temperature is None else req.temperature,
         top_p=req.top_p,
-        stop=tuple(req.stop_list()),
+        stop=tuple(openai_stops(req)),
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -290,37 +297,21 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             text, gen = await _generate_text(request, params)
         except ClientGone:
             return web.Response(status=499)
-        return web.json_response(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": settings.model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": _OPENAI_FINISH[gen.stop_reason],
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": gen.input_tokens,
-                    "completion_tokens": gen.output_tokens,
-                    "total_tokens": gen.input_tokens + gen.output_tokens,
-                },
-            }
+        completion = ChatCompletion(
+            id=completion_id,
+            created=created,
+            model=settings.model_id,
+            choices=[Choice(message=AssistantMessage(content=text), finish_reason=_OPENAI_FINISH[gen.stop_reason])],
+            usage=_openai_usage(gen),
         )
+        return web.json_response(completion.dump())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": settings.model_id,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            }
+    def chunk(delta: Delta | None, finish: FinishReason | None = None, usage: Usage | None = None) -> bytes:
+        choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
+        return sse(
+            ChatCompletionChunk(
+                id=completion_id, created=created, model=settings.model_id, choices=choices, usage=usage
+            )
         )
 
     resp: web.StreamResponse | None = None
@@ -328,29 +319,13 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         async with engine.generation(params) as gen, asyncio.timeout(settings.request_timeout_s):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await resp.prepare(request)
-            await resp.write(chunk({"role": "assistant", "content": ""}))
+            await resp.write(chunk(Delta(role="assistant", content="")))
             async for piece in gen:
-                await resp.write(chunk({"content": piece}))
-            await resp.write(chunk({}, _OPENAI_FINISH[gen.stop_reason]))
-            if req.stream_options is not None and req.stream_options.include_usage:
-                usage = {
-                    "prompt_tokens": gen.input_tokens,
-                    "completion_tokens": gen.output_tokens,
-                    "total_tokens": gen.input_tokens + gen.output_tokens,
-                }
-                await resp.write(
-                    _sse(
-                        {
-                            "id": completion_id,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": settings.model_id,
-                            "choices": [],
-                            "usage": usage,
-                        }
-                    )
-                )
-            await resp.write(_sse("[DONE]"))
+                await resp.write(chunk(Delta(content=piece)))
+            await resp.write(chunk(Delta(), _OPENAI_FINISH[gen.stop_reason]))
+            if req.include_usage:
+                await resp.write(chunk(None, usage=_openai_usage(gen)))
+            await resp.write(sse("[DONE]"))
     except ConnectionResetError:
         log.info("chat/completions: client disconnected, generation stopped")
         return resp or web.Response(status=499)
@@ -364,12 +339,12 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         if resp is None:
             status = 408 if isinstance(exc, TimeoutError) else exc.status if isinstance(exc, AwsError) else 500
             return _openai_error(status, message, code)
-        await _write_quietly(resp, _sse({"error": {"message": message, "type": "server_error", "code": code}}))
+        await _write_quietly(resp, sse(Error.of(500, message, code)))
     except Exception:
         if resp is None:
             raise
         log.exception("chat/completions stream failed after the response started")
-        await _write_quietly(resp, _sse({"error": {"message": "Internal server error", "type": "server_error"}}))
+        await _write_quietly(resp, sse(Error.of(500, "Internal server error", None)))
     assert resp is not None
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()

@@ -1,4 +1,5 @@
-"""Request bodies the LLM service accepts: Bedrock Converse and OpenAI chat completions (text only)."""
+"""Request bodies the LLM service accepts: Bedrock Converse, and OpenAI chat completions (text only; the
+OpenAI wire models themselves are ``shared/openai_models.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.aws_http import ValidationError as AwsValidationError
+from shared.openai_models import ChatCompletionRequest
 
 MAX_STOP_SEQUENCES = 16
 
@@ -72,54 +74,17 @@ class ConverseRequest(_Model):
         return out
 
 
-class OpenAIContentPart(_Model):
-    type: str
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _text_only(self) -> OpenAIContentPart:
-        if self.type != "text" or self.text is None:
-            raise ValueError(f"only text content parts are supported (got type {self.type!r})")
-        return self
+def openai_stops(req: ChatCompletionRequest) -> list[str]:
+    """The stop sequences of an OpenAI request, within the Converse limit."""
+    stops = req.stops()
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise AwsValidationError(f"stop: at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+    return stops
 
 
-class OpenAIMessage(_Model):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[OpenAIContentPart]
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(p.text or "" for p in self.content)
-
-
-class StreamOptions(_Model):
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(_Model):
-    """Body of POST /v1/chat/completions (the subset a text-only local model can honour)."""
-
-    model: str | None = None
-    messages: list[OpenAIMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    stop: str | list[str] | None = None
-
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise AwsValidationError(f"stop: at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
-        return stops
-
-    def chat_messages(self) -> list[dict[str, str]]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+def openai_chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """Messages for the model's chat template; developer messages are system messages."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
 
 
 def describe(exc: ValidationError) -> str:

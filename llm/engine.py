@@ -77,7 +77,7 @@ class _Failed:
     error: BaseException
 
 
-class _StopMatcher:
+class StopMatcher:
     """Cuts generated text at the first stop sequence, holding back text that may begin one."""
 
     def __init__(self, stops: tuple[str, ...]) -> None:
@@ -355,7 +355,7 @@ class Generation:
             logits_processor=LogitsProcessorList([count_sampled]),
             **kwargs,
         )
-        matcher = _StopMatcher(p.stop)
+        matcher = StopMatcher(p.stop)
         finish: str | None = None
         hit_stop = False
         try:

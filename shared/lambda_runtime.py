@@ -140,13 +140,16 @@ def _log_async_failure(fut: asyncio.Future[Any]) -> None:
         log.error("asynchronous invocation failed", exc_info=fut.exception())
 
 
-def serve(app: web.Application, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM, then exit without waiting for handler threads still running:
-    like Lambda killing a sandbox, a stuck invocation must not keep the runtime alive."""
+def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
+    """Serve until SIGINT/SIGTERM (on an inherited socket, or host:port with 0 = any free port: see
+    shared/serving.py), then exit without waiting for handler threads still running: like Lambda
+    killing a sandbox, a stuck invocation must not keep the runtime alive."""
     import os
     import sys
 
-    web.run_app(app, host=host, port=port, print=None)
+    from shared.serving import run_app
+
+    run_app(app, host, port, name=name)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -178,7 +181,7 @@ def run_local(handler: Handler, warm: Callable[[], None], settings: RuntimeSetti
         region=settings.aws_region,
         on_startup=warm,
     )
-    serve(app, settings.host, settings.port)
+    serve(app, settings.host, settings.port, name=settings.function_name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.lambda_runtime")
     parser.add_argument("handler", help="module.function, as in a Lambda image's CMD")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds, as Lambda's Timeout")
     parser.add_argument("--max-concurrency", type=int, default=4)
     args = parser.parse_args(argv)
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_runtime_app(
         handler, function_name=func_name, timeout_s=args.timeout, max_concurrency=args.max_concurrency
     )
-    serve(app, args.host, args.port)
+    serve(app, args.host, args.port, name=func_name)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,10 @@ class ObjectStore(Protocol):
     def copy(self, src: str, dst: str, content_type: str | None = None) -> None: ...
     def delete(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str, keep: str | None = None) -> int: ...
-    def presign_put(self, key: str, content_type: str, expires_in: int) -> str: ...
+    def presign_put(self, key: str, content_type: str, expires_in: int, *, gateway_url: str | None = None) -> str:
+        """A URL to PUT ``key`` to. ``gateway_url``: the local gateway that stands in for S3 (local folder)."""
+        ...
+
     def in_bucket(self, bucket: str) -> bool: ...
     def relative_key(self, bucket: str, key: str) -> str | None: ...
     def uri(self, key: str) -> str: ...
@@ -118,12 +121,9 @@ class ObjectStore(Protocol):
 
 
 class LocalObjectStore:
-    def __init__(
-        self, root: str | Path, *, upload_base_url: str | None = None, upload_secret: str | None = None
-    ) -> None:
+    def __init__(self, root: str | Path, *, upload_secret: str | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.upload_base_url = upload_base_url
         self.upload_secret = upload_secret
 
     def _path(self, doc_id: str) -> Path:
@@ -231,14 +231,17 @@ class LocalObjectStore:
                 continue
         return removed
 
-    def presign_put(self, key: str, content_type: str, expires_in: int) -> str:
+    def presign_put(self, key: str, content_type: str, expires_in: int, *, gateway_url: str | None = None) -> str:
+        """A URL on the gateway (``gateway_url``, http://host:port/{stage}) signed with the secret it shares."""
         self.prune_uploads()
-        if not self.upload_secret or not self.upload_base_url:
+        if not self.upload_secret or not gateway_url:
             raise UploadsNotConfigured(
-                "uploads to a local documents folder are not configured (RAG_UPLOAD_SECRET, RAG_UPLOAD_BASE_URL)",
+                "uploads to a local documents folder are not configured (RAG_UPLOAD_SECRET)"
+                if gateway_url
+                else "uploads to a local documents folder go through the local gateway",
                 ErrorCode.INTERNAL_ERROR,
             )
-        return local_upload_url(self.upload_base_url, self.upload_secret, _safe_key(key), content_type, expires_in)
+        return local_upload_url(gateway_url, self.upload_secret, _safe_key(key), content_type, expires_in)
 
     def in_bucket(self, bucket: str) -> bool:
         return True  # no buckets here: a notification's key is taken relative to the folder
@@ -344,7 +347,7 @@ class S3ObjectStore:
             )
         return len(keys)
 
-    def presign_put(self, key: str, content_type: str, expires_in: int) -> str:
+    def presign_put(self, key: str, content_type: str, expires_in: int, *, gateway_url: str | None = None) -> str:
         url: str = self.presign_client.generate_presigned_url(
             "put_object",
             Params={"Bucket": self.bucket, "Key": self._full(_safe_key(key)), "ContentType": content_type},
@@ -373,12 +376,11 @@ def open_object_store(
     s3_client_factory: Any,
     *,
     presign_client_factory: Any | None = None,
-    upload_base_url: str | None = None,
     upload_secret: str | None = None,
 ) -> ObjectStore:
     """`s3_client_factory()` (and `presign_client_factory()`, for the URLs clients PUT to) are called
-    only for s3:// URIs; `upload_base_url` / `upload_secret` make the local folder's upload URLs."""
+    only for s3:// URIs; `upload_secret` signs the local folder's upload URLs."""
     if uri.startswith("s3://"):
         presign = presign_client_factory() if presign_client_factory is not None else None
         return S3ObjectStore(s3_client_factory(), uri, presign)
-    return LocalObjectStore(uri.removeprefix("file://"), upload_base_url=upload_base_url, upload_secret=upload_secret)
+    return LocalObjectStore(uri.removeprefix("file://"), upload_secret=upload_secret)

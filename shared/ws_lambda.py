@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,8 @@ from shared.protocol import (
     CLIENT_REQUEST,
     ClientRequest,
     ErrorCode,
+    FunctionName,
+    actions_of,
     describe_validation_error,
     error,
     request_id_of,
@@ -30,6 +33,14 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[BaseModel], None]
 RouteHandler = Callable[[Any, Emit], None]
+
+_EVENT: ContextVar[WebSocketEvent] = ContextVar("websocket_event")
+
+
+def current_event() -> WebSocketEvent:
+    """The event of the invocation a route is handling (e.g. the domain name and stage the client reached,
+    as Powertools' ``app.current_event``). Only defined inside a route."""
+    return _EVENT.get()
 
 
 def parse_request(event: WebSocketEvent) -> ClientRequest:
@@ -65,9 +76,23 @@ def parse_request(event: WebSocketEvent) -> ClientRequest:
 
 
 class WebSocketLambda:
-    """handler(event, context) for a set of actions; $connect/$disconnect are accepted as is."""
+    """handler(event, context) for a set of actions; $connect/$disconnect are accepted as is.
 
-    def __init__(self, connections: Connections, routes: dict[str, RouteHandler]) -> None:
+    With ``function``, ``routes`` must cover exactly the actions the protocol's registry gives that
+    function (``shared.protocol.ACTION_REGISTRY``): a handler that misses one, or serves one routed
+    elsewhere, is refused when it is built rather than answering unknown_action at run time."""
+
+    def __init__(
+        self, connections: Connections, routes: dict[str, RouteHandler], *, function: FunctionName | None = None
+    ) -> None:
+        if function is not None:
+            expected = set(actions_of(function))
+            if set(routes) != expected:
+                missing, extra = sorted(expected - set(routes)), sorted(set(routes) - expected)
+                raise ValueError(
+                    f"the {function} function's routes do not match the action registry: "
+                    f"missing {missing}, not its own {extra}"
+                )
         self.connections = connections
         self.routes = routes
 
@@ -86,6 +111,7 @@ class WebSocketLambda:
             self.connections.post(event, message)
 
         request_id = request_id_of(event.body_bytes())
+        token = _EVENT.set(event)
         try:
             request = parse_request(event)
             route = self.routes.get(request.action)
@@ -104,6 +130,8 @@ class WebSocketLambda:
                 error(ErrorCode.INTERNAL_ERROR, "internal error; see the service log", request_id),
                 ctx.connection_id,
             )
+        finally:
+            _EVENT.reset(token)
         return {"statusCode": 200}
 
     @staticmethod
@@ -116,14 +144,15 @@ class WebSocketLambda:
             log.exception("could not send an error to connection %s", connection_id)
 
 
-def refusing_lambda(connections: Connections, actions: list[str], reason: RagError) -> WebSocketLambda:
-    """A lambda that answers every action with `reason`: what a function serves when it must not touch
-    its data (e.g. the index was built with another embedding model), instead of failing every call."""
+def refusing_lambda(connections: Connections, function: FunctionName, reason: RagError) -> WebSocketLambda:
+    """A lambda that answers every action of ``function`` with `reason`: what a function serves when it
+    must not touch its data (e.g. the index was built with another embedding model), instead of failing
+    every call."""
 
     def refuse(_request: Any, _emit: Emit) -> None:
         raise reason
 
-    return WebSocketLambda(connections, dict.fromkeys(actions, refuse))
+    return WebSocketLambda(connections, dict.fromkeys(actions_of(function), refuse), function=function)
 
 
 def index_mismatch_error() -> RagError:

@@ -14,11 +14,12 @@ import boto3
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from shared.stack import Stack, StackConfig, free_port, plan, wait_healthy
+from shared.stack import Stack, StackConfig, plan, wait_for_output, wait_healthy
 from tests.support.gguf_factory import write_tiny_llama_gguf
 from tests.support.paths import ARTIFACTS
+from tests.support.timeouts import TIMEOUT_FACTOR, scaled
 
-TIMEOUT_FACTOR = float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+__all__ = ["ARTIFACTS", "S3_ENV", "TIMEOUT_FACTOR", "StackFactory", "WsClient", "s3_client"]
 
 
 @pytest.fixture(scope="session")
@@ -28,19 +29,25 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's standalone S3 server on 127.0.0.1 (compose runs real MinIO instead)."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    """moto's standalone S3 server on 127.0.0.1 (compose runs real MinIO instead).
+
+    Started on port 0: the port is the one its startup line reports (``* Running on http://...``)."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(f"{url}/moto-api/", proc, timeout=60 * TIMEOUT_FACTOR)
+        found = wait_for_output(log_path, r"Running on (http://127\.0\.0\.1:\d+)", proc, timeout=scaled(60))
+        url = found.group(1)
+        wait_healthy(f"{url}/moto-api/", proc, timeout=scaled(60))
         yield url
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(scaled(10))
         log.close()
 
 
@@ -68,11 +75,12 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         cfg = StackConfig(
             llm_model_path=tiny_gguf,
             data_dir=data,
-            gateway_port=free_port(),
-            embedding_port=free_port(),
-            llm_port=free_port(),
-            ingestion_port=free_port(),
-            chat_port=free_port(),
+            # 0: any free port; plan() binds the five sockets, so every port is known before any starts.
+            gateway_port=0,
+            embedding_port=0,
+            llm_port=0,
+            ingestion_port=0,
+            chat_port=0,
             s3_endpoint_url=s3_endpoint,
             # Short answers keep the suite fast: the tiny test model never stops on its own.
             extra_env={"RAG_MAX_TOKENS": "64", **(S3_ENV if s3_endpoint else {}), **env},
@@ -83,7 +91,7 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             cfg.lancedb_uri = f"s3://{bucket}/lancedb"
             cfg.documents_uri = f"s3://{bucket}/documents"
         stack = Stack(plan(cfg), cfg)
-        stack.start(ARTIFACTS / "logs" / name, timeout=240 * TIMEOUT_FACTOR)
+        stack.start(ARTIFACTS / "logs" / name, timeout=scaled(240))
         stacks[name] = stack
         return stack
 
@@ -96,9 +104,9 @@ class WsClient:
     """A test client over a real WebSocket: send requests, collect replies by request id."""
 
     def __init__(self, url: str, timeout: float = 60.0) -> None:
-        self._cm = connect(url, open_timeout=10, max_size=2**22)
+        self._cm = connect(url, open_timeout=scaled(10), max_size=2**22)
         self.ws: ClientConnection = self._cm.__enter__()
-        self.timeout = timeout * TIMEOUT_FACTOR
+        self.timeout = scaled(timeout)
 
     def send(self, message: dict[str, Any] | str | bytes) -> None:
         self.ws.send(json.dumps(message) if isinstance(message, dict) else message)

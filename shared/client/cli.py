@@ -7,11 +7,14 @@
     localrag history CONVERSATION_ID
     localrag delete DOC_ID
 
-Small .txt/.md files are packed into ``ingest_batch`` messages (up to 100 documents within the 128 KB
-message limit; the server embeds and indexes each batch in one pass); a larger text file goes in its own
-``ingest`` message; PDFs, HTML pages and files too large for a WebSocket message are uploaded:
+What a file is comes from the one format table (``shared.formats``). Small .txt/.md files are packed
+into ``ingest_batch`` messages (up to 100 documents within the 128 KB message limit; the server embeds
+and indexes each batch in one pass); a larger text file goes in its own ``ingest`` message; each is sent
+with its format, so the server parses a Markdown file the same way in a message as uploaded (sections by
+heading, its title). PDFs, HTML pages and files too large for a WebSocket message are uploaded:
 ``upload_url``, an HTTP PUT of the bytes, then ``ingest_object`` (the server parses them: PDF pages,
-Markdown/HTML headings).
+Markdown/HTML headings). A file's document id is its path under the folder given, ``/`` -> ``:``
+(``shared.doc_ids``).
 
 The gateway URL is --url, else $RAG_URL, else ws://127.0.0.1:8000/local. With --json every protocol
 message received is printed as one JSON line instead of the human-readable output (for scripts).
@@ -24,19 +27,20 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import sys
 import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath, PurePosixPath
-from typing import Literal
+from pathlib import Path, PurePath
+from typing import Literal, cast
 
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from shared.client.ws_client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError
+from shared.doc_ids import doc_id_for
+from shared.formats import FileFormat, find_format
 from shared.protocol import (
     MAX_BATCH_DOCUMENTS,
     MAX_MESSAGE_BYTES,
@@ -44,6 +48,7 @@ from shared.protocol import (
     ErrorCode,
     Source,
     StreamEnd,
+    TextFormat,
     Token,
     describe_validation_error,
 )
@@ -58,26 +63,9 @@ FATAL_CODES = frozenset({RagClientError.CONNECTION_FAILED, RagClientError.INVALI
 
 # ====================================================================== documents from files
 
-
-@dataclass(frozen=True)
-class LoadedText:
-    """What a format loader extracts from a file's bytes."""
-
-    text: str
-    title: str | None = None
-    date: str | None = None
-
-
-@dataclass(frozen=True)
-class Format:
-    """A file format ``ingest`` understands. Add an entry to FORMATS to support another one."""
-
-    name: str
-    # Text read here and sent in an ingest message; None: the file is uploaded and the server parses it.
-    load: Callable[[bytes], LoadedText] | None
-    # Larger files are uploaded rather than sent in a message. For plain text the JSON message is at
-    # least as large as the file, so anything much above the message limit cannot fit.
-    max_file_bytes: int = 2 * MAX_MESSAGE_BYTES
+# Larger files of an inline format are uploaded rather than sent in a message. For plain text the JSON
+# message is at least as large as the file, so anything much above the message limit cannot fit.
+MAX_INLINE_FILE_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 def decode_text(data: bytes) -> str:
@@ -85,133 +73,24 @@ def decode_text(data: bytes) -> str:
     return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
 
 
-_FRONT_MATTER_KEY = re.compile(r"^(title|date)\s*:\s*(.*?)\s*$", re.IGNORECASE)
-_ATX_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
-_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
-_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+def fallback_title(path: PurePath) -> str:
+    """The title of a file whose format gives none (or that has none): its stem."""
+    return (path.stem or path.name)[:1024]
 
 
-def _plain_inline(text: str) -> str:
-    """Markdown inline syntax stripped from a heading: links, emphasis, code spans."""
-    text = _LINK.sub(r"\1", text)
-    text = _CODE_SPAN.sub(r"\2", text)
-    text = _EMPHASIS.sub(r"\2", text)
-    return " ".join(text.split())
-
-
-def _front_matter(lines: list[str]) -> tuple[dict[str, str], int]:
-    """YAML front matter's simple ``title:``/``date:`` keys, and the index of the first line after it."""
-    if not lines or lines[0].strip() != "---":
-        return {}, 0
-    found: dict[str, str] = {}
-    for i, line in enumerate(lines[1:], start=1):
-        if line.strip() in ("---", "..."):
-            return found, i + 1
-        m = _FRONT_MATTER_KEY.match(line)
-        if m and m.group(2):
-            found.setdefault(m.group(1).lower(), m.group(2).strip("'\""))
-    return {}, 0  # never closed: not front matter
-
-
-def markdown_title(text: str) -> str | None:
-    """The document's title: front matter ``title:``, else the first ATX (``# T``) or setext heading."""
-    lines = text.split("\n")
-    meta, start = _front_matter(lines)
-    if meta.get("title"):
-        return _plain_inline(meta["title"]) or None
-    fence: str | None = None
-    for i in range(start, len(lines)):
-        line = lines[i]
-        m = _FENCE.match(line)
-        if m:
-            marker = m.group(1)
-            if fence is None:
-                fence = marker[0] * 3
-            elif marker.startswith(fence):
-                fence = None
-            continue
-        if fence is not None:
-            continue
-        m = _ATX_HEADING.match(line)
-        if m:
-            title = _plain_inline(m.group(1) or "")
-            if title:
-                return title
-            continue
-        # A one-line paragraph underlined with === or ---.
-        if (
-            line.strip()
-            and not line.startswith(("    ", "\t"))
-            and (i == start or not lines[i - 1].strip())
-            and i + 1 < len(lines)
-            and _SETEXT_UNDERLINE.match(lines[i + 1])
-            and not re.match(r"^ {0,3}([-*+>]|\d+[.)])(\s|$)", line)
-        ):
-            return _plain_inline(line) or None
-    return None
-
-
-def load_plain_text(data: bytes) -> LoadedText:
-    return LoadedText(decode_text(data))
-
-
-def load_markdown(data: bytes) -> LoadedText:
-    text = decode_text(data)
-    meta, _ = _front_matter(text.split("\n"))
-    return LoadedText(text, title=markdown_title(text), date=meta.get("date"))
-
-
-FORMATS: dict[str, Format] = {
-    ".txt": Format("text", load_plain_text),
-    ".md": Format("markdown", load_markdown),
-    ".markdown": Format("markdown", load_markdown),
-    ".pdf": Format("pdf", None),
-    ".html": Format("html", None),
-    ".htm": Format("html", None),
-}
-
-_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f#\\]")
-
-
-def _pct(c: str) -> str:
-    return f"%{ord(c):02X}"
-
-
-def doc_id_for(path: PurePath, root: PurePath) -> str:
-    """The document id of ``path`` found under ``root``: its relative POSIX path with '/' -> ':'.
-
-    Document ids may not contain '/', '\\\\', '#' or control characters, nor start or end with
-    whitespace; such characters are percent-encoded.
-    """
-    rel = PurePosixPath(*path.relative_to(root).parts).as_posix()
-    doc_id = _ID_FORBIDDEN.sub(lambda m: _pct(m.group()), rel.replace("/", ":"))
-    core = doc_id.strip()
-    if not core:
-        return "".join(map(_pct, doc_id))
-    lead = doc_id[: len(doc_id) - len(doc_id.lstrip())]
-    trail = doc_id[len(doc_id.rstrip()) :]
-    return "".join(map(_pct, lead)) + core + "".join(map(_pct, trail))
-
-
-def title_for(path: PurePath, loaded: LoadedText) -> str:
-    """The loader's title (a markdown heading), else the file's stem."""
-    return (loaded.title or path.stem or path.name)[:1024]
-
-
-def build_document(path: Path, root: Path, loaded: LoadedText, fmt: Format) -> Document:
-    """A protocol Document for a file (raises pydantic.ValidationError for an invalid id, say)."""
+def build_document(path: Path, root: Path, text: str, fmt: FileFormat) -> Document:
+    """A protocol Document for a file of an inline format: its text, sent with its format so that the
+    server parses it as it would the uploaded file (raises pydantic.ValidationError for an invalid id,
+    say). ``title`` is the fallback; a title the format finds in the text (Markdown) comes first."""
+    if not fmt.inline:
+        raise ValueError(f"{fmt.name} files are uploaded, not sent as text")
     source = path.resolve().as_posix()
-    date = loaded.date if loaded.date and len(loaded.date) <= 64 else None
     return Document(
-        id=doc_id_for(path, root),
-        title=title_for(path, loaded),
-        text=loaded.text,
-        date=date,
+        id=doc_id_for(path.relative_to(root)),
+        title=fallback_title(path),
+        text=text,
+        format=cast(TextFormat, fmt.name),
         source=source if len(source) <= 1024 else None,
-        metadata={"format": fmt.name},
     )
 
 
@@ -219,11 +98,11 @@ def build_document(path: Path, root: Path, loaded: LoadedText, fmt: Format) -> D
 class Candidate:
     path: Path
     root: Path  # document ids are relative to this folder
-    fmt: Format
+    fmt: FileFormat
 
     @property
     def doc_id(self) -> str:
-        return doc_id_for(self.path, self.root)
+        return doc_id_for(self.path.relative_to(self.root))
 
 
 Status = Literal["ingested", "skipped", "failed"]
@@ -248,7 +127,7 @@ def discover(paths: Iterable[Path]) -> tuple[list[Candidate], list[Outcome]]:
     outcomes: list[Outcome] = []
 
     def consider(path: Path, root: Path) -> None:
-        fmt = FORMATS.get(path.suffix.lower())
+        fmt = find_format(path.name)
         if fmt is None:
             outcomes.append(Outcome(path, "skipped", message=f"unsupported format {path.suffix or '(no extension)'}"))
         else:
@@ -292,32 +171,30 @@ async def ingest_file(client: RagClient, c: Candidate) -> Outcome:
         size = c.path.stat().st_size
         if size == 0:
             return Outcome(c.path, "skipped", message="empty")
-        if c.fmt.load is None:
+        if not c.fmt.inline:
             return await upload_file(client, c, size)
         data = await asyncio.to_thread(c.path.read_bytes)
     except OSError as exc:
         return Outcome(c.path, "failed", "unreadable", exc.strerror or str(exc))
     try:
-        loaded = c.fmt.load(data)
+        text = decode_text(data)
     except UnicodeDecodeError:
         return Outcome(c.path, "failed", "not_utf8", "not UTF-8 text")
-    except ValueError as exc:
-        return Outcome(c.path, "failed", "unreadable", str(exc))
-    if not loaded.text.strip():
+    if not text.strip():
         return Outcome(c.path, "skipped", message="empty")
     try:
-        document = build_document(c.path, c.root, loaded, c.fmt)
+        document = build_document(c.path, c.root, text, c.fmt)
     except ValidationError as exc:
         return Outcome(c.path, "failed", "invalid_document", describe_validation_error(exc.errors()))
-    if len(data) > c.fmt.max_file_bytes:
-        return await upload_file(client, c, len(data), data=data, title=document.title)
+    if len(data) > MAX_INLINE_FILE_BYTES:
+        return await upload_file(client, c, len(data), data=data)
     try:
         result = await client.ingest(document)
     except RagClientError as exc:
         if exc.code in FATAL_CODES:
             raise
         if exc.code == ErrorCode.MESSAGE_TOO_LARGE:  # as a JSON message it does not fit: upload it
-            return await upload_file(client, c, len(data), data=data, title=document.title)
+            return await upload_file(client, c, len(data), data=data)
         return Outcome(c.path, "failed", exc.code, exc.message, doc_id=document.id, reply=exc.reply)
     return Outcome(
         c.path,
@@ -341,16 +218,16 @@ class Batchable:
 async def load_batchable(c: Candidate) -> Batchable | None:
     """The file as a document for a batch, or None when it needs ``ingest_file`` (not text, too large,
     empty, unreadable or invalid: that path says why)."""
-    if c.fmt.load is None:
+    if not c.fmt.inline:
         return None
     try:
         if c.path.stat().st_size > BATCH_BYTES:
             return None
         data = await asyncio.to_thread(c.path.read_bytes)
-        loaded = c.fmt.load(data)
-        if not loaded.text.strip():
+        text = decode_text(data)
+        if not text.strip():
             return None
-        document = build_document(c.path, c.root, loaded, c.fmt)
+        document = build_document(c.path, c.root, text, c.fmt)
     except (OSError, ValueError):  # UnicodeDecodeError and pydantic's ValidationError are ValueErrors
         return None
     size = len(document.model_dump_json(exclude_none=True).encode()) + 1  # as the client sends it, plus a comma
@@ -389,13 +266,15 @@ async def ingest_batch(client: RagClient, batch: Sequence[Batchable]) -> tuple[l
     return outcomes, result
 
 
-async def upload_file(
-    client: RagClient, c: Candidate, size: int, *, data: bytes | None = None, title: str | None = None
-) -> Outcome:
-    """upload_url (refused early when the type or size is not accepted), PUT the bytes, ingest_object."""
+async def upload_file(client: RagClient, c: Candidate, size: int, *, data: bytes | None = None) -> Outcome:
+    """upload_url (refused early when the type or size is not accepted), PUT the bytes, ingest_object.
+
+    The server parses the file and takes its title from it; a file whose format has no title of its own
+    gets the same fallback title as in a message."""
     doc_id = c.doc_id
+    title = None if c.fmt.titled else fallback_title(c.path)
     try:
-        ticket = await client.upload_url(c.path.name, size)
+        ticket = await client.upload_url(c.path.name, size, c.fmt.content_type)
         if data is None:
             data = await asyncio.to_thread(c.path.read_bytes)
         await client.put_upload(ticket, data)

@@ -28,6 +28,7 @@ from typing import Final, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from shared.formats import find_format
 from shared.protocol import (
     MAX_MESSAGE_BYTES,
     SERVER_MESSAGE,
@@ -73,20 +74,13 @@ _S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?"
 _Reply = TypeVar("_Reply", bound=BaseModel)
 
 
-_CONTENT_TYPES: Final = {
-    ".md": "text/markdown",
-    ".markdown": "text/markdown",
-    ".txt": "text/plain",
-    ".pdf": "application/pdf",
-    ".html": "text/html",
-    ".htm": "text/html",
-}
-
-
 def content_type_for(filename: str) -> str:
-    """The Content-Type to upload a file with (the server picks the parser by extension anyway)."""
-    suffix = Path(filename).suffix.lower()
-    return _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    """The Content-Type to upload a file with: its format's (shared.formats), else a guess by its name
+    (the server refuses an unsupported type)."""
+    fmt = find_format(filename)
+    if fmt is not None:
+        return fmt.content_type
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
 class RagClientError(Exception):

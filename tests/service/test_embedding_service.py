@@ -47,7 +47,7 @@ def client(service: Service) -> Any:
         aws_access_key_id="test",
         aws_secret_access_key="test",
         config=Config(
-            connect_timeout=5,
+            connect_timeout=5 * TIMEOUT_FACTOR,
             read_timeout=60 * TIMEOUT_FACTOR,
             retries={"total_max_attempts": 1},  # a throttle must surface, not be retried
             max_pool_connections=16,
@@ -85,7 +85,7 @@ def cohere(client: Any, texts: list[str], **extra: Any) -> np.ndarray:
 
 
 def get_health(service: Service) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{service.url}/health", timeout=5) as resp:
+    with urllib.request.urlopen(f"{service.url}/health", timeout=5 * TIMEOUT_FACTOR) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result
 
@@ -190,7 +190,7 @@ def test_concurrent_requests_get_their_own_vectors(client: Any, service: Service
         return job, cohere(client, job)
 
     def first_wave(job: list[str]) -> tuple[list[str], np.ndarray]:
-        barrier.wait(timeout=30)  # start together so requests really overlap
+        barrier.wait(timeout=30 * TIMEOUT_FACTOR)  # start together so requests really overlap
         return run(job)
 
     with ThreadPoolExecutor(8) as pool:

@@ -136,7 +136,7 @@ def converse_stream(model_id: str = LLM_ID, messages: Any = None) -> Callable[[A
 
 
 def health(svc: Service) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{svc.url}/health", timeout=5) as resp:
+    with urllib.request.urlopen(f"{svc.url}/health", timeout=5 * TIMEOUT_FACTOR) as resp:
         data: dict[str, Any] = json.loads(resp.read())
         return data
 

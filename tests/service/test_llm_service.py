@@ -380,11 +380,10 @@ def test_client_disconnect_stops_generation(llm: Service) -> None:
     assert after["tokens_generated"] - before["tokens_generated"] < LONG // 2
     assert "generation cancelled after" in llm.log()
 
-    # The model is free again: a new request is served at once.
-    started = time.monotonic()
+    # The model is free again: a new request is served, not queued behind the cancelled one.
+    assert get_json(llm, "/health")["waiting"] == 0
     out = bedrock(llm).converse(modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": 4})
     assert out["usage"]["outputTokens"] == 4
-    assert time.monotonic() - started < 2 * TIMEOUT_FACTOR
 
 
 def test_client_timeout_on_converse_stops_generation(llm: Service) -> None:
@@ -432,7 +431,6 @@ def test_over_capacity_is_throttled(busy_llm: Service) -> None:
 
 
 def test_timeout_mid_stream_is_exception_frame(slow_llm: Service) -> None:
-    started = time.monotonic()
     response = bedrock(slow_llm).converse_stream(
         modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": LONG}
     )
@@ -443,8 +441,7 @@ def test_timeout_mid_stream_is_exception_frame(slow_llm: Service) -> None:
     assert "LLM_REQUEST_TIMEOUT_S" in exc_info.value.response["Error"]["Message"]
     assert events[0] == {"messageStart": {"role": "assistant"}}
     assert any("contentBlockDelta" in e for e in events)
-    assert not any("messageStop" in e for e in events)
-    assert time.monotonic() - started < 6 * TIMEOUT_FACTOR
+    assert not any("messageStop" in e for e in events)  # cut off by the timeout, before maxTokens
 
     with pytest.raises(ClientError) as ce:
         bedrock(slow_llm).converse(modelId=MODEL_ID, messages=_user(), inferenceConfig={"maxTokens": LONG})
@@ -453,19 +450,19 @@ def test_timeout_mid_stream_is_exception_frame(slow_llm: Service) -> None:
 
 
 def test_stop_matcher_holds_back_partial_matches() -> None:
-    from llm.engine import _StopMatcher
+    from llm.engine import StopMatcher
 
-    m = _StopMatcher(("END", "xy"))
+    m = StopMatcher(("END", "xy"))
     assert m.feed("abc") == ("abc", False)
     assert m.feed("dE") == ("d", False)  # "E" may start "END"
     assert m.feed("N") == ("", False)
     assert m.feed("Dzz") == ("", True)  # "END" completed across three pieces: nothing after it
-    m = _StopMatcher(("END",))
+    m = StopMatcher(("END",))
     assert m.feed("EN") == ("", False)
     assert m.feed("X") == ("ENX", False)  # not a stop after all: released
     assert m.feed("E") == ("", False)
     assert m.flush() == "E"
-    assert _StopMatcher(()).feed("END") == ("END", False)
+    assert StopMatcher(()).feed("END") == ("END", False)
 
 
 # -- model files --------------------------------------------------------------------------------------
@@ -479,7 +476,7 @@ def _fetch_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         env={**clean, **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60 * TIMEOUT_FACTOR,
     )
 
 
@@ -528,7 +525,7 @@ def test_service_refuses_missing_model(tmp_path: Path) -> None:
         env={**clean, "LLM_MODEL_PATH": str(tmp_path / "missing.gguf"), "LLM_PORT": "0"},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60 * TIMEOUT_FACTOR,
     )
     assert result.returncode == 1
     assert "LLM_MODEL_PATH" in result.stderr

@@ -33,9 +33,10 @@ import pytest
 from aiohttp import web
 from botocore.config import Config
 
+from shared.stack import Process
 from shared.vector_store import CHUNKS_TABLE, MessageRow, VectorStore
 from tests.conftest import S3_ENV, s3_client
-from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, free_port, start_service, stop_service
+from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, start_service, stop_service
 from tests.unit.test_aws_mode import StandIn
 
 # The refused ingestion service's log, for the no-traceback check below.
@@ -184,7 +185,7 @@ def _wait_healthy_or_exit(svc_proc: subprocess.Popen[bytes], url: str, timeout: 
         if svc_proc.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            with urllib.request.urlopen(f"{url}/health", timeout=2 * TIMEOUT_FACTOR) as resp:
                 if resp.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
@@ -194,20 +195,18 @@ def _wait_healthy_or_exit(svc_proc: subprocess.Popen[bytes], url: str, timeout: 
 
 
 def start_ingestion(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    full = {**os.environ, **env, "INGESTION_HOST": "127.0.0.1", "INGESTION_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ingestion"], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT
-        )
-    return proc, f"http://127.0.0.1:{port}"
+    svc = Process(log.stem, "ingestion", env={**env, "INGESTION_HOST": "127.0.0.1"}).bind()
+    svc.env["INGESTION_PORT"] = str(svc.port)
+    proc = svc.start(log.parent).proc  # writes log.parent / f"{log.stem}.log", i.e. `log`
+    assert proc is not None
+    return proc, svc.url
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(10 * TIMEOUT_FACTOR)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -244,7 +243,7 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
                 ev = json.loads((ROOT / "tests" / "events" / "websocket_message_ingest.json").read_text())
                 client = boto3.client(
                     "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                    aws_secret_access_key="x", config=Config(read_timeout=120),
+                    aws_secret_access_key="x", config=Config(read_timeout=120 * TIMEOUT_FACTOR),
                 )  # fmt: skip
                 client.invoke(FunctionName="ingestion", Payload=json.dumps(ev).encode())
         finally:

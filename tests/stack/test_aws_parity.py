@@ -15,6 +15,7 @@ from botocore.config import Config
 from shared.stack import Stack
 from tests.conftest import StackFactory, WsClient
 from tests.support.paths import EVENTS
+from tests.support.timeouts import scaled
 
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
@@ -25,7 +26,9 @@ def stack(start_stack: StackFactory) -> Stack:
 
 
 def lambda_client(stack: Stack, name: str) -> Any:
-    return boto3.client("lambda", endpoint_url=stack.by_name[name].url, config=Config(read_timeout=120), **CREDS)
+    return boto3.client(
+        "lambda", endpoint_url=stack.by_name[name].url, config=Config(read_timeout=scaled(120)), **CREDS
+    )
 
 
 def mgmt_client(stack: Stack) -> Any:
@@ -78,7 +81,7 @@ def test_lambda_invocation_types_and_function_errors(stack: Stack) -> None:
 
 
 def _connection_ids(stack: Stack) -> list[str]:
-    with urllib.request.urlopen(f"{stack.by_name['gateway'].url}/health", timeout=5) as r:
+    with urllib.request.urlopen(f"{stack.by_name['gateway'].url}/health", timeout=scaled(5)) as r:
         ids: list[str] = json.loads(r.read())["connection_ids"]
         return ids
 
@@ -94,7 +97,7 @@ def test_management_api_post_get_delete(stack: Stack) -> None:
         info = mgmt.get_connection(ConnectionId=cid)
         assert info["Identity"]["SourceIp"] == "127.0.0.1" and info["ConnectedAt"].year >= 2025
         mgmt.delete_connection(ConnectionId=cid)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + scaled(5)
         while cid in _connection_ids(stack) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert cid not in _connection_ids(stack)

@@ -4,16 +4,16 @@ nothing is partly written, no exception text reaches the client."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shared.protocol import SERVER_MESSAGE
-from shared.stack import Process, Stack, free_port, wait_healthy
+from shared.stack import Process, Stack
 from tests.conftest import ARTIFACTS, StackFactory, WsClient
+from tests.support.procs import port_of, refusing_port
+from tests.support.timeouts import scaled
 
 LEAK_MARKERS = ("Traceback", 'File "', "Error:", "hunter2", "Exception")
 
@@ -189,45 +189,33 @@ def test_concurrent_requests_on_one_connection_are_answered_by_id(client: WsClie
 def faulty_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A gateway whose 'chat' function crashes and whose 'ingestion' function times out."""
     log_dir = ARTIFACTS / "logs" / "faulty"
-    crash_port, slow_port = free_port(), free_port()
-    procs = []
-    for name, port, args in (
-        ("crash", crash_port, ["tests.support.faulty_handlers.crash"]),
-        ("slow", slow_port, ["tests.support.faulty_handlers.slow", "--timeout", "1"]),
-    ):
-        log = log_dir / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.Popen(
-            [sys.executable, "-m", "shared.lambda_runtime", *args, "--port", str(port)],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(p)
-        wait_healthy(f"http://127.0.0.1:{port}/health", p, timeout=60)
-    gw_port = free_port()
+    crash = Process("crash", "shared.lambda_runtime", args=["tests.support.faulty_handlers.crash"]).bind()
+    slow = Process(
+        "slow", "shared.lambda_runtime", args=["tests.support.faulty_handlers.slow", "--timeout", "1"]
+    ).bind()
     gateway = Process(
         "gateway",
         "gateway",
-        gw_port,
         {
-            "GATEWAY_PORT": str(gw_port),
             "GATEWAY_FUNCTIONS": json.dumps(
                 {
-                    "chat": f"http://127.0.0.1:{crash_port}/2015-03-31/functions/crash/invocations",
-                    "ingestion": f"http://127.0.0.1:{slow_port}/2015-03-31/functions/slow/invocations",
+                    "chat": f"{crash.url}/2015-03-31/functions/crash/invocations",
+                    "ingestion": f"{slow.url}/2015-03-31/functions/slow/invocations",
                 }
             ),
         },
-    )
-    gateway.start(log_dir)
+    ).bind()
+    gateway.env["GATEWAY_PORT"] = str(gateway.port)
+    procs = [crash, slow, gateway]
     try:
-        gateway.wait_healthy(60)
-        yield f"ws://127.0.0.1:{gw_port}/local"
-    finally:
-        gateway.stop()
         for p in procs:
-            p.terminate()
-            p.wait(10)
+            p.start(log_dir)
+        for p in procs:
+            p.wait_healthy(scaled(60))
+        yield f"ws://127.0.0.1:{gateway.port}/local"
+    finally:
+        for p in reversed(procs):
+            p.stop()
 
 
 def test_crashing_lambda_becomes_a_generic_error(faulty_gateway: str) -> None:
@@ -251,26 +239,29 @@ def test_timed_out_lambda_becomes_a_timeout_error(faulty_gateway: str) -> None:
 
 
 def test_unreachable_lambda_becomes_unavailable(tmp_path_factory: pytest.TempPathFactory) -> None:
-    port, dead = free_port(), free_port()
-    gateway = Process(
-        "gateway",
-        "gateway",
-        port,
-        {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_FUNCTIONS": json.dumps(
-                {"chat": f"http://127.0.0.1:{dead}/2015-03-31/functions/chat/invocations", "ingestion": "http://x"}
-            ),
-            "GATEWAY_ROUTES": json.dumps({"search": "chat"}),  # no $connect route: connections are accepted
-        },
-    )
-    gateway.start(ARTIFACTS / "logs" / "unreachable")
-    try:
-        gateway.wait_healthy(60)
-        c = WsClient(f"ws://127.0.0.1:{port}/local", timeout=20)
+    with refusing_port() as dead:
+        gateway = Process(
+            "gateway",
+            "gateway",
+            {
+                "GATEWAY_FUNCTIONS": json.dumps(
+                    {
+                        "chat": f"http://127.0.0.1:{port_of(dead)}/2015-03-31/functions/chat/invocations",
+                        "ingestion": "http://x",
+                    }
+                ),
+                "GATEWAY_ROUTES": json.dumps({"search": "chat"}),  # no $connect route: connections are accepted
+            },
+        ).bind()
+        gateway.env["GATEWAY_PORT"] = str(gateway.port)
+        gateway.start(ARTIFACTS / "logs" / "unreachable")
         try:
-            assert_error(c.request({"action": "search", "request_id": "u", "query": "q"}), "upstream_unavailable", "u")
+            gateway.wait_healthy(scaled(60))
+            c = WsClient(f"ws://127.0.0.1:{gateway.port}/local", timeout=20)
+            try:
+                reply = c.request({"action": "search", "request_id": "u", "query": "q"})
+                assert_error(reply, "upstream_unavailable", "u")
+            finally:
+                c.close()
         finally:
-            c.close()
-    finally:
-        gateway.stop()
+            gateway.stop()

@@ -19,21 +19,13 @@ from typing import Any
 
 import pytest
 
-from shared.client.cli import (
-    FORMATS,
-    LoadedText,
-    build_document,
-    build_parser,
-    discover,
-    doc_id_for,
-    load_markdown,
-    markdown_title,
-    title_for,
-)
-from shared.protocol import MAX_MESSAGE_BYTES, SERVER_MESSAGE, Document, History, SearchResult, StreamEnd
-from shared.stack import Stack, free_port
+from shared.client.cli import build_document, build_parser, decode_text, discover, fallback_title
+from shared.formats import format_for
+from shared.protocol import MAX_MESSAGE_BYTES, SERVER_MESSAGE, History, SearchResult, StreamEnd
+from shared.stack import Stack
 from tests.conftest import TIMEOUT_FACTOR, StackFactory
 from tests.support.paths import ROOT
+from tests.support.procs import port_of, refusing_port
 
 MAX_DISTANCE = "0.7"  # see test_e2e: related texts sit at ~0.3-0.4, unrelated ones at ~0.85+
 
@@ -160,6 +152,30 @@ def test_ingest_uploads_large_files_pdfs_and_html(stack: Stack, tmp_path: Path) 
     assert "big.txt" in {s["doc_id"] for s in json_lines(found.stdout)[0]["results"]}, found.stdout
 
 
+def test_markdown_is_split_by_headings_whether_batched_or_uploaded(stack: Stack, tmp_path: Path) -> None:
+    """Regression: small .md files (sent in an ingest_batch message) were chunked as plain text, a large one
+    (uploaded) by headings. Both now reach the server's Markdown parser: chunks carry their heading path."""
+    head = "---\ntitle: Apiary field guide\n---\n# Beekeeping\n\n## Hives\n\n"
+    for name in ("small-a.md", "small-b.md"):
+        (tmp_path / name).write_text(head + "Honey bees store nectar in wax combs inside the hive.\n")
+    (tmp_path / "large.md").write_text(head + "administration " * (2 * MAX_MESSAGE_BYTES // 15 + 10))
+    r = ok(run_cli(stack.ws_url, "--json", "ingest", str(tmp_path)))
+    replies = json_lines(r.stdout)
+    assert sorted(m["type"] for m in replies) == ["ingest_batch_result", "ingest_result"], replies
+    try:
+        for query, doc_ids in (
+            ("honey bees wax combs", {"small-a.md", "small-b.md"}),
+            ("administration", {"large.md"}),
+        ):
+            found = ok(run_cli(stack.ws_url, "--json", "search", query, "--top-k", "50", "--max-distance", "2"))
+            hits = [s for s in json_lines(found.stdout)[0]["results"] if s["doc_id"] in doc_ids]
+            assert {s["doc_id"] for s in hits} == doc_ids, found.stdout
+            assert all(s["heading"] == "Beekeeping > Hives" and s["title"] == "Apiary field guide" for s in hits), hits
+    finally:  # the stack is the module's: leave its index as it was
+        for doc_id in ("small-a.md", "small-b.md", "large.md"):
+            ok(run_cli(stack.ws_url, "delete", doc_id))
+
+
 def test_ingest_many_files_concurrently(stack: Stack, tmp_path: Path) -> None:
     # HTML files are uploaded (upload_url, PUT, ingest_object), one by one: with 8 in flight, more than the
     # gateway allows per connection (4), throttled requests are retried.
@@ -263,16 +279,18 @@ def test_delete(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_unreachable_gateway() -> None:
-    url = f"ws://127.0.0.1:{free_port()}/local"
-    for args in (["search", "anything"], ["ask", "anything"], ["--json", "history", "c"]):
-        r = failed(run_cli(url, *args, timeout=60))
-        assert f"error: connection_failed: cannot connect to {url}: is `make up` running?" in r.stderr, r.stderr
-        assert r.stdout == ""
+    with refusing_port() as dead:
+        url = f"ws://127.0.0.1:{port_of(dead)}/local"
+        for args in (["search", "anything"], ["ask", "anything"], ["--json", "history", "c"]):
+            r = failed(run_cli(url, *args, timeout=60))
+            assert f"error: connection_failed: cannot connect to {url}: is `make up` running?" in r.stderr, r.stderr
+            assert r.stdout == ""
 
 
 def test_unreachable_gateway_during_ingest(corpus: Path) -> None:
-    url = f"ws://127.0.0.1:{free_port()}/local"
-    r = failed(run_cli(url, "ingest", str(corpus), timeout=60))
+    with refusing_port() as dead:
+        url = f"ws://127.0.0.1:{port_of(dead)}/local"
+        r = failed(run_cli(url, "ingest", str(corpus), timeout=60))
     assert f"cannot connect to {url}" in r.stderr
 
 
@@ -292,7 +310,11 @@ def test_invalid_arguments_are_reported_not_sent(stack: Stack) -> None:
     r = failed(run_cli(stack.ws_url, "ask", "q", "--top-k", "51"))
     assert "error: invalid_request: top_k" in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "shared.client.cli", "ask"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "shared.client.cli", "ask"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60 * TIMEOUT_FACTOR,
     )
     assert r.returncode == 2 and "usage:" in r.stderr  # argparse's own usage error
 
@@ -344,64 +366,21 @@ def test_ctrl_c_exits_130_quietly(stack: Stack) -> None:
 # ---------------------------------------------------------------------- pure helpers (no I/O)
 
 
-@pytest.mark.parametrize(
-    ("path", "root", "expected"),
-    [
-        (PurePosixPath("docs/volcanoes.md"), PurePosixPath("docs"), "volcanoes.md"),
-        (PurePosixPath("docs/a/b/c.txt"), PurePosixPath("docs"), "a:b:c.txt"),
-        (PurePosixPath("/abs/x/notes.md"), PurePosixPath("/abs"), "x:notes.md"),
-        (PureWindowsPath(r"C:\docs\a\b.md"), PureWindowsPath(r"C:\docs"), "a:b.md"),
-        (PurePosixPath("d/C# notes.md"), PurePosixPath("d"), "C%23 notes.md"),
-        (PurePosixPath("d/back\\slash.txt"), PurePosixPath("d"), "back%5Cslash.txt"),
-        (PurePosixPath("d/ padded .txt "), PurePosixPath("d"), "%20padded .txt%20"),
-    ],
-)
-def test_doc_id_for(path: PurePosixPath, root: PurePosixPath, expected: str) -> None:
-    doc_id = doc_id_for(path, root)
-    assert doc_id == expected
-    Document(id=doc_id, text="x")  # always a valid document id
+def test_fallback_title_is_the_stem() -> None:
+    assert fallback_title(PurePosixPath("x/sourdough.txt")) == "sourdough"
+    assert fallback_title(PureWindowsPath(r"x\notes.md")) == "notes"
+    assert fallback_title(PurePosixPath(".profile")) == ".profile"
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("# Volcanoes\n\nText.", "Volcanoes"),
-        ("Intro line\n\n## Second level ##\n", "Second level"),
-        ("   # Indented a little\n", "Indented a little"),
-        ("# **Bold** and [a link](http://x) with `code_span`\n", "Bold and a link with code_span"),
-        ("# The my_var_name function\n", "The my_var_name function"),
-        ("#hashtag is not a heading\n\n# Real\n", "Real"),
-        ("```\n# inside a fence\n```\n\n# After the fence\n", "After the fence"),
-        ("Setext Title\n============\n\nBody", "Setext Title"),
-        ("Sub title\n---\n", "Sub title"),
-        ("- a list item\n---\n", None),
-        ("---\ntitle: 'From front matter'\ndate: 2025-01-31\n---\n# Heading\n", "From front matter"),
-        ("---\ndate: 2025-01-31\n---\n# Heading after front matter\n", "Heading after front matter"),
-        ("#\n\nNo heading text anywhere.\n", None),
-        ("Just prose.\n", None),
-    ],
-)
-def test_markdown_title(text: str, expected: str | None) -> None:
-    assert markdown_title(text) == expected
-
-
-def test_title_for_falls_back_to_the_stem() -> None:
-    assert title_for(PurePosixPath("x/volcanoes.md"), LoadedText("prose", title="Volcanoes")) == "Volcanoes"
-    assert title_for(PurePosixPath("x/sourdough.txt"), LoadedText("# Not a title in a .txt")) == "sourdough"
-    assert title_for(PurePosixPath("x/notes.md"), load_markdown(b"no heading")) == "notes"
-
-
-def test_load_markdown_decodes_and_reads_front_matter() -> None:
-    loaded = load_markdown(b"\xef\xbb\xbf---\r\ndate: 2025-01-31\r\n---\r\n# Caf\xc3\xa9\r\nbody\r\n")
-    assert loaded.title == "Caf\u00e9" and loaded.date == "2025-01-31"
-    assert "\r" not in loaded.text and not loaded.text.startswith("\ufeff")
+def test_decode_text() -> None:
+    assert decode_text(b"\xef\xbb\xbf# Caf\xc3\xa9\r\nbody\r") == "# Caf\u00e9\nbody\n"
     with pytest.raises(UnicodeDecodeError):
-        load_markdown(b"\xff\xfe not utf-8")
+        decode_text(b"\xff\xfe not utf-8")
 
 
 def test_build_document() -> None:
-    doc = build_document(Path("docs/a/b.md"), Path("docs"), load_markdown(b"# B\n\ntext"), FORMATS[".md"])
-    assert (doc.id, doc.title, doc.metadata) == ("a:b.md", "B", {"format": "markdown"})
+    doc = build_document(Path("docs/a/b.md"), Path("docs"), "# B\n\ntext", format_for("b.md"))
+    assert (doc.id, doc.title, doc.format, doc.metadata) == ("a:b.md", "b", "markdown", {})
     assert doc.source is not None and doc.source.endswith("docs/a/b.md")
 
 

@@ -1,9 +1,10 @@
-"""Document formats (shared/documents.py) and the ingestion service's file handling, without processes:
+"""Document parsers (ingestion/parsers.py) and the ingestion service's file handling, without processes:
 real parsers (pypdf, markdown-it-py, BeautifulSoup), the real chunker and tokenizer, a real local object
 store in a temporary folder; only the embedder and the vector store are in-memory stand-ins."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -16,18 +17,12 @@ import pytest
 from fpdf import FPDF
 
 from ingestion.chunker import Chunker
-from ingestion.parsers import (
-    REGISTRY,
-    CorruptDocument,
-    NoTextLayer,
-    UnsupportedType,
-    format_for,
-    parse_document,
-)
-from ingestion.service import IngestionService, doc_id_for, safe_filename
+from ingestion.parsers import CorruptDocument, NoTextLayer, UnsupportedType, parse_document
+from ingestion.service import IngestionService, safe_filename
 from ingestion.settings import Settings
 from shared import wiring
 from shared.bedrock import Embedder
+from shared.client.cli import discover, load_batchable
 from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, RagError
 from shared.events import KinesisEventRecord, S3EventRecord, event_kind
 from shared.object_store import (
@@ -39,10 +34,10 @@ from shared.object_store import (
     verify_upload,
 )
 from shared.protocol import Document, ErrorCode
-from shared.stack import free_port
 from shared.vector_store import VectorStore
 from tests.conftest import StackFactory
 from tests.support.paths import EVENTS
+from tests.support.procs import port_of, reserve_port
 
 # ---------------------------------------------------------------------- test files
 
@@ -104,29 +99,10 @@ Basalt lava is runny.
 """
 
 
-# ---------------------------------------------------------------------- registry
+# ---------------------------------------------------------------------- formats
 
 
-def test_registry_picks_by_extension_then_content_type() -> None:
-    assert format_for("notes.TXT").name == "text"
-    assert format_for("a/b/guide.markdown").name == "markdown"
-    assert format_for("report.pdf", "text/plain").name == "pdf"  # the extension wins
-    assert format_for("page.htm").name == "html"
-    assert format_for("no-extension", "text/markdown; charset=utf-8").name == "markdown"
-    assert {".txt", ".md", ".pdf", ".html", ".htm"} <= set(REGISTRY.extensions)
-    for name, ctype in (("slides.pptx", None), ("archive", "application/octet-stream"), ("x.docx", "text/nope")):
-        with pytest.raises(UnsupportedType) as info:
-            format_for(name, ctype)
-        assert info.value.code == ErrorCode.UNSUPPORTED_TYPE and ".pdf" in info.value.message
-
-
-def test_a_new_format_plugs_in() -> None:
-    from ingestion.parsers import Format as Fmt
-    from ingestion.parsers import FormatRegistry, ParsedDocument, Section
-
-    reg = FormatRegistry()
-    reg.register(Fmt("csv", (".csv",), ("text/csv",), lambda b: ParsedDocument(None, [Section(b.decode())], "csv")))
-    assert reg.lookup("data.csv").parse(b"a,b").sections[0].text == "a,b"
+# The format table itself (shared/formats.py) is tested in tests/unit/test_formats.py.
 
 
 # ---------------------------------------------------------------------- text
@@ -322,7 +298,6 @@ def test_upload_keys_and_names() -> None:
     assert safe_filename("C:\\Users\\me\\notes #1.md") == "notes _1.md"
     assert safe_filename("..") == "file"
     assert len(safe_filename("x" * 300 + ".pdf")) == 200 and safe_filename("x" * 300 + ".pdf").endswith(".pdf")
-    assert doc_id_for("reports_q1#draft.pdf") == "reports_q1_draft.pdf"
 
 
 # ---------------------------------------------------------------------- event models
@@ -378,23 +353,26 @@ def embedding_url(start_stack: StackFactory) -> str:
     return local_stack(start_stack).by_name["embedding"].url
 
 
+GW = "http://gw/local"  # the gateway an upload_url request came through
+
+
 @pytest.fixture
 def service(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, embedding_url: str) -> IngestionService:
     return IngestionService(
+        Settings(max_document_bytes=1_000_000, max_upload_bytes=200_000, upload_url_expires_s=900),
         chunker=Chunker(64, 8),
-        embedder=RecordingEmbedder(_embedder(embedding_url)),  # type: ignore[arg-type]
+        embedder=RecordingEmbedder(_embedder(embedding_url)),
         store=VectorStore(
             str(tmp_path_factory.mktemp("lancedb")), dimension=384, model_id=Settings().embedding_model_id
         ),
-        objects=LocalObjectStore(tmp_path, upload_base_url="http://gw/local", upload_secret="k"),
-        max_document_bytes=1_000_000,
-        max_upload_bytes=200_000,
+        objects=LocalObjectStore(tmp_path, upload_secret="k"),
     )
 
 
 def _rows(service: IngestionService) -> dict[str, list[SimpleNamespace]]:
     """Every chunk in LanceDB, by document and chunk number, metadata decoded."""
     out: dict[str, list[SimpleNamespace]] = {}
+    assert isinstance(service.store, VectorStore)
     for r in sorted(service.store.chunks().to_arrow().to_pylist(), key=lambda r: (r["doc_id"], r["chunk"])):
         meta = r["metadata"]
         r["metadata"] = json.loads(meta) if isinstance(meta, str) else meta
@@ -403,7 +381,7 @@ def _rows(service: IngestionService) -> dict[str, list[SimpleNamespace]]:
 
 
 def _upload(service: IngestionService, name: str, data: bytes) -> str:
-    ticket = service.upload_url(name, "application/octet-stream", max(len(data), 1))
+    ticket = service.upload_url(name, "application/octet-stream", max(len(data), 1), gateway_url=GW)
     root: Path = service.objects.root  # type: ignore[attr-defined]
     (root / ticket.key).parent.mkdir(parents=True, exist_ok=True)
     (root / ticket.key).write_bytes(data)
@@ -439,6 +417,32 @@ def test_markdown_upload_chunks_never_span_sections_and_are_numbered_across_the_
     assert set(out.timings_ms) >= {"read", "parse", "chunk", "embed", "store", "total"}
 
 
+def test_markdown_sent_by_the_cli_is_parsed_as_the_uploaded_file_is(
+    service: IngestionService, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Regression: a small .md file the CLI packs into ingest_batch was chunked as plain text (front matter
+    included, no headings), the same file uploaded by headings. Now both go through the one Markdown parser:
+    the same chunks, metadata, title and date."""
+    md = MARKDOWN.replace("author: someone", "date: 2025-01-31")
+    folder = tmp_path_factory.mktemp("files")
+    (folder / "guide.md").write_text(md)
+    (candidate,), _ = discover([folder / "guide.md"])
+    batched = asyncio.run(load_batchable(candidate))
+    assert batched is not None
+    (out,) = service.ingest_many([batched.document])
+    assert not isinstance(out, Exception) and out.doc_id == "guide.md"
+    service.ingest_object(_upload(service, "guide.md", md.encode()), doc_id="uploaded")
+    rows = _rows(service)
+
+    def shape(doc_id: str) -> list[tuple[Any, ...]]:
+        return [(r.chunk, r.text, r.metadata, r.title, r.date) for r in rows[doc_id]]
+
+    assert shape("guide.md") == shape("uploaded")
+    assert {r.metadata.get("heading") for r in rows["guide.md"]} >= {"Volcanoes > Setup", "Volcanoes > Setup > Install"}
+    assert all(r.title == "Field guide" and r.date == "2025-01-31" for r in rows["guide.md"])
+    assert not any("title: Field guide" in r.text for r in rows["guide.md"])  # front matter is not content
+
+
 def test_pdf_upload_keeps_pages_and_reupload_replaces(service: IngestionService, tmp_path: Path) -> None:
     pdf = make_pdf(["Page one text.", "Page two text.", "Page three text."], title="Three pages")
     out = service.ingest_object(_upload(service, "three.pdf", pdf), doc_id="report", title="My report")
@@ -468,7 +472,7 @@ def test_bad_uploads_leave_nothing(
 ) -> None:
     blob = make_image_only_pdf() if data == "image-only" else data
     assert isinstance(blob, bytes)
-    ticket = service.upload_url(name, "", 10)
+    ticket = service.upload_url(name, "", 10, gateway_url=GW)
     (tmp_path / ticket.key).parent.mkdir(parents=True)
     (tmp_path / ticket.key).write_bytes(blob)
     with pytest.raises(error):
@@ -479,14 +483,27 @@ def test_bad_uploads_leave_nothing(
 
 def test_upload_url_refuses_before_the_upload(service: IngestionService) -> None:
     with pytest.raises(UnsupportedType):
-        service.upload_url("slides.pptx", "application/vnd.ms-powerpoint", 10)
+        service.upload_url("slides.pptx", "application/vnd.ms-powerpoint", 10, gateway_url=GW)
     with pytest.raises(DocumentTooLarge):
-        service.upload_url("big.pdf", "application/pdf", 200_001)
-    t = service.upload_url("../../x/Notes #1.md", "text/markdown", 10)
+        service.upload_url("big.pdf", "application/pdf", 200_001, gateway_url=GW)
+    t = service.upload_url("../../x/Notes #1.md", "text/markdown", 10, gateway_url=GW)
     assert is_upload_key(t.key) and t.key.endswith("/Notes _1.md") and t.headers == {"Content-Type": "text/markdown"}
     assert t.url.startswith("http://gw/local/uploads/") and "signature=" in t.url and t.expires_in == 900
     expires = int(t.url.split("expires=")[1].split("&")[0])
     assert time.time() + 800 < expires <= time.time() + 901
+
+
+def test_a_file_known_by_its_content_type_only_is_read_in_that_format(
+    service: IngestionService, tmp_path: Path
+) -> None:
+    """upload_url accepts a name without a known extension by its content type; the key then names the file
+    for its format, so ingest_object (which has only the key) parses it as upload_url said it would."""
+    ticket = service.upload_url("README", "text/markdown", 10, gateway_url=GW)
+    assert ticket.key.endswith("/README.md") and ticket.headers == {"Content-Type": "text/markdown"}
+    (tmp_path / ticket.key).parent.mkdir(parents=True)
+    (tmp_path / ticket.key).write_bytes(b"# Read me\n\n## Usage\n\nRun it.")
+    assert service.ingest_object(ticket.key).doc_id == "README.md"
+    assert [r.metadata.get("heading") for r in _rows(service)["README.md"]] == ["Read me > Usage"]
 
 
 def test_missing_object_and_transient_failure(service: IngestionService, tmp_path: Path) -> None:
@@ -496,12 +513,14 @@ def test_missing_object_and_transient_failure(service: IngestionService, tmp_pat
         service.ingest_object("guide.md.json")  # not an upload key: never read
     key = _upload(service, "ok.md", b"# T\n\nText.")
     working = service.embedder
-    service.embedder = _embedder(f"http://127.0.0.1:{free_port()}")  # the embedding service is down
+    dead = reserve_port()  # the embedding service is down: connections there are refused
+    service.embedder = _embedder(f"http://127.0.0.1:{port_of(dead)}")
     with pytest.raises(RagError) as info:
         service.ingest_object(key)
     assert info.value.code == ErrorCode.UPSTREAM_UNAVAILABLE
     assert _files(tmp_path) == [key]  # kept: the client can retry ingest_object
     service.embedder = working
+    dead.close()
     assert service.ingest_object(key).chunks == 1
 
 
@@ -546,7 +565,8 @@ def test_embedded_texts_fit_the_model_even_with_the_title(service: IngestionServ
     service.chunker = Chunker(64, 8, model_max_tokens=66)
     service.ingest(Document(id="dense", title="A rather long title", text="understanding " * 400))
     service.ingest(Document(id="short", title="Short", text="One sentence. Another one."))
-    texts = service.embedder.texts  # type: ignore[attr-defined]
+    assert isinstance(service.embedder, RecordingEmbedder)
+    texts = service.embedder.texts
     assert all(service.chunker.count(t) <= 66 for t in texts)
     assert "understanding understanding" in texts[0] and not texts[0].startswith("A rather long title")
     assert texts[-1] == "Short: One sentence. Another one."  # the title is kept where it fits

@@ -15,9 +15,10 @@ from ingestion.service import IngestionService, IngestOutcome
 from ingestion.settings import Settings
 from shared.errors import DocumentTooLarge, EmptyDocument, RagError, UpstreamUnavailable
 from shared.protocol import Document
-from shared.stack import Stack, free_port
+from shared.stack import Stack
 from tests.conftest import StackFactory
 from tests.stack.test_upload import local_stack
+from tests.support.procs import port_of, refusing_port
 
 # Several chunks each at 40 word-pieces, of different lengths (so the batch mixes them when sorting).
 TEXTS = {
@@ -127,7 +128,8 @@ def test_bad_documents_fail_alone_and_repeated_ids_keep_their_order(stack: Stack
 
 
 def test_embedding_down_fails_the_batch_and_writes_nothing(tmp_path: Path) -> None:
-    svc = service_at(tmp_path, f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    out = svc.ingest_many([doc("tides"), doc("bread"), doc("empty", " ")])
+    with refusing_port() as dead:  # nothing listens there
+        svc = service_at(tmp_path, f"http://127.0.0.1:{port_of(dead)}")
+        out = svc.ingest_many([doc("tides"), doc("bread"), doc("empty", " ")])
     assert [type(o) for o in out] == [UpstreamUnavailable, UpstreamUnavailable, EmptyDocument]
     assert svc.store.count_chunks() == 0 and svc.objects.document_ids() == []

@@ -22,6 +22,7 @@ from tests.conftest import ARTIFACTS, StackFactory, WsClient
 from tests.stack.test_documents import make_pdf
 from tests.stack.test_upload import chunk_rows, local_stack, read_object, s3_stack, search, store_keys, write_object
 from tests.support.paths import EVENTS
+from tests.support.timeouts import scaled
 
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
@@ -33,7 +34,7 @@ def event(name: str) -> dict[str, Any]:
 
 def invoke(stack: Stack, payload: dict[str, Any]) -> dict[str, Any]:
     client = boto3.client(
-        "lambda", endpoint_url=stack.by_name["ingestion"].url, config=Config(read_timeout=180), **CREDS
+        "lambda", endpoint_url=stack.by_name["ingestion"].url, config=Config(read_timeout=scaled(180)), **CREDS
     )
     resp = client.invoke(FunctionName="ingestion", Payload=json.dumps(payload).encode())
     assert resp["StatusCode"] == 200 and "FunctionError" not in resp, resp
@@ -72,7 +73,7 @@ def test_s3_object_created_and_removed(s3stack: Stack) -> None:
     cfg = s3stack.config
     assert cfg is not None and cfg.documents_uri == f"s3://{bucket}/documents"
     key = "inbox/field notes/Hot springs & geysers.md"  # the fixture's URL-encoded key, decoded
-    doc_id = "field notes_Hot springs & geysers.md"
+    doc_id = "field notes:Hot springs & geysers.md"  # shared.doc_ids: the path under inbox/, "/" -> ":"
     text = (
         "# Hot springs\n\nHot springs form where groundwater heated by magma rises to the surface.\n\n"
         "## Geysers\n\nA geyser erupts when water trapped in narrow underground channels boils."
@@ -128,18 +129,19 @@ def test_s3_batch_with_bad_records(s3stack: Stack) -> None:
     ]
     body = invoke(s3stack, {"Records": records})
     assert sorted(failures(body)) == sorted(["documents/" + k for k in (corrupt, missing, unsupported, "inbox/z")])
-    assert len(chunk_rows(s3stack, "batch_tides.md")) == 1
-    assert chunk_rows(s3stack, "batch_moon phases.pdf")[0]["metadata"]["page"] == 1
-    for bad in ("batch_broken.pdf", "batch_never-written.md", "batch_slides.pptx"):
-        assert chunk_rows(s3stack, bad) == [] and f"{bad}.json" not in store_keys(s3stack)
+    assert len(chunk_rows(s3stack, "batch:tides.md")) == 1
+    assert chunk_rows(s3stack, "batch:moon phases.pdf")[0]["metadata"]["page"] == 1
+    for bad in ("batch:broken.pdf", "batch:never-written.md", "batch:slides.pptx"):
+        assert chunk_rows(s3stack, bad) == [] and quote(bad, safe="") + ".json" not in store_keys(s3stack)
     assert corrupt in store_keys(s3stack)  # a file dropped in the inbox is the user's: kept even if bad
     c = WsClient(s3stack.ws_url)
     try:
-        assert search(c, "tidal bulges and the Moon's gravity")[0]["doc_id"] == "batch_tides.md"
+        assert search(c, "tidal bulges and the Moon's gravity")[0]["doc_id"] == "batch:tides.md"
         # Deleting the document through the API removes its inbox file too.
-        r = c.request({"action": "delete_document", "request_id": "d", "doc_id": "batch_tides.md"})
+        r = c.request({"action": "delete_document", "request_id": "d", "doc_id": "batch:tides.md"})
         assert r["type"] == "document_deleted"
-        assert good_md not in store_keys(s3stack) and "batch_tides.md.json" not in store_keys(s3stack)
+        keys = store_keys(s3stack)
+        assert good_md not in keys and quote("batch:tides.md", safe="") + ".json" not in keys
     finally:
         c.close()
 
@@ -241,12 +243,12 @@ def test_ingest_to_searchable_latency(localstack: Stack) -> None:
             t0 = time.perf_counter()
             assert failures(invoke(localstack, {"Records": [kinesis_record(template, str(10_000 + i), payload)]})) == []
             t_invoked = time.perf_counter()
-            deadline = t0 + 30
+            deadline = t0 + scaled(30)
             while True:
                 hits = search(c, f"comet {word} inner solar system", top_k=3)
                 if any(h["doc_id"] == doc_id for h in hits):
                     break
-                assert time.perf_counter() < deadline, "not searchable after 30 s"
+                assert time.perf_counter() < deadline, f"not searchable after {scaled(30):g} s"
                 time.sleep(0.01)
             t_found = time.perf_counter()
             samples.append({"invoke_ms": (t_invoked - t0) * 1000, "searchable_ms": (t_found - t0) * 1000})

@@ -25,6 +25,7 @@ from shared.stack import Stack
 from shared.vector_store import sql_str, storage_options_for
 from tests.conftest import StackFactory, WsClient, s3_client
 from tests.stack.test_documents import make_image_only_pdf, make_pdf
+from tests.support.timeouts import scaled
 
 MAX_UPLOAD_BYTES = 1_000_000
 STACK_ENV = {"RAG_MAX_DISTANCE": "0.7", "RAG_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
@@ -73,7 +74,7 @@ def folder_client(folder_stack: Stack) -> Iterator[WsClient]:
 def http_put(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method="PUT", headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=scaled(60)) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -459,7 +460,7 @@ def test_local_put_refuses_bad_signatures_expiry_and_oversize(folder_client: WsC
     pre = urllib.request.Request(
         url, method="OPTIONS", headers={"Origin": "http://localhost:1", "Access-Control-Request-Method": "PUT"}
     )
-    with urllib.request.urlopen(pre, timeout=10) as resp:
+    with urllib.request.urlopen(pre, timeout=scaled(10)) as resp:
         assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "Content-Type" in resp.headers["Access-Control-Allow-Headers"]
     # The real URL works.
@@ -490,7 +491,7 @@ def test_local_put_streams_and_caps_a_body_without_length(folder_stack: Stack) -
     def put_chunked(total: int) -> int:
         req = urllib.request.Request(url, data=chunks(total), method="PUT", headers={"Content-Type": "text/plain"})
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with urllib.request.urlopen(req, timeout=scaled(60)) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,8 +30,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
 from gateway.web import CSP, add_web_routes
-from shared.stack import Stack, free_port
+from shared.serving import listening_socket
+from shared.stack import Stack
 from tests.conftest import ARTIFACTS, TIMEOUT_FACTOR, StackFactory
+from tests.support.procs import port_of, reserve_port
+from tests.support.timeouts import scaled
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -98,7 +102,8 @@ class StaticServer:
     """The web routes on a bare aiohttp app, in a thread (no gateway, no lambdas)."""
 
     def __init__(self, stage: str = "local") -> None:
-        self.port = free_port()
+        self._sock = listening_socket("127.0.0.1", 0)
+        self.port = port_of(self._sock)
         self.stage = stage
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -115,13 +120,13 @@ class StaticServer:
         add_web_routes(app, self.stage)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._loop.run_until_complete(web.SockSite(self._runner, self._sock).start())
         self._ready.set()
         self._loop.run_forever()
 
     def start(self) -> StaticServer:
         self._thread.start()
-        assert self._ready.wait(10), "static server did not start"
+        assert self._ready.wait(scaled(10)), "static server did not start"
         return self
 
     def stop(self) -> None:
@@ -129,9 +134,9 @@ class StaticServer:
             if self._runner is not None:
                 await self._runner.cleanup()
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(scaled(10))
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._thread.join(scaled(10))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +152,7 @@ def test_static_routes(static_server: StaticServer) -> None:
 
     def get(path: str) -> tuple[int, dict[str, str], bytes]:
         try:
-            with urllib.request.urlopen(static_server.url + path, timeout=10) as resp:
+            with urllib.request.urlopen(static_server.url + path, timeout=scaled(10)) as resp:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
@@ -172,10 +177,13 @@ def test_static_routes(static_server: StaticServer) -> None:
 
 
 class FakeGateway:
-    """A WebSocket server speaking just enough of the protocol; `answer` decides the replies."""
+    """A WebSocket server speaking just enough of the protocol; `answer` decides the replies.
 
-    def __init__(self, port: int, answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
-        self.port = port
+    It serves on `sock`, a bound socket: until start() nothing listens there (connections are refused)."""
+
+    def __init__(self, sock: socket.socket, answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+        self._sock = sock
+        self.port = port_of(sock)
         self.answer = answer
         self.received: list[dict[str, Any]] = []
         self._server: Server | None = None
@@ -192,7 +200,8 @@ class FakeGateway:
             pass
 
     def start(self) -> FakeGateway:
-        self._server = serve(self._handle, "127.0.0.1", self.port)
+        self._sock.listen()
+        self._server = serve(self._handle, sock=self._sock)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -201,7 +210,8 @@ class FakeGateway:
         if self._server is not None:
             self._server.shutdown()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(scaled(10))
+        self._sock.close()
 
 
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -218,8 +228,8 @@ def fake_answers(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_banner_when_gateway_unreachable_then_reconnects(page: Page, static_server: StaticServer) -> None:
-    port = free_port()  # nothing listens here yet
-    page.goto(f"{static_server.url}/ui/?ws=ws://127.0.0.1:{port}/local")
+    fake = FakeGateway(reserve_port(), fake_answers)  # nothing listens here yet
+    page.goto(f"{static_server.url}/ui/?ws=ws://127.0.0.1:{fake.port}/local")
     banner = page.locator("#banner")
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("Can't reach the gateway — is make up running? Retrying…")
@@ -233,9 +243,11 @@ def test_banner_when_gateway_unreachable_then_reconnects(page: Page, static_serv
     expect(page.locator(".msg-assistant .msg-error")).to_contain_text("not_connected")
 
     # The gateway comes up: the page reconnects by itself and the banner goes away.
-    fake = FakeGateway(port, fake_answers).start()
+    fake.start()
     try:
-        expect(page.locator("#connection-status")).to_have_attribute("data-state", "open", timeout=30_000)
+        expect(page.locator("#connection-status")).to_have_attribute(
+            "data-state", "open", timeout=30_000 * TIMEOUT_FACTOR
+        )
         expect(banner).to_be_hidden()
         # Server text is rendered as text, never as HTML.
         expect(page.locator("#document-list .document-title")).to_have_text(XSS)
@@ -252,7 +264,7 @@ def test_banner_when_gateway_unreachable_then_reconnects(page: Page, static_serv
     finally:
         fake.stop()
     # ... and goes down again: the banner is back.
-    expect(banner).to_be_visible(timeout=30_000)
+    expect(banner).to_be_visible(timeout=30_000 * TIMEOUT_FACTOR)
 
 
 def test_history_sources_documents_against_fake_gateway(page: Page, static_server: StaticServer) -> None:
@@ -314,10 +326,9 @@ def test_history_sources_documents_against_fake_gateway(page: Page, static_serve
             ]
         return [{"type": "error", "code": "unknown_action", "message": f"not faked: {action}"}]
 
-    port = free_port()
-    fake = FakeGateway(port, answers).start()
+    fake = FakeGateway(reserve_port(), answers).start()
     try:
-        url = f"{static_server.url}/ui/?ws=ws://127.0.0.1:{port}/local"
+        url = f"{static_server.url}/ui/?ws=ws://127.0.0.1:{fake.port}/local"
         page.goto(url)
         page.evaluate("localStorage.setItem('localrag.conversation_id', 'conv-1')")
         page.reload()

@@ -1,105 +1,85 @@
-"""Start project services as real processes on ephemeral ports, for tests."""
+"""Start one service for a test, through the harness ``make up`` uses (shared/stack.py's Process).
+
+The harness binds the listening socket and passes it to the child, so the port is known before the
+process starts and nothing can take it in between. For "nothing listens there" tests,
+:func:`refusing_port` holds a port that refuses connections for as long as the test needs it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-# One knob scales every wait in the suite (slow CI machines): TEST_TIMEOUT_FACTOR=2.
-TIMEOUT_FACTOR = float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+from shared.stack import Process
+from tests.support.paths import ROOT
+from tests.support.timeouts import TIMEOUT_FACTOR, scaled
 
+__all__ = [
+    "ROOT",
+    "TIMEOUT_FACTOR",
+    "Service",
+    "port_of",
+    "refusing_port",
+    "reserve_port",
+    "start_service",
+    "stop_service",
+]
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not healthy after {timeout}s: {last}")
+# A started service is the harness's Process: .url, .port, .proc, .log().
+Service = Process
 
 
 def start_service(
     name: str,
     module: str,
-    env: dict[str, str],
+    env: Mapping[str, str],
     log_dir: Path,
-    port: int | None = None,
-    port_env: str | None = None,
+    *,
+    settings_prefix: str | None = None,
+    args: tuple[str, ...] = (),
     health_path: str = "/health",
     timeout: float = 180.0,
-) -> Service:
-    """Run `python -m module` with env (merged over os.environ), on `port`, and wait for its health check."""
-    port = port or free_port()
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    full_env[port_env or f"{module.upper()}_PORT"] = str(port)
-    full_env.setdefault(f"{module.upper()}_HOST", "127.0.0.1")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
-        )
-    svc = Service(name, port, proc, log_path)
+) -> Process:
+    """Run ``python -m module *args`` with env (over os.environ) on a fresh port and wait for its health
+    check (``timeout`` is scaled by TEST_TIMEOUT_FACTOR). ``{settings_prefix}_HOST/_PORT`` (default: the
+    module's name in capitals) are set to the socket's address, so the service's settings stay true."""
+    svc = Process(name, module, env=dict(env), args=args, health_path=health_path).bind()
+    prefix = settings_prefix or module.upper()
+    svc.env.setdefault(f"{prefix}_HOST", svc.host)
+    svc.env[f"{prefix}_PORT"] = str(svc.port)
+    svc.start(log_dir)
     try:
-        wait_healthy(f"{svc.url}{health_path}", proc, timeout)
+        svc.wait_healthy(scaled(timeout))
     except Exception as exc:
-        stop_service(svc)
-        raise RuntimeError(f"{name} failed to start: {exc}\n--- log ---\n{svc.log()[-4000:]}") from exc
+        svc.stop()
+        raise RuntimeError(f"{name} failed to start: {exc}\n--- log ---\n{svc.log_tail()}") from exc
     return svc
 
 
-def stop_service(svc: Service, timeout: float = 10.0) -> None:
-    if svc.proc.poll() is None:
-        svc.proc.terminate()
-        try:
-            svc.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            svc.proc.kill()
-            svc.proc.wait()
+def stop_service(svc: Process) -> None:
+    svc.stop()
+
+
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to a free port but not listening: connecting to it is refused, at once and every
+    time, and no other process can take the port until it is closed. ``.listen()`` it to start serving."""
+    sock = socket.socket()
+    try:
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @contextlib.contextmanager
-def running(*services: Service) -> Iterator[tuple[Service, ...]]:
-    try:
-        yield services
-    finally:
-        for svc in reversed(services):
-            stop_service(svc)
+def refusing_port(host: str = "127.0.0.1") -> Iterator[socket.socket]:
+    """:func:`reserve_port` for the duration of a with block."""
+    with reserve_port(host) as sock:
+        yield sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])

@@ -31,10 +31,12 @@ import json
 import os
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.endpoint
 import numpy as np
 import pytest
 from aiohttp import web
@@ -58,6 +60,7 @@ from shared.profiles import aws_profile
 from shared.protocol import StreamEnd, encode
 from shared.ws_lambda import WebSocketLambda
 from tests.support.paths import EVENTS
+from tests.support.timeouts import scaled
 from tests.unit.test_template import ACCOUNT, REGION, Resolver, allowed
 
 TITAN = "amazon.titan-embed-text-v2:0"
@@ -349,6 +352,9 @@ def test_titan_fans_out_with_bounded_concurrency() -> None:
     model = aws_client("bedrock-runtime").meta.service_model.operation_model("InvokeModel")
     lock = threading.Lock()
     state = {"in_flight": 0, "max": 0, "calls": 0}
+    # Each call waits until four are in flight: with fewer in parallel the barrier breaks (and the test
+    # fails); with more, "max" says so. No clock involved.
+    four_at_once = threading.Barrier(4)
 
     class SlowBedrock:
         def invoke_model(self, **params: Any) -> dict[str, Any]:
@@ -358,19 +364,16 @@ def test_titan_fans_out_with_bounded_concurrency() -> None:
                 state["in_flight"] += 1
                 state["calls"] += 1
                 state["max"] = max(state["max"], state["in_flight"])
-            time.sleep(0.03)
+            four_at_once.wait(scaled(10))
             with lock:
                 state["in_flight"] -= 1
             text = json.loads(params["body"])["inputText"]
             return {"body": body({"embedding": fake_vector(text, 1024)})}
 
     texts = [f"passage number {i}" for i in range(24)]
-    started = time.perf_counter()
     vectors = Embedder(SlowBedrock(), TITAN, body_format="titan", concurrency=4).embed_documents(texts)
-    elapsed = time.perf_counter() - started
     assert vectors == [fake_vector(t, 1024) for t in texts]
     assert state["calls"] == 24 and state["max"] == 4
-    assert elapsed < 24 * 0.03 * 0.6, f"not concurrent: {elapsed:.2f} s"
 
 
 @pytest.mark.parametrize("by_type", [False, True], ids=["embeddings_floats", "embeddings_by_type"])
@@ -757,12 +760,12 @@ class StandIn:
 
     def __enter__(self) -> StandIn:
         self._thread.start()
-        assert self._ready.wait(10)
+        assert self._ready.wait(scaled(10))
         return self
 
     def __exit__(self, *_: Any) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._thread.join(scaled(10))
 
     def gaps(self) -> list[float]:
         times = [t for t, _, _ in self.requests]
@@ -773,7 +776,16 @@ def titan_ok(text: str = "q") -> web.Response:
     return web.json_response({"embedding": fake_vector(text, 8), "inputTextTokenCount": 1})
 
 
-def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
+def test_throttling_is_retried_with_backoff_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The backoffs botocore chose, recorded where it sleeps them (botocore/endpoint.py): no clock read.
+    backoffs: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        backoffs.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=sleep))
+
     def respond(n: int, _: web.Request, __: bytes) -> web.Response:
         if n <= 2:
             return aws_error_response(429, "ThrottlingException", "Too many requests, please wait before trying again.")
@@ -782,11 +794,10 @@ def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
     with StandIn(respond) as svc:
         client = make_client("bedrock-runtime", endpoint_url=svc.url, region=REGION, config=client_config())
         vec = Embedder(client, TITAN, body_format="titan").embed_query("q")
-        gaps = svc.gaps()
     assert vec == fake_vector("q", 8)
     assert len(svc.requests) == 3 and all(path == f"/model/{TITAN}/invoke" for _, _, path in svc.requests)
     # botocore 'standard': a throttle waits rand(0, 1) * min(2 ** attempt, 20) s -- at most 1 s, then 2 s.
-    assert gaps[0] <= 1.5 and gaps[1] <= 2.5, gaps
+    assert len(backoffs) == 2 and 0 <= backoffs[0] <= 1 and 0 <= backoffs[1] <= 2, backoffs
 
 
 def test_persistent_throttling_is_throttled_after_four_attempts() -> None:

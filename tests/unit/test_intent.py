@@ -17,9 +17,11 @@ import pytest
 from chat.intent import Intent, classify, is_conversational
 from chat.prompts import CONVERSATIONAL_PROMPT, NO_CONTEXT_PROMPT
 from chat.service import ChatService
+from chat.settings import Settings
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
 from shared.protocol import ChatRequest, StreamEnd
 from shared.vector_store import Match, MessageRow
+from tests.support.timeouts import scaled
 
 CONVERSATIONAL = [
     "hi",
@@ -154,14 +156,6 @@ def test_questions_and_anything_unsure_go_to_retrieval(message: str) -> None:
     assert classify(message) is Intent.RETRIEVAL
 
 
-def test_classifier_is_cheap() -> None:
-    t0 = time.perf_counter()
-    for m in (CONVERSATIONAL + RETRIEVAL) * 10:
-        classify(m)
-    per_call_ms = (time.perf_counter() - t0) * 1000 / ((len(CONVERSATIONAL) + len(RETRIEVAL)) * 10)
-    assert per_call_ms < 2.0, per_call_ms
-
-
 # ---------------------------------------------------------------------------------------------- service
 
 
@@ -169,9 +163,14 @@ class SlowEmbedder:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.calls = 0
+        # When set, embed_query holds until the gate opens; timed_out records that nobody opened it.
+        self.gate: threading.Event | None = None
+        self.timed_out = False
 
     def embed_query(self, text: str) -> list[float]:
         self.calls += 1
+        if self.gate is not None and not self.gate.wait(scaled(10)):
+            self.timed_out = True
         time.sleep(self.delay)
         return [1.0, 0.0]
 
@@ -205,7 +204,8 @@ class RecordingLLM:
 
 def make_service(delay: float = 0.0, routing: bool = True) -> tuple[ChatService, SlowEmbedder, FakeStore, RecordingLLM]:
     emb, store, llm = SlowEmbedder(delay), FakeStore(), RecordingLLM()
-    svc = ChatService(embedder=emb, store=store, llm=llm, max_distance=0.7, intent_routing=routing)  # type: ignore[arg-type]
+    settings = Settings(max_distance=0.7, intent_routing=routing)
+    svc = ChatService(settings, embedder=emb, store=store, llm=llm)
     return svc, emb, store, llm
 
 
@@ -237,11 +237,15 @@ def test_a_question_is_answered_from_retrieval() -> None:
 
 
 def test_small_talk_does_not_wait_for_retrieval() -> None:
-    # Retrieval starts at once (concurrently with the classifier); small talk does not wait for it.
-    svc, _, _, _ = make_service(delay=3.0)
-    t0 = time.perf_counter()
-    end = run_chat(svc, "thanks!")
-    assert time.perf_counter() - t0 < 2.0
+    # Retrieval starts at once (concurrently with the classifier); small talk does not wait for it: the
+    # answer is complete while the embedder is still held (had it waited, the hold would have timed out).
+    svc, emb, _, _ = make_service()
+    emb.gate = threading.Event()
+    try:
+        end = run_chat(svc, "thanks!")
+        assert not emb.timed_out, "small talk waited for retrieval"
+    finally:
+        emb.gate.set()
     assert end.sources == []
     # ...and a question still gets its sources after the same slow retrieval.
     svc2, _, _, _ = make_service(delay=0.2)

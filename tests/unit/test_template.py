@@ -3,7 +3,8 @@
 - cfn-lint accepts it (SAM schemas, CloudFormation rules, circular dependencies), and so does AWS's own
   SAM translator (aws-sam-translator, what ``sam build``/``sam deploy`` run); cfn-lint accepts the
   translated CloudFormation too.
-- The WebSocket API has the local gateway's routes, each a Lambda proxy integration with its permission.
+- The WebSocket API has the protocol's action registry's routes (the local gateway's too), each a Lambda proxy
+  integration with its permission.
 - The functions are the compose images (same Dockerfiles, repo root as context, same handler CMD).
 - Their environment is made of real settings names and is an ``aws`` profile (shared/profiles.py) that
   passes the profile check, for every embedding choice the parameters allow.
@@ -30,6 +31,7 @@ from pydantic_settings import BaseSettings
 
 from shared.profiles import EMBEDDING_MODELS, LOCAL_EMBEDDING_MODEL_ID, aws_profile, check, mode_of
 from tests.support.paths import ROOT
+from tests.support.timeouts import scaled
 from tests.unit.test_compose import env_names
 
 TEMPLATE = ROOT / "template.yaml"
@@ -246,7 +248,7 @@ def settings_for(function: str, env: dict[str, str], monkeypatch: pytest.MonkeyP
 def _cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
     if not CFN_LINT.exists():
         pytest.fail(f"cfn-lint is not installed in {CFN_LINT.parent} (pip install -e '.[dev]')", pytrace=False)
-    return subprocess.run([str(CFN_LINT), str(path)], capture_output=True, text=True, timeout=180, check=False)
+    return subprocess.run([str(CFN_LINT), str(path)], capture_output=True, text=True, timeout=scaled(180), check=False)
 
 
 def test_cfn_lint_accepts_the_template() -> None:
@@ -299,14 +301,19 @@ def test_websocket_api() -> None:
     assert api["Properties"]["RouteSelectionExpression"] == "$request.body.action"
 
 
-def test_routes_are_the_local_gateways() -> None:
+def test_routes_are_the_action_registrys() -> None:
+    """Every route key of the WebSocket API goes to the function the protocol's action registry names, and
+    there is no other (the local gateway's default routes come from the same registry)."""
     from gateway.settings import DEFAULT_ROUTES
-    from shared.protocol import ACTIONS
+    from shared.protocol import ACTION_REGISTRY, CONNECTION_ROUTES, route_table
 
+    keys = [r["Properties"]["RouteKey"] for r in resources("AWS::ApiGatewayV2::Route").values()]
+    assert len(keys) == len(set(keys)), f"a route key is declared twice: {sorted(keys)}"
     routes = {key: integration_function(integration) for key, integration in route_targets().items()}
-    expected = {key: FUNCTIONS[fn] for key, fn in DEFAULT_ROUTES.items()}
+    expected = {key: FUNCTIONS[fn] for key, fn in route_table().items()}
     assert routes == expected
-    assert set(routes) == {"$connect", "$disconnect", "$default", *ACTIONS}
+    assert set(routes) == {*CONNECTION_ROUTES, *ACTION_REGISTRY}
+    assert route_table() == DEFAULT_ROUTES
 
 
 def test_integrations_are_lambda_proxy_and_may_invoke() -> None:
@@ -405,7 +412,8 @@ def test_environment_is_a_consistent_aws_profile(
     assert check(settings) == []
     bucket = resolver.bucket()
     assert settings.lancedb_uri == f"s3://{bucket}/lancedb"
-    assert settings.documents_uri == f"s3://{bucket}/documents"
+    if function == "IngestionFunction":  # chat reads no documents
+        assert settings.documents_uri == f"s3://{bucket}/documents"
     assert settings.aws_region == REGION
     assert settings.connections_endpoint_url is None  # replies: https://{domainName}/{stage} from the event
     # The documented profile (python -m shared.profiles aws) says the same.

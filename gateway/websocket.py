@@ -1,0 +1,123 @@
+"""The WebSocket API: ``GET /{stage}`` (and ``/``).
+
+``$connect`` is invoked before the handshake completes (a failing or refusing ``$connect`` rejects it);
+each message is checked against API Gateway's limits and handed to the Lambda integration
+(``gateway/integration.py``); ``$disconnect`` is invoked when the socket closes, however it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from gateway.connections import Connection, new_connection_id
+from gateway.integration import InvokeFailed, LambdaIntegration
+from gateway.keys import CONNECTIONS, INTEGRATION, SETTINGS
+from gateway.settings import Settings
+from shared.protocol import ErrorCode, encode, error, request_id_of
+
+log = logging.getLogger(__name__)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings, integration, connections = app[SETTINGS], app[INTEGRATION], app[CONNECTIONS]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    ws = web.WebSocketResponse(max_msg_size=settings.hard_max_message_bytes, heartbeat=30.0)
+    conn = Connection(
+        id=new_connection_id(),
+        ws=ws,
+        source_ip=peer[0] if peer else "127.0.0.1",
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    try:
+        result = await integration.connect(conn, request)
+    except InvokeFailed as exc:
+        log.warning("$connect failed for %s: %s", conn.id, exc.message)
+        return web.json_response({"message": "Internal server error"}, status=500)
+    if result is not None and int(result.get("statusCode", 200)) >= 300:
+        return web.json_response({"message": "Forbidden"}, status=int(result.get("statusCode", 403)))
+
+    await ws.prepare(request)
+    connections.add(conn)
+    log.info("connected %s from %s", conn.id, conn.source_ip)
+    tasks: set[asyncio.Task[None]] = set()
+    idle = asyncio.create_task(_idle_watch(conn, settings.idle_timeout_s))
+    try:
+        async for msg in ws:
+            conn.touch()
+            if msg.type == WSMsgType.TEXT:
+                data = msg.data.encode("utf-8")
+                binary = False
+            elif msg.type == WSMsgType.BINARY:
+                data = msg.data
+                binary = True
+            elif msg.type == WSMsgType.ERROR:
+                log.info("connection %s error: %s", conn.id, ws.exception())
+                break
+            else:
+                continue
+            task = asyncio.create_task(_on_message(settings, integration, conn, data, binary))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        close_code = ws.close_code
+        idle.cancel()
+        connections.remove(conn.id)
+        log.info("disconnected %s (%s)", conn.id, close_code)
+        # In-flight invocations finish on their own; their replies then get 410 Gone.
+        await integration.disconnect(conn, close_code or 1005)
+    return ws
+
+
+async def _idle_watch(conn: Connection, idle_timeout_s: float) -> None:
+    while not conn.ws.closed:
+        remaining = idle_timeout_s - (time.monotonic() - conn.last_active)
+        if remaining <= 0:
+            log.info("closing idle connection %s", conn.id)
+            await conn.ws.close(code=1001, message=b"Going away: idle timeout")
+            return
+        await asyncio.sleep(min(remaining, 5.0))
+
+
+async def _on_message(
+    settings: Settings, integration: LambdaIntegration, conn: Connection, data: bytes, binary: bool
+) -> None:
+    """API Gateway's checks on one message, then the integration; a refused message gets an error reply."""
+
+    async def refuse(code: ErrorCode, message: str, request_id: str | None) -> None:
+        await integration.reply(conn, encode(error(code, message, request_id)))
+
+    if len(data) > settings.max_message_bytes:
+        await refuse(
+            ErrorCode.MESSAGE_TOO_LARGE,
+            f"message is {len(data)} bytes; the limit is {settings.max_message_bytes} "
+            "(upload large documents to the documents bucket instead)",
+            None,
+        )
+        return
+    if binary:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            await refuse(ErrorCode.INVALID_UTF8, "the message is not valid UTF-8", None)
+            return
+    request_id = request_id_of(data)
+    if not data.strip():
+        await refuse(ErrorCode.EMPTY_MESSAGE, "the message is empty", request_id)
+        return
+    if conn.inflight >= settings.max_inflight_per_connection:
+        await refuse(
+            ErrorCode.THROTTLED,
+            f"at most {settings.max_inflight_per_connection} requests may be in flight per connection",
+            request_id,
+        )
+        return
+    conn.inflight += 1
+    try:
+        await integration.message(conn, data, binary=binary, request_id=request_id)
+    finally:
+        conn.inflight -= 1

@@ -1,0 +1,66 @@
+"""What the services need from their adapters, as typing Protocols.
+
+ChatService and IngestionService are typed against these, not against the concrete adapters
+(shared.bedrock.Embedder and ChatModel, shared.vector_store.VectorStore), so a test can hand them any
+object with the right methods (an in-process model, a recording stand-in) and still type-check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from typing import Protocol
+
+from shared.bedrock import ChatEvent
+from shared.protocol import SearchMode
+from shared.vector_store import ChunkRow, Match, MessageRow
+
+
+class QueryEmbedder(Protocol):
+    """Embeds a question (shared.bedrock.Embedder)."""
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+class TextEmbedder(QueryEmbedder, Protocol):
+    """Embeds questions and passages (shared.bedrock.Embedder)."""
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class ChatStreamer(Protocol):
+    """Streams an answer: TextDelta events, then one StreamDone (shared.bedrock.ChatModel).
+
+    Closing the generator must stop the generation."""
+
+    def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Generator[ChatEvent, None, None]: ...
+
+
+class ChatStore(Protocol):
+    """Chunk search and the conversation log (shared.vector_store.VectorStore, for ChatService)."""
+
+    def search(
+        self,
+        vector: Sequence[float],
+        *,
+        top_k: int,
+        max_distance: float,
+        mode: SearchMode = ...,
+        query_text: str | None = ...,
+        rrf_k: int = ...,
+    ) -> Sequence[Match]: ...
+
+    def conversation(self, conversation_id: str) -> list[MessageRow]: ...
+
+    def append_messages(self, messages: Sequence[MessageRow]) -> None: ...
+
+
+class DocumentIndex(Protocol):
+    """Writing and listing documents' chunks (shared.vector_store.VectorStore, for IngestionService)."""
+
+    def replace_document(self, doc_id: str, rows: Sequence[ChunkRow]) -> tuple[int, int]: ...
+
+    def replace_documents(self, docs: Mapping[str, Sequence[ChunkRow]]) -> dict[str, tuple[int, int]]: ...
+
+    def document_stats(self) -> dict[str, tuple[int, str | None]]: ...
+
+    def delete_document(self, doc_id: str) -> int: ...

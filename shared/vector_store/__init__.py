@@ -1,0 +1,66 @@
+"""LanceDB adapter: the chunks table (vectors + text) and the messages table (chat history).
+
+The URI is a local folder, ``s3://bucket/prefix`` (with ``storage_options`` for MinIO or another
+S3-compatible endpoint), or S3 itself. Search uses cosine distance: ``_distance`` = 1 - cos, in [0, 2].
+
+Three search modes (see ``VectorStore.search``): ``vector`` (cosine), ``fts`` (BM25 on LanceDB's native
+full-text index over the chunk text) and ``hybrid`` (both lists fused by reciprocal rank fusion). Every
+result carries its cosine distance, so one ``max_distance`` threshold gates all three modes the same way.
+
+By concern:
+
+- ``schema``: the tables, their Arrow schemas and row shapes (ChunkRow, Match, MessageRow);
+- ``search``: the vector and full-text lists, their fusion, the threshold (SearchHits);
+- ``fulltext``: finding, creating and updating the full-text index;
+- ``store``: VectorStore, the connection and the operations the services use.
+"""
+
+from shared.vector_store.fulltext import FTS_COLUMN, FTS_REINDEX_ROWS, FullTextIndex
+from shared.vector_store.schema import (
+    CHUNKS_TABLE,
+    MESSAGES_SCHEMA,
+    MESSAGES_TABLE,
+    ChunkRow,
+    EmbeddingMismatch,
+    Match,
+    MessageRow,
+    chunks_schema,
+    sql_str,
+    storage_options_for,
+)
+from shared.vector_store.search import (
+    HYBRID_CANDIDATES,
+    RRF_K,
+    SEARCH_MODES,
+    FullTextSearchFailed,
+    SearchHits,
+    fts_hits,
+    rrf_fuse,
+    vector_hits,
+)
+from shared.vector_store.store import VectorStore
+
+__all__ = [
+    "CHUNKS_TABLE",
+    "FTS_COLUMN",
+    "FTS_REINDEX_ROWS",
+    "HYBRID_CANDIDATES",
+    "MESSAGES_SCHEMA",
+    "MESSAGES_TABLE",
+    "RRF_K",
+    "SEARCH_MODES",
+    "ChunkRow",
+    "EmbeddingMismatch",
+    "FullTextIndex",
+    "FullTextSearchFailed",
+    "Match",
+    "MessageRow",
+    "SearchHits",
+    "VectorStore",
+    "chunks_schema",
+    "fts_hits",
+    "rrf_fuse",
+    "sql_str",
+    "storage_options_for",
+    "vector_hits",
+]

@@ -1,0 +1,134 @@
+"""Upkeep of LanceDB's native full-text (BM25) index on the chunk text: find or create it, count the rows
+it does not hold yet, and fold them in (Table.optimize) once there are enough of them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from lancedb.index import FTS
+
+from shared.timing import timed_ms
+from shared.vector_store.schema import CHUNKS_TABLE
+
+log = logging.getLogger(__name__)
+
+# The full-text index: the chunk text, English stemming, stop words removed, case/accents folded.
+FTS_COLUMN = "text"
+# Rows written since the full-text index was last updated are still searched (by a flat scan, so they
+# are findable at once); past this many such rows a write folds them into the index (Table.optimize).
+FTS_REINDEX_ROWS = 256
+
+
+def fts_index_name(table: Any) -> str | None:
+    """The name of the full-text index on FTS_COLUMN, if the table has one."""
+    for idx in table.list_indices():
+        if str(idx.index_type).upper() == "FTS" and list(idx.columns) == [FTS_COLUMN]:
+            return str(idx.name)
+    return None
+
+
+def ensure_fts_index(table: Any) -> str | None:
+    """The full-text index on the chunk text: found, or created (it indexes the rows present now).
+
+    Created on an empty table it costs nothing; on a table written by an older version it indexes
+    what is there. Another process may create it at the same moment: then we use theirs.
+    """
+    name = fts_index_name(table)
+    if name is not None:
+        return name
+    try:
+        table.create_index(FTS_COLUMN, config=FTS(), replace=False)
+    except Exception as exc:  # a concurrent creator, or a store that refuses: re-check, else no FTS
+        log.debug("creating the full-text index failed: %s", exc)
+    name = fts_index_name(table)
+    if name is None:
+        log.warning("no full-text index on %s.%s: fts/hybrid search fall back to vector", CHUNKS_TABLE, FTS_COLUMN)
+    return name
+
+
+class FullTextIndex:
+    """One process's view of the chunks table's full-text index: its name, and when to update it.
+
+    ``enabled``: keep the index at all (for the fts and hybrid modes). ``reindex_rows``: fold the
+    unindexed rows into the index once a write leaves at least this many (0: never on a write).
+    """
+
+    def __init__(self, *, enabled: bool = True, reindex_rows: int = FTS_REINDEX_ROWS) -> None:
+        self.enabled = enabled
+        self.reindex_rows = reindex_rows
+        self.name: str | None = None
+        self._lock = threading.Lock()
+        self._optimize_lock = threading.Lock()
+        # Unindexed rows as far as this process knows (its own writes since it last read the index
+        # statistics); starts at the threshold so that the first write looks at the real number.
+        self._written = reindex_rows
+
+    def open(self, table: Any) -> None:
+        """Find or create the index on a freshly opened chunks table (when enabled)."""
+        if self.enabled:
+            self.name = ensure_fts_index(table)
+
+    def available(self, table: Any) -> bool:
+        """Whether there is an index to search; looks again if another process may have made it since."""
+        if self.name is None and self.enabled:
+            self.name = fts_index_name(table)
+        return self.name is not None
+
+    def unindexed_rows(self, table: Any) -> int:
+        """Rows not yet in the full-text index (searched by a flat scan until the next optimize)."""
+        if self.name is None:
+            return 0
+        stats = table.index_stats(self.name)
+        return int(stats.num_unindexed_rows) if stats is not None else 0
+
+    def optimize(self, table: Any, attempts: int = 3) -> None:
+        """Fold new rows into the full-text index and compact small files (LanceDB Table.optimize).
+
+        Old versions are kept (LanceDB's default: 7 days), so readers on another process are safe. A
+        concurrent write can preempt the compaction commit ("Retryable commit conflict"; the write
+        itself always wins): then it is retried, up to ``attempts`` times.
+        """
+        with self._optimize_lock:
+            self._optimize(table, attempts)
+
+    def _optimize(self, table: Any, attempts: int) -> None:
+        t0 = time.perf_counter()
+        for attempt in range(1, attempts + 1):
+            try:
+                table.optimize()
+                break
+            except Exception as exc:
+                if attempt == attempts or "retryable" not in str(exc).lower():
+                    raise
+                log.debug("optimize preempted by a concurrent write (attempt %d): %s", attempt, exc)
+                time.sleep(0.05 * attempt)
+        log.info("optimized %s in %.0f ms", CHUNKS_TABLE, timed_ms(t0))
+
+    def after_write(self, table: Any, rows: int) -> None:
+        """Keep the flat-scanned tail of the full-text index short: every unindexed row costs each
+        full-text query ~0.2 ms, while an optimize costs ~0.5-1 s (measured on 10k SciFact chunks).
+
+        The index statistics (~10 ms) are read only when this process's own count of unindexed rows
+        reaches reindex_rows (and on its first write), not after every write."""
+        if self.name is None or self.reindex_rows <= 0:
+            return
+        with self._lock:
+            self._written += rows
+            if self._written < self.reindex_rows:
+                return
+        if not self._optimize_lock.acquire(blocking=False):
+            return  # another thread is optimizing right now
+        try:
+            unindexed = self.unindexed_rows(table)
+            if unindexed >= self.reindex_rows:
+                self._optimize(table, attempts=3)
+                unindexed = 0
+            with self._lock:
+                self._written = unindexed
+        except Exception as exc:  # best effort: the rows stay searchable by the flat scan
+            log.warning("updating the full-text index failed (will retry after a later write): %s", exc)
+        finally:
+            self._optimize_lock.release()

@@ -1,0 +1,168 @@
+"""The LanceDB tables: their names and Arrow schemas, the row shapes, and the checks on an existing table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+CHUNKS_TABLE = "chunks"
+MESSAGES_TABLE = "messages"
+
+
+class EmbeddingMismatch(Exception):
+    """The table was built with another embedding model or dimension."""
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    doc_id: str
+    chunk: int
+    title: str
+    text: str
+    vector: Sequence[float]
+    date: str | None = None
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc_id}#{self.chunk}"
+
+
+@dataclass(frozen=True)
+class Match:
+    doc_id: str
+    chunk: int
+    title: str
+    text: str
+    distance: float  # cosine distance between the query vector and this chunk's vector, in every mode
+    date: str | None
+    source: str | None
+    metadata: dict[str, Any]
+    score: float | None = None  # fts: BM25 score; hybrid: RRF score; vector: None
+    page: int | None = None  # from metadata["page"] (PDF pages), when the parser set it
+    heading: str | None = None  # from metadata["heading"] (Markdown/PDF section), when set
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: str
+    conversation_id: str
+    seq: int
+    role: str
+    content: str
+    created_at: str
+    rag_context: dict[str, Any] = field(default_factory=dict)
+
+
+def sql_str(value: str) -> str:
+    """Quote a string for a LanceDB SQL filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def chunks_schema(dimension: int, model_id: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("chunk", pa.int32(), nullable=False),
+            pa.field("title", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("date", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("metadata", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dimension)),
+            pa.field("ingested_at", pa.string()),
+        ],
+        metadata={"embedding_model": model_id, "embedding_dimension": str(dimension)},
+    )
+
+
+MESSAGES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("conversation_id", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("content", pa.string()),
+        pa.field("created_at", pa.string()),
+        pa.field("rag_context", pa.string()),
+    ]
+)
+
+
+def check_embedding(table: Any, *, uri: str, model_id: str, dimension: int) -> None:
+    """Raise EmbeddingMismatch unless the chunks table holds ``model_id`` vectors of ``dimension``."""
+    meta = table.schema.metadata or {}
+    model = meta.get(b"embedding_model", b"").decode()
+    dim = int(meta.get(b"embedding_dimension", b"0") or 0)
+    vec_dim = table.schema.field("vector").type.list_size
+    if (model and model != model_id) or (dim or vec_dim) != dimension:
+        raise EmbeddingMismatch(
+            f"table '{CHUNKS_TABLE}' at {uri} holds {model or 'unknown'} vectors of dimension "
+            f"{dim or vec_dim}, but this service embeds with {model_id} ({dimension}); "
+            "point it at another LanceDB URI or rebuild the index from the raw documents"
+        )
+
+
+def chunk_record(r: ChunkRow, ingested_at: str) -> dict[str, Any]:
+    """A ChunkRow as a row of the chunks table."""
+    return {
+        "id": r.id,
+        "doc_id": r.doc_id,
+        "chunk": r.chunk,
+        "title": r.title,
+        "text": r.text,
+        "date": r.date,
+        "source": r.source,
+        "metadata": json.dumps(r.metadata, sort_keys=True),
+        "vector": [float(x) for x in r.vector],
+        "ingested_at": ingested_at,
+    }
+
+
+def message_record(m: MessageRow, created_at: str) -> dict[str, Any]:
+    """A MessageRow as a row of the messages table (``created_at`` when the row has none)."""
+    return {
+        "id": m.id,
+        "conversation_id": m.conversation_id,
+        "seq": m.seq,
+        "role": m.role,
+        "content": m.content,
+        "created_at": m.created_at or created_at,
+        "rag_context": json.dumps(m.rag_context),
+    }
+
+
+def message_row(r: dict[str, Any]) -> MessageRow:
+    """A row of the messages table as a MessageRow."""
+    return MessageRow(
+        id=r["id"],
+        conversation_id=r["conversation_id"],
+        seq=int(r["seq"]),
+        role=r["role"],
+        content=r["content"] or "",
+        created_at=r["created_at"] or "",
+        rag_context=json.loads(r["rag_context"] or "{}"),
+    )
+
+
+def storage_options_for(
+    uri: str, endpoint_url: str | None, region: str | None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """LanceDB/object_store options for an s3:// URI; empty for local folders."""
+    if not uri.startswith("s3://"):
+        return {}
+    opts: dict[str, str] = {}
+    if region:
+        opts["region"] = region
+    if endpoint_url:
+        opts["endpoint"] = endpoint_url
+        opts["allow_http"] = str(endpoint_url.startswith("http://")).lower()
+        opts["virtual_hosted_style_request"] = "false"
+    opts.update(extra or {})
+    return opts

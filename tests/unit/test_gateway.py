@@ -1,0 +1,168 @@
+"""The gateway's parts, in process (no lambdas): its module shape, the @connections API with AWS's own
+client, the /v1 sub-application's error shaping, and the OpenAPI document generated from the models."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
+
+from gateway.app import create_app
+from gateway.connections import Connection, QueueSocket
+from gateway.http_api import API_PREFIX, ROUTES
+from gateway.keys import CONNECTIONS
+from gateway.openapi import openapi_document
+from gateway.settings import Settings
+from shared.connections import ConnectionGone, Connections
+from shared.events import build_event
+from shared.openai_models import ChatCompletionChunk, ChunkChoice, Delta, Usage, sse
+from shared.protocol import Token
+from shared.serving import listening_socket
+
+GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
+
+
+def test_no_private_name_is_imported_across_gateway_modules() -> None:
+    offenders = []
+    for path in sorted(GATEWAY.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert offenders == []
+
+
+def test_app_module_only_composes() -> None:
+    tree = ast.parse((GATEWAY / "app.py").read_text())
+    defined = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    assert defined == ["create_app"]
+
+
+# ---------------------------------------------------------------------- a gateway in process
+
+
+Scenario = Callable[[web.Application, str], Awaitable[None]]
+
+
+def run_gateway(scenario: Scenario, **settings: Any) -> None:
+    """Serve a gateway (with no lambdas behind it) on a free port and run `scenario(app, base_url)`."""
+
+    async def main() -> None:
+        sock = listening_socket("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        app = create_app(Settings(port=port, **settings))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        try:
+            await scenario(app, f"http://127.0.0.1:{port}")
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("connection_id", ["AbC/dEf+gHi=", "plainId0123456=="])
+def test_post_to_connection_with_aws_client(connection_id: str) -> None:
+    """Connection ids are base64 like AWS's, so they may hold '/' and '+': botocore percent-encodes them
+    in the path, and the gateway finds the connection; once it is gone, GoneException -> ConnectionGone."""
+
+    async def scenario(app: web.Application, base: str) -> None:
+        socket = QueueSocket()
+        app[CONNECTIONS].add(Connection(id=connection_id, ws=socket, source_ip="127.0.0.1", user_agent="test"))
+        event = build_event(
+            route_key="chat",
+            event_type="MESSAGE",
+            connection_id=connection_id,
+            connected_at=0,
+            domain_name=base.removeprefix("http://"),
+            stage="local",
+        )
+        client = Connections(endpoint_url=f"{base}/local", region="us-east-1")
+        loop = asyncio.get_running_loop()
+        message = Token(request_id="r", index=0, text="hi")
+        await loop.run_in_executor(None, client.post, event, message)
+        assert json.loads(socket.queue.get_nowait() or b"") == message.model_dump(mode="json")
+        socket.shut()
+        with pytest.raises(ConnectionGone):
+            await loop.run_in_executor(None, client.post, event, message)
+
+    run_gateway(scenario)
+
+
+async def _get(session: aiohttp.ClientSession, url: str, method: str = "GET") -> tuple[int, Any]:
+    async with session.request(method, url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def test_v1_errors_are_openai_shaped_and_only_there() -> None:
+    async def scenario(app: web.Application, base: str) -> None:
+        error_schema = Draft202012Validator(
+            {"$ref": "#/components/schemas/Error", "components": openapi_document()["components"]}
+        )
+        async with aiohttp.ClientSession() as s:
+            for method, path, status, code in [
+                ("GET", "/v1/nothing-here", 404, "not_found"),
+                ("PUT", "/v1/models", 405, "method_not_allowed"),
+                ("GET", "/v1/models/gpt-4o", 404, "model_not_found"),
+            ]:
+                got, body = await _get(s, base + path, method)
+                assert got == status, body
+                assert not list(error_schema.iter_errors(body)), body
+                assert body["error"]["code"] == code
+            async with s.get(base + "/nothing-here") as resp:  # outside /v1: aiohttp's own 404
+                assert resp.status == 404 and "error" not in (await resp.text())
+            got, body = await _get(s, base + "/v1/models")
+            assert got == 200 and [m["id"] for m in body["data"]] == ["localrag"]
+
+    run_gateway(scenario)
+
+
+def test_openapi_paths_are_the_v1_routes() -> None:
+    doc = openapi_document()
+    validate_spec(doc)
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if p != "/openapi.json"}
+    assert documented == {(m, API_PREFIX + p) for m, p, _ in ROUTES}
+
+
+def _validator(schema: str) -> Draft202012Validator:
+    return Draft202012Validator(
+        {"$ref": f"#/components/schemas/{schema}", "components": openapi_document()["components"]}
+    )
+
+
+def test_chunks_as_sent_match_the_document() -> None:
+    """sse() leaves out what OpenAI leaves out (delta fields, usage); the schema must not require them."""
+    validator = _validator("ChatCompletionChunk")
+    chunks = [
+        ChatCompletionChunk(
+            id="c",
+            created=1,
+            model="m",
+            choices=[ChunkChoice(delta=Delta(role="assistant", content=""), finish_reason=None)],
+        ),
+        ChatCompletionChunk(
+            id="c", created=1, model="m", choices=[ChunkChoice(delta=Delta(content="x"), finish_reason=None)]
+        ),
+        ChatCompletionChunk(id="c", created=1, model="m", choices=[ChunkChoice(delta=Delta(), finish_reason="stop")]),
+        ChatCompletionChunk(id="c", created=1, model="m", choices=[], usage=Usage.of(3, 4)),
+    ]
+    sent = [json.loads(sse(c).decode().removeprefix("data: ")) for c in chunks]
+    for body in sent:
+        assert not list(validator.iter_errors(body)), body
+    assert sent[1]["choices"][0]["delta"] == {"content": "x"} and "usage" not in sent[1]
+    assert sent[2]["choices"][0]["delta"] == {} and sent[2]["choices"][0]["finish_reason"] == "stop"
+    assert sent[3]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    # The schema is not vacuous: a chunk without its id, or with an unknown finish reason, fails.
+    assert list(validator.iter_errors({k: v for k, v in sent[0].items() if k != "id"}))
+    bad = json.loads(json.dumps(sent[2]))
+    bad["choices"][0]["finish_reason"] = "tired"
+    assert list(validator.iter_errors(bad))
