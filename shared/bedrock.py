@@ -40,7 +40,7 @@ def upstream_error(service: str, exc: Exception) -> RagError:
     """Map a botocore failure to a client-safe typed error (details go to the log only).
 
     The same mapping holds for the local stand-ins and for Bedrock: both raise botocore's ClientError
-    with the same error codes (tests/test_error_parity.py)."""
+    with the same error codes (tests/service/test_error_parity.py)."""
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
         return UpstreamTimeout(f"the {service} service did not answer in time")
     if isinstance(exc, ClientError):

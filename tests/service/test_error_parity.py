@@ -76,7 +76,7 @@ def session() -> boto3.session.Session:
 
 
 def local_client(session: boto3.session.Session, svc: Service) -> Any:
-    # One attempt: the error itself must surface (our retries are tested in tests/test_aws_mode.py).
+    # One attempt: the error itself must surface (our retries are tested in tests/unit/test_aws_mode.py).
     return make_client(
         "bedrock-runtime",
         endpoint_url=svc.url,

@@ -61,7 +61,7 @@ def index(tmp_path_factory: pytest.TempPathFactory, embedder: InProcessEmbedder)
     env = {"RAG_LANCEDB_URI": str(root / "lancedb"), "RAG_DOCUMENTS_URI": str(root / "documents")}
     with pytest.MonkeyPatch.context() as m:
         _only(m, env)
-        service = build_service(Settings(), embedder=embedder)  # type: ignore[arg-type]
+        service = build_service(Settings(), embedder=embedder)
         for doc_id, text in DOCS.items():
             service.ingest(Document(id=doc_id, title="", text=text))
     return env
@@ -84,7 +84,7 @@ def test_the_search_mode_set_in_the_environment_is_the_one_used(
     from shared.protocol import SearchRequest
 
     _only(monkeypatch, {**index, "RAG_SEARCH_MODE": mode})
-    service = build_service(Settings(), embedder=embedder)  # type: ignore[arg-type]
+    service = build_service(Settings(), embedder=embedder)
     result = service.search(SearchRequest(action="search", request_id="q", query=QUESTION))
     assert ("volcano" in {r.doc_id for r in result.results}) is found, (mode, result.results)
     if found:

@@ -66,7 +66,7 @@ from tests.unit.test_template import ACCOUNT, REGION, Resolver, allowed
 TITAN = "amazon.titan-embed-text-v2:0"
 COHERE = "cohere.embed-english-v3"
 LLM = "amazon.nova-micro-v1:0"
-# The bucket template.yaml makes in REGION / ACCOUNT (tests/test_template.py resolves it the same way).
+# The bucket template.yaml makes in REGION / ACCOUNT (tests/unit/test_template.py resolves it the same way).
 BUCKET = f"localrag-{ACCOUNT}-{REGION}"
 
 

@@ -23,9 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from shared.settings_doc import settings_class, variables
+from tests.support.timeouts import scaled
 
 # Long enough for anything that does happen on this machine; only waited out when nothing happens.
-PATIENCE_S = 3.0 * float(os.environ.get("RAG_TEST_TIMEOUT_FACTOR", "1"))
+PATIENCE_S = scaled(3.0)
 
 
 class Functions:
