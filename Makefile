@@ -8,14 +8,17 @@ PIP := $(PY) -m pip
 WHEEL_CACHE ?= .cache/wheels
 LLAMA_CPP_VERSION ?= 0.3.36
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= lambdas,embedding,llm,cli,dev
+EXTRAS ?= lambdas,embedding,llm,authorizer,cli,dev
 
 .PHONY: help install up model test lint typecheck pytest system-deps llama-wheel clean
 
 help:
-	@echo "make up      - install (first time), fetch the LLM model if needed, start the five services"
+	@echo "make up      - install (first time), fetch the LLM model if needed, start the six services"
+	@echo "               (first run: creates a local API key in data/local-api-key, prints the web chat URL)"
 	@echo "make test    - install everything, then ruff, mypy and the whole pytest suite"
 	@echo "make model   - only fetch the default LLM GGUF (or check LLM_MODEL_PATH)"
+	@echo "make .env    - write docker-compose's internal SigV4 key into .env (once, random, mode 0600)"
+	@echo "make bench-auth - WebSocket connect latency with the authorizer (warm cache) vs RAG_AUTH=none"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,7 +73,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy shared gateway ingestion chat embedding llm bench
+	$(PY) -m mypy shared gateway ingestion chat embedding llm bench authorizer
 
 pytest: $(STAMP) system-deps
 	$(PY) -m pytest -q
@@ -88,3 +91,19 @@ eval: $(STAMP)
 	$(PY) -m bench.eval_scifact $(EVAL_ARGS)
 
 bench: eval
+
+# docker-compose's internal SigV4 key (the lambdas sign @connections with it): random, once, owner-only.
+# Appended to an existing .env that lacks it; never overwritten.
+.PHONY: .env
+.env:
+	@umask 077; touch .env; \
+	if ! grep -q '^LOCALRAG_INTERNAL_ACCESS_KEY_ID=' .env; then \
+		$(PYTHON) -c 'import secrets; print("LOCALRAG_INTERNAL_ACCESS_KEY_ID=LRINT" + secrets.token_hex(8).upper()); print("LOCALRAG_INTERNAL_SECRET_ACCESS_KEY=" + secrets.token_urlsafe(30))' >> .env; \
+		echo ">> wrote the internal SigV4 key to .env"; \
+	fi
+
+# WebSocket connect latency (handshake through $connect) with the authorizer and a warm cache vs RAG_AUTH=none,
+# two stacks in one run; writes bench/results/connect-overhead.json. About 2 min.
+.PHONY: bench-auth
+bench-auth: $(STAMP)
+	$(PY) -m bench.connect_overhead $(BENCH_ARGS)

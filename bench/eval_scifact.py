@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import Qrels, Run, evaluate, evaluate_with_ir_measures
-from shared.vector_store import HYBRID_CANDIDATES, fts_hits, vector_hits
+from shared.identity import DEFAULT_TENANT as TENANT  # the corpus is one tenant's
+from shared.vector_store import HYBRID_CANDIDATES, fts_hits, tenant_filter, vector_hits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact"
@@ -145,7 +146,7 @@ def ingest_per_document(service: Any, docs: Sequence[Any], workers: int) -> tupl
 
     def one(doc: Any) -> int:
         try:
-            return int(service.ingest(doc).chunks)
+            return int(service.ingest(doc, tenant=TENANT).chunks)
         except Exception as exc:
             failures.append(f"{doc.id}: {type(exc).__name__}: {exc}")
             return 0
@@ -163,7 +164,7 @@ def ingest_batches(service: Any, docs: Sequence[Any], batch_docs: int) -> tuple[
     failures: list[str] = []
     for start in range(0, len(docs), batch_docs):
         batch = docs[start : start + batch_docs]
-        for doc, out in zip(batch, service.ingest_many(batch), strict=True):
+        for doc, out in zip(batch, service.ingest_many(batch, tenant=TENANT), strict=True):
             if isinstance(out, Exception):
                 failures.append(f"{doc.id}: {type(out).__name__}: {out}")
             else:
@@ -306,7 +307,7 @@ def retriever(chat: Any, mode: str, top_k: int) -> Callable[[str], Sequence[Any]
     """ChatService.retrieve (the real search path) with max_distance 2.0: every candidate comes back."""
 
     def fn(text: str) -> Sequence[Any]:
-        return list(chat.retrieve(text, top_k, 2.0, mode).sources)
+        return list(chat.retrieve(text, top_k, 2.0, mode, tenant=TENANT).sources)
 
     return fn
 
@@ -354,7 +355,7 @@ def first_threshold_with_sources(chat: Any, question: str, mode: str) -> float:
     lo, hi = 0, len(THRESHOLDS)  # answer index in [lo, hi]; hi = none
     while lo < hi:
         mid = (lo + hi) // 2
-        if chat.retrieve(question, chat.top_k, THRESHOLDS[mid], mode).sources:
+        if chat.retrieve(question, chat.top_k, THRESHOLDS[mid], mode, tenant=TENANT).sources:
             hi = mid
         else:
             lo = mid + 1
@@ -390,8 +391,8 @@ def sweep(chat: Any, queries: dict[str, str], qrels: Qrels, depth: int) -> dict[
     if not any("title" in list(i.columns) for i in table.list_indices()):
         table.create_index("title", config=FTS())
     vectors = {q: chat.embedder.embed_query(t) for q, t in queries.items()}
-    vec_lists = {q: vector_hits(table, vectors[q], depth) for q in queries}
-    fts_lists = {q: fts_hits(table, vectors[q], queries[q], depth) for q in queries}
+    vec_lists = {q: vector_hits(table, vectors[q], depth, tenant_filter(TENANT)) for q in queries}
+    fts_lists = {q: fts_hits(table, vectors[q], queries[q], depth, tenant_filter(TENANT)) for q in queries}
 
     def title_text(q: str) -> list[dict[str, Any]]:
         query = MultiMatchQuery(queries[q], ["text", "title"], boosts=None, operator=FullTextOperator.OR)
@@ -453,7 +454,9 @@ def sweep(chat: Any, queries: dict[str, str], qrels: Qrels, depth: int) -> dict[
         {
             q: docs_of(
                 {"id": f"{m.doc_id}#{m.chunk}", "doc_id": m.doc_id}
-                for m in store.search(vectors[q], top_k=depth, max_distance=2.0, mode="hybrid", query_text=queries[q])
+                for m in store.search(
+                    vectors[q], tenant=TENANT, top_k=depth, max_distance=2.0, mode="hybrid", query_text=queries[q]
+                )
             )
             for q in queries
         }
@@ -624,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         ingestion, chat = build_services(db_dir, emb.url, args)
         report["settings"].update(rrf_k=chat.rrf_k, hybrid_candidates=HYBRID_CANDIDATES, search_mode=chat.search_mode)
         docs = documents(corpus.docs)
-        already = ingestion.store.count_chunks()
+        already = ingestion.store.count_chunks(tenant=TENANT)
         strategy = args.ingest
         if already:
             print(f"reusing {already} chunks in {db_dir}", flush=True)

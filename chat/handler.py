@@ -13,6 +13,7 @@ from chat.service import ChatService
 from chat.settings import Settings
 from shared import wiring
 from shared.bedrock import ChatModel
+from shared.identity import Principal
 from shared.ports import ChatStore, QueryEmbedder
 from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
 from shared.vector_store import EmbeddingMismatch
@@ -42,14 +43,16 @@ def build_service(
 def build_lambda(settings: Settings, service: ChatService | None = None) -> WebSocketLambda:
     service = service or build_service(settings)
 
-    def search(req: SearchRequest, emit: Emit) -> None:
-        emit(service.search(req))
+    # Each for the caller the authorizer established: searches see the caller's tenant's documents only,
+    # conversations are the caller's own.
+    def search(req: SearchRequest, emit: Emit, caller: Principal) -> None:
+        emit(service.search(req, tenant=caller.tenant))
 
-    def history(req: HistoryRequest, emit: Emit) -> None:
-        emit(service.history(req))
+    def history(req: HistoryRequest, emit: Emit, caller: Principal) -> None:
+        emit(service.history(req, caller))
 
-    def chat(req: ChatRequest, emit: Emit) -> None:
-        service.chat(req, emit)
+    def chat(req: ChatRequest, emit: Emit, caller: Principal) -> None:
+        service.chat(req, emit, caller)
 
     return WebSocketLambda(
         wiring.connections(settings), {"chat": chat, "search": search, "history": history}, function="chat"

@@ -1,4 +1,9 @@
-"""Chat logic: intent routing, retrieval with the distance threshold, prompt, streamed answer, history."""
+"""Chat logic: intent routing, retrieval with the distance threshold, prompt, streamed answer, history.
+
+Retrieval searches the caller's tenant's documents only; a conversation belongs to the principal who
+started it, and any other caller (another tenant, or another principal of the same tenant) naming its id
+gets ``unknown_conversation``, exactly as for an id that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from chat.prompts import CONVERSATIONAL_PROMPT, Turn, approx_tokens, build_syste
 from chat.settings import Settings
 from shared.bedrock import StreamDone, TextDelta
 from shared.errors import InvalidRequest, UnknownConversation
+from shared.identity import Principal
 from shared.ports import ChatStore, ChatStreamer, QueryEmbedder
 from shared.protocol import (
     ChatRequest,
@@ -64,13 +70,17 @@ class ChatService:
         top_k: int | None = None,
         max_distance: float | None = None,
         search_mode: SearchMode | None = None,
+        *,
+        tenant: str,
     ) -> Retrieval:
+        """The tenant's passages for ``query``."""
         t0 = time.perf_counter()
         k = top_k or self.settings.top_k
         limit = self.settings.max_distance if max_distance is None else max_distance
         mode: SearchMode = search_mode or self.settings.search_mode
         matches = self.store.search(
             self.embedder.embed_query(query),
+            tenant=tenant,
             top_k=k,
             max_distance=limit,
             mode=mode,
@@ -98,20 +108,22 @@ class ChatService:
             }
         )
 
-    def search(self, req: SearchRequest) -> SearchResult:
-        r = self.retrieve(req.query, req.top_k, req.max_distance, req.search_mode)
+    def search(self, req: SearchRequest, *, tenant: str) -> SearchResult:
+        r = self.retrieve(req.query, req.top_k, req.max_distance, req.search_mode, tenant=tenant)
         return SearchResult(request_id=req.request_id, query=req.query, max_distance=r.max_distance, results=r.sources)
 
-    def route(self, req: ChatRequest) -> tuple[Intent, Retrieval | None]:
+    def route(self, req: ChatRequest, *, tenant: str) -> tuple[Intent, Retrieval | None]:
         """Classify the message while retrieval runs; small talk does not wait for retrieval.
 
         Retrieval starts first, on a worker thread, so a question pays nothing for the classifier.
         For small talk the retrieval result is not used (it is cancelled if it has not started).
         """
         if not self.settings.intent_routing:
-            return Intent.RETRIEVAL, self.retrieve(req.question, req.top_k, req.max_distance, req.search_mode)
+            return Intent.RETRIEVAL, self.retrieve(
+                req.question, req.top_k, req.max_distance, req.search_mode, tenant=tenant
+            )
         future: Future[Retrieval] = self._pool.submit(
-            self.retrieve, req.question, req.top_k, req.max_distance, req.search_mode
+            self.retrieve, req.question, req.top_k, req.max_distance, req.search_mode, tenant=tenant
         )
         intent = classify(req.question)
         if intent is Intent.CONVERSATIONAL:
@@ -122,8 +134,8 @@ class ChatService:
 
     # ------------------------------------------------------------------ chat
 
-    def chat(self, req: ChatRequest, emit: Emit) -> None:
-        """Answer `req`, streaming through `emit`.
+    def chat(self, req: ChatRequest, emit: Emit, caller: Principal) -> None:
+        """Answer `req` for `caller`, streaming through `emit`.
 
         Stateful (the WebSocket chat): the earlier turns come from the stored conversation, and the
         question and answer are stored. Stateless (``req.messages`` given, the HTTP API): those messages
@@ -136,13 +148,11 @@ class ChatService:
         if stateless and req.conversation_id is not None:
             raise InvalidRequest("invalid chat request: chat.conversation_id: must be omitted when messages is given")
         if req.conversation_id is not None:
-            prior = self.store.conversation(req.conversation_id)
-            if not prior:
-                raise UnknownConversation(f"no conversation with id {req.conversation_id!r}")
+            prior = self._conversation(req.conversation_id, caller)
         conversation_id = req.conversation_id or str(uuid.uuid4())
 
         t_route = time.perf_counter()
-        intent, found = self.route(req)
+        intent, found = self.route(req, tenant=caller.tenant)
         if found is None:  # small talk: no passages, the conversational prompt
             limit = self.settings.max_distance if req.max_distance is None else req.max_distance
             retrieval = Retrieval([], [], limit, 0.0)
@@ -197,7 +207,9 @@ class ChatService:
         answer = "".join(parts)
 
         if not stateless:
-            self._store_turn(req, conversation_id, prior, answer, retrieval, prompt_kind, intent, found is not None)
+            self._store_turn(
+                req, caller, conversation_id, prior, answer, retrieval, prompt_kind, intent, found is not None
+            )
         emit(
             StreamEnd(
                 request_id=req.request_id,
@@ -223,6 +235,7 @@ class ChatService:
     def _store_turn(
         self,
         req: ChatRequest,
+        caller: Principal,
         conversation_id: str,
         prior: list[MessageRow],
         answer: str,
@@ -231,7 +244,7 @@ class ChatService:
         intent: Intent,
         retrieved: bool,
     ) -> None:
-        """The user message and the assistant message with its RAG context, in one commit."""
+        """The user message and the assistant message with its RAG context, in one commit, as the caller's."""
         now_iso = iso_utc()
         seq = prior[-1].seq + 1 if prior else 0
         self.store.append_messages(
@@ -252,15 +265,23 @@ class ChatService:
                         "search_mode": retrieval.search_mode if retrieved else None,
                     },
                 ),
-            ]
+            ],
+            tenant=caller.tenant,
+            principal=caller.principal,
         )
 
     # ------------------------------------------------------------------ history
 
-    def history(self, req: HistoryRequest) -> History:
-        rows = self.store.conversation(req.conversation_id)
+    def _conversation(self, conversation_id: str, caller: Principal) -> list[MessageRow]:
+        """The caller's conversation; UnknownConversation when they have none of this id (the same answer
+        whether it does not exist or is another tenant's or another principal's)."""
+        rows = self.store.conversation(conversation_id, tenant=caller.tenant, principal=caller.principal)
         if not rows:
-            raise UnknownConversation(f"no conversation with id {req.conversation_id!r}")
+            raise UnknownConversation(f"no conversation with id {conversation_id!r}")
+        return rows
+
+    def history(self, req: HistoryRequest, caller: Principal) -> History:
+        rows = self._conversation(req.conversation_id, caller)
         return History(
             request_id=req.request_id,
             conversation_id=req.conversation_id,

@@ -1,27 +1,36 @@
-"""A local API Gateway: the gateway's aiohttp application, composed from its parts.
+"""A local API Gateway: the gateway's aiohttp applications, composed from their parts.
 
-- ``GET /{stage}`` (and ``/``): the WebSocket API (``gateway/websocket.py``). ``$connect``/``$disconnect``
-  and every message become the event API Gateway sends Lambda and go to the route's function through the
-  Lambda Invoke API (``gateway/integration.py``). Route selection: ``$request.body.action``, else ``$default``.
-- ``POST|GET|DELETE /{stage}/@connections/{id}`` (and without the stage): the Management API the lambdas
-  reply through, and ``GET /health`` (``gateway/management.py``).
+The public application (``create_app``'s result; GATEWAY_HOST/PORT):
+
+- ``GET /{stage}`` (and ``/``): the WebSocket API (``gateway/websocket.py``), authorized at ``$connect``
+  by the REQUEST authorizer (``gateway/authorization.py``). ``$connect``/``$disconnect`` and every message
+  become the event API Gateway sends Lambda and go to the route's function through the Lambda Invoke API
+  (``gateway/integration.py``). Route selection: ``$request.body.action``, else ``$default``.
+- ``/v1/...``: the OpenAI-compatible HTTP API, a sub-application over the same integration and authorizer
+  (``gateway/http_api.py``); ``GET /openapi.json`` describes it (``gateway/openapi.py``).
 - ``PUT /{stage}/uploads/...``: the presigned S3 PUT stand-in for a local documents folder
   (``gateway/uploads.py``).
-- ``/v1/...``: the OpenAI-compatible HTTP API, a sub-application over the same integration
-  (``gateway/http_api.py``); ``GET /openapi.json`` describes it (``gateway/openapi.py``).
-- ``/ui/``: the web chat (``gateway/web.py``).
+- ``/ui/``: the web chat (``gateway/web.py``); ``GET /health``: counts (``gateway/management.py``).
+- Every request's Host must name the gateway (``gateway/security.py``: 421 otherwise).
+
+The internal application (``app[MANAGEMENT_APP]``; GATEWAY_MANAGEMENT_HOST/PORT, served by
+``python -m gateway`` on a listener of its own): ``POST|GET|DELETE /{stage}/@connections/{id}``, the
+Management API the lambdas reply through, for SigV4-signed requests only (``gateway/management.py``).
+The public listener has no @connections route at all (404).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.authorization import Authorizer
 from gateway.connections import ConnectionTable
-from gateway.http_api import API_PREFIX, create_http_api
+from gateway.http_api import API_PREFIX, create_http_api, v1_refusal
 from gateway.integration import LambdaIntegration
-from gateway.keys import CONNECTIONS, INTEGRATION, SETTINGS
-from gateway.management import add_management_routes
+from gateway.keys import AUTHORIZER, CONNECTIONS, INTEGRATION, MANAGEMENT_APP, POLICY, SETTINGS
+from gateway.management import add_health_route, add_management_routes, sigv4_only
 from gateway.openapi import openapi_json
+from gateway.security import OriginPolicy, host_guard
 from gateway.settings import Settings
 from gateway.uploads import add_upload_routes
 from gateway.web import add_web_routes
@@ -29,12 +38,21 @@ from gateway.websocket import websocket_handler
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.hard_max_message_bytes)
     integration = LambdaIntegration(settings)
     connections = ConnectionTable()
-    app[SETTINGS] = settings
-    app[INTEGRATION] = integration
-    app[CONNECTIONS] = connections
+    authorizer = Authorizer(settings, integration)
+    policy = OriginPolicy(settings)
+    app = web.Application(
+        client_max_size=settings.hard_max_message_bytes, middlewares=[host_guard(policy, v1_refusal, API_PREFIX)]
+    )
+    management = web.Application(client_max_size=settings.hard_max_message_bytes, middlewares=[sigv4_only])
+    for a in (app, management):
+        a[SETTINGS] = settings
+        a[INTEGRATION] = integration
+        a[CONNECTIONS] = connections
+        a[AUTHORIZER] = authorizer
+        a[POLICY] = policy
+    app[MANAGEMENT_APP] = management
     app.cleanup_ctx.append(integration.client_ctx)
 
     async def close_all(app: web.Application) -> None:
@@ -42,9 +60,10 @@ def create_app(settings: Settings) -> web.Application:
             await conn.ws.close(code=1001, message=b"Server shutting down")
 
     app.on_shutdown.append(close_all)
-    add_management_routes(app, settings.stage)
-    add_web_routes(app, settings.stage)
-    app.add_subapp(API_PREFIX, create_http_api(settings, integration, connections))
+    add_management_routes(management, settings.stage)
+    add_health_route(app)
+    add_web_routes(app, settings.stage, gateways=settings.web_chat_gateways)
+    app.add_subapp(API_PREFIX, create_http_api(settings, integration, connections, authorizer, policy))
     app.router.add_get("/openapi.json", openapi_json)
     add_upload_routes(app, settings.stage)
     app.router.add_get(f"/{settings.stage}", websocket_handler)

@@ -13,7 +13,7 @@ import base64
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 def new_connection_id() -> str:
@@ -85,6 +85,9 @@ class Connection:
     last_active_wall: float = field(default_factory=time.time)
     inflight: int = 0
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # requestContext.authorizer of every event of this connection ({"principalId", **context}), set by
+    # the $connect authorizer (or the /v1 request's); None only where identity does not apply.
+    authorizer: dict[str, Any] | None = None
 
     def touch(self) -> None:
         self.last_active = time.monotonic()

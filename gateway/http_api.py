@@ -10,6 +10,14 @@ models; ``GET /openapi.json`` (``gateway/openapi.py``) describes them.
 - ``POST /v1/documents`` (a presigned PUT for a file), ``GET /v1/documents``, ``DELETE /v1/documents/{id}``.
 - ``POST /v1/kb/sync`` (index the uploaded files, as a background job), ``GET /v1/kb/status`` (the jobs).
 
+Identity (``v1_guard``): every route that reads or writes data needs the same credential as the
+WebSocket (``Authorization: Bearer <API key or token>``), checked through the same REQUEST authorizer and
+cache (``gateway/authorization.py``; 401/403 in OpenAI's shape with stable codes). ``GET /v1/models``
+and ``GET /v1/models/{id}`` stay open: they name the one model and touch no data (SDKs probe them), as
+``GET /openapi.json`` describes the API and nothing else. A browser Origin must be allowed
+(``gateway/security.py``), CORS preflights are answered only for allowed origins, and bodies are
+accepted only as ``application/json`` (415 otherwise: a cross-site form post gets no preflight).
+
 There is one code path: every request is turned into a protocol request (``shared/protocol.py``) and
 sent to the route's lambda exactly as a WebSocket message would be, by the same Lambda integration
 (``gateway/integration.py``), from a pseudo-connection registered in the gateway's ConnectionTable. The
@@ -19,8 +27,10 @@ are exactly the WebSocket chat's. The pseudo-connection is removed when the requ
 as its HTTP client leaves, so that the lambda's next post gets 410 GoneException and it stops generating.
 
 Pending uploads (``POST /v1/documents`` not yet synced) and sync jobs are remembered by this gateway
-process only, in memory: they are lost when it restarts (the uploaded files stay in ``uploads/``; local
-folders clean them after 24 h, on S3 a lifecycle rule does).
+process only, in memory, per tenant (a tenant's workspace, like its documents): they are lost when it
+restarts (the uploaded files stay in ``uploads/``; local folders clean them after 24 h, on S3 a
+lifecycle rule does). Every pseudo-connection carries its request's authorizer context, so the lambdas
+scope each request to the caller's tenant.
 """
 
 from __future__ import annotations
@@ -37,8 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ValidationError
 
+from gateway.authorization import Authorizer, AuthorizerContext, Call, Refused
 from gateway.connections import Connection, ConnectionTable, QueueSocket, new_connection_id
 from gateway.http_models import (
     MODEL_ID,
@@ -60,7 +72,9 @@ from gateway.http_models import (
     UploadTicket,
 )
 from gateway.integration import LambdaIntegration
+from gateway.security import OriginPolicy, cors_hook, preflight_headers
 from gateway.settings import Settings
+from shared.identity import Principal
 from shared.openai_models import AssistantMessage, ChunkChoice, Delta, Error, FinishReason, Usage, sse
 from shared.openai_models import Choice as CompletionChoice
 from shared.protocol import ErrorCode
@@ -124,12 +138,15 @@ def _json(body: BaseModel, status: int = 200) -> web.Response:
 class ApiError(Exception):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "code", "param"}}."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.headers = headers or {}
 
     @classmethod
     def from_protocol(cls, reply: dict[str, Any]) -> ApiError:
@@ -143,7 +160,20 @@ class ApiError(Exception):
         return Error.of(self.status, self.message, self.code, self.param)
 
     def response(self) -> web.Response:
-        return _json(self.body(), self.status)
+        resp = _json(self.body(), self.status)
+        resp.headers.update(self.headers)
+        return resp
+
+    @classmethod
+    def refused(cls, exc: Refused) -> ApiError:
+        """The authorizer's refusal; a 401 names the scheme it wants (WWW-Authenticate: Bearer)."""
+        headers = {"WWW-Authenticate": 'Bearer realm="localrag"'} if exc.status == 401 else None
+        return cls(exc.status, exc.message, exc.code, headers=headers)
+
+
+def v1_refusal(request: web.Request, status: int, code: str, message: str) -> web.StreamResponse:
+    """A refusal in OpenAI's error shape (for checks made outside this sub-application, e.g. the Host)."""
+    return ApiError(status, message, code).response()
 
 
 def _invalid(message: str, param: str | None = None) -> ApiError:
@@ -231,18 +261,35 @@ class SyncRun:
         )
 
 
+@dataclass
+class Workspace:
+    """One tenant's pending uploads and sync jobs (documents are shared within a tenant, so are these)."""
+
+    pending: dict[str, PendingUpload] = field(default_factory=dict)
+    jobs: OrderedDict[str, SyncRun] = field(default_factory=OrderedDict)
+
+
+# The authorizer context of a /v1 request (set by v1_guard; absent on the open routes).
+CALLER = web.RequestKey("caller", dict)
+
+
 class HttpApi:
-    """The /v1 sub-application's state: the integration it sends through, pending uploads, sync jobs."""
+    """The /v1 sub-application's state: the integration it sends through, each tenant's pending uploads
+    and sync jobs."""
 
     def __init__(self, settings: Settings, integration: LambdaIntegration, connections: ConnectionTable) -> None:
         self.settings = settings
         self.integration = integration
         self.connections = connections
         self.created = int(time.time())
-        self.pending: dict[str, PendingUpload] = {}
-        self.jobs: OrderedDict[str, SyncRun] = OrderedDict()
+        self.workspaces: dict[str, Workspace] = {}
         # Strong references to background work (sync jobs, invocations that outlive their request).
         self.tasks: set[asyncio.Task[Any]] = set()
+
+    def workspace(self, request: web.Request) -> Workspace:
+        """The caller's tenant's workspace (the tenant comes from the authorizer, never from the request)."""
+        tenant = Principal.from_authorizer(request[CALLER]).tenant
+        return self.workspaces.setdefault(tenant, Workspace())
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -250,12 +297,17 @@ class HttpApi:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def exchange(self, body: dict[str, Any], *, source_ip: str, user_agent: str) -> Exchange:
-        return Exchange(self, body, source_ip=source_ip, user_agent=user_agent)
+    def exchange(
+        self, body: dict[str, Any], *, source_ip: str, user_agent: str, authorizer: AuthorizerContext
+    ) -> Exchange:
+        return Exchange(self, body, source_ip=source_ip, user_agent=user_agent, authorizer=authorizer)
 
     def exchange_for(self, request: web.Request, body: dict[str, Any]) -> Exchange:
         return self.exchange(
-            body, source_ip=request.remote or "127.0.0.1", user_agent=request.headers.get("User-Agent", "")
+            body,
+            source_ip=request.remote or "127.0.0.1",
+            user_agent=request.headers.get("User-Agent", ""),
+            authorizer=request[CALLER],
         )
 
     async def stop(self, app: web.Application) -> None:
@@ -283,12 +335,22 @@ class Exchange:
     on and stops at its next post.
     """
 
-    def __init__(self, api: HttpApi, body: dict[str, Any], *, source_ip: str, user_agent: str) -> None:
+    def __init__(
+        self,
+        api: HttpApi,
+        body: dict[str, Any],
+        *,
+        source_ip: str,
+        user_agent: str,
+        authorizer: AuthorizerContext,
+    ) -> None:
         self.api = api
         self.request_id = uuid.uuid4().hex
         self.data = json.dumps({**body, "request_id": self.request_id}).encode("utf-8")
         self.socket = QueueSocket()
-        self.conn = Connection(id=new_connection_id(), ws=self.socket, source_ip=source_ip, user_agent=user_agent)
+        self.conn = Connection(
+            id=new_connection_id(), ws=self.socket, source_ip=source_ip, user_agent=user_agent, authorizer=authorizer
+        )
         self.client_left = False
 
     async def __aenter__(self) -> Exchange:
@@ -529,7 +591,7 @@ async def create_document(request: web.Request) -> web.Response:
     key = str(ticket["key"])
     doc_id = key.rsplit("/", 1)[-1]  # the file name as the ingestion function made it safe: a valid id
     headers = {str(k): str(v) for k, v in (ticket.get("headers") or {}).items()}
-    api.pending[doc_id] = PendingUpload(
+    api.workspace(request).pending[doc_id] = PendingUpload(
         id=doc_id,
         key=key,
         name=upload.filename,
@@ -550,7 +612,7 @@ async def list_documents(request: web.Request) -> web.Response:
     for d in reply.get("documents", []):
         doc = Document.model_validate(d)
         by_id[doc.id] = doc
-    for p in api.pending.values():
+    for p in api.workspace(request).pending.values():
         indexed = by_id.get(p.id)
         # A newer upload of an indexed document shows as uploaded (or failed) until it is synced.
         by_id[p.id] = indexed.model_copy(update={"status": p.status, "error": p.error}) if indexed else p.info()
@@ -560,7 +622,7 @@ async def list_documents(request: web.Request) -> web.Response:
 async def delete_document(request: web.Request) -> web.Response:
     api = request.app[API]
     doc_id = request.match_info["id"]
-    pending = api.pending.pop(doc_id, None)
+    pending = api.workspace(request).pending.pop(doc_id, None)
     chunks = 0
     async with api.exchange_for(request, {"action": "delete_document", "doc_id": doc_id}) as ex:
         try:
@@ -583,17 +645,20 @@ def _claimable(p: PendingUpload) -> bool:
 async def kb_sync(request: web.Request) -> web.Response:
     await _read_json(request, required=False)  # no options yet; a body, if any, must still be JSON
     api = request.app[API]
-    job = SyncRun(id=f"sync-{uuid.uuid4().hex[:16]}", documents=[p for p in api.pending.values() if _claimable(p)])
+    space = api.workspace(request)
+    job = SyncRun(id=f"sync-{uuid.uuid4().hex[:16]}", documents=[p for p in space.pending.values() if _claimable(p)])
     for p in job.documents:
         p.job_id = job.id
-    api.jobs[job.id] = job
-    while len(api.jobs) > _KEEP_JOBS:
-        api.jobs.popitem(last=False)
-    api.spawn(_run_sync(api, job, request.remote or "127.0.0.1"))
+    space.jobs[job.id] = job
+    while len(space.jobs) > _KEEP_JOBS:
+        space.jobs.popitem(last=False)
+    api.spawn(_run_sync(api, space, job, request.remote or "127.0.0.1", request[CALLER]))
     return _json(SyncJobAccepted(job_id=job.id, **job.info().model_dump()), 202)
 
 
-async def _run_sync(api: HttpApi, job: SyncRun, source_ip: str) -> None:
+async def _run_sync(
+    api: HttpApi, space: Workspace, job: SyncRun, source_ip: str, authorizer: AuthorizerContext
+) -> None:
     """ingest_object for each claimed upload, one at a time, through the same lambda as the WebSocket."""
     job.status = "running"
     job.started_at = _now_iso()
@@ -601,7 +666,9 @@ async def _run_sync(api: HttpApi, job: SyncRun, source_ip: str) -> None:
         for p in job.documents:
             body = {"action": "ingest_object", "key": p.key, "doc_id": p.id}
             try:
-                async with api.exchange(body, source_ip=source_ip, user_agent="localrag-kb-sync") as ex:
+                async with api.exchange(
+                    body, source_ip=source_ip, user_agent="localrag-kb-sync", authorizer=authorizer
+                ) as ex:
                     await ex.reply()
             except ApiError as exc:
                 job.failed += 1
@@ -609,8 +676,8 @@ async def _run_sync(api: HttpApi, job: SyncRun, source_ip: str) -> None:
                 p.status, p.error = "failed", UploadError(code=exc.code, message=exc.message)
             else:
                 job.succeeded += 1
-                if api.pending.get(p.id) is p:
-                    del api.pending[p.id]
+                if space.pending.get(p.id) is p:
+                    del space.pending[p.id]
             finally:
                 p.job_id = None
         job.status = "failed" if job.failed else "done"
@@ -625,7 +692,7 @@ async def _run_sync(api: HttpApi, job: SyncRun, source_ip: str) -> None:
 
 
 async def kb_status(request: web.Request) -> web.Response:
-    jobs = [j.info() for j in reversed(request.app[API].jobs.values())]
+    jobs = [j.info() for j in reversed(request.app[API].workspace(request).jobs.values())]
     return _json(SyncJobList(data=jobs))
 
 
@@ -648,6 +715,38 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return ApiError(exc.status, exc.reason, code).response()
 
 
+def v1_guard(policy: OriginPolicy, authorizer: Authorizer) -> Middleware:
+    """The /v1 checks before any handler, in order: the browser Origin (403), a CORS preflight (answered
+    here), the body's media type (415), the caller's identity (401/403/500; not on OPEN routes)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and not policy.origin_allowed(origin, request.headers.get("Host")):
+            raise ApiError(403, "this Origin may not use the API (GATEWAY_ALLOWED_ORIGINS)", "origin_not_allowed")
+        if request.method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204, headers=preflight_headers(origin))
+        # Any body must be JSON (an empty one, e.g. `curl -X POST`, has nothing to parse): a form post or
+        # text/plain, which a page may send cross-site without a preflight, is refused before anything runs.
+        has_body = request.body_exists and request.content_length != 0
+        if request.method in ("POST", "PUT", "PATCH") and has_body and request.content_type != "application/json":
+            raise ApiError(415, "send the request body as Content-Type: application/json", "unsupported_media_type")
+        if request.match_info.handler not in OPEN:
+            resource = request.match_info.route.resource
+            template = resource.canonical if resource is not None else request.path
+            call = Call(f"{request.method} {template}", f"{request.method}{request.path}")
+            try:
+                request[CALLER] = await authorizer.authorize(request, call)
+            except Refused as exc:
+                raise ApiError.refused(exc) from None
+        return await handler(request)
+
+    return middleware
+
+
+# Routes without identity: they name the one model and read no data.
+OPEN: frozenset[Handler] = frozenset({list_models, get_model})
+
 # (method, path under /v1, handler): also what gateway/openapi.py documents.
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/models", list_models),
@@ -662,13 +761,18 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 
 def create_http_api(
-    settings: Settings, integration: LambdaIntegration, connections: ConnectionTable
+    settings: Settings,
+    integration: LambdaIntegration,
+    connections: ConnectionTable,
+    authorizer: Authorizer,
+    policy: OriginPolicy,
 ) -> web.Application:
     """The OpenAI-compatible HTTP API, to mount at API_PREFIX (``app.add_subapp``)."""
-    app = web.Application(middlewares=[openai_errors])
+    app = web.Application(middlewares=[openai_errors, v1_guard(policy, authorizer)])
     api = HttpApi(settings, integration, connections)
     app[API] = api
     app.on_shutdown.append(api.stop)
+    app.on_response_prepare.append(cors_hook(policy))
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

@@ -25,6 +25,7 @@ from gateway.connections import Connection
 from gateway.settings import Settings
 from shared.events import EventType, build_event
 from shared.protocol import ErrorCode, action_of, encode, error
+from shared.sigv4 import sign
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,25 @@ class InvokeFailed(Exception):
 class Stats:
     invocations: int = 0
     posts: int = 0
+    in_flight: int = 0  # messages (WebSocket and /v1) whose invocation has not returned yet
 
 
-def _error_type(body: bytes) -> str:
-    try:
-        return str(json.loads(body).get("errorType", ""))
-    except (ValueError, AttributeError):
-        return ""
+@dataclass(frozen=True)
+class Invocation:
+    """A function's answer through the Invoke API: its payload, and X-Amz-Function-Error if it failed."""
+
+    body: bytes
+    function_error: str | None = None
+
+    def error(self) -> tuple[str, str]:
+        """(errorMessage, errorType) of a failed invocation's payload ("" when absent)."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return "", ""
+        if not isinstance(data, dict):
+            return "", ""
+        return str(data.get("errorMessage", "")), str(data.get("errorType", ""))
 
 
 class LambdaIntegration:
@@ -61,6 +74,11 @@ class LambdaIntegration:
             name: asyncio.Semaphore(n) for name, n in settings.function_concurrency.items()
         }
         self._http: aiohttp.ClientSession | None = None
+        if settings.internal.signing_key() is None:
+            log.warning(
+                "no internal key (LOCALRAG_INTERNAL_ACCESS_KEY_ID/_SECRET_ACCESS_KEY): Invoke calls go unsigned "
+                "and @connections refuses every request"
+            )
 
     async def client_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """A cleanup context: the pooled HTTP client the invocations share, open while the app runs."""
@@ -86,7 +104,7 @@ class LambdaIntegration:
         *,
         body: bytes | None = None,
         binary: bool = False,
-        request: web.Request | None = None,
+        request: web.BaseRequest | None = None,
         close_code: int | None = None,
     ) -> dict[str, Any]:
         """The event API Gateway sends the route's function, as JSON."""
@@ -109,11 +127,12 @@ class LambdaIntegration:
             query=dict(request.query) if request is not None else None,
             disconnect_status_code=close_code,
             disconnect_reason="" if close_code is not None else None,
+            authorizer=conn.authorizer,
         ).to_aws()
 
     # ------------------------------------------------------------------ the connection's life
 
-    async def connect(self, conn: Connection, request: web.Request) -> dict[str, Any] | None:
+    async def connect(self, conn: Connection, request: web.BaseRequest) -> dict[str, Any] | None:
         """Invoke $connect (before the handshake completes); its result decides whether to accept."""
         return await self.invoke("$connect", self.event(conn, "$connect", "CONNECT", request=request))
 
@@ -128,6 +147,7 @@ class LambdaIntegration:
 
         The function's other replies reach the connection through @connections while this waits."""
         route_key = self.route_for(action_of(data))
+        self.stats.in_flight += 1
         try:
             result = await self.invoke(route_key, self.event(conn, route_key, "MESSAGE", body=data, binary=binary))
             # A two-way route: the integration's response body goes back to the client.
@@ -139,6 +159,8 @@ class LambdaIntegration:
         except Exception:
             log.exception("message on %s (route %s) failed", conn.id, route_key)
             await self.reply(conn, encode(error(ErrorCode.INTERNAL_ERROR, "internal error", request_id)))
+        finally:
+            self.stats.in_flight -= 1
 
     @staticmethod
     async def reply(conn: Connection, data: bytes) -> None:
@@ -153,42 +175,58 @@ class LambdaIntegration:
     async def invoke(self, route_key: str, event: dict[str, Any]) -> dict[str, Any] | None:
         """Invoke the function behind `route_key` (Lambda Invoke API, RequestResponse); its result, or None
         when no route has that key."""
-        settings = self.settings
-        function = settings.routes.get(route_key)
+        function = self.settings.routes.get(route_key)
         if function is None:
             return None
+        self.stats.invocations += 1
+        result = await self.call(function, event)
+        if result.function_error:
+            _, error_type = result.error()
+            log.error("function %s failed on %s: %s", function, route_key, result.body[:2000])
+            if error_type == "Sandbox.Timedout":
+                raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function timed out")
+            raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function failed; see its log")
+        try:
+            payload = json.loads(result.body) if result.body else None
+        except ValueError:
+            log.error("function %s answered %s with a payload that is not JSON", function, route_key)
+            raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function's answer is not JSON") from None
+        return payload if isinstance(payload, dict) else None
+
+    async def call(self, function: str, event: dict[str, Any]) -> Invocation:
+        """POST the event to the function's Invoke URL, signed (SigV4, service ``lambda``) with the stack's
+        internal key, within its concurrency slot and the integration timeout."""
+        settings = self.settings
         url = settings.functions.get(function)
         if url is None:
-            log.error("route %s names function %s, which has no invoke URL", route_key, function)
+            log.error("function %s has no invoke URL (GATEWAY_FUNCTIONS)", function)
             raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, "this route is not configured")
-        self.stats.invocations += 1
         slot = self._slots.get(function)
         try:
             async with asyncio.timeout(settings.integration_timeout_s), slot or contextlib.nullcontext():
-                return await self._post(function, route_key, url, event)
+                return await self._post(function, url, event)
         except TimeoutError:
             log.error("invoke %s timed out after %.0fs", function, settings.integration_timeout_s)
             raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function did not answer in time") from None
 
-    async def _post(self, function: str, route_key: str, url: str, event: dict[str, Any]) -> dict[str, Any] | None:
+    async def _post(self, function: str, url: str, event: dict[str, Any]) -> Invocation:
         if self._http is None:
             raise RuntimeError("the Lambda integration's HTTP client is not open (client_ctx)")
         timeout = aiohttp.ClientTimeout(total=self.settings.integration_timeout_s, connect=5)
+        body = json.dumps(event).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        key = self.settings.internal.signing_key()
+        if key is not None:
+            headers = sign("POST", url, headers, body, key=key, service="lambda", region=self.settings.region)
         try:
-            async with self._http.post(url, json=event, timeout=timeout) as resp:
-                body = await resp.read()
+            async with self._http.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                payload = await resp.read()
                 if resp.status == 429:
                     raise InvokeFailed(ErrorCode.THROTTLED, "too many requests in flight; retry shortly")
                 if resp.status >= 300:
-                    log.error("invoke %s -> HTTP %s: %s", function, resp.status, body[:500])
+                    log.error("invoke %s -> HTTP %s: %s", function, resp.status, payload[:500])
                     raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function could not be invoked")
-                if resp.headers.get("X-Amz-Function-Error"):
-                    log.error("function %s failed on %s: %s", function, route_key, body[:2000])
-                    if _error_type(body) == "Sandbox.Timedout":
-                        raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function timed out")
-                    raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function failed; see its log")
-                result = json.loads(body) if body else None
-                return result if isinstance(result, dict) else None
+                return Invocation(payload, resp.headers.get("X-Amz-Function-Error") or None)
         except aiohttp.ClientError as exc:
             log.error("invoke %s unreachable: %s", function, exc)
             raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, f"the {function} service is unavailable") from None

@@ -1,21 +1,33 @@
 """The API Gateway Management API the lambdas reply through, and the gateway's ``/health``.
 
-``POST|GET|DELETE /{stage}/@connections/{id}`` (and without the stage). A connection that is closed (or
-a pseudo-connection whose HTTP request is over) answers 410 GoneException, as AWS does. Connection ids
-may contain ``/`` and ``+`` (they are base64, like AWS's): clients percent-encode them in the path, as
-botocore does, and aiohttp decodes them before the lookup.
+``POST|GET|DELETE /{stage}/@connections/{id}`` (and without the stage), on the gateway's *internal*
+listener only (GATEWAY_MANAGEMENT_HOST/PORT, loopback by default), and only for requests SigV4-signed
+(service ``execute-api``) with the stack's internal key, as AWS accepts only IAM-signed calls: the lambdas'
+boto3 clients sign with it; nothing a client of the public listener has can. Unsigned or wrongly signed
+requests get AWS's 403 (MissingAuthenticationToken, UnrecognizedClientException,
+InvalidSignatureException). A connection that is closed (or a pseudo-connection whose HTTP request is
+over) answers 410 GoneException, as AWS does. Connection ids may contain ``/`` and ``+`` (they are base64,
+like AWS's): clients percent-encode them in the path, as botocore does, and aiohttp decodes them before
+the lookup.
+
+``GET /health`` (public listener) tells counts only: connections, invocations in flight, and so on.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import CONNECTIONS, INTEGRATION, SETTINGS
+from gateway.keys import AUTHORIZER, CONNECTIONS, INTEGRATION, SETTINGS
 from shared.aws_http import aws_error_response
+from shared.sigv4 import SignatureError, verify
 from shared.timing import iso_utc
+
+log = logging.getLogger(__name__)
 
 
 def _gone(connection_id: str) -> web.Response:
@@ -62,17 +74,38 @@ async def delete_connection(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    conns = request.app[CONNECTIONS].all()
-    # Connection ids are listed for local debugging and tests (API Gateway has no such endpoint).
-    body: dict[str, object] = {"status": "ok", "connections": len(conns), "connection_ids": [c.id for c in conns]}
+    """Counts only: never a connection id (an id is what @connections acts on)."""
+    body: dict[str, object] = {"status": "ok", "connections": len(request.app[CONNECTIONS])}
     body.update(asdict(request.app[INTEGRATION].stats))
+    body.update(asdict(request.app[AUTHORIZER].stats))
     return web.json_response(body)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def sigv4_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request of the internal listener must be signed (SigV4, ``execute-api``) with the internal key."""
+    body = await request.read()  # the payload is signed too; read() keeps it for the handler
+    host = request.headers.get("Host", request.host)
+    url = f"{request.scheme}://{host}{request.raw_path}"
+    keys = request.app[SETTINGS].internal.verification_keys()
+    try:
+        verify(request.method, url, request.headers, body, keys=keys, service="execute-api")
+    except SignatureError as exc:
+        log.warning("@connections %s refused: %s", request.method, exc.code)
+        return aws_error_response(403, exc.code, exc.message)
+    return await handler(request)
+
+
+def add_health_route(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+
+
 def add_management_routes(app: web.Application, stage: str) -> None:
-    """@connections (with and without the stage prefix) and /health."""
+    """@connections, with and without the stage prefix (on the internal application, behind sigv4_only)."""
     for prefix in ("", f"/{stage}"):
         app.router.add_post(prefix + "/@connections/{connection_id}", post_to_connection)
         app.router.add_get(prefix + "/@connections/{connection_id}", get_connection)
         app.router.add_delete(prefix + "/@connections/{connection_id}", delete_connection)
-    app.router.add_get("/health", health)

@@ -52,11 +52,17 @@ Each event's JSON is a `ChatCompletionChunk`."""
 
 ERROR_REASONS = {
     400: "Invalid request: malformed JSON, missing or wrong-typed fields",
+    401: "No credential (missing_credentials), or not a valid one (invalid_credentials)",
+    403: "The credential may not use this API (access_denied), or the browser Origin is not allowed "
+    "(origin_not_allowed)",
     404: "Not found",
     413: "Request body (or declared file) too large",
-    415: "Unsupported file type",
+    415: "Unsupported file type, or a body that is not application/json (unsupported_media_type)",
     429: "Throttled: too many requests in flight",
 }
+# The routes that take no credential (gateway/http_api.py's OPEN): they name the model and read no data.
+OPEN_OPERATIONS = {"listModels", "getModel"}
+BEARER = {"type": "http", "scheme": "bearer", "description": "An API key (lrk_...) or an OIDC token (JWT)."}
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,11 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.response is ChatCompletion:
         ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": STREAM_DESCRIPTION}}
     responses: dict[str, Any] = {str(op.status): ok}
-    if op.errors:
-        for status in op.errors:
+    errors = op.errors if op.operation_id in OPEN_OPERATIONS else (*op.errors, 401, 403)
+    if op.operation_id not in OPEN_OPERATIONS:
+        out["security"] = [{"bearer": []}]
+    if errors:
+        for status in sorted(set(errors)):
             responses[str(status)] = _content(_ref(Error), ERROR_REASONS.get(status, "Error"))
         responses["default"] = {"$ref": "#/components/responses/Error"}
     out["responses"] = responses
@@ -195,13 +204,16 @@ def openapi_document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": "OpenAI-compatible chat completions over the RAG stack, plus document upload and "
             "knowledge-base sync. Served by the gateway next to the WebSocket API, through the same lambdas. "
-            "No authentication: any API key is accepted (and ignored).",
+            "Every operation but the model list needs a credential, `Authorization: Bearer <API key or token>`, "
+            "checked by the same authorizer as the WebSocket's $connect; the caller's tenant scopes every "
+            "read and write.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
             "schemas": _schemas(),
             "responses": {"Error": _content(_ref(Error), "An error, in OpenAI's shape")},
+            "securitySchemes": {"bearer": BEARER},
         },
     }
 

@@ -1,26 +1,84 @@
-"""Gateway settings (env prefix GATEWAY_)."""
+"""Gateway settings (env prefix GATEWAY_), and the rules they make: allowed Host names and Origins."""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_MESSAGE_BYTES, route_table
-from shared.settings import DocumentsSettings
+from shared.settings import AuthSettings, DocumentsSettings, InternalAuthSettings
 
 DEFAULT_FUNCTIONS = {
     "ingestion": "http://127.0.0.1:9001/2015-03-31/functions/ingestion/invocations",
     "chat": "http://127.0.0.1:9002/2015-03-31/functions/chat/invocations",
+    "authorizer": "http://127.0.0.1:9003/2015-03-31/functions/authorizer/invocations",
 }
 # Route key -> function, from the protocol's action registry (template.yaml has the same routes).
 DEFAULT_ROUTES: dict[str, str] = dict(route_table())
+AUTHORIZER_FUNCTION = "authorizer"
+# Where a REQUEST authorizer's identity sources may come from (API Gateway's mapping expressions).
+DEFAULT_IDENTITY_SOURCES = [
+    "route.request.header.Authorization",
+    "route.request.querystring.token",
+    "route.request.header.Sec-WebSocket-Protocol",
+]
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_IDENTITY_SOURCE = re.compile(r"^(?:route\.request|\$request)\.(header|querystring)\.([A-Za-z0-9_.-]+)$")
+_HOST = re.compile(r"^(?P<name>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")
+
+
+def _comma_list(value: Any) -> Any:
+    """``a,b`` (or a JSON list) -> ["a", "b"]; blanks dropped."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def identity_source(expression: str) -> tuple[Literal["header", "querystring"], str]:
+    """``route.request.header.Authorization`` -> ("header", "Authorization"); ValueError if not one."""
+    m = _IDENTITY_SOURCE.match(expression.strip())
+    if m is None:
+        raise ValueError(
+            f"{expression!r} is not an identity source: use route.request.header.NAME or route.request.querystring.NAME"
+        )
+    kind: Literal["header", "querystring"] = "header" if m[1] == "header" else "querystring"
+    return kind, m[2]
+
+
+def split_host(host: str) -> tuple[str, int | None] | None:
+    """``name[:port]`` (a bracketed IPv6 address too) -> (lower-case name, port or None); None if malformed."""
+    m = _HOST.match(host.strip())
+    if m is None:
+        return None
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return m["name"].lower(), port
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="Bind address.")
-    port: int = Field(8000, description="Port for the WebSocket API, the @connections API and /health.")
+    port: int = Field(8000, description="Port of the public listener: the WebSocket API, /v1, the web chat, /health.")
+    management_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of the internal listener that serves the @connections Management API "
+        "(SigV4-signed requests only). Keep it off the public network.",
+    )
+    management_port: int = Field(
+        8003,
+        description="Port of the internal @connections listener (0: any free port). Not served on the public port.",
+    )
     stage: str = Field("local", description="Stage name: the WebSocket URL is ws://host:port/{stage}.")
     api_id: str = Field("local", description="apiId put in events' requestContext.")
     domain_name: str | None = Field(
@@ -29,7 +87,8 @@ class Settings(BaseSettings):
     )
     functions: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_FUNCTIONS),
-        description="Function name -> Lambda Invoke URL (POST .../2015-03-31/functions/{name}/invocations), as JSON.",
+        description="Function name -> Lambda Invoke URL (POST .../2015-03-31/functions/{name}/invocations), as JSON. "
+        "'authorizer' is the REQUEST authorizer of $connect and /v1.",
     )
     routes: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_ROUTES),
@@ -57,6 +116,39 @@ class Settings(BaseSettings):
         4, ge=1, description="Invocations in flight per connection; more get a 'throttled' error."
     )
     log_level: str = Field("INFO", description="Log level.")
+    region: str = Field(
+        "us-east-1",
+        description="Region in ARNs (the authorizer's methodArn) and in the SigV4 scope of the gateway's Invoke calls.",
+    )
+    # -- identity ($connect and /v1 authorization)
+    authorizer_identity_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_IDENTITY_SOURCES),
+        description="Where the credential may be, comma-separated mapping expressions "
+        "(route.request.header.NAME, route.request.querystring.NAME). A request with none of them is refused "
+        "(401) without invoking the authorizer; their values are the authorizer cache's key.",
+    )
+    authorizer_ttl_s: float = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="How long the authorizer's answer (Allow or Deny) is reused for the same identity source "
+        "values (API Gateway: 300 s by default, at most 3600). 0 = invoke the authorizer every time.",
+    )
+    authorizer_cache_size: int = Field(
+        10_000, ge=1, description="Most authorizer answers kept (least recently used ones go first)."
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header values the gateway answers, comma-separated NAME or NAME:PORT (a NAME alone "
+        "accepts any port the gateway listens on); anything else gets 421 (DNS rebinding). Always allowed: "
+        "127.0.0.1, localhost, [::1], GATEWAY_DOMAIN_NAME and GATEWAY_HOST (unless a wildcard address).",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) allowed to open the WebSocket and call /v1, "
+        "comma-separated, besides the gateway's own (http(s)://{an allowed host}). Requests without Origin "
+        "(CLI, SDKs) pass; another Origin gets 403.",
+    )
     http_max_body_bytes: int = Field(
         1024 * 1024,
         ge=1,
@@ -70,5 +162,80 @@ class Settings(BaseSettings):
         "when it is a local folder, checks RAG_UPLOAD_SECRET and refuses bodies over RAG_MAX_UPLOAD_BYTES.",
     )
 
+    web_chat_gateways: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other gateways (ws:// or wss:// origins) the web chat's ?ws= may connect to, "
+        "comma-separated; it sends them its key. Unset = only the gateway that served the page.",
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings,
+        description="RAG_AUTH, as the authorizer and the CLI read it: 'none' switches identity off.",
+    )
+    internal: InternalAuthSettings = Field(
+        default_factory=InternalAuthSettings,
+        description="The stack's internal SigV4 key: the gateway signs its Invoke calls with it, and "
+        "@connections accepts only requests signed with it.",
+    )
+
+    @field_validator(
+        "authorizer_identity_sources", "allowed_hosts", "allowed_origins", "web_chat_gateways", mode="before"
+    )
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("authorizer_identity_sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one identity source")
+        for expression in value:
+            identity_source(expression)
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if split_host(host) is None:
+                raise ValueError(f"{host!r} is not a host name, an address or NAME:PORT")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]); '*' is not accepted")
+            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+        return out
+
+    @field_validator("web_chat_gateways")
+    @classmethod
+    def _gateways(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("ws", "wss") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"{origin!r} is not a WebSocket origin (ws://host[:port] or wss://host[:port])")
+            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+        return out
+
     def public_domain(self) -> str:
         return self.domain_name or f"{self.host}:{self.port}"
+
+    def host_names(self) -> list[tuple[str, int | None]]:
+        """(name, port or None = any port the gateway listens on) of every Host the gateway answers."""
+        hosts = [*LOOPBACK_NAMES, *self.allowed_hosts]
+        if self.domain_name:
+            hosts.append(self.domain_name)
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.append(f"[{self.host}]" if ":" in self.host else self.host)
+        out: list[tuple[str, int | None]] = []
+        for host in hosts:
+            parsed = split_host(host)
+            if parsed is not None and parsed not in out:
+                out.append(parsed)
+        return out

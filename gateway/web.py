@@ -2,15 +2,20 @@
 
 - ``GET /ui/`` -> ``index.html``; ``GET /ui/{file}`` -> one of the files in ``gateway/static/``
   (only those: the set is fixed when the routes are added, so no path ever reaches the file system).
-- ``GET /ui/config.json`` -> ``{"websocket_path": "/{stage}"}``: the page builds its WebSocket URL from
-  its own origin and this path, so it works behind whatever host and port the gateway is reached on.
+- ``GET /ui/config.json`` -> ``{"websocket_path": "/{stage}", "gateways": [...]}``: the page builds its
+  WebSocket URL from its own origin and this path, so it works behind whatever host and port the gateway
+  is reached on; ``?ws=`` may name another gateway only if its origin is in ``gateways``
+  (GATEWAY_WEB_CHAT_GATEWAYS), since the page sends it its key.
 
 The page talks to the gateway only through the WebSocket protocol (``shared/protocol.py``) and the
 presigned upload URLs it is given; it has no build step and loads nothing from the network but this.
+Its key arrives in the URL's fragment (``/ui/#key=...``, never sent to a server), moves to the tab's
+sessionStorage, and goes to the gateway as the ``localrag.bearer.<key>`` WebSocket subprotocol.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -50,10 +55,10 @@ def _static_files() -> dict[str, Path]:
     return {p.name: p for p in sorted(STATIC_DIR.iterdir()) if p.is_file() and p.suffix in _CONTENT_TYPES}
 
 
-def add_web_routes(app: web.Application, stage: str) -> None:
-    """Serve the web chat at /ui/ and its config at /ui/config.json (WebSocket path /{stage})."""
+def add_web_routes(app: web.Application, stage: str, *, gateways: Sequence[str] = ()) -> None:
+    """Serve the web chat at /ui/ and its config at /ui/config.json (WebSocket path /{stage}, and the
+    other gateways' origins ``?ws=`` may name)."""
     files = _static_files()
-    config = {"websocket_path": f"/{stage}"}
 
     def file_response(name: str) -> web.StreamResponse:
         path = files.get(name)
@@ -69,6 +74,7 @@ def add_web_routes(app: web.Application, stage: str) -> None:
         return file_response("index.html")
 
     async def config_json(request: web.Request) -> web.StreamResponse:
+        config = {"websocket_path": f"/{stage}", "gateways": list(gateways)}
         return web.json_response(config, headers={"Cache-Control": "no-cache"})
 
     async def static_file(request: web.Request) -> web.StreamResponse:

@@ -1,8 +1,14 @@
 """The WebSocket API: ``GET /{stage}`` (and ``/``).
 
-``$connect`` is invoked before the handshake completes (a failing or refusing ``$connect`` rejects it);
-each message is checked against API Gateway's limits and handed to the Lambda integration
-(``gateway/integration.py``); ``$disconnect`` is invoked when the socket closes, however it closes.
+Before the handshake completes, in API Gateway's order: the Origin check (``gateway/security.py``), the
+``$connect`` REQUEST authorizer (``gateway/authorization.py``: 401/403/500 refuse the handshake before
+any other function runs), then the ``$connect`` route's function (a failing or refusing ``$connect``
+rejects it). Each message is checked against API Gateway's limits and handed to the Lambda integration
+(``gateway/integration.py``); ``$disconnect`` is invoked when the socket closes, however it closes. Every
+event carries the authorizer's context in ``requestContext.authorizer``.
+
+Subprotocol: browsers cannot set headers on a WebSocket, so the web chat offers ``localrag.v1`` and
+``localrag.bearer.<credential>``; the handshake answers ``localrag.v1`` only (never the credential).
 """
 
 from __future__ import annotations
@@ -13,35 +19,69 @@ import time
 
 from aiohttp import WSMsgType, web
 
+from gateway.authorization import Call, Refused
 from gateway.connections import Connection, new_connection_id
 from gateway.integration import InvokeFailed, LambdaIntegration
-from gateway.keys import CONNECTIONS, INTEGRATION, SETTINGS
+from gateway.keys import AUTHORIZER, CONNECTIONS, INTEGRATION, POLICY, SETTINGS
 from gateway.settings import Settings
 from shared.protocol import ErrorCode, encode, error, request_id_of
 
 log = logging.getLogger(__name__)
 
+SUBPROTOCOL = "localrag.v1"
+_MESSAGES = {401: "Unauthorized", 403: "Forbidden", 500: "Internal server error"}
+
+
+def refusal(status: int, code: str) -> web.Response:
+    """A refused handshake, as API Gateway answers it ({"message"}), with our stable code."""
+    return web.json_response({"message": _MESSAGES.get(status, "Forbidden"), "code": code}, status=status)
+
+
+def offered_subprotocols(request: web.BaseRequest) -> list[str]:
+    return [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",") if p.strip()]
+
+
+def handshake_request(request: web.Request) -> web.Request:
+    """The request to complete the handshake with: its Sec-WebSocket-Protocol cut down to ``localrag.v1``
+    (or removed), so that no credential offered as a subprotocol is echoed, or logged by aiohttp."""
+    if "Sec-WebSocket-Protocol" not in request.headers:
+        return request
+    headers = request.headers.copy()
+    del headers["Sec-WebSocket-Protocol"]
+    if SUBPROTOCOL in offered_subprotocols(request):
+        headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
+    return request.clone(headers=headers)
+
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, integration, connections = app[SETTINGS], app[INTEGRATION], app[CONNECTIONS]
+    if not app[POLICY].request_origin_allowed(request):
+        return refusal(403, "origin_not_allowed")
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    ws = web.WebSocketResponse(max_msg_size=settings.hard_max_message_bytes, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=settings.hard_max_message_bytes, heartbeat=30.0, protocols=(SUBPROTOCOL,))
     conn = Connection(
         id=new_connection_id(),
         ws=ws,
         source_ip=peer[0] if peer else "127.0.0.1",
         user_agent=request.headers.get("User-Agent", ""),
     )
+    call = Call("$connect", "$connect", connection_id=conn.id, connected_at_ms=int(conn.connected_at * 1000))
+    try:
+        conn.authorizer = await app[AUTHORIZER].authorize(request, call)
+    except Refused as exc:
+        log.info("$connect refused (%s %s) from %s", exc.status, exc.code, conn.source_ip)
+        return refusal(exc.status, exc.code)
     try:
         result = await integration.connect(conn, request)
     except InvokeFailed as exc:
         log.warning("$connect failed for %s: %s", conn.id, exc.message)
-        return web.json_response({"message": "Internal server error"}, status=500)
+        return refusal(500, "connect_failed")
     if result is not None and int(result.get("statusCode", 200)) >= 300:
-        return web.json_response({"message": "Forbidden"}, status=int(result.get("statusCode", 403)))
+        status = int(result.get("statusCode", 403))
+        return web.json_response({"message": _MESSAGES.get(status, "Forbidden")}, status=status)
 
-    await ws.prepare(request)
+    await ws.prepare(handshake_request(request))
     connections.add(conn)
     log.info("connected %s from %s", conn.id, conn.source_ip)
     tasks: set[asyncio.Task[None]] = set()

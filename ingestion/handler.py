@@ -3,10 +3,12 @@
 One function, three triggers, told apart by the event's shape (``shared.events.event_kind``):
 
 - API Gateway WebSocket events: ``ingest``, ``ingest_batch``, ``delete_document``, ``upload_url``,
-  ``ingest_object``, ``list_documents``;
+  ``ingest_object``, ``list_documents``, each for the caller's tenant (``requestContext.authorizer``;
+  an event without it is refused, see shared/ws_lambda.py);
 - S3 event notifications (``Records[].eventSource == "aws:s3"``, or MinIO's webhook, ``"minio:s3"``)
-  for files under the documents prefix's ``inbox/``;
-- Kinesis batches (``Records[].eventSource == "aws:kinesis"``).
+  for files under the documents prefix's ``inbox/`` (the default tenant's) or ``tenants/{tenant}/inbox/``;
+- Kinesis batches (``Records[].eventSource == "aws:kinesis"``; a record's optional ``tenant`` names whose
+  document it is).
 
 S3 and Kinesis invocations answer a partial batch response, ``{"batchItemFailures": [{"itemIdentifier":
 ...}]}``: the Kinesis sequence number, or for S3 the object key (decoded), of each record that failed.
@@ -38,6 +40,7 @@ from shared.events import (
     WebSocketEvent,
     event_kind,
 )
+from shared.identity import Principal
 from shared.object_store import open_object_store
 from shared.ports import DocumentIndex, TextEmbedder
 from shared.protocol import (
@@ -107,14 +110,13 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
             timings_ms=out.timings_ms,
         )
 
-    def ingest(req: IngestRequest, emit: Emit) -> None:
-        emit(result(req.request_id, service.ingest(req.document)))
+    def ingest(req: IngestRequest, emit: Emit, caller: Principal) -> None:
+        emit(result(req.request_id, service.ingest(req.document, tenant=caller.tenant)))
 
-    def ingest_batch(req: IngestBatchRequest, emit: Emit) -> None:
+    def ingest_batch(req: IngestBatchRequest, emit: Emit, caller: Principal) -> None:
         t0 = time.perf_counter()
-        items = [
-            _batch_item(doc.id, out) for doc, out in zip(req.documents, service.ingest_many(req.documents), strict=True)
-        ]
+        outcomes = service.ingest_many(req.documents, tenant=caller.tenant)
+        items = [_batch_item(doc.id, out) for doc, out in zip(req.documents, outcomes, strict=True)]
         ingested = sum(i.status == "ingested" for i in items)
         emit(
             IngestBatchResult(
@@ -126,12 +128,14 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
             )
         )
 
-    def delete(req: DeleteDocumentRequest, emit: Emit) -> None:
-        n = service.delete(req.doc_id)
+    def delete(req: DeleteDocumentRequest, emit: Emit, caller: Principal) -> None:
+        n = service.delete(req.doc_id, tenant=caller.tenant)
         emit(DocumentDeleted(request_id=req.request_id, doc_id=req.doc_id, chunks_deleted=n))
 
-    def upload_url(req: UploadUrlRequest, emit: Emit) -> None:
-        ticket = service.upload_url(req.filename, req.content_type, req.size, gateway_url=gateway_url(current_event()))
+    def upload_url(req: UploadUrlRequest, emit: Emit, caller: Principal) -> None:
+        ticket = service.upload_url(
+            req.filename, req.content_type, req.size, tenant=caller.tenant, gateway_url=gateway_url(current_event())
+        )
         emit(
             UploadUrl(
                 request_id=req.request_id,
@@ -142,11 +146,11 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
             )
         )
 
-    def ingest_object(req: IngestObjectRequest, emit: Emit) -> None:
-        emit(result(req.request_id, service.ingest_object(req.key, req.doc_id, req.title)))
+    def ingest_object(req: IngestObjectRequest, emit: Emit, caller: Principal) -> None:
+        emit(result(req.request_id, service.ingest_object(req.key, req.doc_id, req.title, tenant=caller.tenant)))
 
-    def list_documents(req: ListDocumentsRequest, emit: Emit) -> None:
-        emit(DocumentList(request_id=req.request_id, documents=service.list_documents()))
+    def list_documents(req: ListDocumentsRequest, emit: Emit, caller: Principal) -> None:
+        emit(DocumentList(request_id=req.request_id, documents=service.list_documents(tenant=caller.tenant)))
 
     routes: dict[str, Any] = {
         "ingest": ingest,

@@ -27,6 +27,8 @@ Each document goes through ``ingestion.handler.build_service(settings)`` -- the 
 (with the configured model, Titan fan-out, retries) and single-commit replace as ingestion: ``ingest``
 with its stored text, or, for a document that came from a file (``original`` in its raw JSON), the
 file parsed again, so its chunks keep their pages and headings and the original file is kept.
+Every tenant's documents are reindexed (the default tenant's at the store's root, the others' under
+``tenants/{tenant}/``), each into its tenant's rows.
 Progress goes to stderr, one line per document; a summary to stdout. Exit status: 0 when every document
 was indexed, 1 when some failed (they are listed), 2 when the target cannot be used at all.
 """
@@ -44,9 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 from shared import wiring
 from shared.errors import RagError, UpstreamTimeout, UpstreamUnavailable
-from shared.object_store import open_object_store
+from shared.identity import DEFAULT_TENANT
+from shared.object_store import TenantObjects, open_object_store, tenants_with_documents
 from shared.timing import timed_ms
-from shared.vector_store import CHUNKS_TABLE, MESSAGES_TABLE, EmbeddingMismatch, VectorStore
+from shared.vector_store import CHUNKS_TABLE, MESSAGES_TABLE, TENANT_COLUMN, EmbeddingMismatch, VectorStore
 
 if TYPE_CHECKING:
     from ingestion.settings import Settings
@@ -93,11 +96,25 @@ class Summary:
 # ------------------------------------------------------------------------------------ the raw documents
 
 
-def list_document_ids(documents_uri: str, s3_client_factory: Callable[[], Any]) -> list[str]:
-    """The ids of the raw documents at ``documents_uri``, sorted."""
+def list_document_ids(
+    documents_uri: str, s3_client_factory: Callable[[], Any], tenant: str = DEFAULT_TENANT
+) -> list[str]:
+    """The ids of the tenant's raw documents at ``documents_uri``, sorted."""
     if not documents_uri.startswith("s3://") and not Path(documents_uri.removeprefix("file://")).is_dir():
         return []
-    return open_object_store(documents_uri, s3_client_factory).document_ids()
+    return TenantObjects(open_object_store(documents_uri, s3_client_factory), tenant).document_ids()
+
+
+def list_tenants(documents_uri: str, s3_client_factory: Callable[[], Any]) -> list[str]:
+    """The tenants with raw documents at ``documents_uri`` (the default tenant first, always)."""
+    if not documents_uri.startswith("s3://") and not Path(documents_uri.removeprefix("file://")).is_dir():
+        return [DEFAULT_TENANT]
+    return tenants_with_documents(open_object_store(documents_uri, s3_client_factory))
+
+
+def _label(tenant: str, doc_id: str) -> str:
+    """How a document is named in progress lines and the summary: its id, after its tenant if not default."""
+    return doc_id if tenant == DEFAULT_TENANT else f"{tenant}/{doc_id}"
 
 
 # ------------------------------------------------------------------------------------ the target
@@ -123,12 +140,6 @@ def _copy_messages(source_uri: str, target_uri: str, settings: Settings) -> int:
     data = source.open_table(MESSAGES_TABLE).to_arrow()
     target.create_table(MESSAGES_TABLE, data=data)
     return int(data.num_rows)
-
-
-def _indexed_doc_ids(store: VectorStore) -> set[str]:
-    table = store.chunks()
-    rows = table.search().select(["doc_id"]).limit(None).to_arrow()
-    return {str(v) for v in rows.column("doc_id").unique().to_pylist()}
 
 
 # ------------------------------------------------------------------------------------ the rebuild
@@ -176,27 +187,29 @@ def reindex(
     def s3() -> Any:
         return wiring.s3_client(target)
 
-    ids = list_document_ids(target.documents_uri, s3)
+    tenants = list_tenants(target.documents_uri, s3)
+    ids = [(tenant, doc_id) for tenant in tenants for doc_id in list_document_ids(target.documents_uri, s3, tenant)]
     summary.documents = len(ids)
     say(
-        f"{len(ids)} documents in {target.documents_uri} -> {target_uri} "
+        f"{len(ids)} documents of {len(tenants)} tenant(s) in {target.documents_uri} -> {target_uri} "
         f"({target.embedding_model_id}, {target.embedding_dimension} dimensions, {target.embedding_format} bodies)"
     )
     width = len(str(len(ids)))
     upstream_failures = 0  # in a row
-    for i, doc_id in enumerate(ids, 1):
+    for i, (tenant, doc_id) in enumerate(ids, 1):
         t0 = time.perf_counter()
+        label = _label(tenant, doc_id)
         try:
-            raw = service.objects.get_document(doc_id)
+            raw = service.tenant_objects(tenant).get_document(doc_id)
             if raw is None:  # deleted since it was listed
-                say(f"[{i:>{width}}/{len(ids)}] {doc_id}: gone, skipped")
+                say(f"[{i:>{width}}/{len(ids)}] {label}: gone, skipped")
                 summary.documents -= 1
                 continue
-            out, how = service.reindex_document(raw)
+            out, how = service.reindex_document(raw, tenant=tenant)
         except (RagError, ValueError) as exc:
             message = exc.message if isinstance(exc, RagError) else f"not a valid raw document ({type(exc).__name__})"
-            summary.failed[doc_id] = message
-            say(f"[{i:>{width}}/{len(ids)}] {doc_id}: FAILED: {message}")
+            summary.failed[label] = message
+            say(f"[{i:>{width}}/{len(ids)}] {label}: FAILED: {message}")
             upstream_failures = upstream_failures + 1 if isinstance(exc, UpstreamUnavailable | UpstreamTimeout) else 0
             if upstream_failures >= MAX_UPSTREAM_FAILURES_IN_A_ROW:
                 raise ReindexError(
@@ -205,30 +218,38 @@ def reindex(
                 ) from None
             continue
         except Exception as exc:
-            log.exception("reindexing %s failed", doc_id)
-            summary.failed[doc_id] = f"unexpected error ({type(exc).__name__}; see the log)"
-            say(f"[{i:>{width}}/{len(ids)}] {doc_id}: FAILED: {summary.failed[doc_id]}")
+            log.exception("reindexing %s failed", label)
+            summary.failed[label] = f"unexpected error ({type(exc).__name__}; see the log)"
+            say(f"[{i:>{width}}/{len(ids)}] {label}: FAILED: {summary.failed[label]}")
             continue
         upstream_failures = 0
         summary.indexed += 1
         summary.chunks += out.chunks
         summary.tokens += out.tokens
         ms = timed_ms(t0)
-        say(f"[{i:>{width}}/{len(ids)}] {doc_id}: {out.chunks} chunks, {out.tokens} tokens, {ms:.0f} ms ({how})")
+        say(f"[{i:>{width}}/{len(ids)}] {label}: {out.chunks} chunks, {out.tokens} tokens, {ms:.0f} ms ({how})")
 
     # Chunks of documents that are no longer in the raw store (re-checked now: a document ingested
     # during the rebuild has its raw copy written first, so it is never taken for an orphan).
     listed = set(ids)
-    for doc_id in sorted(_indexed_doc_ids(store) - listed):
-        if service.objects.get_document(doc_id) is None:
-            service.store.delete_document(doc_id)
-            summary.orphans_removed += 1
-            say(f"removed orphaned chunks of {doc_id} (no raw document)")
+    for tenant in _indexed_tenants(store, tenants):
+        objects = service.tenant_objects(tenant)
+        for doc_id in sorted(store.indexed_doc_ids(tenant=tenant) - {d for t, d in listed if t == tenant}):
+            if objects.get_document(doc_id) is None:
+                store.delete_document(doc_id, tenant=tenant)
+                summary.orphans_removed += 1
+                say(f"removed orphaned chunks of {_label(tenant, doc_id)} (no raw document)")
 
     if summary.indexed:
         store.optimize()  # fold the bulk load into the indexes / compact small files
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _indexed_tenants(store: VectorStore, listed: list[str]) -> list[str]:
+    """The tenants with chunks in the index, and those with raw documents."""
+    rows = store.chunks().search().select([TENANT_COLUMN]).limit(None).to_arrow()
+    return sorted(set(listed) | {str(t) for t in rows.column(TENANT_COLUMN).unique().to_pylist()})
 
 
 def _print_progress(message: str) -> None:

@@ -9,6 +9,12 @@ Documents arrive four ways, all ending in ``_index`` (raw copy first, then one L
 - ``ingest_s3_records``: S3 ObjectCreated / ObjectRemoved notifications for files under ``inbox/``;
 - ``ingest_kinesis_records``: Kinesis records carrying ``{doc_id, text, ...}`` or ``{doc_id, op: "delete"}``.
 
+Every document belongs to a tenant (documents are shared within it): each entry point takes the tenant
+(from the caller's authorizer context; for S3 notifications, from the object key -- ``inbox/...`` is the
+default tenant's, ``tenants/{tenant}/inbox/...`` that tenant's; for Kinesis, the record's optional
+``tenant``), and works through the tenant's view of the object store (``TenantObjects``) and the
+tenant-filtered index. Another tenant's document id or upload key is answered as a missing one.
+
 Bad input leaves nothing behind: no chunks, no raw copy, and no upload (an upload that fails to parse,
 is empty or too large is deleted; a transient failure such as the embedding service being down keeps it,
 so ``ingest_object`` can be retried).
@@ -20,7 +26,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,13 +40,17 @@ from shared.doc_ids import doc_id_for
 from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, InvalidRequest, RagError
 from shared.events import BatchItemFailure, BatchResponse, KinesisDocument, KinesisEventRecord, S3EventRecord
 from shared.formats import UnsupportedType, find_format, format_for
+from shared.identity import DEFAULT_TENANT, valid_tenant
 from shared.object_store import (
     INBOX_PREFIX,
-    UPLOADS_PREFIX,
     ObjectNotFound,
     ObjectStore,
+    TenantObjects,
     is_upload_key,
+    new_upload_key,
     originals_prefix,
+    split_tenant_key,
+    upload_key_tenant,
 )
 from shared.ports import DocumentIndex, TextEmbedder
 from shared.protocol import Document, DocumentInfo, describe_validation_error
@@ -94,8 +103,9 @@ class Original:
 
 @dataclass
 class _Job:
-    """A document chunked and ready to embed and write."""
+    """A document chunked and ready to embed and write (into ``objects``' tenant)."""
 
+    objects: TenantObjects
     doc: Document
     chunks: list[tuple[Chunk, dict[str, Any]]]
     original: Original | None
@@ -130,26 +140,30 @@ class IngestionService:
         self.chunker = chunker
         self.embedder = embedder
         self.store = store
-        self.objects = objects
+        self.objects = objects  # the whole store: use a tenant's view of it (tenant_objects)
+
+    def tenant_objects(self, tenant: str) -> TenantObjects:
+        """The tenant's view of the object store (its documents, originals, inbox and uploads)."""
+        return TenantObjects(self.objects, tenant)
 
     # ------------------------------------------------------------------ text documents
 
-    def ingest(self, doc: Document) -> IngestOutcome:
+    def ingest(self, doc: Document, *, tenant: str) -> IngestOutcome:
         """Validate, chunk and embed (no side effects), then write the raw copy and the chunks.
 
         The raw copy goes first: it is the source of truth, so the object store is never behind
         the index. If anything fails before that, nothing has been written.
         """
-        return self._index(self._text_job(doc))
+        return self._index(self._text_job(doc, self.tenant_objects(tenant)))
 
-    def _text_job(self, doc: Document) -> _Job:
+    def _text_job(self, doc: Document, objects: TenantObjects) -> _Job:
         """A text document validated, parsed by its ``format`` if it has one, and chunked (no side effects)."""
         t0 = time.perf_counter()
         self._check_text_size(doc.text)
         if not doc.text.strip():
             raise EmptyDocument("the document has no text")
         if doc.format is None:
-            return self._prepare(doc, [Section(doc.text)], original=None, t0=t0, timings={})
+            return self._prepare(doc, [Section(doc.text)], objects=objects, original=None, t0=t0, timings={})
         timings: dict[str, float] = {}
         parsed = parse_inline(doc.text, doc.format)
         timings["parse"] = timed_ms(t0)
@@ -161,7 +175,7 @@ class IngestionService:
                 "metadata": {**doc.metadata, "format": parsed.format},
             }
         )
-        return self._prepare(doc, parsed.sections, original=None, t0=t0, timings=timings)
+        return self._prepare(doc, parsed.sections, objects=objects, original=None, t0=t0, timings=timings)
 
     def _check_text_size(self, text: str) -> None:
         size = len(text.encode("utf-8"))
@@ -177,6 +191,7 @@ class IngestionService:
         doc: Document,
         sections: Sequence[Section],
         *,
+        objects: TenantObjects,
         original: Original | None,
         t0: float,
         timings: dict[str, float],
@@ -192,7 +207,7 @@ class IngestionService:
         if not chunks:
             raise EmptyDocument("the document has no text")
         timings["chunk"] = timed_ms(t1)
-        return _Job(doc, chunks, original, upload_key, t0, timings)
+        return _Job(objects, doc, chunks, original, upload_key, t0, timings)
 
     def _embed(self, jobs: Sequence[_Job]) -> list[list[list[float]]]:
         """One embedding pass over every chunk of ``jobs``, longest first in word-pieces: the model pads
@@ -221,8 +236,12 @@ class IngestionService:
 
     def _write(self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]]) -> list[IngestOutcome]:
         """The raw copies (and originals) first -- the object store is the source of truth, never behind
-        the index -- then every job's chunks in ONE LanceDB commit, then the old versions' leftovers."""
+        the index -- then every job's chunks in ONE LanceDB commit, then the old versions' leftovers. The
+        jobs are one tenant's."""
         t3 = time.perf_counter()
+        tenant = jobs[0].objects.tenant
+        if any(job.objects.tenant != tenant for job in jobs):
+            raise ValueError("one write is one tenant's")
         rows: dict[str, list[ChunkRow]] = {}
         for job, vecs in zip(jobs, vectors, strict=True):
             doc = job.doc
@@ -242,25 +261,25 @@ class IngestionService:
             raw = doc.model_dump()
             if job.original is not None:
                 if job.upload_key is not None and job.original.key != job.upload_key:
-                    self.objects.copy(job.upload_key, job.original.key, job.original.content_type)
+                    job.objects.copy(job.upload_key, job.original.key, job.original.content_type)
                 raw["original"] = job.original.as_json()
-            self.objects.put_document(doc.id, raw)
+            job.objects.put_document(doc.id, raw)
         if len(rows) == 1:
             ((doc_id, doc_rows),) = rows.items()
-            counts = {doc_id: self.store.replace_document(doc_id, doc_rows)}
+            counts = {doc_id: self.store.replace_document(doc_id, doc_rows, tenant=tenant)}
         else:
-            counts = self.store.replace_documents(rows)
+            counts = self.store.replace_documents(rows, tenant=tenant)
         outcomes: list[IngestOutcome] = []
         for job in jobs:
             doc, original, upload_key = job.doc, job.original, job.upload_key
             # The new version is in place: drop what belonged to the old one, and the upload.
-            self.objects.delete_prefix(originals_prefix(doc.id), keep=original.key if original else None)
+            job.objects.delete_prefix(originals_prefix(doc.id), keep=original.key if original else None)
             if upload_key is not None and (original is None or original.key != upload_key):
-                self.objects.delete(upload_key)
+                job.objects.delete(upload_key)
             written, before = counts[doc.id]
             job.timings["store"] = timed_ms(t3)
             job.timings["total"] = timed_ms(job.t0)
-            log.info("ingested %s: %d chunks (%d before)", doc.id, written, before)
+            log.info("ingested %s (tenant %s): %d chunks (%d before)", doc.id, tenant, written, before)
             outcomes.append(
                 IngestOutcome(
                     doc_id=doc.id,
@@ -274,7 +293,7 @@ class IngestionService:
 
     # ------------------------------------------------------------------ batches
 
-    def ingest_many(self, docs: Sequence[Document]) -> list[IngestOutcome | RagError]:
+    def ingest_many(self, docs: Sequence[Document], *, tenant: str) -> list[IngestOutcome | RagError]:
         """Ingest a batch of text documents together: every chunk embedded in one pass (full, evenly
         padded model batches), every document's chunks replaced in ONE LanceDB commit.
 
@@ -288,6 +307,7 @@ class IngestionService:
         anything else (a store failure) is raised. A document id given twice is ingested twice, in
         order (the later version wins), as separate ``ingest`` calls would.
         """
+        objects = self.tenant_objects(tenant)
         results: list[IngestOutcome | RagError | None] = [None] * len(docs)
         group: list[tuple[int, _Job]] = []
 
@@ -303,7 +323,7 @@ class IngestionService:
 
         for i, doc in enumerate(docs):
             try:
-                job = self._text_job(doc)
+                job = self._text_job(doc, objects)
             except RagError as exc:
                 results[i] = exc
                 continue
@@ -326,11 +346,12 @@ class IngestionService:
     # ------------------------------------------------------------------ files
 
     def upload_url(
-        self, filename: str, content_type: str, size: int, *, gateway_url: str | None = None
+        self, filename: str, content_type: str, size: int, *, tenant: str, gateway_url: str | None = None
     ) -> UploadTicket:
         """A presigned PUT for a file to ingest with ingest_object. Refuses unsupported or too large
         files before anything is uploaded. ``gateway_url``: for a local documents folder, the gateway
-        (http://host:port/{stage}) that receives the PUT in place of S3."""
+        (http://host:port/{stage}) that receives the PUT in place of S3. The key carries the tenant:
+        only that tenant can ingest it."""
         name = safe_filename(filename)
         fmt = format_for(name, content_type)  # unsupported_type now rather than after the upload
         if find_format(name) is not fmt:
@@ -339,20 +360,29 @@ class IngestionService:
         if size > self.settings.max_upload_bytes:
             raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.settings.max_upload_bytes}")
         content_type = content_type or "application/octet-stream"
-        key = f"{UPLOADS_PREFIX}{uuid.uuid4().hex}/{name}"
-        url = self.objects.presign_put(key, content_type, self.settings.upload_url_expires_s, gateway_url=gateway_url)
+        key = new_upload_key(tenant, name)
+        url = self.tenant_objects(tenant).presign_put(
+            key, content_type, self.settings.upload_url_expires_s, gateway_url=gateway_url
+        )
         return UploadTicket(
             key=key, url=url, headers={"Content-Type": content_type}, expires_in=self.settings.upload_url_expires_s
         )
 
-    def ingest_object(self, key: str, doc_id: str | None = None, title: str | None = None) -> IngestOutcome:
-        """Parse an uploaded file, index it, keep it as the document's original."""
+    def ingest_object(
+        self, key: str, doc_id: str | None = None, title: str | None = None, *, tenant: str
+    ) -> IngestOutcome:
+        """Parse an uploaded file, index it, keep it as the document's original. Another tenant's upload
+        key is answered as a missing one (it is not looked at)."""
         if not is_upload_key(key):
             raise ObjectNotFound("no uploaded object with that key; use the key upload_url returned")
+        if upload_key_tenant(key) != tenant:
+            raise _missing_upload(key)
         filename = key.rsplit("/", 1)[1]
         doc = self._doc_shell(doc_id if doc_id is not None else doc_id_for(filename), title, source=filename)
         original_key = f"{originals_prefix(doc.id)}{filename}"
-        return self._ingest_file(key, filename, doc, original_key=original_key, delete_bad=True)
+        return self._ingest_file(
+            key, filename, doc, objects=self.tenant_objects(tenant), original_key=original_key, delete_bad=True
+        )
 
     def _doc_shell(self, doc_id: str, title: str | None, source: str) -> Document:
         try:
@@ -361,17 +391,24 @@ class IngestionService:
             raise InvalidRequest(f"invalid document id: {describe_validation_error(exc.errors())}") from None
 
     def _ingest_file(
-        self, key: str, filename: str, shell: Document, *, original_key: str, delete_bad: bool
+        self,
+        key: str,
+        filename: str,
+        shell: Document,
+        *,
+        objects: TenantObjects,
+        original_key: str,
+        delete_bad: bool,
     ) -> IngestOutcome:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            size = self.objects.size(key)
+            size = objects.size(key)
             if size is None:
-                raise ObjectNotFound(f"no uploaded object {key!r}; PUT the file to the upload_url URL first")
+                raise _missing_upload(key)
             if size > self.settings.max_upload_bytes:
                 raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.settings.max_upload_bytes}")
-            data = self.objects.read(key)
+            data = objects.read(key)
             if len(data) > self.settings.max_upload_bytes:  # it may have been replaced since the size check
                 raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}")
             timings["read"] = timed_ms(t0)
@@ -396,14 +433,16 @@ class IngestionService:
                 format=parsed.format,
             )
             return self._index(
-                self._prepare(doc, parsed.sections, original=original, t0=t0, timings=timings, upload_key=key)
+                self._prepare(
+                    doc, parsed.sections, objects=objects, original=original, t0=t0, timings=timings, upload_key=key
+                )
             )
         except _BAD_FILE:
             if delete_bad:
-                self.objects.delete(key)
+                objects.delete(key)
             raise
 
-    def reindex_document(self, raw: dict[str, Any]) -> tuple[IngestOutcome, str]:
+    def reindex_document(self, raw: dict[str, Any], *, tenant: str) -> tuple[IngestOutcome, str]:
         """Index one raw document the way ingestion did (used by ``python -m ingestion.reindex``).
 
         A document that came from a file (its raw JSON names an ``original``) is parsed again from
@@ -415,22 +454,25 @@ class IngestionService:
             key = original["key"]
             try:
                 shell = doc.model_copy(update={"text": ""})
-                return self._ingest_file(key, str(original["filename"]), shell, original_key=key, delete_bad=False), (
-                    "original file"
+                objects = self.tenant_objects(tenant)
+                out = self._ingest_file(
+                    key, str(original["filename"]), shell, objects=objects, original_key=key, delete_bad=False
                 )
+                return out, "original file"
             except ObjectNotFound:
                 pass  # the original is gone: the text the raw document kept is all there is
-            return self.ingest(doc), "text (original file missing)"
-        return self.ingest(doc), "text"
+            return self.ingest(doc, tenant=tenant), "text (original file missing)"
+        return self.ingest(doc, tenant=tenant), "text"
 
     # ------------------------------------------------------------------ listing
 
-    def list_documents(self) -> list[DocumentInfo]:
-        """Every document in the object store, with its chunk count and index time from LanceDB."""
-        stats = self.store.document_stats()
+    def list_documents(self, *, tenant: str) -> list[DocumentInfo]:
+        """Every document of the tenant, with its chunk count and index time from LanceDB."""
+        stats = self.store.document_stats(tenant=tenant)
+        objects = self.tenant_objects(tenant)
         out: list[DocumentInfo] = []
-        for doc_id in self.objects.document_ids():
-            raw = self.objects.get_document(doc_id) or {}
+        for doc_id in objects.document_ids():
+            raw = objects.get_document(doc_id) or {}
             original = raw.get("original") if isinstance(raw.get("original"), dict) else None
             chunks, indexed_at = stats.get(doc_id, (0, None))
             out.append(
@@ -449,15 +491,16 @@ class IngestionService:
 
     # ------------------------------------------------------------------ delete
 
-    def delete(self, doc_id: str) -> int:
-        """Remove the document's chunks, its raw JSON and its original file(s)."""
-        raw = self.objects.get_document(doc_id)
-        removed = self.store.delete_document(doc_id)
-        originals = self.objects.delete_prefix(originals_prefix(doc_id))
+    def delete(self, doc_id: str, *, tenant: str) -> int:
+        """Remove the tenant's document: its chunks, its raw JSON and its original file(s)."""
+        objects = self.tenant_objects(tenant)
+        raw = objects.get_document(doc_id)
+        removed = self.store.delete_document(doc_id, tenant=tenant)
+        originals = objects.delete_prefix(originals_prefix(doc_id))
         inbox_key = _original_key(raw)
         if inbox_key and inbox_key.startswith(INBOX_PREFIX):
-            self.objects.delete(inbox_key)  # S3 then reports ObjectRemoved, which finds nothing left to do
-        had_raw = self.objects.delete_document(doc_id)
+            objects.delete(inbox_key)  # S3 then reports ObjectRemoved, which finds nothing left to do
+        had_raw = objects.delete_document(doc_id)
         if not removed and not had_raw and not originals:
             raise DocumentNotFound(f"no document with id {doc_id!r}")
         return removed
@@ -467,8 +510,9 @@ class IngestionService:
     def ingest_s3_records(self, records: Sequence[S3EventRecord]) -> BatchResponse:
         """S3 notifications for files under inbox/: ObjectCreated ingests the file (doc id = its path under
         inbox/ by shared.doc_ids, '/' -> ':'; the file stays there as the document's original), ObjectRemoved
-        deletes the document ingested from that key. Keys elsewhere (our own writes) are ignored. A failed record's
-        itemIdentifier is its (decoded) object key."""
+        deletes the document ingested from that key. ``inbox/...`` is the default tenant's inbox,
+        ``tenants/{tenant}/inbox/...`` that tenant's. Keys elsewhere (our own writes) are ignored. A failed
+        record's itemIdentifier is its (decoded) object key."""
         failures: list[BatchItemFailure] = []
         for record in records:
             key = record.s3.object.decoded_key
@@ -482,20 +526,23 @@ class IngestionService:
     def _s3_record(self, record: S3EventRecord, key: str) -> None:
         if not self.objects.in_bucket(record.s3.bucket.name):
             raise InvalidRequest(f"bucket {record.s3.bucket.name!r} is not the documents bucket")
-        rel = self.objects.relative_key(record.s3.bucket.name, key)
-        if rel is None or not rel.startswith(INBOX_PREFIX) or rel.endswith("/"):
-            log.info("ignoring %s on %s (not under %s)", record.event_name, key, INBOX_PREFIX)
+        stored = self.objects.relative_key(record.s3.bucket.name, key)
+        owned = split_tenant_key(stored) if stored is not None else None
+        if owned is None or not owned[1].startswith(INBOX_PREFIX) or owned[1].endswith("/"):
+            log.info("ignoring %s on %s (not under a tenant's %s)", record.event_name, key, INBOX_PREFIX)
             return
+        tenant, rel = owned
+        objects = self.tenant_objects(tenant)
         doc_id = doc_id_for(rel.removeprefix(INBOX_PREFIX))
         if record.action == "created":
             filename = rel.rsplit("/", 1)[-1]
-            shell = self._doc_shell(doc_id, None, source=self.objects.uri(rel))
-            out = self._ingest_file(rel, filename, shell, original_key=rel, delete_bad=False)
-            log.info("S3 %s %s -> %s (%d chunks)", record.event_name, key, doc_id, out.chunks)
+            shell = self._doc_shell(doc_id, None, source=objects.uri(rel))
+            out = self._ingest_file(rel, filename, shell, objects=objects, original_key=rel, delete_bad=False)
+            log.info("S3 %s %s -> %s (tenant %s, %d chunks)", record.event_name, key, doc_id, tenant, out.chunks)
         elif record.action == "removed":
             # Only if the document still comes from this key (it may have been replaced since).
-            if _original_key(self.objects.get_document(doc_id)) == rel:
-                self.delete(doc_id)
+            if _original_key(objects.get_document(doc_id)) == rel:
+                self.delete(doc_id, tenant=tenant)
             else:
                 log.info("S3 %s %s: document %s does not come from it; nothing to do", record.event_name, key, doc_id)
         else:
@@ -504,10 +551,12 @@ class IngestionService:
     def ingest_kinesis_records(self, records: Sequence[KinesisEventRecord]) -> BatchResponse:
         """Kinesis records, in order: upsert (or delete, with op "delete") the document they carry. Runs
         of upserts are ingested together (``ingest_many``: one embedding pass, one commit); a delete
-        waits for the upserts before it. A failed record's itemIdentifier is its sequence number;
-        deleting a missing document is not a failure."""
+        waits for the upserts before it. A record's optional ``tenant`` (default: the default tenant) names
+        whose document it is; a run of upserts is one tenant's. A failed record's itemIdentifier is its
+        sequence number; deleting a missing document is not a failure."""
         failed: list[int] = []
         pending: list[tuple[int, str, Document]] = []
+        pending_tenant = DEFAULT_TENANT
 
         def fail(i: int, seq: str, exc: Exception) -> None:
             _log_record_failure(f"kinesis record {seq}", exc)
@@ -515,7 +564,9 @@ class IngestionService:
 
         def flush() -> None:
             try:
-                outcomes: Sequence[IngestOutcome | Exception] = self.ingest_many([doc for _, _, doc in pending])
+                outcomes: Sequence[IngestOutcome | Exception] = self.ingest_many(
+                    [doc for _, _, doc in pending], tenant=pending_tenant
+                )
             except Exception as exc:
                 outcomes = [exc] * len(pending)
             for (i, seq, _), outcome in zip(pending, outcomes, strict=True):
@@ -527,14 +578,19 @@ class IngestionService:
             seq = record.kinesis.sequence_number
             try:
                 try:
-                    item = KinesisDocument.model_validate(json.loads(record.kinesis.payload()))
+                    data = json.loads(record.kinesis.payload())
+                    item = KinesisDocument.model_validate(data)
                 except (ValueError, ValidationError) as exc:
                     raise InvalidRequest(f"record data is not a document: {type(exc).__name__}") from None
+                tenant = _record_tenant(data)
+                if pending and tenant != pending_tenant:
+                    flush()
+                pending_tenant = tenant
                 if item.op == "delete":
                     if pending:
                         flush()
                     try:
-                        self.delete(item.doc_id)
+                        self.delete(item.doc_id, tenant=tenant)
                     except DocumentNotFound:
                         log.info("kinesis %s: %s already deleted", seq, item.doc_id)
                     continue
@@ -559,6 +615,20 @@ class IngestionService:
                 BatchItemFailure(item_identifier=records[i].kinesis.sequence_number) for i in sorted(failed)
             ]
         )
+
+
+def _missing_upload(key: str) -> ObjectNotFound:
+    """What ingest_object answers for an upload key that names no object of the caller's tenant: the
+    same whether it was never PUT or is another tenant's."""
+    return ObjectNotFound(f"no uploaded object {key!r}; PUT the file to the upload_url URL first")
+
+
+def _record_tenant(data: Any) -> str:
+    """A Kinesis record's ``tenant`` (optional; the default tenant when absent), validated."""
+    tenant = data.get("tenant", DEFAULT_TENANT) if isinstance(data, dict) else DEFAULT_TENANT
+    if not isinstance(tenant, str) or not valid_tenant(tenant):
+        raise InvalidRequest("record tenant is not a valid tenant id")
+    return tenant
 
 
 def _original_key(raw: dict[str, Any] | None) -> str | None:

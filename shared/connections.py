@@ -1,4 +1,7 @@
-"""Replies to WebSocket clients through the API Gateway Management API (@connections)."""
+"""Replies to WebSocket clients through the API Gateway Management API (@connections).
+
+The requests are SigV4-signed by boto3: on AWS with the function's role, locally with the stack's
+internal key (``InternalAuthSettings``), the only key the local gateway's @connections accepts."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from shared.aws_clients import client_config, make_client
 from shared.events import WebSocketEvent
 from shared.protocol import encode
+from shared.sigv4 import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +35,22 @@ class Connections:
     """post_to_connection with one cached client per endpoint.
 
     The endpoint is ``endpoint_url`` when configured (local gateway), else derived from the event as
-    AWS documents it: ``https://{domainName}/{stage}``.
+    AWS documents it: ``https://{domainName}/{stage}``. ``signing_key``: the credentials to sign with
+    (the stack's internal key); None: boto3's own (the function's role on AWS).
     """
 
-    def __init__(self, *, endpoint_url: str | None, region: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None,
+        region: str,
+        timeout_s: float = 10.0,
+        signing_key: SigningKey | None = None,
+    ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
         self.timeout_s = timeout_s
+        self.signing_key = signing_key
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._gone: OrderedDict[str, None] = OrderedDict()
@@ -55,8 +69,17 @@ class Connections:
                     endpoint_url=endpoint,
                     region=self.region,
                     config=client_config(connect_timeout=3, read_timeout=self.timeout_s, max_attempts=3),
+                    session=self._session(),
                 )
             return self._clients[endpoint]
+
+    def _session(self) -> boto3.session.Session | None:
+        if self.signing_key is None:
+            return None
+        return boto3.session.Session(
+            aws_access_key_id=self.signing_key.access_key_id,
+            aws_secret_access_key=self.signing_key.secret_access_key,
+        )
 
     def post(self, event: WebSocketEvent, message: BaseModel) -> None:
         """Send one message; raise ConnectionGone if the client has left.

@@ -44,6 +44,11 @@ class WebSocketRequestContext(_Aws):
     identity: Identity = Field(default_factory=Identity)
     disconnect_status_code: int | None = Field(default=None, alias="disconnectStatusCode")
     disconnect_reason: str | None = Field(default=None, alias="disconnectReason")
+    authorizer: dict[str, Any] | None = Field(
+        default=None,
+        description="What the $connect authorizer established: its principalId and the keys of its context "
+        "(API Gateway adds it to every event of an authorized connection; shared.identity reads it).",
+    )
 
 
 class WebSocketEvent(_Aws):
@@ -89,6 +94,7 @@ def build_event(
     query: dict[str, str] | None = None,
     disconnect_status_code: int | None = None,
     disconnect_reason: str | None = None,
+    authorizer: dict[str, Any] | None = None,
 ) -> WebSocketEvent:
     """Build the event API Gateway would send for one connect, message or disconnect."""
     now_ms = int(time.time() * 1000)
@@ -109,6 +115,7 @@ def build_event(
         identity=Identity(source_ip=source_ip),
         disconnect_status_code=disconnect_status_code,
         disconnect_reason=disconnect_reason,
+        authorizer=authorizer,
     )
     with_headers = event_type != "MESSAGE"
     return WebSocketEvent(
@@ -119,6 +126,154 @@ def build_event(
         multi_value_headers={k: [v] for k, v in headers.items()} if with_headers and headers else None,
         query_string_parameters=query or None,
     )
+
+
+# ---------------------------------------------------------------------- Lambda REQUEST authorizers
+#
+# What API Gateway sends a Lambda REQUEST authorizer, and what the authorizer answers. WebSocket APIs
+# authorize $connect (methodArn ".../{stage}/$connect", requestContext.eventType "CONNECT"); the local
+# /v1 HTTP API sends the same event for each request (methodArn ".../{stage}/{METHOD}/v1/...", routeKey
+# "{METHOD} /v1/...", the request's httpMethod and path), as an HTTP API's REQUEST authorizer with
+# payload format 1.0 does.
+
+ACCOUNT_ID = "000000000000"  # the account in local ARNs (no AWS account behind a local stack)
+
+
+def method_arn(region: str, api_id: str, stage: str, route: str, *, account: str = ACCOUNT_ID) -> str:
+    """``arn:aws:execute-api:{region}:{account}:{apiId}/{stage}/{route}``; route is ``$connect`` or
+    ``{METHOD}/{path without its leading slash}``."""
+    return f"arn:aws:execute-api:{region}:{account}:{api_id}/{stage}/{route}"
+
+
+class AuthorizerRequestContext(_Aws):
+    route_key: str = Field(alias="routeKey")
+    stage: str
+    request_id: str = Field(alias="requestId")
+    domain_name: str = Field(alias="domainName")
+    api_id: str = Field(alias="apiId")
+    identity: Identity = Field(default_factory=Identity)
+    extended_request_id: str | None = Field(default=None, alias="extendedRequestId")
+    request_time: str | None = Field(default=None, alias="requestTime")
+    request_time_epoch: int | None = Field(default=None, alias="requestTimeEpoch")
+    # WebSocket $connect
+    event_type: EventType | None = Field(default=None, alias="eventType")
+    connection_id: str | None = Field(default=None, alias="connectionId")
+    connected_at: int | None = Field(default=None, alias="connectedAt")
+    message_direction: str | None = Field(default=None, alias="messageDirection")
+    # HTTP API request
+    http_method: str | None = Field(default=None, alias="httpMethod")
+    path: str | None = None
+
+
+class RequestAuthorizerEvent(_Aws):
+    """The event a Lambda REQUEST authorizer receives (``type: REQUEST``)."""
+
+    type: Literal["REQUEST"] = "REQUEST"
+    method_arn: str = Field(alias="methodArn")
+    headers: dict[str, str] = Field(default_factory=dict)
+    multi_value_headers: dict[str, list[str]] = Field(default_factory=dict, alias="multiValueHeaders")
+    query_string_parameters: dict[str, str] = Field(default_factory=dict, alias="queryStringParameters")
+    multi_value_query_string_parameters: dict[str, list[str]] = Field(
+        default_factory=dict, alias="multiValueQueryStringParameters"
+    )
+    stage_variables: dict[str, str] = Field(default_factory=dict, alias="stageVariables")
+    request_context: AuthorizerRequestContext = Field(alias="requestContext")
+    # HTTP API (payload 1.0) requests also carry these at the top level.
+    resource: str | None = None
+    path: str | None = None
+    http_method: str | None = Field(default=None, alias="httpMethod")
+
+    def to_aws(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def _multi(items: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(single-value: the last value of each name, as API Gateway does; multi-value: all of them)."""
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for k, v in items:
+        single[k] = v
+        multi.setdefault(k, []).append(v)
+    return single, multi
+
+
+def build_authorizer_event(
+    *,
+    method_arn: str,
+    route_key: str,
+    domain_name: str,
+    stage: str,
+    api_id: str,
+    source_ip: str,
+    headers: list[tuple[str, str]],
+    query: list[tuple[str, str]],
+    connection_id: str | None = None,
+    connected_at: int | None = None,
+    http_method: str | None = None,
+    path: str | None = None,
+) -> RequestAuthorizerEvent:
+    """The REQUEST authorizer event for a WebSocket $connect (``connection_id`` given) or an HTTP API request
+    (``http_method`` and ``path`` given). ``headers`` and ``query`` are (name, value) pairs, repeats kept."""
+    now_ms = int(time.time() * 1000)
+    request_id = _aws_id()
+    websocket = connection_id is not None
+    context = AuthorizerRequestContext(
+        route_key=route_key,
+        stage=stage,
+        request_id=request_id,
+        extended_request_id=request_id,
+        domain_name=domain_name,
+        api_id=api_id,
+        identity=Identity(source_ip=source_ip),
+        request_time=_request_time(now_ms),
+        request_time_epoch=now_ms,
+        event_type="CONNECT" if websocket else None,
+        connection_id=connection_id,
+        connected_at=connected_at,
+        message_direction="IN" if websocket else None,
+        http_method=http_method,
+        path=path,
+    )
+    single_h, multi_h = _multi(headers)
+    single_q, multi_q = _multi(query)
+    return RequestAuthorizerEvent(
+        method_arn=method_arn,
+        headers=single_h,
+        multi_value_headers=multi_h,
+        query_string_parameters=single_q,
+        multi_value_query_string_parameters=multi_q,
+        request_context=context,
+        resource=None if websocket else route_key.partition(" ")[2],
+        path=path,
+        http_method=http_method,
+    )
+
+
+class PolicyStatement(_Aws):
+    action: str | list[str] = Field(alias="Action")
+    effect: Literal["Allow", "Deny"] = Field(alias="Effect")
+    resource: str | list[str] = Field(alias="Resource")
+
+
+class PolicyDocument(_Aws):
+    version: str = Field(default="2012-10-17", alias="Version")
+    statement: list[PolicyStatement] = Field(alias="Statement")
+
+
+class AuthorizerResponse(_Aws):
+    """A REQUEST authorizer's answer: the principal, an IAM policy for the methodArn, and the context API
+    Gateway passes on in ``requestContext.authorizer`` (string, number or boolean values only)."""
+
+    principal_id: str = Field(alias="principalId", min_length=1)
+    policy_document: PolicyDocument = Field(alias="policyDocument")
+    context: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    def authorizer_context(self) -> dict[str, Any]:
+        """What later events carry as ``requestContext.authorizer``."""
+        return {"principalId": self.principal_id, **self.context}
+
+    def to_aws(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
 
 
 # ---------------------------------------------------------------------- S3 event notifications

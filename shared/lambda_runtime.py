@@ -8,7 +8,13 @@ speak to it the same way. Behaviour copied from Lambda:
   ``{errorMessage, errorType, stackTrace}`` (the caller decides what to show; the gateway shows none);
 - a run past the timeout answers ``Sandbox.Timedout`` the same way;
 - more concurrent invocations than the reserved concurrency answer 429 TooManyRequestsException;
-- ``X-Amz-Invocation-Type: Event`` answers 202 at once and runs in the background.
+- ``X-Amz-Invocation-Type: Event`` answers 202 at once and runs in the background;
+- only SigV4-signed requests are served (service ``lambda``; boto3's lambda client and the gateway sign),
+  with a key the runtime knows (``InternalAuthSettings``: the stack's internal key): an unsigned request,
+  an unknown key or a bad signature answers 403 with AWS's error (MissingAuthenticationToken,
+  UnrecognizedClientException, InvalidSignatureException) before the body is even parsed, so nothing a
+  client of the stack has can invoke a function directly (a forged Kinesis record, say). With no key
+  configured every invocation is refused. The runtime binds 127.0.0.1 by default (an internal address).
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from shared.aws_http import aws_error_response
+from shared.sigv4 import SignatureError, verify
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +74,12 @@ def create_runtime_app(
     memory_mb: int = 1024,
     region: str = "us-east-1",
     on_startup: Callable[[], None] | None = None,
+    keys: Mapping[str, str],
 ) -> web.Application:
-    """An aiohttp app hosting `handler`. `on_startup` runs once (the cold start: load clients)."""
+    """An aiohttp app hosting `handler`. `on_startup` runs once (the cold start: load clients). `keys`:
+    the SigV4 keys ({access key id: secret}) an invocation must be signed with (empty: none is served)."""
+    if not keys:
+        log.warning("%s: no internal key configured (LOCALRAG_INTERNAL_*): every invocation is refused", function_name)
     app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
     pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=function_name)
     state: dict[str, Any] = {"busy": 0, "invocations": 0, "errors": 0, "timeouts": 0, "throttles": 0}
@@ -90,6 +101,13 @@ def create_runtime_app(
 
     async def invoke(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        host = request.headers.get("Host", request.host)
+        url = f"{request.scheme}://{host}{request.raw_path}"
+        try:
+            verify(request.method, url, request.headers, raw, keys=keys, service="lambda")
+        except SignatureError as exc:
+            log.warning("%s: invocation refused: %s", function_name, exc.code)
+            return aws_error_response(403, exc.code, exc.message)
         try:
             event = json.loads(raw) if raw else {}
         except ValueError:
@@ -171,6 +189,7 @@ class RuntimeSettings(Protocol):
 def run_local(handler: Handler, warm: Callable[[], None], settings: RuntimeSettings) -> None:
     """``python -m ingestion`` / ``python -m chat``: host the handler like Lambda, warm at start."""
     from shared.logs import configure_logging
+    from shared.settings import InternalAuthSettings
 
     configure_logging(settings.log_level)
     app = create_runtime_app(
@@ -180,6 +199,7 @@ def run_local(handler: Handler, warm: Callable[[], None], settings: RuntimeSetti
         max_concurrency=settings.max_concurrency,
         region=settings.aws_region,
         on_startup=warm,
+        keys=InternalAuthSettings().verification_keys(),
     )
     serve(app, settings.host, settings.port, name=settings.function_name)
 
@@ -190,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     from shared.logs import configure_logging
+    from shared.settings import InternalAuthSettings
 
     parser = argparse.ArgumentParser(prog="python -m shared.lambda_runtime")
     parser.add_argument("handler", help="module.function, as in a Lambda image's CMD")
@@ -202,7 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     module_name, _, func_name = args.handler.rpartition(".")
     handler = getattr(importlib.import_module(module_name), func_name)
     app = create_runtime_app(
-        handler, function_name=func_name, timeout_s=args.timeout, max_concurrency=args.max_concurrency
+        handler,
+        function_name=func_name,
+        timeout_s=args.timeout,
+        max_concurrency=args.max_concurrency,
+        keys=InternalAuthSettings().verification_keys(),
     )
     serve(app, args.host, args.port, name=func_name)
 

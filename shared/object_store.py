@@ -7,10 +7,21 @@ are relative to the folder / prefix; the protocol's upload keys are these relati
                                     ``original``: where its original file is, its name, type and size);
 - ``originals/{doc_id}/{filename}`` the original file of a document ingested from an upload, kept so
                                     the index can be rebuilt by parsing it again;
-- ``uploads/{32 hex}/{filename}``   files PUT by clients through ``upload_url``, until ``ingest_object``
-                                    moves them to ``originals/`` (or deletes them, if they are bad);
+- ``uploads/{tenant}/{32 hex}/{filename}``  files PUT by clients through ``upload_url``, until
+                                    ``ingest_object`` moves them to ``originals/`` (or deletes them, if
+                                    they are bad); the tenant is in the key, and only that tenant may
+                                    ingest it (``uploads/{32 hex}/{filename}``: the default tenant's,
+                                    as written before tenants existed);
 - ``inbox/...``                     files dropped into the bucket (S3 event notifications ingest them;
                                     such a file stays where it is and is the document's original).
+
+Tenants: that layout is the ``default`` tenant's (so a store written before tenants existed is the
+default tenant's, unchanged); every other tenant has the same layout under ``tenants/{tenant}/``
+(``tenants/{tenant}/{doc_id}.json``, ``.../originals/``, ``.../inbox/``), except uploads, which all live
+under ``uploads/`` (one S3 lifecycle rule, one gateway route) with the tenant in their key. Services never
+use the store's keys directly: ``TenantObjects(store, tenant)`` is one tenant's view, whose keys are
+relative to the tenant's folder and which refuses another tenant's upload (as a missing one) and, for the
+default tenant, the ``tenants/`` and ``auth/`` folders.
 
 (``doc_id`` in keys is percent-encoded.) On S3, uploads are PUT with a presigned URL; for a local folder
 the gateway stands in for S3 with ``PUT /{stage}/uploads/...?expires=..&signature=..`` whose signature
@@ -19,6 +30,7 @@ is ``sign_upload`` below (HMAC-SHA256 with a secret the ingestion lambda and the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -27,21 +39,30 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlencode
 
 from shared.errors import RagError
+from shared.identity import DEFAULT_TENANT, valid_tenant
 from shared.protocol import ErrorCode
 
 UPLOADS_PREFIX = "uploads/"
 ORIGINALS_PREFIX = "originals/"
 INBOX_PREFIX = "inbox/"
+TENANTS_PREFIX = "tenants/"
+# Folders of the store that belong to no tenant's documents (API keys: shared/api_keys.py).
+RESERVED_PREFIXES = (TENANTS_PREFIX, "auth/")
+_UPLOAD_DIR = re.compile(r"\A[0-9a-f]{32}\Z")
 # Local folder: uploads not ingested within a day are removed (on S3: a lifecycle rule on uploads/).
 STALE_UPLOAD_S = 24 * 3600.0
 
-# uploads/{32 hex}/{filename}: the only keys ingest_object accepts and the gateway stores.
-_UPLOAD_KEY = re.compile(r"\Auploads/[0-9a-f]{32}/[^/\\\x00-\x1f]{1,255}\Z")
+# uploads/{tenant}/{32 hex}/{filename} (or, the default tenant's as before tenants, uploads/{32 hex}/{filename}):
+# the only keys ingest_object accepts and the gateway stores.
+_UPLOAD_KEY = re.compile(
+    r"\Auploads/(?:(?P<tenant>[a-z0-9][a-z0-9_-]{0,62})/)?[0-9a-f]{32}/(?P<name>[^/\\\x00-\x1f]{1,255})\Z"
+)
 
 
 class ObjectNotFound(RagError):
@@ -53,7 +74,43 @@ class UploadsNotConfigured(RagError):
 
 
 def is_upload_key(key: str) -> bool:
-    return bool(_UPLOAD_KEY.match(key)) and key.rsplit("/", 1)[1] not in (".", "..")
+    return upload_key_tenant(key) is not None
+
+
+def upload_key_tenant(key: str) -> str | None:
+    """The tenant an upload key belongs to, or None when ``key`` is not an upload key."""
+    m = _UPLOAD_KEY.match(key)
+    if m is None or m["name"] in (".", ".."):
+        return None
+    return m["tenant"] or DEFAULT_TENANT
+
+
+def new_upload_key(tenant: str, filename: str) -> str:
+    """A fresh upload key of ``tenant`` for a (safe) file name."""
+    key = f"{UPLOADS_PREFIX}{tenant}/{uuid.uuid4().hex}/{filename}"
+    if upload_key_tenant(key) != tenant:
+        raise ValueError("not a valid tenant or file name for an upload key")
+    return key
+
+
+def tenant_prefix(tenant: str) -> str:
+    """The folder of a tenant's objects: the store's root for the default tenant, else tenants/{tenant}/."""
+    if not valid_tenant(tenant):
+        raise ValueError("invalid tenant id")
+    return "" if tenant == DEFAULT_TENANT else f"{TENANTS_PREFIX}{tenant}/"
+
+
+def split_tenant_key(key: str) -> tuple[str, str] | None:
+    """A store key as (tenant, key relative to the tenant's folder); None for a key in no tenant's folder
+    (``tenants/`` itself, an invalid tenant name, ``auth/``)."""
+    if key.startswith(TENANTS_PREFIX):
+        tenant, sep, rest = key[len(TENANTS_PREFIX) :].partition("/")
+        if not sep or not rest or not valid_tenant(tenant) or tenant == DEFAULT_TENANT:
+            return None
+        return tenant, rest
+    if key.startswith(RESERVED_PREFIXES):
+        return None
+    return DEFAULT_TENANT, key
 
 
 def _key_name(doc_id: str) -> str:
@@ -102,14 +159,35 @@ def local_upload_url(base_url: str, secret: str, key: str, content_type: str, ex
 
 
 class ObjectStore(Protocol):
-    def put_document(self, doc_id: str, document: dict[str, Any]) -> str: ...
-    def get_document(self, doc_id: str) -> dict[str, Any] | None: ...
-    def delete_document(self, doc_id: str) -> bool: ...
+    """The whole store, by key (relative to its folder / prefix). Service code uses a tenant's view of it
+    (TenantObjects) instead."""
+
+    def put_json(self, key: str, document: dict[str, Any]) -> str:
+        """Store a JSON object at ``key`` (a reader never sees half of it); returns where it is."""
+        ...
+
+    def get_json(self, key: str) -> dict[str, Any] | None: ...
+    def json_names(self, prefix: str) -> list[str]:
+        """The names of the ``*.json`` objects directly in the folder ``prefix`` ("" or ending in /)."""
+        ...
+
+    def folder_names(self, prefix: str) -> list[str]:
+        """The names of the folders directly in the folder ``prefix`` ("" or ending in /), sorted."""
+        ...
+
     def size(self, key: str) -> int | None: ...
     def read(self, key: str) -> bytes: ...
     def copy(self, src: str, dst: str, content_type: str | None = None) -> None: ...
     def delete(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str, keep: str | None = None) -> int: ...
+    def write(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Store a whole object at ``key`` (atomically: a reader sees the old or the new bytes)."""
+        ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under ``prefix`` (a folder, ending in /), sorted."""
+        ...
+
     def presign_put(self, key: str, content_type: str, expires_in: int, *, gateway_url: str | None = None) -> str:
         """A URL to PUT ``key`` to. ``gateway_url``: the local gateway that stands in for S3 (local folder)."""
         ...
@@ -117,7 +195,6 @@ class ObjectStore(Protocol):
     def in_bucket(self, bucket: str) -> bool: ...
     def relative_key(self, bucket: str, key: str) -> str | None: ...
     def uri(self, key: str) -> str: ...
-    def document_ids(self) -> list[str]: ...
 
 
 class LocalObjectStore:
@@ -126,39 +203,44 @@ class LocalObjectStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.upload_secret = upload_secret
 
-    def _path(self, doc_id: str) -> Path:
-        return self.root / _key_name(doc_id)
-
     def _key_path(self, key: str) -> Path:
         return self.root / _safe_key(key)
 
-    def put_document(self, doc_id: str, document: dict[str, Any]) -> str:
-        path = self._path(doc_id)
+    def _folder(self, prefix: str) -> Path:
+        return self._key_path(prefix.rstrip("/")) if prefix else self.root
+
+    def put_json(self, key: str, document: dict[str, Any]) -> str:
+        path = self._key_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         # Write-then-rename: a reader never sees a half-written object.
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, ensure_ascii=False)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(document, f, ensure_ascii=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return str(path)
 
-    def document_ids(self) -> list[str]:
-        """Ids of the raw documents (the ``*.json`` files directly in the folder), sorted."""
-        ids = (_id_from_name(p.name) for p in self.root.iterdir() if p.is_file())
-        return sorted(i for i in ids if i is not None)
-
-    def get_document(self, doc_id: str) -> dict[str, Any] | None:
-        path = self._path(doc_id)
-        if not path.exists():
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        path = self._key_path(key)
+        if not path.is_file():
             return None
         result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return result
 
-    def delete_document(self, doc_id: str) -> bool:
-        path = self._path(doc_id)
-        if path.exists():
-            path.unlink()
-            return True
-        return False
+    def json_names(self, prefix: str) -> list[str]:
+        folder = self._folder(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(".json"))
+
+    def folder_names(self, prefix: str) -> list[str]:
+        folder = self._folder(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
     def size(self, key: str) -> int | None:
         path = self._key_path(key)
@@ -216,17 +298,43 @@ class LocalObjectStore:
         self._prune(folder)
         return n
 
+    def write(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        target = self._key_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def keys(self, prefix: str) -> list[str]:
+        folder = self._key_path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        found = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+        return sorted(k for k in found if not k.rsplit("/", 1)[-1].startswith(".tmp-"))
+
     def prune_uploads(self, max_age_s: float = STALE_UPLOAD_S) -> int:
         """Remove uploads never ingested (S3 does this with a lifecycle rule on uploads/)."""
         folder, removed = self.root / UPLOADS_PREFIX.rstrip("/"), 0
         if not folder.is_dir():
             return 0
         cutoff = time.time() - max_age_s
-        for entry in folder.iterdir():
+        # uploads/{tenant}/{32 hex}/ (and uploads/{32 hex}/, as written before tenants)
+        uploads = [e for e in folder.iterdir() if _UPLOAD_DIR.match(e.name)]
+        for tenant_dir in folder.iterdir():
+            if valid_tenant(tenant_dir.name) and tenant_dir.is_dir():
+                with contextlib.suppress(OSError):
+                    uploads.extend(e for e in tenant_dir.iterdir() if _UPLOAD_DIR.match(e.name))
+        for entry in uploads:
             try:
                 if entry.is_dir() and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry)
                     removed += 1
+                    self._prune(entry.parent)
             except OSError:
                 continue
         return removed
@@ -264,11 +372,8 @@ class S3ObjectStore:
     def _full(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
-    def _key(self, doc_id: str) -> str:
-        return self._full(_key_name(doc_id))
-
-    def put_document(self, doc_id: str, document: dict[str, Any]) -> str:
-        key = self._key(doc_id)
+    def put_json(self, key: str, document: dict[str, Any]) -> str:
+        key = self._full(_safe_key(key))
         self.client.put_object(
             Bucket=self.bucket,
             Key=key,
@@ -277,29 +382,31 @@ class S3ObjectStore:
         )
         return f"s3://{self.bucket}/{key}"
 
-    def document_ids(self) -> list[str]:
-        """Ids of the raw documents (the ``*.json`` objects directly under the prefix), sorted."""
-        prefix = f"{self.prefix}/" if self.prefix else ""
-        ids: list[str] = []
+    def _list(self, prefix: str) -> tuple[list[str], list[str]]:
+        """The object names and folder names directly in the folder ``prefix``."""
+        full = self._full(_safe_key(prefix.rstrip("/")) + "/") if prefix else self._full("")
+        names: list[str] = []
+        folders: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            Bucket=self.bucket, Prefix=full, Delimiter="/"
         ):
-            for obj in page.get("Contents", []):
-                doc_id = _id_from_name(obj["Key"][len(prefix) :])
-                if doc_id is not None:
-                    ids.append(doc_id)
-        return sorted(ids)
+            names.extend(obj["Key"][len(full) :] for obj in page.get("Contents", []))
+            folders.extend(p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return names, folders
 
-    def get_document(self, doc_id: str) -> dict[str, Any] | None:
+    def json_names(self, prefix: str) -> list[str]:
+        return sorted(n for n in self._list(prefix)[0] if n.endswith(".json"))
+
+    def folder_names(self, prefix: str) -> list[str]:
+        return sorted(f for f in self._list(prefix)[1] if f)
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(doc_id))
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._full(_safe_key(key)))
         except self.client.exceptions.NoSuchKey:
             return None
         result: dict[str, Any] = json.loads(obj["Body"].read())
         return result
-
-    def delete_document(self, doc_id: str) -> bool:
-        return self.delete(_key_name(doc_id))
 
     def size(self, key: str) -> int | None:
         try:
@@ -347,6 +454,17 @@ class S3ObjectStore:
             )
         return len(keys)
 
+    def write(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._full(_safe_key(key)), Body=data, ContentType=content_type)
+
+    def keys(self, prefix: str) -> list[str]:
+        full_prefix = self._full(_safe_key(prefix.rstrip("/")) + "/")
+        strip = len(self._full(""))
+        found: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix):
+            found.extend(o["Key"][strip:] for o in page.get("Contents", []))
+        return sorted(found)
+
     def presign_put(self, key: str, content_type: str, expires_in: int, *, gateway_url: str | None = None) -> str:
         url: str = self.presign_client.generate_presigned_url(
             "put_object",
@@ -369,6 +487,80 @@ class S3ObjectStore:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(key)}"
+
+
+class TenantObjects:
+    """One tenant's view of the store: its raw documents, originals and inbox, and its uploads.
+
+    Keys are relative to the tenant's folder (``tenant_prefix``), so the same service code serves every
+    tenant and cannot reach another's objects: upload keys (``uploads/...``) must be this tenant's (another
+    tenant's answers ObjectNotFound, as a missing one does), and the default tenant, whose folder is the
+    store's root, cannot name ``tenants/`` or ``auth/``.
+    """
+
+    def __init__(self, root: ObjectStore, tenant: str) -> None:
+        self.root = root
+        self.tenant = tenant
+        self.prefix = tenant_prefix(tenant)
+
+    def __repr__(self) -> str:
+        return f"TenantObjects({self.tenant!r})"
+
+    def key(self, key: str) -> str:
+        """A key of this tenant as a key of the store; ObjectNotFound for a key outside its folder."""
+        if key.startswith(UPLOADS_PREFIX):
+            if upload_key_tenant(key) != self.tenant:
+                raise ObjectNotFound(f"no uploaded object {key!r}")
+            return key
+        if key.startswith(RESERVED_PREFIXES):
+            raise ObjectNotFound(f"no object {key!r}")
+        return self.prefix + _safe_key(key)
+
+    # -- raw documents
+
+    def put_document(self, doc_id: str, document: dict[str, Any]) -> str:
+        return self.root.put_json(self.prefix + _key_name(doc_id), document)
+
+    def get_document(self, doc_id: str) -> dict[str, Any] | None:
+        return self.root.get_json(self.prefix + _key_name(doc_id))
+
+    def delete_document(self, doc_id: str) -> bool:
+        return self.root.delete(self.prefix + _key_name(doc_id))
+
+    def document_ids(self) -> list[str]:
+        """Ids of the tenant's raw documents, sorted."""
+        ids = (_id_from_name(name) for name in self.root.json_names(self.prefix))
+        return sorted(i for i in ids if i is not None)
+
+    # -- objects by key (relative to the tenant's folder)
+
+    def size(self, key: str) -> int | None:
+        return self.root.size(self.key(key))
+
+    def read(self, key: str) -> bytes:
+        return self.root.read(self.key(key))
+
+    def copy(self, src: str, dst: str, content_type: str | None = None) -> None:
+        self.root.copy(self.key(src), self.key(dst), content_type)
+
+    def delete(self, key: str) -> bool:
+        return self.root.delete(self.key(key))
+
+    def delete_prefix(self, prefix: str, keep: str | None = None) -> int:
+        folder = self.key(prefix.rstrip("/")) + "/"
+        return self.root.delete_prefix(folder, keep=self.key(keep) if keep else None)
+
+    def presign_put(self, key: str, content_type: str, expires_in: int, *, gateway_url: str | None = None) -> str:
+        return self.root.presign_put(self.key(key), content_type, expires_in, gateway_url=gateway_url)
+
+    def uri(self, key: str) -> str:
+        return self.root.uri(self.key(key))
+
+
+def tenants_with_documents(store: ObjectStore) -> list[str]:
+    """The default tenant, then every tenant with a folder in the store, sorted."""
+    others = [t for t in store.folder_names(TENANTS_PREFIX) if valid_tenant(t) and t != DEFAULT_TENANT]
+    return [DEFAULT_TENANT, *others]
 
 
 def open_object_store(

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     THROTTLED = "throttled"
     FUNCTION_ERROR = "function_error"
     INTERNAL_ERROR = "internal_error"
+    UNAUTHORIZED = "unauthorized"
 
 
 class _Msg(BaseModel):

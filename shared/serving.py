@@ -10,6 +10,11 @@ through :func:`run_app`:
 
 Either way it prints ``{name}: listening on http://HOST:PORT`` once the app has started (after the cold
 start), which is the port actually served, also for port 0.
+
+A process may serve a second, internal application (the gateway's @connections Management API) on a
+listener of its own: the socket named by ``LOCALRAG_MANAGEMENT_LISTEN_FD`` if inherited, else its own
+host:port. It starts with the main application and stops with it, and is announced as
+``{name}: internal listener on http://HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
 LISTEN_FD_ENV = "LOCALRAG_LISTEN_FD"
+MANAGEMENT_LISTEN_FD_ENV = "LOCALRAG_MANAGEMENT_LISTEN_FD"
 
 
 def listening_socket(host: str, port: int, *, backlog: int = 128) -> socket.socket:
@@ -38,10 +45,12 @@ def listening_socket(host: str, port: int, *, backlog: int = 128) -> socket.sock
     return sock
 
 
-def inherited_socket(environ: MutableMapping[str, str] = os.environ) -> socket.socket | None:
-    """The listening socket named by ``LOCALRAG_LISTEN_FD``, if any; the variable is removed so that a
-    process this one starts does not take the descriptor for its own."""
-    fd = environ.pop(LISTEN_FD_ENV, "")
+def inherited_socket(
+    environ: MutableMapping[str, str] = os.environ, variable: str = LISTEN_FD_ENV
+) -> socket.socket | None:
+    """The listening socket named by ``variable`` (``LOCALRAG_LISTEN_FD``), if any; the variable is removed
+    so that a process this one starts does not take the descriptor for its own."""
+    fd = environ.pop(variable, "")
     if not fd:
         return None
     sock = socket.socket(fileno=int(fd))
@@ -54,10 +63,49 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run_app(app: web.Application, host: str, port: int, *, name: str, shutdown_timeout: float = 60.0) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM on the inherited socket, else on host:port (0 = any free port)."""
+@dataclass(frozen=True)
+class InternalListener:
+    """A second application to serve on its own listener (inherited via ``LOCALRAG_MANAGEMENT_LISTEN_FD``,
+    else bound to host:port)."""
+
+    app: web.Application
+    host: str
+    port: int
+
+
+def serve_internal(app: web.Application, internal: InternalListener, *, name: str) -> None:
+    """Start ``internal.app`` on its listener when ``app`` starts, and stop it when ``app`` stops."""
+    sock = inherited_socket(variable=MANAGEMENT_LISTEN_FD_ENV) or listening_socket(internal.host, internal.port)
+
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(internal.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+            print(f"{name}: internal listener on {url_of(sock)}", file=sys.stdout, flush=True)
+            yield
+        finally:
+            await runner.cleanup()
+            sock.close()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def run_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    name: str,
+    shutdown_timeout: float = 60.0,
+    internal: InternalListener | None = None,
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM on the inherited socket, else on host:port (0 = any free port);
+    and ``internal``'s application on its own listener, if given."""
     sock = inherited_socket() or listening_socket(host, port)
     url = url_of(sock)
+    if internal is not None:
+        serve_internal(app, internal, name=name)
 
     async def announce(_: web.Application) -> None:
         # on_startup handlers run after the cleanup contexts (the cold start), so this line means "ready

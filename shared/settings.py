@@ -2,6 +2,10 @@
 
 - ``RagSettings``: what both lambdas share (the index, the AWS endpoints, the embedding model). Each
   lambda's own Settings class (ingestion/settings.py, chat/settings.py) extends it.
+- ``InternalAuthSettings``: the stack's internal SigV4 key, which the local Invoke API and @connections
+  accept and the stack's own processes sign with (``LOCALRAG_INTERNAL_*``; unset on AWS, where IAM signs).
+- ``AuthSettings``: ``RAG_AUTH``, which credentials are accepted, or ``none``: identity off (read by the
+  gateway, which then skips the authorizer, and by the authorizer and the CLI).
 - ``DocumentsSettings``: the raw documents store and its uploads, read by the ingestion lambda (which
   signs upload URLs) and by the gateway (which stands in for S3's presigned PUT for a local folder), so
   that one ``RAG_MAX_UPLOAD_BYTES`` is the limit both enforce.
@@ -13,12 +17,14 @@ mean AWS itself: that is the whole local -> AWS swap.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.bedrock import EmbeddingFormat
+from shared.identity import AuthMethod
+from shared.sigv4 import SigningKey
 
 
 class DocumentsSettings(BaseSettings):
@@ -101,3 +107,79 @@ class RagSettings(BaseSettings):
 
         timeout = {"timeout": f"{self.upstream_timeout_s:g}s"} if self.lancedb_uri.startswith("s3://") else None
         return storage_options_for(self.lancedb_uri, self.s3_endpoint_url, self.aws_region, timeout)
+
+
+class InternalAuthSettings(BaseSettings):
+    """The internal SigV4 key of a local stack (``shared/stack.py`` generates one per run).
+
+    The local Lambda runtimes' Invoke API and the gateway's @connections API accept only requests signed
+    with it (as AWS accepts only IAM-signed ones); the gateway signs its Invoke calls and the lambdas sign
+    their @connections replies with it. Unset on AWS: there the functions' IAM role signs.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOCALRAG_INTERNAL_", extra="ignore", populate_by_name=True)
+
+    access_key_id: str | None = Field(
+        None,
+        min_length=16,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9]+$",
+        description="Access key id of the stack's internal SigV4 key (make up generates one per run).",
+    )
+    secret_access_key: SecretStr | None = Field(
+        None, description="Its secret (never logged). Both or neither must be set."
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> InternalAuthSettings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError(
+                "set both LOCALRAG_INTERNAL_ACCESS_KEY_ID and LOCALRAG_INTERNAL_SECRET_ACCESS_KEY, or neither"
+            )
+        if self.secret_access_key is not None and len(self.secret_access_key.get_secret_value()) < 16:
+            raise ValueError("LOCALRAG_INTERNAL_SECRET_ACCESS_KEY must be at least 16 characters")
+        return self
+
+    def signing_key(self) -> SigningKey | None:
+        """The key to sign internal requests with, or None when none is configured."""
+        if self.access_key_id is None or self.secret_access_key is None:
+            return None
+        return SigningKey(self.access_key_id, self.secret_access_key.get_secret_value())
+
+    def verification_keys(self) -> dict[str, str]:
+        """{access key id: secret} for ``shared.sigv4.verify`` (empty: every request is refused)."""
+        key = self.signing_key()
+        return {key.access_key_id: key.secret_access_key} if key else {}
+
+
+class AuthSettings(BaseSettings):
+    """``RAG_AUTH``: the credentials callers may present, or ``none`` (identity off, for throwaway use)."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", populate_by_name=True)
+
+    auth: Annotated[list[AuthMethod], NoDecode] = Field(
+        ["api_key", "jwt"],
+        description="Accepted credentials, comma-separated: 'api_key' (lrk_... keys from `localrag keys create`), "
+        "'jwt' (OIDC tokens), or 'none' alone: identity off, every caller is the 'anonymous' principal of the "
+        "'default' tenant (the gateway skips the authorizer and warns; every other check stays).",
+    )
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _none_alone(cls, value: list[AuthMethod]) -> list[AuthMethod]:
+        if not value:
+            raise ValueError("RAG_AUTH names no credential kind ('api_key', 'jwt', or 'none')")
+        if "none" in value and len(value) > 1:
+            raise ValueError("RAG_AUTH=none switches identity off and cannot be combined with other values")
+        return value
+
+    @property
+    def identity_off(self) -> bool:
+        return self.auth == ["none"]

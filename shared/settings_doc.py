@@ -28,6 +28,7 @@ TABLES: list[tuple[str, str]] = [
     ("documents (ingestion + gateway)", "shared.settings:DocumentsSettings"),
     ("ingestion", "ingestion.settings:Settings"),
     ("chat", "chat.settings:Settings"),
+    ("authorizer", "authorizer.settings:Settings"),
     ("embedding", "embedding.settings:Settings"),
     ("llm", "llm.settings:Settings"),
 ]

@@ -1,9 +1,22 @@
-"""Run the five services as local processes (``make up``), or on ephemeral ports for the tests.
+"""Run the six services as local processes (``make up``), or on ephemeral ports for the tests.
 
     python -m shared.stack            # default ports, data in ./data, LLM model fetched if needed
 
 Starts everything at once, waits for every health check, prints the WebSocket URL, and stops all
-of them (SIGTERM, then SIGKILL) on Ctrl-C or when any one exits.
+of them (SIGTERM, then SIGKILL) on Ctrl-C or when any one exits. The six: gateway, authorizer,
+ingestion, chat (the three Lambda functions behind the local Invoke API), embedding and llm.
+
+Identity and the internal APIs, as on AWS:
+
+- Each run generates an internal SigV4 key (``LOCALRAG_INTERNAL_ACCESS_KEY_ID``/``_SECRET_ACCESS_KEY``)
+  that only the stack's own processes get: the gateway signs its Invoke calls with it, the functions'
+  runtimes verify them, and the lambdas sign their @connections replies with it. @connections is served
+  on the gateway's internal management listener (a second socket, 127.0.0.1 only), not the public port.
+- On first run, ``make up`` creates an API key of the ``default`` tenant (shared/api_keys.py) and keeps
+  it in ``{data}/local-api-key`` (mode 0600), where the CLI finds it; later runs reuse it while it still
+  verifies. The web chat URL with the key in its fragment is printed to the terminal only (a fragment is
+  never sent in a request line, so no access log sees it). ``RAG_AUTH=none`` switches identity off, with
+  a warning.
 
 This is the one process harness: the tests start services through :class:`Process` too. The harness
 binds each service's listening socket itself (port 0: any free port) and hands it to the child
@@ -16,6 +29,7 @@ the LLM model is fetched by running ``python -m llm.model_fetch``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -29,9 +43,14 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from shared.serving import LISTEN_FD_ENV, listening_socket
+from shared.serving import LISTEN_FD_ENV, MANAGEMENT_LISTEN_FD_ENV, listening_socket
+from shared.sigv4 import SigningKey
+
+if TYPE_CHECKING:
+    from shared.api_keys import KeyStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +89,36 @@ def wait_for_output(path: Path, pattern: str, proc: subprocess.Popen[bytes], tim
 
 
 @dataclass
+class Listener:
+    """A further listening socket a process inherits, named to it by the environment variable ``fd_env``
+    (the gateway's internal management listener)."""
+
+    fd_env: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    _sock: socket.socket | None = field(default=None, repr=False)
+
+    def bind(self, owner: str) -> None:
+        if self._sock is None:
+            try:
+                self._sock = listening_socket(self.host, self.port)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{owner}: cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+            self.port = int(self._sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RuntimeError(f"{self.fd_env}: no port yet (bind() first)")
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+@dataclass
 class Process:
     """``python -m module *args`` serving on a socket this harness binds (port 0: any free port).
 
@@ -87,10 +136,11 @@ class Process:
     health_path: str = "/health"
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    listeners: list[Listener] = field(default_factory=list)
     _sock: socket.socket | None = field(default=None, repr=False)
 
     def bind(self) -> Process:
-        """Bind the listening socket now (once); afterwards :attr:`port` is the port served."""
+        """Bind the listening sockets now (once); afterwards :attr:`port` is the port served."""
         if self._sock is None:
             try:
                 self._sock = listening_socket(self.host, self.port)
@@ -99,7 +149,17 @@ class Process:
                     exc.errno, f"{self.name}: cannot listen on {self.host}:{self.port}: {exc.strerror}"
                 ) from exc
             self.port = int(self._sock.getsockname()[1])
+        for listener in self.listeners:
+            listener.bind(self.name)
         return self
+
+    def listen(self, fd_env: str, host: str = "127.0.0.1", port: int = 0) -> Listener:
+        """Add a further socket the child inherits (its fd in ``fd_env``); bound by :meth:`bind`."""
+        listener = Listener(fd_env, host, port)
+        self.listeners.append(listener)
+        if self._sock is not None:
+            listener.bind(self.name)
+        return listener
 
     @property
     def url(self) -> str:
@@ -111,6 +171,11 @@ class Process:
         sock = self.bind()._sock
         assert sock is not None
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", LISTEN_FD_ENV: str(sock.fileno())}
+        fds = [sock.fileno()]
+        for listener in self.listeners:
+            assert listener._sock is not None
+            env[listener.fd_env] = str(listener._sock.fileno())
+            fds.append(listener._sock.fileno())
         log: IO[bytes] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +188,7 @@ class Process:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT if log is not None else None,
-                pass_fds=(sock.fileno(),),
+                pass_fds=tuple(fds),
             )
         finally:
             # The child has its own copies of both.
@@ -149,6 +214,8 @@ class Process:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for listener in self.listeners:
+            listener.close()
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -159,9 +226,27 @@ class Process:
         return self.log()[-n:]
 
 
+INTERNAL_KEY_ID_ENV = "LOCALRAG_INTERNAL_ACCESS_KEY_ID"
+INTERNAL_SECRET_ENV = "LOCALRAG_INTERNAL_SECRET_ACCESS_KEY"
+# The gateway's internal listener (@connections), inherited like LOCALRAG_LISTEN_FD.
+MANAGEMENT_FD_ENV = MANAGEMENT_LISTEN_FD_ENV
+# The API key `make up` creates, relative to the data folder (the CLI reads it from there).
+LOCAL_KEY_FILE = "local-api-key"
+LOCAL_KEY_NAME = "local (make up)"
+
+
+def new_internal_key() -> SigningKey:
+    """A random SigV4 key for one run of the stack: only its own processes ever get it."""
+    return SigningKey(f"LRINT{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30))
+
+
+def internal_key_env(key: SigningKey) -> dict[str, str]:
+    return {INTERNAL_KEY_ID_ENV: key.access_key_id, INTERNAL_SECRET_ENV: key.secret_access_key}
+
+
 @dataclass
 class StackConfig:
-    """Where the five services listen and keep data. A port of 0 means any free port (the tests)."""
+    """Where the six services listen and keep data. A port of 0 means any free port (the tests)."""
 
     llm_model_path: Path | None = None  # None: the llm service's own LLM_* settings decide
     data_dir: Path = Path("data")
@@ -169,33 +254,47 @@ class StackConfig:
     gateway_port: int = 8000
     embedding_port: int = 8001
     llm_port: int = 8002
+    management_port: int = 8003  # the gateway's internal @connections listener (always 127.0.0.1)
     ingestion_port: int = 9001
     chat_port: int = 9002
+    authorizer_port: int = 9003
     lancedb_uri: str | None = None  # default: {data_dir}/lancedb
     documents_uri: str | None = None  # default: {data_dir}/documents
     s3_endpoint_url: str | None = None
+    # RAG_AUTH for the gateway: None = as in this environment (default: identity on); "none" = off.
+    auth: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     # Signs the gateway's stand-in for presigned S3 PUTs (local documents folder); random per run.
     upload_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    # Signs (SigV4) every call on the internal APIs: Invoke (gateway -> functions), @connections
+    # (lambdas -> gateway); random per run.
+    internal_key: SigningKey = field(default_factory=new_internal_key)
 
     def __post_init__(self) -> None:
         self.lancedb_uri = self.lancedb_uri or str(self.data_dir / "lancedb")
         self.documents_uri = self.documents_uri or str(self.data_dir / "documents")
 
+    @property
+    def local_key_file(self) -> Path:
+        return self.data_dir / LOCAL_KEY_FILE
+
 
 def plan(cfg: StackConfig) -> list[Process]:
-    """The five processes and the environment that wires them together.
+    """The six processes and the environment that wires them together.
 
-    Binds the five listening sockets first (so ports of 0 become real ones), then writes each
-    process's environment with the others' addresses."""
+    Binds the listening sockets first (so ports of 0 become real ones), then writes each process's
+    environment with the others' addresses."""
     h = cfg.host
     stage = "local"
     embedding = Process("embedding", "embedding", host=h, port=cfg.embedding_port)
     llm = Process("llm", "llm", host=h, port=cfg.llm_port)
     ingestion = Process("ingestion", "ingestion", host=h, port=cfg.ingestion_port)
     chat = Process("chat", "chat", host=h, port=cfg.chat_port)
+    authorizer = Process("authorizer", "authorizer", host=h, port=cfg.authorizer_port)
     gateway = Process("gateway", "gateway", host=h, port=cfg.gateway_port)
-    processes = [embedding, llm, ingestion, chat, gateway]
+    # @connections: on an internal listener of its own, loopback only whatever the public host is.
+    management = gateway.listen(MANAGEMENT_FD_ENV, "127.0.0.1", cfg.management_port)
+    processes = [embedding, llm, ingestion, chat, authorizer, gateway]
     try:
         for p in processes:
             p.bind()
@@ -204,26 +303,30 @@ def plan(cfg: StackConfig) -> list[Process]:
             p.stop()
         raise
 
+    internal = internal_key_env(cfg.internal_key)
+    store_env = {"RAG_DOCUMENTS_URI": str(cfg.documents_uri)}
+    if cfg.s3_endpoint_url:
+        store_env["RAG_S3_ENDPOINT_URL"] = cfg.s3_endpoint_url
     shared_env = {
+        **store_env,
+        **internal,
         "RAG_LANCEDB_URI": str(cfg.lancedb_uri),
-        "RAG_DOCUMENTS_URI": str(cfg.documents_uri),
         "RAG_EMBEDDING_ENDPOINT_URL": embedding.url,
         "RAG_LLM_ENDPOINT_URL": llm.url,
-        "RAG_CONNECTIONS_ENDPOINT_URL": f"{gateway.url}/{stage}",
+        "RAG_CONNECTIONS_ENDPOINT_URL": f"{management.url}/{stage}",
     }
-    if cfg.s3_endpoint_url:
-        shared_env["RAG_S3_ENDPOINT_URL"] = cfg.s3_endpoint_url
     extra = dict(cfg.extra_env)
     # Uploads: with a local documents folder the gateway serves the presigned PUTs the ingestion lambda
     # signs, so both get the secret; the gateway writes into the same folder, with the same size limit.
     # (the upload URL's address is the gateway's, taken from each event's domainName and stage). The
     # RAG_* names are the documents settings the gateway shares with the ingestion lambda.
     upload_env = {"RAG_UPLOAD_SECRET": cfg.upload_secret}
-    gateway_upload_env = {"RAG_DOCUMENTS_URI": str(cfg.documents_uri), **upload_env}
-    functions = (
-        f'{{"ingestion": "{ingestion.url}/2015-03-31/functions/ingestion/invocations", '
-        f'"chat": "{chat.url}/2015-03-31/functions/chat/invocations"}}'
-    )
+    functions = {
+        "ingestion": f"{ingestion.url}/2015-03-31/functions/ingestion/invocations",
+        "chat": f"{chat.url}/2015-03-31/functions/chat/invocations",
+        "authorizer": f"{authorizer.url}/2015-03-31/functions/authorizer/invocations",
+    }
+    auth_env = {"RAG_AUTH": cfg.auth} if cfg.auth is not None else {}
     # {PREFIX}_HOST/_PORT: the services serve on the inherited socket, but keep their settings true
     # (the gateway, for one, puts host:port into each event's requestContext.domainName).
     embedding.env = {"EMBEDDING_HOST": h, "EMBEDDING_PORT": str(embedding.port), **extra}
@@ -238,16 +341,29 @@ def plan(cfg: StackConfig) -> list[Process]:
         **extra,
     }
     chat.env = {**shared_env, "CHAT_HOST": h, "CHAT_PORT": str(chat.port), **extra}
+    # The authorizer reads the API keys from the documents store (auth/keys/, hashed).
+    authorizer.env = {
+        **store_env,
+        **internal,
+        "AUTHORIZER_HOST": h,
+        "AUTHORIZER_PORT": str(authorizer.port),
+        **extra,
+    }
     gateway.env = {
+        **internal,
+        **auth_env,
         "GATEWAY_HOST": h,
         "GATEWAY_PORT": str(gateway.port),
+        "GATEWAY_MANAGEMENT_HOST": management.host,
+        "GATEWAY_MANAGEMENT_PORT": str(management.port),
         "GATEWAY_STAGE": stage,
-        "GATEWAY_FUNCTIONS": functions,
-        **gateway_upload_env,
+        "GATEWAY_FUNCTIONS": json.dumps(functions),
+        **store_env,
+        **upload_env,
         **extra,
     }
     # Start order: the gateway last (it is the one clients reach); all of them start at once anyway.
-    return [embedding, llm, ingestion, chat, gateway]
+    return [embedding, llm, ingestion, chat, authorizer, gateway]
 
 
 class Stack:
@@ -260,6 +376,18 @@ class Stack:
     def ws_url(self) -> str:
         gw = self.by_name["gateway"]
         return f"{gw.url.replace('http://', 'ws://', 1)}/local"
+
+    @property
+    def http_url(self) -> str:
+        """The gateway's public address (the WebSocket API, /v1, /ui/, /health)."""
+        return self.by_name["gateway"].url
+
+    @property
+    def management_url(self) -> str:
+        """The gateway's internal listener: ``{this}/local/@connections/{id}`` (SigV4, execute-api)."""
+        gw = self.by_name["gateway"]
+        listener = next(x for x in gw.listeners if x.fd_env == MANAGEMENT_FD_ENV)
+        return listener.url
 
     def start(self, log_dir: Path | None, timeout: float = 300.0) -> None:
         try:
@@ -286,6 +414,71 @@ class Stack:
         return None
 
 
+def auth_off(environ: Mapping[str, str] = os.environ, cfg: StackConfig | None = None) -> bool:
+    """``RAG_AUTH=none``: identity switched off (the config's value wins over the environment's)."""
+    value = cfg.auth if cfg is not None and cfg.auth is not None else environ.get("RAG_AUTH", "")
+    return value.strip().lower() == "none"
+
+
+def key_store(cfg: StackConfig) -> KeyStore:
+    """The API keys of this stack: under auth/keys/ in its documents store (as the authorizer reads them)."""
+    from shared.api_keys import KeyStore
+    from shared.aws_clients import make_client
+    from shared.object_store import open_object_store
+
+    env = {**os.environ, **cfg.extra_env}
+    region = env.get("RAG_AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    def s3() -> Any:
+        import boto3
+
+        session = boto3.session.Session(
+            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=env.get("AWS_SESSION_TOKEN"),
+        )
+        return make_client("s3", endpoint_url=cfg.s3_endpoint_url, region=region, session=session)
+
+    return KeyStore(open_object_store(str(cfg.documents_uri), s3))
+
+
+def ensure_local_key(cfg: StackConfig, store: KeyStore | None = None) -> tuple[str, bool]:
+    """The API key in ``{data}/local-api-key`` if it still verifies, else a new key of the default tenant
+    written there (mode 0600). Returns ``(key, created)``."""
+    from shared.identity import DEFAULT_TENANT
+
+    store = store or key_store(cfg)
+    path = cfg.local_key_file
+    if path.is_file():
+        existing = path.read_text(encoding="utf-8").strip()
+        if existing and store.verify(existing) is not None:
+            os.chmod(path, 0o600)
+            return existing, False
+    _record, key = store.create(DEFAULT_TENANT, LOCAL_KEY_NAME)
+    write_private(path, key + "\n")
+    return key, True
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte; atomic replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def web_chat_url(stack: Stack, key: str | None) -> str:
+    """The web chat's address; with the key in the fragment (browsers never send a fragment)."""
+    base = stack.http_url.replace("://0.0.0.0:", "://127.0.0.1:", 1)
+    return f"{base}/ui/" + (f"#key={quote(key, safe='')}" if key else "")
+
+
 def fetch_model() -> Path:
     """``python -m llm.model_fetch`` (the LLM_* settings of this environment): the GGUF file's path.
 
@@ -300,10 +493,13 @@ def fetch_model() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.stack", description="Run the five services locally.")
+    parser = argparse.ArgumentParser(prog="python -m shared.stack", description="Run the six services locally.")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RAG_DATA_DIR", "data")))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    parser.add_argument(
+        "--any-ports", action="store_true", help="every service on any free port (the gateway's is printed)"
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="write each service's log here (default: terminal)")
     args = parser.parse_args(argv)
 
@@ -313,18 +509,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     cfg = StackConfig(llm_model_path=model_path, data_dir=args.data_dir, host=args.host, gateway_port=args.gateway_port)
+    if args.any_ports:
+        cfg.gateway_port = cfg.embedding_port = cfg.llm_port = cfg.management_port = 0
+        cfg.ingestion_port = cfg.chat_port = cfg.authorizer_port = 0
+    key: str | None = None
+    if auth_off(cfg=cfg):
+        print(
+            "WARNING: RAG_AUTH=none: identity is off. Anyone who can reach the gateway can read, change and "
+            "delete every document, as the 'anonymous' principal of the 'default' tenant. Origin, Host and "
+            "the internal APIs' signatures are still checked.",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        try:
+            key, created = ensure_local_key(cfg)
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot set up the local API key in {cfg.local_key_file}: {exc}", file=sys.stderr)
+            return 1
+        what = "created" if created else "using"
+        print(f"{what} the local API key in {cfg.local_key_file} (tenant 'default'; the CLI reads it)", flush=True)
     try:
         stack = Stack(plan(cfg), cfg)
     except OSError as exc:
         print(f"error: {exc.strerror} (is the stack already running?)", file=sys.stderr)
         return 1
-    print("starting gateway, ingestion, chat, embedding and llm ...", flush=True)
+    print("starting gateway, authorizer, ingestion, chat, embedding and llm ...", flush=True)
     try:
         stack.start(args.log_dir)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"\nready: {stack.ws_url}\n  try: localrag ask 'What is in my documents?' --url {stack.ws_url}\n", flush=True)
+    print(f"\nready: {stack.ws_url}\n  try: localrag ask 'What is in my documents?' --url {stack.ws_url}", flush=True)
+    if key is None:
+        print(f"  web chat: {web_chat_url(stack, None)}\n", flush=True)
+    elif sys.stdout.isatty():
+        # The key goes to the terminal only: never into a log file (stdout redirected) or a request line.
+        print(f"  web chat: {web_chat_url(stack, key)}\n", flush=True)
+    else:
+        print(
+            f"  web chat: {web_chat_url(stack, None)}#key=<the key in {cfg.local_key_file}> "
+            "(not printed: stdout is not a terminal)\n",
+            flush=True,
+        )
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -13,7 +13,7 @@ from botocore.config import Config
 from shared.aws_clients import client_config, make_client
 from shared.bedrock import Embedder
 from shared.connections import Connections
-from shared.settings import RagSettings
+from shared.settings import InternalAuthSettings, RagSettings
 from shared.vector_store import VectorStore
 
 
@@ -40,11 +40,13 @@ def s3_client(settings: RagSettings, endpoint_url: str | None = None, *, presign
 
 
 def connections(settings: RagSettings) -> Connections:
-    """The @connections client the lambdas reply through."""
+    """The @connections client the lambdas reply through; it signs with the stack's internal key when one
+    is configured (LOCALRAG_INTERNAL_*, locally), else with boto3's credentials (the role, on AWS)."""
     return Connections(
         endpoint_url=settings.connections_endpoint_url,
         region=settings.aws_region,
         timeout_s=settings.upstream_timeout_s,
+        signing_key=InternalAuthSettings().signing_key(),
     )
 
 

@@ -2,6 +2,11 @@
 
 Everything a client can get wrong ends here as an ``error`` message with a stable code; anything
 unexpected is logged with context and reported as ``internal_error`` without its text.
+
+Identity: every event must carry the authorizer's context in ``requestContext.authorizer`` (API Gateway
+puts it there after the ``$connect`` authorizer allowed the connection; the local gateway does the same).
+A route gets the caller's ``Principal`` from it -- never from the message. An event without it is refused
+and nothing is done: ``$connect`` answers 403, a message gets an ``error`` with code ``unauthorized``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from shared.connections import ConnectionGone, Connections
 from shared.errors import RagError
 from shared.events import WebSocketEvent
+from shared.identity import MissingIdentity, Principal
 from shared.protocol import (
     ACTIONS,
     CLIENT_REQUEST,
@@ -32,7 +38,9 @@ from shared.protocol import (
 log = logging.getLogger(__name__)
 
 Emit = Callable[[BaseModel], None]
-RouteHandler = Callable[[Any, Emit], None]
+# route(request, emit, principal): the principal is the caller the authorizer established.
+RouteHandler = Callable[[Any, Emit, Principal], None]
+UNAUTHORIZED_MESSAGE = "the request carries no identity: connect with a valid API key or token"
 
 _EVENT: ContextVar[WebSocketEvent] = ContextVar("websocket_event")
 
@@ -41,6 +49,13 @@ def current_event() -> WebSocketEvent:
     """The event of the invocation a route is handling (e.g. the domain name and stage the client reached,
     as Powertools' ``app.current_event``). Only defined inside a route."""
     return _EVENT.get()
+
+
+def principal_of(event: dict[str, Any]) -> Principal:
+    """The caller, from the event's ``requestContext.authorizer``; MissingIdentity without a valid one."""
+    context = event.get("requestContext")
+    authorizer = context.get("authorizer") if isinstance(context, dict) else None
+    return Principal.from_authorizer(authorizer if isinstance(authorizer, dict) else None)
 
 
 def parse_request(event: WebSocketEvent) -> ClientRequest:
@@ -103,21 +118,29 @@ class WebSocketLambda:
             log.error("not an API Gateway WebSocket event: keys %s", sorted(event_dict)[:10])
             return {"statusCode": 400, "body": "Bad event"}
         ctx = event.request_context
+        try:
+            principal: Principal | None = principal_of(event_dict)
+        except MissingIdentity as exc:
+            log.warning("%s %s refused: %s", ctx.route_key, ctx.connection_id, exc)
+            principal = None
         if ctx.event_type != "MESSAGE":
             log.info("%s %s", ctx.route_key, ctx.connection_id)
-            return {"statusCode": 200}
+            return {"statusCode": 200 if principal is not None else 403}
 
         def emit(message: BaseModel) -> None:
             self.connections.post(event, message)
 
         request_id = request_id_of(event.body_bytes())
+        if principal is None:
+            self._report(emit, error(ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE, request_id), ctx.connection_id)
+            return {"statusCode": 403}
         token = _EVENT.set(event)
         try:
             request = parse_request(event)
             route = self.routes.get(request.action)
             if route is None:
                 raise RagError(f"action {request.action!r} is not served by this function", ErrorCode.UNKNOWN_ACTION)
-            route(request, emit)
+            route(request, emit, principal)
         except ConnectionGone:
             log.info("connection %s gone; dropping its reply", ctx.connection_id)
             return {"statusCode": 410}
@@ -149,7 +172,7 @@ def refusing_lambda(connections: Connections, function: FunctionName, reason: Ra
     must not touch its data (e.g. the index was built with another embedding model), instead of failing
     every call."""
 
-    def refuse(_request: Any, _emit: Emit) -> None:
+    def refuse(_request: Any, _emit: Emit, _principal: Principal) -> None:
         raise reason
 
     return WebSocketLambda(connections, dict.fromkeys(actions_of(function), refuse), function=function)

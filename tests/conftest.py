@@ -1,4 +1,9 @@
-"""Shared fixtures: the tiny real GGUF, a moto S3 server, and the whole five-service stack."""
+"""Shared fixtures: the tiny real GGUF, a moto S3 server, and the whole six-service stack.
+
+Every stack runs with identity on (the authorizer behind ``$connect`` and /v1): its fixture creates API
+keys for two tenants (tests/support/auth.py) and :class:`WsClient` authenticates with tenant alpha's
+first key unless told otherwise.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,23 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from shared.stack import Stack, StackConfig, plan, wait_for_output, wait_healthy
+from tests.support.auth import TenantKeys, default_key, keys_for, remember, setup_stack_keys
 from tests.support.gguf_factory import write_tiny_llama_gguf
 from tests.support.paths import ARTIFACTS
 from tests.support.timeouts import TIMEOUT_FACTOR, scaled
 
-__all__ = ["ARTIFACTS", "S3_ENV", "TIMEOUT_FACTOR", "StackFactory", "WsClient", "s3_client"]
+__all__ = ["ARTIFACTS", "DEFAULT", "S3_ENV", "TIMEOUT_FACTOR", "StackFactory", "TenantKeys", "WsClient", "s3_client"]
+
+RUNS_LAST = "runs_last"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{RUNS_LAST}: run after every other test of the session (log checks)")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``runs_last`` go to the end, so that they see every log line of the run."""
+    items.sort(key=lambda item: item.get_closest_marker(RUNS_LAST) is not None)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +85,7 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     stacks: dict[str, Stack] = {}
 
     def start(name: str, *, s3_endpoint: str | None = None, **env: str) -> Stack:
-        """Start (or reuse: one per name per session) a stack."""
+        """Start (or reuse: one per name per session) a stack, and create its tenants' API keys."""
         if name in stacks:
             return stacks[name]
         data = tmp_path_factory.mktemp(f"stack-{name}")
@@ -81,6 +98,8 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             llm_port=0,
             ingestion_port=0,
             chat_port=0,
+            authorizer_port=0,
+            management_port=0,
             s3_endpoint_url=s3_endpoint,
             # Short answers keep the suite fast: the tiny test model never stops on its own.
             extra_env={"RAG_MAX_TOKENS": "64", **(S3_ENV if s3_endpoint else {}), **env},
@@ -93,6 +112,12 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         stack = Stack(plan(cfg), cfg)
         stack.start(ARTIFACTS / "logs" / name, timeout=scaled(240))
         stacks[name] = stack
+        try:
+            setup_stack_keys(stack)
+        except BaseException:
+            stack.stop()
+            del stacks[name]
+            raise
         return stack
 
     yield start
@@ -100,11 +125,42 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         s.stop()
 
 
-class WsClient:
-    """A test client over a real WebSocket: send requests, collect replies by request id."""
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
-        self._cm = connect(url, open_timeout=scaled(10), max_size=2**22)
+
+DEFAULT: Any = _Default()
+
+
+class WsClient:
+    """A test client over a real WebSocket: send requests, collect replies by request id.
+
+    ``key``: the API key sent as ``Authorization: Bearer`` (default: tenant alpha's first key of the stack
+    at ``url``; None: no credential). ``headers`` are added to the handshake (e.g. ``Origin``)."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 60.0,
+        *,
+        key: str | None = DEFAULT,
+        headers: dict[str, str] | None = None,
+        subprotocols: list[str] | None = None,
+    ) -> None:
+        if key is DEFAULT:
+            key = default_key(url)
+        extra = dict(headers or {})
+        if key is not None:
+            remember(key)
+            extra["Authorization"] = f"Bearer {key}"
+        self._cm = connect(
+            url,
+            open_timeout=scaled(10),
+            max_size=2**22,
+            additional_headers=extra or None,
+            subprotocols=subprotocols,  # type: ignore[arg-type]
+        )
         self.ws: ClientConnection = self._cm.__enter__()
         self.timeout = scaled(timeout)
 
@@ -132,3 +188,14 @@ class WsClient:
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
+
+    def __enter__(self) -> WsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stack_keys(stack: Stack) -> TenantKeys:
+    """The API keys the fixture created for ``stack``."""
+    return keys_for(stack.http_url)

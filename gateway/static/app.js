@@ -4,8 +4,19 @@
 //
 // Every string that comes from the server is put into the page as text (textContent / text nodes),
 // never as HTML.
+//
+// Identity: the key arrives in the URL's fragment (`/ui/#key=...`, which browsers never send to a
+// server); the page moves it to this tab's sessionStorage and takes it out of the address bar. It goes
+// to the gateway as the WebSocket subprotocol `localrag.bearer.<key>` (browsers cannot set headers on a
+// WebSocket), next to `localrag.v1`, which the gateway answers; on HTTP calls as `Authorization: Bearer`.
+// The key is sent only to this page's own gateway, or to a `?ws=` gateway the page's config allows.
 
 const STORAGE_KEY = "localrag.conversation_id";
+const KEY_STORAGE = "localrag.key";
+const SUBPROTOCOL = "localrag.v1";
+const BEARER_PREFIX = "localrag.bearer.";
+// A subprotocol is an HTTP token (RFC 9110 tchar); API keys (lrk_...) and JWTs are made of these.
+const TOKEN_RE = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 const RECONNECT_BASE_MS = 500;
 const RECONNECT_MAX_MS = 15000;
 const DEFAULT_WS_PATH = "/local";
@@ -60,6 +71,8 @@ class Gateway extends EventTarget {
   constructor(url) {
     super();
     this.url = url;
+    this.key = null; // the credential, sent as the localrag.bearer.<key> subprotocol
+    this.paused = false; // true after the gateway refused the key: retrying cannot help until a new key
     this.ws = null;
     this.pending = new Map(); // request_id -> handler(reply) returning true when the request is done
     this.attempt = 0;
@@ -80,31 +93,70 @@ class Gateway extends EventTarget {
     clearTimeout(this.timer);
     this.timer = null;
     if (this.ws !== null || !this.url) return; // open or still connecting, or no URL yet
+    this.paused = false;
     this.emit("connecting");
+    const protocols = [SUBPROTOCOL];
+    if (this.key) protocols.push(BEARER_PREFIX + this.key);
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this.url, protocols);
     } catch (err) {
-      console.error("bad WebSocket URL", this.url, err);
+      console.error("bad WebSocket URL", this.url, err.name);
       this.closed();
       return;
     }
     this.ws = ws;
+    let opened = false;
     ws.addEventListener("open", () => {
+      opened = true;
       this.attempt = 0;
       this.emit("open");
     });
     ws.addEventListener("message", (event) => this.receive(event.data));
     // "error" is always followed by "close"; handle the loss once, there.
-    ws.addEventListener("close", () => {
-      if (this.ws === ws) {
-        this.ws = null;
-        this.closed();
+    ws.addEventListener("close", async () => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      // A refused handshake looks like any other failure to a page (no status): ask the gateway over
+      // HTTP whether it was the key.
+      const status = opened ? 0 : await this.authStatus();
+      if (status === 401 || status === 403) {
+        this.refused(status);
+        return;
       }
+      this.closed();
     });
   }
 
-  closed() {
+  /** 401 or 403 when the gateway refuses this page's key (an authenticated HTTP call), else 0. */
+  async authStatus() {
+    try {
+      const url = new URL(this.url);
+      url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+      url.pathname = "/v1/kb/status";
+      url.search = "";
+      const headers = this.key ? { Authorization: `Bearer ${this.key}` } : {};
+      const response = await fetch(url.href, { headers, cache: "no-store", credentials: "omit" });
+      return response.status === 401 || response.status === 403 ? response.status : 0;
+    } catch {
+      return 0; // unreachable (or not this gateway's CORS): the usual retry
+    }
+  }
+
+  refused(status) {
+    this.failPending();
+    this.paused = true;
+    this.emit("refused", { status });
+  }
+
+  /** A new key (from a new #key= fragment): connect with it now. */
+  setKey(key) {
+    this.key = key;
+    if (this.ws !== null) this.ws.close();
+    else this.retryNow();
+  }
+
+  failPending() {
     const lost = [...this.pending.entries()];
     this.pending.clear();
     for (const [id, handler] of lost) {
@@ -115,6 +167,10 @@ class Gateway extends EventTarget {
         message: "The connection to the gateway was lost before the reply arrived.",
       });
     }
+  }
+
+  closed() {
+    this.failPending();
     const backoff = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** this.attempt);
     const delay = Math.round(backoff * (0.75 + Math.random() * 0.5));
     this.attempt += 1;
@@ -124,6 +180,7 @@ class Gateway extends EventTarget {
 
   retryNow() {
     this.attempt = 0;
+    this.paused = false;
     this.connect();
   }
 
@@ -136,13 +193,11 @@ class Gateway extends EventTarget {
   request(message, handler) {
     const id = this.nextId();
     if (!this.connected) {
+      const message = this.paused
+        ? "Not signed in: open the web chat URL that make up printed (it carries your key)."
+        : "Not connected to the gateway; retrying in the background. Try again in a moment.";
       queueMicrotask(() =>
-        handler({
-          type: "error",
-          request_id: id,
-          code: "not_connected",
-          message: "Not connected to the gateway; retrying in the background. Try again in a moment.",
-        }),
+        handler({ type: "error", request_id: id, code: this.paused ? "not_signed_in" : "not_connected", message }),
       );
       return id;
     }
@@ -235,6 +290,50 @@ function showBanner(delay) {
 
 function hideBanner() {
   $("banner").hidden = true;
+}
+
+function showSignIn(status) {
+  hideBanner();
+  $("signin-text").textContent =
+    status === 403
+      ? "Access denied (403): this key may not use this gateway. Sign in: open the URL `make up` printed."
+      : "Sign in (401): open the URL `make up` printed — it carries your key — or add #key=YOUR_KEY to this address.";
+  $("signin").hidden = false;
+}
+
+function hideSignIn() {
+  $("signin").hidden = true;
+}
+
+// ------------------------------------------------------------------ the key
+
+/** A key in the fragment (#key=...) moves to sessionStorage and out of the address bar; the stored one. */
+function takeKey() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const fresh = fragment.get("key");
+  if (fresh !== null) {
+    fragment.delete("key");
+    const rest = fragment.toString();
+    history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+    try {
+      if (fresh) sessionStorage.setItem(KEY_STORAGE, fresh);
+      else sessionStorage.removeItem(KEY_STORAGE);
+    } catch {
+      // storage disabled: the key lasts as long as the page
+      return TOKEN_RE.test(fresh) ? fresh : null;
+    }
+  }
+  let key = null;
+  try {
+    key = sessionStorage.getItem(KEY_STORAGE);
+  } catch {
+    key = null;
+  }
+  if (key && !TOKEN_RE.test(key)) {
+    console.warn("ignoring a stored key that is not a valid token");
+    return null;
+  }
+  return key || null;
 }
 
 // ------------------------------------------------------------------ chat log
@@ -776,17 +875,8 @@ async function uploadFile(file) {
 // ------------------------------------------------------------------ wiring
 
 async function gatewayUrl() {
-  const override = new URLSearchParams(location.search).get("ws");
-  if (override) {
-    try {
-      const url = new URL(override);
-      if (url.protocol === "ws:" || url.protocol === "wss:") return url.href;
-    } catch {
-      // fall through to the configured URL
-    }
-    console.warn("ignoring ?ws=: not a ws:// or wss:// URL");
-  }
   let path = DEFAULT_WS_PATH;
+  let gateways = [];
   try {
     const response = await fetch("config.json", { cache: "no-store" });
     if (response.ok) {
@@ -794,12 +884,28 @@ async function gatewayUrl() {
       if (typeof config.websocket_path === "string" && config.websocket_path.startsWith("/")) {
         path = config.websocket_path;
       }
+      if (Array.isArray(config.gateways)) gateways = config.gateways.filter((g) => typeof g === "string");
     }
   } catch (err) {
     console.warn("config.json unavailable; using the default WebSocket path", err);
   }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}${path}`;
+  const own = `${scheme}//${location.host}`;
+  const override = new URLSearchParams(location.search).get("ws");
+  if (override) {
+    // The page sends its key to this gateway: only its own origin, or one its config allows.
+    try {
+      const url = new URL(override);
+      const origin = `${url.protocol}//${url.host}`;
+      if ((url.protocol === "ws:" || url.protocol === "wss:") && (origin === own || gateways.includes(origin))) {
+        return url.href;
+      }
+    } catch {
+      // fall through to this page's own gateway
+    }
+    console.warn("ignoring ?ws=: not this page's gateway, nor one its config allows");
+  }
+  return `${own}${path}`;
 }
 
 function wireControls() {
@@ -826,6 +932,7 @@ function wireControls() {
   $("new-conversation").addEventListener("click", newConversation);
   $("refresh-documents").addEventListener("click", () => refreshDocuments());
   $("retry-now").addEventListener("click", () => state.gateway.retryNow());
+  $("signin-retry").addEventListener("click", () => state.gateway.retryNow());
 
   const fileInput = $("file-input");
   $("upload-form").addEventListener("submit", async (event) => {
@@ -849,19 +956,29 @@ async function main() {
   });
   gateway.addEventListener("open", () => {
     hideBanner();
+    hideSignIn();
     setConnectionStatus("open", "Connected");
     loadHistory();
     refreshDocuments();
   });
   gateway.addEventListener("closed", (event) => {
     setConnectionStatus("closed", "Disconnected");
+    hideSignIn();
     showBanner(event.detail.delay);
+  });
+  gateway.addEventListener("refused", (event) => {
+    setConnectionStatus("refused", "Not signed in");
+    showSignIn(event.detail.status);
   });
   gateway.addEventListener("unmatched", (event) => {
     const message = event.detail;
     if (message.type === "error") systemNotice(`The gateway reported ${describeError(message)}`, "error");
   });
   window.addEventListener("online", () => gateway.retryNow());
+  window.addEventListener("hashchange", () => {
+    if (new URLSearchParams(location.hash.slice(1)).has("key")) gateway.setKey(takeKey());
+  });
+  gateway.key = takeKey();
   gateway.url = await gatewayUrl();
   gateway.connect();
 }

@@ -6,6 +6,9 @@
     localrag search "volcano"
     localrag history CONVERSATION_ID
     localrag delete DOC_ID
+    localrag keys create --tenant acme --name ci  # prints the new API key, once
+    localrag keys list
+    localrag keys revoke KEY_ID
 
 What a file is comes from the one format table (``shared.formats``). Small .txt/.md files are packed
 into ``ingest_batch`` messages (up to 100 documents within the 128 KB message limit; the server embeds
@@ -16,7 +19,10 @@ heading, its title). PDFs, HTML pages and files too large for a WebSocket messag
 Markdown/HTML headings). A file's document id is its path under the folder given, ``/`` -> ``:``
 (``shared.doc_ids``).
 
-The gateway URL is --url, else $RAG_URL, else ws://127.0.0.1:8000/local. With --json every protocol
+The gateway URL is --url, else $RAG_URL, else ws://127.0.0.1:8000/local. The API key is --api-key, else
+$RAG_API_KEY, else the key file $RAG_API_KEY_FILE (default data/local-api-key, written by ``make up``; refused
+if group or others may read it). ``keys`` manages the API keys in the documents store itself
+($RAG_DOCUMENTS_URI, a folder or s3://...), not through the gateway. With --json every protocol
 message received is printed as one JSON line instead of the human-readable output (for scripts).
 Errors are printed to stderr as ``error: <code>: <message>`` with exit code 1; Ctrl-C exits with 130.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import textwrap
@@ -38,7 +45,8 @@ from typing import Literal, cast
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from shared.client.ws_client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError
+from shared.api_keys import ApiKey, KeyFileError, KeyStore, UnknownKeyId
+from shared.client.ws_client import DEFAULT_TIMEOUT, DEFAULT_URL, RagClient, RagClientError, find_api_key
 from shared.doc_ids import doc_id_for
 from shared.formats import FileFormat, find_format
 from shared.protocol import (
@@ -58,7 +66,14 @@ DEFAULT_CONCURRENCY = 4
 BATCH_BYTES = MAX_MESSAGE_BYTES - 8 * 1024
 EXCERPT_CHARS = 240
 # Errors after which going on is pointless: every later request would fail the same way.
-FATAL_CODES = frozenset({RagClientError.CONNECTION_FAILED, RagClientError.INVALID_URL})
+FATAL_CODES = frozenset(
+    {
+        RagClientError.CONNECTION_FAILED,
+        RagClientError.INVALID_URL,
+        RagClientError.UNAUTHORIZED,
+        RagClientError.FORBIDDEN,
+    }
+)
 
 
 # ====================================================================== documents from files
@@ -338,9 +353,10 @@ class Ctx:
     url: str
     json: bool
     timeout: float
+    api_key: str | None = None
 
     def client(self) -> RagClient:
-        return RagClient(self.url, timeout=self.timeout)
+        return RagClient(self.url, timeout=self.timeout, api_key=self.api_key)
 
 
 async def cmd_ingest(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -616,6 +632,67 @@ async def cmd_delete(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+# ====================================================================== API keys (the store itself)
+
+
+def open_keys(args: argparse.Namespace) -> KeyStore:
+    """The key store in the documents store ($RAG_DOCUMENTS_URI, or --documents-uri)."""
+    from shared.settings import DocumentsSettings, RagSettings
+
+    rag = RagSettings()
+    uri = args.documents_uri or DocumentsSettings().documents_uri
+    return KeyStore.open(uri, s3_endpoint_url=rag.s3_endpoint_url, region=rag.aws_region)
+
+
+def _key_row(k: ApiKey) -> str:
+    revoked = f"revoked {k.revoked_at.isoformat()}" if k.revoked_at else "active"
+    return f"{k.key_id}  {k.tenant:<20} {k.created_at.isoformat()}  {revoked:<32} {k.name}"
+
+
+async def cmd_keys_create(ctx: Ctx, args: argparse.Namespace) -> int:
+    record, plaintext = open_keys(args).create(args.tenant, args.name)
+    if ctx.json:
+        print(json.dumps({**record.model_dump(mode="json"), "api_key": plaintext}), flush=True)
+    else:
+        print(
+            f"created API key {record.key_id} for tenant {record.tenant}; it is shown once, store it now:",
+            file=sys.stderr,
+            flush=True,
+        )
+        print(plaintext, flush=True)
+    return 0
+
+
+async def cmd_keys_list(ctx: Ctx, args: argparse.Namespace) -> int:
+    records = open_keys(args).list()
+    if args.tenant:
+        records = [r for r in records if r.tenant == args.tenant]
+    if ctx.json:
+        for r in records:
+            print(json.dumps(r.model_dump(mode="json")), flush=True)
+        return 0
+    if not records:
+        print("no API keys", file=sys.stderr)
+        return 0
+    print(f"{'KEY ID':<16}  {'TENANT':<20} {'CREATED':<25}  {'STATUS':<32} NAME")
+    for r in records:
+        print(_key_row(r))
+    return 0
+
+
+async def cmd_keys_revoke(ctx: Ctx, args: argparse.Namespace) -> int:
+    try:
+        record = open_keys(args).revoke(args.key_id)
+    except UnknownKeyId:
+        print_error("unknown_key", f"no API key has the id {args.key_id!r} (see `localrag keys list`)")
+        return 1
+    if ctx.json:
+        print(json.dumps(record.model_dump(mode="json")), flush=True)
+    else:
+        print(f"revoked API key {record.key_id} (tenant {record.tenant}, {record.name or 'unnamed'})")
+    return 0
+
+
 # ====================================================================== arguments and main
 
 
@@ -634,8 +711,14 @@ def _positive_float(text: str) -> float:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
-    """--url, --json and --timeout, accepted before and after the command."""
+    """--url, --api-key, --json and --timeout, accepted before and after the command."""
     suppress = argparse.SUPPRESS
+    parser.add_argument(
+        "--api-key",
+        default=None if top_level else suppress,
+        metavar="KEY",
+        help="the API key to send (default: $RAG_API_KEY, else the file $RAG_API_KEY_FILE or data/local-api-key)",
+    )
     parser.add_argument(
         "--url",
         default=(os.environ.get("RAG_URL") or DEFAULT_URL) if top_level else suppress,
@@ -710,6 +793,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", parents=[common], help="delete a document and its chunks")
     p.add_argument("doc_id", metavar="DOC_ID")
     p.set_defaults(handler=cmd_delete)
+
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys (in the documents store: $RAG_DOCUMENTS_URI)",
+        description="API keys are kept hashed in the documents store under auth/keys/; a new key is shown once.",
+    )
+    keys_common = argparse.ArgumentParser(add_help=False)
+    keys_common.add_argument(
+        "--documents-uri",
+        metavar="URI",
+        help="the documents store (default: $RAG_DOCUMENTS_URI, else data/documents)",
+    )
+    keys_common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON lines")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = keys_sub.add_parser("create", parents=[keys_common], help="create a key for a tenant and print it (once)")
+    p.add_argument("--tenant", default="default", help="the tenant (workspace) the key belongs to (default: default)")
+    p.add_argument("--name", default="", help="what the key is for (shown by list)")
+    p.set_defaults(handler=cmd_keys_create, uses_gateway=False)
+    p = keys_sub.add_parser("list", parents=[keys_common], help="list the keys (never their secrets)")
+    p.add_argument("--tenant", help="only this tenant's keys")
+    p.set_defaults(handler=cmd_keys_list, uses_gateway=False)
+    p = keys_sub.add_parser("revoke", parents=[keys_common], help="revoke a key: from now on it is refused")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(handler=cmd_keys_revoke, uses_gateway=False)
     return parser
 
 
@@ -724,7 +831,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Ctx(url=args.url, json=args.json, timeout=args.timeout)
     handler: Handler = args.handler
     try:
+        if getattr(args, "uses_gateway", True):
+            ctx.api_key = find_api_key(args.api_key)
         return asyncio.run(handler(ctx, args))
+    except KeyFileError as exc:
+        print_error("api_key_file", str(exc))
+        return 1
+    except ValueError as exc:  # keys create: an invalid tenant or name
+        if getattr(args, "uses_gateway", True):
+            raise
+        print_error("invalid_request", str(exc))
+        return 1
     except KeyboardInterrupt:
         if sys.stderr.isatty():
             print(file=sys.stderr)  # end the line the ^C was echoed on

@@ -8,6 +8,12 @@
 One connection carries any number of concurrent requests. Every request gets a unique request id;
 a reader task routes each reply to the queue of the request it echoes, because the server answers
 requests concurrently and their replies interleave. Error replies raise :class:`RagClientError`.
+
+Credentials: the client sends ``Authorization: Bearer <API key>`` on the WebSocket upgrade (and on HTTP
+requests to the gateway itself, never to S3). :func:`find_api_key` is how the CLI finds the key: an
+explicit one, else ``$RAG_API_KEY``, else the local key file (``$RAG_API_KEY_FILE``, default
+``data/local-api-key`` under the current folder, which ``make up`` writes with mode 0600); a key file
+that group or others may read is refused.
 """
 
 from __future__ import annotations
@@ -16,18 +22,21 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
+import os
 import random
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from shared.api_keys import DEFAULT_KEY_FILE, read_key_file
 from shared.formats import find_format
 from shared.protocol import (
     MAX_MESSAGE_BYTES,
@@ -74,6 +83,38 @@ _S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?"
 _Reply = TypeVar("_Reply", bound=BaseModel)
 
 
+def find_api_key(
+    explicit: str | None = None, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> str | None:
+    """The API key to send: ``explicit`` (--api-key), else $RAG_API_KEY, else the key file ($RAG_API_KEY_FILE,
+    default data/local-api-key under ``cwd``), else None. With RAG_AUTH=none no file is looked for.
+
+    Raises KeyFileError for a key file that exists but cannot be used (readable by group/others, empty),
+    or for a $RAG_API_KEY_FILE that names no file."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit.strip()
+    if env.get("RAG_API_KEY", "").strip():
+        return env["RAG_API_KEY"].strip()
+    if env.get("RAG_AUTH", "").strip().lower() == "none":
+        return None
+    named = env.get("RAG_API_KEY_FILE", "").strip()
+    path = Path(named or DEFAULT_KEY_FILE)
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    if not named and not path.exists():
+        return None
+    return read_key_file(path)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """(scheme as http/https, host:port) of a ws/wss/http/https URL, for same-origin checks."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, f"{(parts.hostname or '').lower()}:{port}"
+
+
 def content_type_for(filename: str) -> str:
     """The Content-Type to upload a file with: its format's (shared.formats), else a guess by its name
     (the server refuses an unsupported type)."""
@@ -96,6 +137,8 @@ class RagClientError(Exception):
     INVALID_REPLY: Final = "invalid_reply"  # the server sent something outside the protocol
     INVALID_URL: Final = "invalid_url"  # not a ws:// or wss:// URL
     UPLOAD_FAILED: Final = "upload_failed"  # the PUT to an upload URL was refused or failed
+    UNAUTHORIZED: Final = "unauthorized"  # the gateway refused the handshake: no or an invalid credential (401)
+    FORBIDDEN: Final = "forbidden"  # the gateway refused the handshake: the credential is not allowed (403)
 
     def __init__(self, code: str, message: str, *, reply: ErrorMessage | None = None) -> None:
         super().__init__(f"{code}: {message}")
@@ -140,7 +183,8 @@ class RagClient:
     ``connect_timeout`` the WebSocket handshake. A ``throttled`` reply (too many requests in flight
     on the connection) is retried with backoff until ``timeout`` has passed, unless
     ``retry_throttled`` is false: the server did not
-    run the request. If the connection drops, the next request reconnects.
+    run the request. If the connection drops, the next request reconnects. ``api_key`` is sent as
+    ``Authorization: Bearer`` (see :func:`find_api_key`); it is never logged or put in an error.
     """
 
     def __init__(
@@ -151,8 +195,10 @@ class RagClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         retry_throttled: bool = True,
+        api_key: str | None = None,
     ) -> None:
         self.url = url
+        self._api_key = api_key
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
@@ -181,6 +227,10 @@ class RagClient:
     ) -> None:
         await self.close()
 
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that carry the credential (empty without one), for requests to the gateway."""
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
     @property
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed and self._reader is not None and not self._reader.done()
@@ -198,6 +248,7 @@ class RagClient:
             ws = await asyncio.wait_for(
                 self._session.ws_connect(
                     self.url,
+                    headers=self.auth_headers(),
                     max_msg_size=MAX_REPLY_BYTES,
                     autoping=True,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
@@ -210,6 +261,8 @@ class RagClient:
                 f"cannot connect to {self.url}: no answer within {self.connect_timeout:g}s: is `make up` running?",
             ) from None
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                raise RagClientError(*self._refusal(exc.status)) from None
             hint = " (is the stage in the URL right?)" if exc.status == 404 else ""
             raise RagClientError(
                 RagClientError.CONNECTION_FAILED,
@@ -222,6 +275,17 @@ class RagClient:
             ) from None
         self._ws = ws
         self._reader = asyncio.create_task(self._read(ws), name="rag-client-reader")
+
+    def _refusal(self, status: int) -> tuple[str, str]:
+        if status == 403:
+            return RagClientError.FORBIDDEN, (
+                f"the gateway at {self.url} refused the API key (HTTP 403): it has been revoked or is not allowed"
+            )
+        if self._api_key:
+            what = "refused the API key (HTTP 401): it is unknown or malformed"
+        else:
+            what = "needs an API key (HTTP 401): pass --api-key, set RAG_API_KEY, or run `make up` (data/local-api-key)"
+        return RagClientError.UNAUTHORIZED, f"the gateway at {self.url} {what}"
 
     async def _ensure_connected(self) -> None:
         if not self._entered:
@@ -400,11 +464,16 @@ class RagClient:
         if self._session is None:
             raise RuntimeError("use the client as `async with RagClient(url) as client:`")
         try:
+            headers = dict(ticket.headers)
+            if _origin(ticket.url) == _origin(self.url):
+                # The local gateway standing in for S3: it may ask who is uploading. Never sent elsewhere
+                # (a presigned S3 URL must carry no other credential, and the key is not S3's business).
+                headers.update(self.auth_headers())
             async with self._session.request(
                 ticket.method,
                 ticket.url,
                 data=data,
-                headers=ticket.headers,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT, connect=self.connect_timeout),
             ) as resp:
                 body = await resp.read()

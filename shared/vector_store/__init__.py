@@ -13,6 +13,10 @@ By concern:
 - ``search``: the vector and full-text lists, their fusion, the threshold (SearchHits);
 - ``fulltext``: finding, creating and updating the full-text index;
 - ``store``: VectorStore, the connection and the operations the services use.
+
+Every row belongs to a tenant (``tenant`` column; ``principal`` too for chat messages) and every
+operation takes the tenant and filters by it; tables written before tenants existed are migrated on
+open (their rows: the ``default`` tenant's; their conversations: the ``anonymous`` principal's).
 """
 
 from shared.vector_store.fulltext import FTS_COLUMN, FTS_REINDEX_ROWS, FullTextIndex
@@ -20,6 +24,8 @@ from shared.vector_store.schema import (
     CHUNKS_TABLE,
     MESSAGES_SCHEMA,
     MESSAGES_TABLE,
+    PRINCIPAL_COLUMN,
+    TENANT_COLUMN,
     ChunkRow,
     EmbeddingMismatch,
     Match,
@@ -27,6 +33,7 @@ from shared.vector_store.schema import (
     chunks_schema,
     sql_str,
     storage_options_for,
+    tenant_filter,
 )
 from shared.vector_store.search import (
     HYBRID_CANDIDATES,
@@ -38,7 +45,7 @@ from shared.vector_store.search import (
     rrf_fuse,
     vector_hits,
 )
-from shared.vector_store.store import VectorStore
+from shared.vector_store.store import VectorStore, migrate
 
 __all__ = [
     "CHUNKS_TABLE",
@@ -47,8 +54,10 @@ __all__ = [
     "HYBRID_CANDIDATES",
     "MESSAGES_SCHEMA",
     "MESSAGES_TABLE",
+    "PRINCIPAL_COLUMN",
     "RRF_K",
     "SEARCH_MODES",
+    "TENANT_COLUMN",
     "ChunkRow",
     "EmbeddingMismatch",
     "FullTextIndex",
@@ -59,8 +68,10 @@ __all__ = [
     "VectorStore",
     "chunks_schema",
     "fts_hits",
+    "migrate",
     "rrf_fuse",
     "sql_str",
     "storage_options_for",
+    "tenant_filter",
     "vector_hits",
 ]

@@ -9,8 +9,21 @@ from typing import Any
 
 import pyarrow as pa
 
+from shared.identity import ANONYMOUS, DEFAULT_TENANT, valid_tenant
+
 CHUNKS_TABLE = "chunks"
 MESSAGES_TABLE = "messages"
+
+# Every row belongs to a tenant; every read and write filters by it (see store.py). Tables written before
+# tenants existed get the column on open (``migrations``): their rows are the default tenant's, and their
+# conversations the anonymous principal's (who wrote them: there was no identity then).
+TENANT_COLUMN = "tenant"
+PRINCIPAL_COLUMN = "principal"
+# The columns (and their SQL default) that opening a table adds when it lacks them.
+CHUNKS_MIGRATION = {TENANT_COLUMN: f"'{DEFAULT_TENANT}'"}
+MESSAGES_MIGRATION = {TENANT_COLUMN: f"'{DEFAULT_TENANT}'", PRINCIPAL_COLUMN: f"'{ANONYMOUS}'"}
+# Chunks are upserted by (tenant, id): a document id names one document per tenant.
+CHUNKS_MERGE_KEY = [TENANT_COLUMN, "id"]
 
 
 class EmbeddingMismatch(Exception):
@@ -64,6 +77,14 @@ def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def tenant_filter(tenant: str, condition: str | None = None) -> str:
+    """``tenant = '...'`` (AND ``condition``): the filter every read and write of a tenant's rows carries."""
+    if not valid_tenant(tenant):
+        raise ValueError("invalid tenant id")
+    where = f"{TENANT_COLUMN} = {sql_str(tenant)}"
+    return f"{where} AND ({condition})" if condition else where
+
+
 def chunks_schema(dimension: int, model_id: str) -> pa.Schema:
     return pa.schema(
         [
@@ -77,6 +98,7 @@ def chunks_schema(dimension: int, model_id: str) -> pa.Schema:
             pa.field("metadata", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), dimension)),
             pa.field("ingested_at", pa.string()),
+            pa.field(TENANT_COLUMN, pa.string(), nullable=False),
         ],
         metadata={"embedding_model": model_id, "embedding_dimension": str(dimension)},
     )
@@ -91,6 +113,8 @@ MESSAGES_SCHEMA = pa.schema(
         pa.field("content", pa.string()),
         pa.field("created_at", pa.string()),
         pa.field("rag_context", pa.string()),
+        pa.field(TENANT_COLUMN, pa.string(), nullable=False),
+        pa.field(PRINCIPAL_COLUMN, pa.string(), nullable=False),
     ]
 )
 
@@ -109,8 +133,8 @@ def check_embedding(table: Any, *, uri: str, model_id: str, dimension: int) -> N
         )
 
 
-def chunk_record(r: ChunkRow, ingested_at: str) -> dict[str, Any]:
-    """A ChunkRow as a row of the chunks table."""
+def chunk_record(r: ChunkRow, ingested_at: str, tenant: str) -> dict[str, Any]:
+    """A ChunkRow of ``tenant`` as a row of the chunks table."""
     return {
         "id": r.id,
         "doc_id": r.doc_id,
@@ -122,11 +146,13 @@ def chunk_record(r: ChunkRow, ingested_at: str) -> dict[str, Any]:
         "metadata": json.dumps(r.metadata, sort_keys=True),
         "vector": [float(x) for x in r.vector],
         "ingested_at": ingested_at,
+        TENANT_COLUMN: tenant,
     }
 
 
-def message_record(m: MessageRow, created_at: str) -> dict[str, Any]:
-    """A MessageRow as a row of the messages table (``created_at`` when the row has none)."""
+def message_record(m: MessageRow, created_at: str, tenant: str, principal: str) -> dict[str, Any]:
+    """A MessageRow of ``principal`` in ``tenant`` as a row of the messages table (``created_at`` when the
+    row has none)."""
     return {
         "id": m.id,
         "conversation_id": m.conversation_id,
@@ -135,6 +161,8 @@ def message_record(m: MessageRow, created_at: str) -> dict[str, Any]:
         "content": m.content,
         "created_at": m.created_at or created_at,
         "rag_context": json.dumps(m.rag_context),
+        TENANT_COLUMN: tenant,
+        PRINCIPAL_COLUMN: principal,
     }
 
 

@@ -62,11 +62,15 @@ class SearchHits(Sequence[Match]):
         return iter(self.matches)
 
 
-def vector_hits(table: Any, vector: Sequence[float], limit: int) -> list[dict[str, Any]]:
-    """The ``limit`` nearest rows by cosine distance (``_distance`` = 1 - cos, 0 .. 2)."""
+def vector_hits(table: Any, vector: Sequence[float], limit: int, where: str) -> list[dict[str, Any]]:
+    """The ``limit`` nearest rows matching ``where`` by cosine distance (``_distance`` = 1 - cos, 0 .. 2).
+
+    ``where`` is a prefilter: applied before the nearest rows are taken, so the ``limit`` rows are the
+    nearest of the rows it admits (a postfilter would take the nearest of all rows, then drop some)."""
     rows: list[dict[str, Any]] = (
         table.search([float(x) for x in vector], vector_column_name="vector")
         .distance_type("cosine")
+        .where(where, prefilter=True)
         .limit(limit)
         .select([*_COLUMNS, "_distance"])
         .to_list()
@@ -74,13 +78,15 @@ def vector_hits(table: Any, vector: Sequence[float], limit: int) -> list[dict[st
     return rows
 
 
-def fts_hits(table: Any, vector: Sequence[float], text: str, limit: int) -> list[dict[str, Any]]:
-    """BM25 hits, best first, each with ``_distance`` computed from its stored vector.
+def fts_hits(table: Any, vector: Sequence[float], text: str, limit: int, where: str) -> list[dict[str, Any]]:
+    """BM25 hits among the rows matching ``where`` (a prefilter), best first, each with ``_distance``
+    computed from its stored vector.
 
     Raises FullTextSearchFailed when LanceDB cannot run the query (a missing or damaged index, say)."""
     try:
         rows: list[dict[str, Any]] = (
             table.search(text, query_type="fts", fts_columns=FTS_COLUMN)
+            .where(where, prefilter=True)
             .limit(limit)
             .select([*_COLUMNS, "vector", "_score"])
             .to_list()
@@ -126,11 +132,13 @@ def search_table(
     query_text: str,
     top_k: int,
     max_distance: float,
+    where: str,
     rrf_k: int = RRF_K,
     candidates: int = HYBRID_CANDIDATES,
     fallback: str | None = None,
 ) -> SearchHits:
-    """Run one search in ``mode`` (the caller has checked that it can run: text, index) and gate it.
+    """Run one search in ``mode`` (the caller has checked that it can run: text, index) over the rows
+    ``where`` admits (the tenant's: a prefilter on both lists) and gate it.
 
     ``hybrid`` degrades to the vector list when the full-text query fails (logged, and reported in the
     result's ``mode`` and ``fallback``); in ``fts`` mode that failure is raised (FullTextSearchFailed).
@@ -138,13 +146,13 @@ def search_table(
     depth = top_k if mode == "vector" else max(top_k, candidates)
     ranked: list[tuple[dict[str, Any], float | None]]
     if mode == "vector":
-        ranked = [(r, None) for r in vector_hits(table, vector, depth)]
+        ranked = [(r, None) for r in vector_hits(table, vector, depth, where)]
     elif mode == "fts":
-        ranked = [(r, float(r["_score"])) for r in fts_hits(table, vector, query_text, depth)]
+        ranked = [(r, float(r["_score"])) for r in fts_hits(table, vector, query_text, depth, where)]
     else:
-        vector_rows = vector_hits(table, vector, depth)
+        vector_rows = vector_hits(table, vector, depth, where)
         try:
-            fts_rows = fts_hits(table, vector, query_text, depth)
+            fts_rows = fts_hits(table, vector, query_text, depth, where)
         except FullTextSearchFailed:
             log.warning("hybrid search uses the vector list only: the full-text search failed")
             mode, fallback = "vector", "the full-text search failed"

@@ -1,4 +1,10 @@
-"""VectorStore: the LanceDB connection, the chunks and messages tables, and the operations on them."""
+"""VectorStore: the LanceDB connection, the chunks and messages tables, and the operations on them.
+
+Every operation on rows takes the tenant (keyword ``tenant``, required) and filters by it: reads with a
+prefilter (``tenant = '...'``, served by a BITMAP index), writes with the tenant in the merge key and in
+the delete condition. Document ids are thus a namespace per tenant, and so are conversation ids, which
+are also filtered by the principal who started the conversation.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,20 @@ from typing import Any
 
 import lancedb
 import pyarrow as pa
+from lancedb.index import Bitmap, BTree
 
 from shared.protocol import SearchMode
 from shared.timing import iso_utc
 from shared.vector_store.fulltext import FTS_REINDEX_ROWS, FullTextIndex
 from shared.vector_store.schema import (
+    CHUNKS_MERGE_KEY,
+    CHUNKS_MIGRATION,
     CHUNKS_TABLE,
+    MESSAGES_MIGRATION,
     MESSAGES_SCHEMA,
     MESSAGES_TABLE,
+    PRINCIPAL_COLUMN,
+    TENANT_COLUMN,
     ChunkRow,
     MessageRow,
     check_embedding,
@@ -26,10 +38,51 @@ from shared.vector_store.schema import (
     message_record,
     message_row,
     sql_str,
+    tenant_filter,
 )
 from shared.vector_store.search import HYBRID_CANDIDATES, RRF_K, SEARCH_MODES, SearchHits, search_table
 
 log = logging.getLogger(__name__)
+
+# Scalar indexes each table keeps (created on open when missing): the tenant of every filter (few
+# distinct values: a bitmap), and the id column a filter names with it (many values: a B-tree).
+CHUNKS_INDEXES: dict[str, Any] = {TENANT_COLUMN: Bitmap(), "doc_id": BTree()}
+MESSAGES_INDEXES: dict[str, Any] = {TENANT_COLUMN: Bitmap(), "conversation_id": BTree()}
+
+
+def migrate(table: Any, columns: Mapping[str, str]) -> bool:
+    """Add the ``columns`` (name -> SQL default) a table written by an older version lacks.
+
+    Safe when several processes open the table at once: a concurrent migration that added them first
+    makes ours fail; the table is then re-read and the columns are there. Returns whether columns were
+    missing."""
+    missing = {name: default for name, default in columns.items() if name not in table.schema.names}
+    if not missing:
+        return False
+    try:
+        table.add_columns(missing)
+        log.warning("migrated table %s: added %s", table.name, ", ".join(f"{k} = {v}" for k, v in missing.items()))
+    except Exception as exc:
+        table.checkout_latest()
+        if any(name not in table.schema.names for name in missing):
+            raise
+        log.info("table %s was migrated by another process (%s)", table.name, type(exc).__name__)
+    return True
+
+
+def ensure_scalar_indexes(table: Any, indexes: Mapping[str, Any]) -> None:
+    """Create the scalar indexes ``indexes`` names (column -> config) that the table lacks.
+
+    An index only speeds filters up (rows it does not hold yet are scanned), so failing to create one
+    (another process creating it at the same moment, a store that refuses) is logged, not raised."""
+    have = {tuple(idx.columns) for idx in table.list_indices()}
+    for column, config in indexes.items():
+        if (column,) in have:
+            continue
+        try:
+            table.create_index(column, config=config, replace=False)
+        except Exception as exc:
+            log.debug("creating the %s index on %s.%s failed: %s", type(config).__name__, table.name, column, exc)
 
 
 class VectorStore:
@@ -64,21 +117,27 @@ class VectorStore:
         return list(names)
 
     def _open_or_create(self, name: str, schema: pa.Schema) -> Any:
+        """The table, opened or created; another process may be doing the same."""
         if name in self._table_names():
-            return self.db.open_table(name)
-        try:
-            return self.db.create_table(name, schema=schema, exist_ok=True)
-        except Exception:
-            # Another process may have created it between the check and the create.
-            return self.db.open_table(name)
+            table = self.db.open_table(name)
+        else:
+            try:
+                table = self.db.create_table(name, schema=schema, exist_ok=True)
+            except Exception:
+                # Another process may have created it between the check and the create.
+                table = self.db.open_table(name)
+        return table
 
     def chunks(self) -> Any:
         """The chunks table, opened (or created) on first use; raises EmbeddingMismatch when it was built
-        with another embedding model or dimension."""
+        with another embedding model or dimension (before touching it). A table written before tenants
+        existed is migrated: its rows become the default tenant's."""
         with self._lock:
             if self._chunks is None:
                 table = self._open_or_create(CHUNKS_TABLE, chunks_schema(self.dimension, self.model_id))
                 check_embedding(table, uri=self.uri, model_id=self.model_id, dimension=self.dimension)
+                migrate(table, CHUNKS_MIGRATION)
+                ensure_scalar_indexes(table, CHUNKS_INDEXES)
                 self.full_text_index.open(table)
                 self._chunks = table
             return self._chunks
@@ -86,17 +145,23 @@ class VectorStore:
     def messages(self) -> Any:
         with self._lock:
             if self._messages is None:
-                self._messages = self._open_or_create(MESSAGES_TABLE, MESSAGES_SCHEMA)
+                table = self._open_or_create(MESSAGES_TABLE, MESSAGES_SCHEMA)
+                migrate(table, MESSAGES_MIGRATION)
+                ensure_scalar_indexes(table, MESSAGES_INDEXES)
+                self._messages = table
             return self._messages
 
     # ------------------------------------------------------------------ chunks
 
-    def replace_document(self, doc_id: str, rows: Sequence[ChunkRow]) -> tuple[int, int]:
-        """Atomically make `rows` the document's only chunks. Returns (written, chunks it had before).
+    def replace_document(self, doc_id: str, rows: Sequence[ChunkRow], *, tenant: str) -> tuple[int, int]:
+        """Atomically make `rows` the only chunks of ``tenant``'s document ``doc_id``. Returns (written,
+        chunks it had before).
 
-        One merge_insert commit: upsert by id and delete this document's chunks that are not in the
-        new version, so a reader never sees a half-replaced document.
+        One merge_insert commit: upsert by (tenant, id) and delete this document's chunks that are not in
+        the new version, so a reader never sees a half-replaced document. Another tenant's document of the
+        same id is another document: neither matched nor deleted.
         """
+        where = tenant_filter(tenant, f"doc_id = {sql_str(doc_id)}")
         table = self.chunks()
         now = iso_utc()
         for r in rows:
@@ -104,12 +169,12 @@ class VectorStore:
                 raise ValueError("every row must belong to doc_id")
             if len(r.vector) != self.dimension:
                 raise ValueError(f"vector dimension {len(r.vector)} != {self.dimension}")
-        data = pa.Table.from_pylist([chunk_record(r, now) for r in rows], schema=table.schema)
+        data = pa.Table.from_pylist([chunk_record(r, now, tenant) for r in rows], schema=table.schema)
         result = (
-            table.merge_insert("id")
+            table.merge_insert(CHUNKS_MERGE_KEY)
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(f"doc_id = {sql_str(doc_id)}")
+            .when_not_matched_by_source_delete(where)
             .execute(data)
         )
         # The chunks it had: the ones this commit updated (same id) or deleted (no longer there), as
@@ -119,7 +184,7 @@ class VectorStore:
         self.full_text_index.after_write(table, len(rows))
         return len(rows), before
 
-    def replace_documents(self, docs: Mapping[str, Sequence[ChunkRow]]) -> dict[str, tuple[int, int]]:
+    def replace_documents(self, docs: Mapping[str, Sequence[ChunkRow]], *, tenant: str) -> dict[str, tuple[int, int]]:
         """``replace_document`` for many documents in ONE commit (bulk ingestion).
 
         Same guarantees per document (its new chunks replace all its old ones; a reader sees each
@@ -137,41 +202,51 @@ class VectorStore:
                     raise ValueError("every row must belong to its doc_id")
                 if len(r.vector) != self.dimension:
                     raise ValueError(f"vector dimension {len(r.vector)} != {self.dimension}")
-                payload.append(chunk_record(r, now))
-        ids = ", ".join(sql_str(d) for d in docs)
+                payload.append(chunk_record(r, now, tenant))
+        where = tenant_filter(tenant, "doc_id IN ({})".format(", ".join(sql_str(d) for d in docs)))
         before: dict[str, int] = dict.fromkeys(docs, 0)
-        counted = table.search().where(f"doc_id IN ({ids})").select(["doc_id"]).limit(None).to_arrow()
+        counted = table.search().where(where).select(["doc_id"]).limit(None).to_arrow()
         for d in counted.column("doc_id").to_pylist():
             before[d] += 1
         (
-            table.merge_insert("id")
+            table.merge_insert(CHUNKS_MERGE_KEY)
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(f"doc_id IN ({ids})")
+            .when_not_matched_by_source_delete(where)
             .execute(pa.Table.from_pylist(payload, schema=table.schema))
         )
         self.full_text_index.after_write(table, len(payload))
         return {d: (len(rows), before[d]) for d, rows in docs.items()}
 
-    def document_stats(self) -> dict[str, tuple[int, str | None]]:
-        """doc_id -> (chunk count, when it was last indexed), over the whole chunks table."""
+    def document_stats(self, *, tenant: str) -> dict[str, tuple[int, str | None]]:
+        """doc_id -> (chunk count, when it was last indexed), over the tenant's chunks."""
         stats: dict[str, tuple[int, str | None]] = {}
-        rows = self.chunks().search().select(["doc_id", "ingested_at"]).limit(None).to_arrow().to_pylist()
+        query = self.chunks().search().where(tenant_filter(tenant)).select(["doc_id", "ingested_at"])
+        rows = query.limit(None).to_arrow().to_pylist()
         for r in rows:
             n, at = stats.get(r["doc_id"], (0, None))
             stats[r["doc_id"]] = (n + 1, max(at or "", r["ingested_at"] or "") or None)
         return stats
 
-    def delete_document(self, doc_id: str) -> int:
+    def delete_document(self, doc_id: str, *, tenant: str) -> int:
+        """Delete the tenant's document's chunks; returns how many there were."""
         table = self.chunks()
-        n = self.count_chunks(doc_id)
+        n = self.count_chunks(doc_id, tenant=tenant)
         if n:
-            table.delete(f"doc_id = {sql_str(doc_id)}")
+            table.delete(tenant_filter(tenant, f"doc_id = {sql_str(doc_id)}"))
         return n
 
-    def count_chunks(self, doc_id: str | None = None) -> int:
+    def count_chunks(self, doc_id: str | None = None, *, tenant: str) -> int:
+        """The tenant's chunks (of ``doc_id`` only, when given)."""
         table = self.chunks()
-        return int(table.count_rows(f"doc_id = {sql_str(doc_id)}" if doc_id is not None else None))
+        return int(
+            table.count_rows(tenant_filter(tenant, f"doc_id = {sql_str(doc_id)}" if doc_id is not None else None))
+        )
+
+    def indexed_doc_ids(self, *, tenant: str) -> set[str]:
+        """The ids of the tenant's documents that have chunks."""
+        rows = self.chunks().search().where(tenant_filter(tenant)).select(["doc_id"]).limit(None).to_arrow()
+        return {str(v) for v in rows.column("doc_id").unique().to_pylist()}
 
     # ------------------------------------------------------------------ full-text index upkeep
 
@@ -189,6 +264,7 @@ class VectorStore:
         self,
         vector: Sequence[float],
         *,
+        tenant: str,
         top_k: int,
         max_distance: float,
         mode: SearchMode = "vector",
@@ -196,7 +272,10 @@ class VectorStore:
         rrf_k: int = RRF_K,
         candidates: int = HYBRID_CANDIDATES,
     ) -> SearchHits:
-        """The top_k chunks for a query, each with its cosine distance to ``vector``.
+        """The top_k of the tenant's chunks for a query, each with its cosine distance to ``vector``.
+
+        Only the tenant's rows are candidates, in every mode (a prefilter on the vector and the full-text
+        list alike): another tenant's chunk is never ranked, let alone returned.
 
         ``mode``:
 
@@ -219,6 +298,7 @@ class VectorStore:
         """
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}; expected one of {SEARCH_MODES}")
+        where = tenant_filter(tenant)
         table = self.chunks()
         text = (query_text or "").strip()
         fallback: str | None = None
@@ -236,6 +316,7 @@ class VectorStore:
             query_text=text,
             top_k=top_k,
             max_distance=max_distance,
+            where=where,
             rrf_k=rrf_k,
             candidates=candidates,
             fallback=fallback,
@@ -243,16 +324,29 @@ class VectorStore:
 
     # ------------------------------------------------------------------ messages
 
-    def conversation_exists(self, conversation_id: str) -> bool:
-        return bool(self.messages().count_rows(f"conversation_id = {sql_str(conversation_id)}"))
+    @staticmethod
+    def _conversation_filter(conversation_id: str, tenant: str, principal: str) -> str:
+        return tenant_filter(
+            tenant, f"{PRINCIPAL_COLUMN} = {sql_str(principal)} AND conversation_id = {sql_str(conversation_id)}"
+        )
 
-    def conversation(self, conversation_id: str) -> list[MessageRow]:
+    def conversation_exists(self, conversation_id: str, *, tenant: str, principal: str) -> bool:
+        """Whether ``principal`` of ``tenant`` has a conversation of this id (another's is not theirs)."""
+        return bool(self.messages().count_rows(self._conversation_filter(conversation_id, tenant, principal)))
+
+    def conversation(self, conversation_id: str, *, tenant: str, principal: str) -> list[MessageRow]:
+        """The messages of ``principal``'s conversation, in order; empty when they have no such conversation
+        (whether it does not exist or is someone else's: the two are indistinguishable)."""
         table = self.messages()
-        rows = table.search().where(f"conversation_id = {sql_str(conversation_id)}").limit(None).to_list()
+        where = self._conversation_filter(conversation_id, tenant, principal)
+        rows = table.search().where(where).limit(None).to_list()
         rows.sort(key=lambda r: r["seq"])
         return [message_row(r) for r in rows]
 
-    def append_messages(self, messages: Sequence[MessageRow]) -> None:
-        """Append a turn's messages in one commit (both or neither)."""
+    def append_messages(self, messages: Sequence[MessageRow], *, tenant: str, principal: str) -> None:
+        """Append a turn's messages of ``principal`` in ``tenant`` in one commit (both or neither)."""
+        tenant_filter(tenant)  # validates it
+        if not principal:
+            raise ValueError("a message needs its principal")
         now = iso_utc()
-        self.messages().add([message_record(m, now) for m in messages])
+        self.messages().add([message_record(m, now, tenant, principal) for m in messages])

@@ -16,10 +16,13 @@ import pytest
 
 from chat.handler import build_service
 from chat.settings import Settings
+from shared.identity import DEFAULT_TENANT
 from shared.protocol import SearchMode, Source
 from shared.vector_store import ChunkRow, FullTextSearchFailed, SearchHits, VectorStore, rrf_fuse
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+T = DEFAULT_TENANT  # every row of these tests is the default tenant's (tests/service/test_tenants.py: others)
 
 DOCS = {
     # A rare identifier inside text about something else: only an exact keyword match finds it.
@@ -79,7 +82,7 @@ def row(doc_id: str, text: str, vector: Sequence[float], chunk: int = 0, **metad
 def store(tmp_path: Path, doc_vectors: dict[str, list[float]]) -> VectorStore:
     s = new_store(tmp_path / "lancedb")
     for doc_id, text in DOCS.items():
-        s.replace_document(doc_id, [row(doc_id, text, doc_vectors[doc_id])])
+        s.replace_document(doc_id, [row(doc_id, text, doc_vectors[doc_id])], tenant=T)
     return s
 
 
@@ -90,7 +93,9 @@ def ids(matches: Sequence[Any]) -> list[str]:
 def search(
     store: VectorStore, embedder: InProcessEmbedder, query: str, mode: SearchMode, max_distance: float = 2.0
 ) -> SearchHits:
-    return store.search(embedder.embed_query(query), top_k=8, max_distance=max_distance, mode=mode, query_text=query)
+    return store.search(
+        embedder.embed_query(query), tenant=T, top_k=8, max_distance=max_distance, mode=mode, query_text=query
+    )
 
 
 def test_fts_finds_a_rare_keyword_that_vector_search_ranks_low(store: VectorStore, embedder: InProcessEmbedder) -> None:
@@ -154,6 +159,7 @@ def test_a_replaced_document_is_searchable_at_once_with_no_stale_chunks(
     store.replace_document(
         "notes",
         [row("notes", t, v, i) for i, (t, v) in enumerate(zip(old, embedder.embed_documents(old), strict=True))],
+        tenant=T,
     )
     reader = new_store(tmp_path / "lancedb")  # another process's handle (the chat lambda)
     q = "platypus"
@@ -163,14 +169,16 @@ def test_a_replaced_document_is_searchable_at_once_with_no_stale_chunks(
     assert store.unindexed_rows() == 0
 
     new_text = "Field notes: the wombat digs burrows and leaves cube-shaped droppings."
-    written, before = store.replace_document("notes", [row("notes", new_text, embedder.embed_query(new_text))])
+    written, before = store.replace_document(
+        "notes", [row("notes", new_text, embedder.embed_query(new_text))], tenant=T
+    )
     assert (written, before) == (1, 3)
     for s in (store, reader):
         assert ids(search(s, embedder, q, "fts")) == []  # indexed but replaced rows are gone
         assert [(m.doc_id, m.chunk) for m in search(s, embedder, "wombat burrows", "fts")] == [("notes", 0)]
         everything = [*search(s, embedder, "field notes", "hybrid"), *search(s, embedder, "field notes", "vector")]
         assert {m.chunk for m in everything if m.doc_id == "notes"} == {0}
-    store.delete_document("notes")
+    store.delete_document("notes", tenant=T)
     assert ids(search(reader, embedder, "wombat", "fts")) == []
 
 
@@ -178,9 +186,9 @@ def test_writes_fold_new_rows_into_the_index(tmp_path: Path, embedder: InProcess
     s = new_store(tmp_path / "db", fts_reindex_rows=4)
     texts = [f"Note {i} about lighthouses and their keepers." for i in range(3)]
     vecs = embedder.embed_documents(texts)
-    s.replace_document("a", [row("a", t, v, i) for i, (t, v) in enumerate(zip(texts, vecs, strict=True))])
+    s.replace_document("a", [row("a", t, v, i) for i, (t, v) in enumerate(zip(texts, vecs, strict=True))], tenant=T)
     assert s.unindexed_rows() == 3  # below the threshold: searched by the flat scan
-    s.replace_document("b", [row("b", t, v, i) for i, (t, v) in enumerate(zip(texts, vecs, strict=True))])
+    s.replace_document("b", [row("b", t, v, i) for i, (t, v) in enumerate(zip(texts, vecs, strict=True))], tenant=T)
     assert s.unindexed_rows() == 0  # 6 >= 4: folded into the index by the write
     assert len(search(s, embedder, "lighthouse keepers", "fts")) == 6
 
@@ -188,31 +196,31 @@ def test_writes_fold_new_rows_into_the_index(tmp_path: Path, embedder: InProcess
 def test_bulk_replace_documents(tmp_path: Path, embedder: InProcessEmbedder) -> None:
     s = new_store(tmp_path / "db")
     v = embedder.embed_documents(["alpha beta", "gamma delta", "epsilon"])
-    assert s.replace_documents({"x": [row("x", "alpha beta", v[0], 0), row("x", "gamma delta", v[1], 1)]}) == {
-        "x": (2, 0)
-    }
-    out = s.replace_documents({"x": [row("x", "epsilon", v[2], 0)], "y": [row("y", "alpha beta", v[0], 0)]})
+    assert s.replace_documents(
+        {"x": [row("x", "alpha beta", v[0], 0), row("x", "gamma delta", v[1], 1)]}, tenant=T
+    ) == {"x": (2, 0)}
+    out = s.replace_documents({"x": [row("x", "epsilon", v[2], 0)], "y": [row("y", "alpha beta", v[0], 0)]}, tenant=T)
     assert out == {"x": (1, 2), "y": (1, 0)}
-    assert s.count_chunks("x") == 1 and s.count_chunks("y") == 1
+    assert s.count_chunks("x", tenant=T) == 1 and s.count_chunks("y", tenant=T) == 1
     assert ids(search(s, embedder, "gamma", "fts")) == []
 
 
 def test_a_table_from_before_full_text_gets_the_index(tmp_path: Path, doc_vectors: dict[str, list[float]]) -> None:
     old = new_store(tmp_path / "db", full_text=False)
-    old.replace_document("bread", [row("bread", DOCS["bread"], doc_vectors["bread"])])
+    old.replace_document("bread", [row("bread", DOCS["bread"], doc_vectors["bread"])], tenant=T)
     new = new_store(tmp_path / "db")
-    hits = new.search(doc_vectors["bread"], top_k=3, max_distance=2.0, mode="fts", query_text="dough oven")
+    hits = new.search(doc_vectors["bread"], tenant=T, top_k=3, max_distance=2.0, mode="fts", query_text="dough oven")
     assert ids(hits) == ["bread"]
 
 
 def test_modes_without_text_or_unknown(store: VectorStore, doc_vectors: dict[str, list[float]]) -> None:
     v = doc_vectors["volcano"]
-    assert ids(store.search(v, top_k=1, max_distance=2.0, mode="hybrid")) == ["volcano"]  # no text: vector
-    assert ids(store.search(v, top_k=1, max_distance=2.0)) == ["volcano"]  # the old signature: vector
+    assert ids(store.search(v, tenant=T, top_k=1, max_distance=2.0, mode="hybrid")) == ["volcano"]  # no text: vector
+    assert ids(store.search(v, tenant=T, top_k=1, max_distance=2.0)) == ["volcano"]  # the old signature: vector
     with pytest.raises(ValueError):
-        store.search(v, top_k=1, max_distance=2.0, mode="fts")
+        store.search(v, tenant=T, top_k=1, max_distance=2.0, mode="fts")
     with pytest.raises(ValueError):
-        store.search(v, top_k=1, max_distance=2.0, mode=cast(SearchMode, "bm25"), query_text="x")
+        store.search(v, tenant=T, top_k=1, max_distance=2.0, mode=cast(SearchMode, "bm25"), query_text="x")
 
 
 @pytest.mark.parametrize("mode", ["fts", "hybrid"])
@@ -236,19 +244,23 @@ def test_rrf_fuse() -> None:
 def test_page_and_heading_reach_matches_and_sources(tmp_path: Path, embedder: InProcessEmbedder) -> None:
     s = new_store(tmp_path / "db")
     text = "Lava flows downhill and cools into basalt."
-    s.replace_document("guide.pdf", [row("guide.pdf", text, embedder.embed_query(text), page=3, heading="Eruptions")])
-    s.replace_document("plain", [row("plain", "Lava is molten rock.", embedder.embed_query("Lava is molten rock."))])
-    matches = {m.doc_id: m for m in s.search(embedder.embed_query("lava"), top_k=5, max_distance=2.0)}
+    s.replace_document(
+        "guide.pdf", [row("guide.pdf", text, embedder.embed_query(text), page=3, heading="Eruptions")], tenant=T
+    )
+    s.replace_document(
+        "plain", [row("plain", "Lava is molten rock.", embedder.embed_query("Lava is molten rock."))], tenant=T
+    )
+    matches = {m.doc_id: m for m in s.search(embedder.embed_query("lava"), tenant=T, top_k=5, max_distance=2.0)}
     assert (matches["guide.pdf"].page, matches["guide.pdf"].heading) == (3, "Eruptions")
     assert (matches["plain"].page, matches["plain"].heading) == (None, None)
 
     svc = build_service(Settings(search_mode="hybrid"), embedder=embedder, store=s)
-    r = svc.retrieve("lava", top_k=5, max_distance=2.0)
+    r = svc.retrieve("lava", top_k=5, max_distance=2.0, tenant=T)
     assert r.search_mode == "hybrid" and {x.doc_id for x in r.sources} == {"guide.pdf", "plain"}
     src = next(x for x in r.sources if x.doc_id == "guide.pdf")
     if "page" in Source.model_fields:  # the protocol fields for PDF/Markdown sources
         assert (getattr(src, "page", None), getattr(src, "heading", None)) == (3, "Eruptions")
-    assert svc.retrieve("lava", 5, 2.0, "fts").search_mode == "fts"
+    assert svc.retrieve("lava", 5, 2.0, "fts", tenant=T).search_mode == "fts"
 
 
 def test_hybrid_degrades_to_vector_without_the_full_text_index(
@@ -258,13 +270,13 @@ def test_hybrid_degrades_to_vector_without_the_full_text_index(
     (name,) = [i.name for i in table.list_indices() if str(i.index_type).upper() == "FTS"]
     table.drop_index(name)
     v = doc_vectors["volcano"]
-    hits = store.search(v, top_k=2, max_distance=2.0, mode="hybrid", query_text="lava crust")
+    hits = store.search(v, tenant=T, top_k=2, max_distance=2.0, mode="hybrid", query_text="lava crust")
     assert ids(hits)[0] == "volcano"
     # A store that keeps no full-text index serves hybrid and fts requests by vector search, and says so.
     plain = new_store(tmp_path / "plain", full_text=False)
-    plain.replace_document("volcano", [row("volcano", DOCS["volcano"], v)])
+    plain.replace_document("volcano", [row("volcano", DOCS["volcano"], v)], tenant=T)
     for mode in MODES[1:]:
-        hits = plain.search(v, top_k=2, max_distance=2.0, mode=mode, query_text="lava crust")
+        hits = plain.search(v, tenant=T, top_k=2, max_distance=2.0, mode=mode, query_text="lava crust")
         assert (hits.mode, hits.fallback, ids(hits)) == ("vector", "no full-text index", ["volcano"])
 
 
@@ -272,8 +284,12 @@ def test_a_failing_full_text_search_is_reported_not_swallowed(
     tmp_path: Path, store: VectorStore, embedder: InProcessEmbedder
 ) -> None:
     store.optimize()  # every row inside the full-text index
+    # The scalar indexes (tenant, doc_id) stay; every other index file is lost (a damaged copy of the
+    # full-text index): every full-text query now fails.
+    scalar = {str(i.index_uuid) for i in store.chunks().list_indices() if str(i.index_type).upper() != "FTS"}
     for files in (tmp_path / "lancedb" / "chunks.lance" / "_indices").iterdir():
-        shutil.rmtree(files)  # the index files are lost (a damaged copy): every full-text query now fails
+        if files.name not in scalar:
+            shutil.rmtree(files)
     reader = new_store(tmp_path / "lancedb")  # a process that opens the damaged table
     q = "How do volcanoes erupt?"
     with pytest.raises(FullTextSearchFailed):

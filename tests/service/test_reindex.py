@@ -33,11 +33,16 @@ import pytest
 from aiohttp import web
 from botocore.config import Config
 
-from shared.stack import Process
+from shared.identity import DEFAULT_TENANT as T
+from shared.stack import Process, internal_key_env, new_internal_key
 from shared.vector_store import CHUNKS_TABLE, MessageRow, VectorStore
 from tests.conftest import S3_ENV, s3_client
 from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, start_service, stop_service
 from tests.unit.test_aws_mode import StandIn
+
+# The Invoke API of the ingestion runtimes started here verifies SigV4 with the stack's internal key.
+INTERNAL_KEY = new_internal_key()
+INTERNAL_ENV = internal_key_env(INTERNAL_KEY)
 
 # The refused ingestion service's log, for the no-traceback check below.
 REFUSAL_LOG: dict[str, str] = {}
@@ -109,13 +114,13 @@ def ingest_all(env: dict[str, str]) -> None:
 
     service = build_service(settings(env))
     for d in DOCS:
-        service.ingest(Document.model_validate(d))
+        service.ingest(Document.model_validate(d), tenant=T)
     # A file, the way clients upload one: PUT under uploads/ (here: straight into the folder), ingest_object.
     key = f"uploads/{uuid.uuid4().hex}/tides.md"
     path = Path(env["RAG_DOCUMENTS_URI"]) / key
     path.parent.mkdir(parents=True)
     path.write_text(MARKDOWN)
-    service.ingest_object(key, "tides", None)
+    service.ingest_object(key, "tides", None, tenant=T)
 
 
 def store(env: dict[str, str], uri: str | Path | None = None) -> VectorStore:
@@ -135,7 +140,7 @@ def search(env: dict[str, str], query: str, uri: str | Path | None = None) -> li
     s = settings(env)
     client = make_client("bedrock-runtime", endpoint_url=s.embedding_endpoint_url, region=s.aws_region)
     vec = Embedder(client, s.embedding_model_id, body_format=s.embedding_format).embed_query(query)
-    return [m.doc_id for m in store(env, uri).search(vec, top_k=3, max_distance=2.0)]
+    return [m.doc_id for m in store(env, uri).search(vec, tenant=T, top_k=3, max_distance=2.0)]
 
 
 def table_meta(uri: str | Path) -> tuple[dict[str, str], int]:
@@ -164,9 +169,9 @@ def reindex(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 def test_list_document_ids_reads_only_raw_documents(tmp_path: Path) -> None:
     from ingestion.reindex import list_document_ids
-    from shared.object_store import LocalObjectStore
+    from shared.object_store import LocalObjectStore, TenantObjects
 
-    objects = LocalObjectStore(tmp_path)
+    objects = TenantObjects(LocalObjectStore(tmp_path), T)
     for doc_id in ("a", "notes/2025 #1", "ünï"):
         objects.put_document(doc_id, {"id": doc_id, "text": "x"})
     (tmp_path / ".tmp-123").write_text("{}")  # a write in progress
@@ -195,7 +200,7 @@ def _wait_healthy_or_exit(svc_proc: subprocess.Popen[bytes], url: str, timeout: 
 
 
 def start_ingestion(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    svc = Process(log.stem, "ingestion", env={**env, "INGESTION_HOST": "127.0.0.1"}).bind()
+    svc = Process(log.stem, "ingestion", env={**env, **INTERNAL_ENV, "INGESTION_HOST": "127.0.0.1"}).bind()
     svc.env["INGESTION_PORT"] = str(svc.port)
     proc = svc.start(log.parent).proc  # writes log.parent / f"{log.stem}.log", i.e. `log`
     assert proc is not None
@@ -223,7 +228,9 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
     assert meta == {"embedding_model": MINILM, "embedding_dimension": "384"}
     assert search(a, "How does magma reach the surface?")[0] == "volcanoes"
     store(a).append_messages(
-        [MessageRow(id="m1", conversation_id="c1", seq=0, role="user", content="hi", created_at="2025-01-01T00:00:00")]
+        [MessageRow(id="m1", conversation_id="c1", seq=0, role="user", content="hi", created_at="2025-01-01T00:00:00")],
+        tenant=T,
+        principal="anonymous",
     )
     original = next((documents / "originals").rglob("tides.md"))
 
@@ -242,8 +249,9 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
             if healthy:  # it stays up: a client must get a clear error, not a crash
                 ev = json.loads((ROOT / "tests" / "events" / "websocket_message_ingest.json").read_text())
                 client = boto3.client(
-                    "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                    aws_secret_access_key="x", config=Config(read_timeout=120 * TIMEOUT_FACTOR),
+                    "lambda", endpoint_url=url, region_name="us-east-1",
+                    aws_access_key_id=INTERNAL_KEY.access_key_id, aws_secret_access_key=INTERNAL_KEY.secret_access_key,
+                    config=Config(read_timeout=120 * TIMEOUT_FACTOR),
                 )  # fmt: skip
                 client.invoke(FunctionName="ingestion", Payload=json.dumps(ev).encode())
         finally:
@@ -278,13 +286,13 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
     assert table_meta(new)[1] == rows_a
     assert table_meta(old) == (meta, rows_a)
     assert original.exists(), "the original file must survive a reindex"
-    assert store(b, new).conversation("c1")[0].content == "hi"
+    assert store(b, new).conversation("c1", tenant=T, principal="anonymous")[0].content == "hi"
     b_new = {**b, "RAG_LANCEDB_URI": str(new)}
     assert search(b_new, "How does magma reach the surface?")[0] == "volcanoes"
     assert search(b_new, "What makes dough rise?")[0] == "pain de campagne é"
     assert search(b_new, "Why are there two high tides a day?")[0] == "tides"
     headings = {m.heading or m.metadata.get("heading") for m in store(b, new).search(
-        search_vector(b_new, "tides moon"), top_k=5, max_distance=2.0) if m.doc_id == "tides"}  # fmt: skip
+        search_vector(b_new, "tides moon"), tenant=T, top_k=5, max_distance=2.0) if m.doc_id == "tides"}  # fmt: skip
     assert headings & {"Tides > Causes", "Tides > Timing"}, headings
 
     # The ingestion service with model B now starts on the new index.
@@ -342,7 +350,7 @@ def test_reindex_on_s3(embedders: dict[str, Service], moto_s3: str, monkeypatch:
 
     service = build_service(settings(a))
     for d in DOCS:
-        service.ingest(Document.model_validate(d))
+        service.ingest(Document.model_validate(d), tenant=T)
     lines: list[str] = []
     summary = run_reindex(settings(b), to_uri=f"s3://{bucket}/lancedb-titan", progress=lines.append)
     assert (summary.documents, summary.indexed, summary.failed) == (2, 2, {}), lines

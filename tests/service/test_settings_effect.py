@@ -63,7 +63,7 @@ def index(tmp_path_factory: pytest.TempPathFactory, embedder: InProcessEmbedder)
         _only(m, env)
         service = build_service(Settings(), embedder=embedder)
         for doc_id, text in DOCS.items():
-            service.ingest(Document(id=doc_id, title="", text=text))
+            service.ingest(Document(id=doc_id, title="", text=text), tenant="default")
     return env
 
 
@@ -85,7 +85,7 @@ def test_the_search_mode_set_in_the_environment_is_the_one_used(
 
     _only(monkeypatch, {**index, "RAG_SEARCH_MODE": mode})
     service = build_service(Settings(), embedder=embedder)
-    result = service.search(SearchRequest(action="search", request_id="q", query=QUESTION))
+    result = service.search(SearchRequest(action="search", request_id="q", query=QUESTION), tenant="default")
     assert ("volcano" in {r.doc_id for r in result.results}) is found, (mode, result.results)
     if found:
         assert result.results[0].doc_id == "volcano"

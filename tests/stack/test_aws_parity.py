@@ -4,20 +4,16 @@ through the handlers."""
 from __future__ import annotations
 
 import json
-import time
-import urllib.request
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
+from websockets.exceptions import ConnectionClosed
 
 from shared.stack import Stack
-from tests.conftest import StackFactory, WsClient
+from tests.conftest import StackFactory, WsClient, stack_keys
+from tests.support import auth
 from tests.support.paths import EVENTS
 from tests.support.timeouts import scaled
-
-CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +22,13 @@ def stack(start_stack: StackFactory) -> Stack:
 
 
 def lambda_client(stack: Stack, name: str) -> Any:
-    return boto3.client(
-        "lambda", endpoint_url=stack.by_name[name].url, config=Config(read_timeout=scaled(120)), **CREDS
-    )
+    """Signed with the stack's internal key: the Invoke API accepts nothing else."""
+    return auth.lambda_client(stack, name)
 
 
 def mgmt_client(stack: Stack) -> Any:
-    return boto3.client("apigatewaymanagementapi", endpoint_url=f"{stack.by_name['gateway'].url}/local", **CREDS)
+    """On the gateway's internal listener, signed with the stack's internal key."""
+    return auth.management_client(stack)
 
 
 def event(name: str) -> dict[str, Any]:
@@ -58,7 +54,7 @@ def test_lambda_invoke_with_captured_websocket_events(stack: Stack) -> None:
     # connection gone (410), which the handler reports without failing.
     out = invoke(ing, "ingestion", event("websocket_message_ingest.json"))
     assert out["status"] == 200 and out["error"] is None and out["body"] == {"statusCode": 410}
-    c = WsClient(stack.ws_url)
+    c = WsClient(stack.ws_url, key=stack_keys(stack).default)  # the captured events' tenant
     try:
         r = c.request({"action": "search", "request_id": "s", "query": "magma reaches the surface"})
         assert r["results"] and r["results"][0]["doc_id"] == "volcanoes"
@@ -80,27 +76,19 @@ def test_lambda_invocation_types_and_function_errors(stack: Stack) -> None:
         chat.invoke(FunctionName="chat", Payload=b"{not json")
 
 
-def _connection_ids(stack: Stack) -> list[str]:
-    with urllib.request.urlopen(f"{stack.by_name['gateway'].url}/health", timeout=scaled(5)) as r:
-        ids: list[str] = json.loads(r.read())["connection_ids"]
-        return ids
-
-
 def test_management_api_post_get_delete(stack: Stack) -> None:
     mgmt = mgmt_client(stack)
-    before = set(_connection_ids(stack))
+    before = set(auth.logged_connection_ids(stack))
     c = WsClient(stack.ws_url, timeout=10)
     try:
-        (cid,) = set(_connection_ids(stack)) - before
+        (cid,) = set(auth.logged_connection_ids(stack)) - before  # /health tells counts, never ids
         mgmt.post_to_connection(ConnectionId=cid, Data=b'{"type": "hello"}')
         assert c.recv() == {"type": "hello"}
         info = mgmt.get_connection(ConnectionId=cid)
         assert info["Identity"]["SourceIp"] == "127.0.0.1" and info["ConnectedAt"].year >= 2025
         mgmt.delete_connection(ConnectionId=cid)
-        deadline = time.monotonic() + scaled(5)
-        while cid in _connection_ids(stack) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert cid not in _connection_ids(stack)
+        with pytest.raises(ConnectionClosed):  # the server closed it
+            c.ws.recv(timeout=scaled(5))
         with pytest.raises(mgmt.exceptions.GoneException):
             mgmt.post_to_connection(ConnectionId=cid, Data=b"{}")
     finally:

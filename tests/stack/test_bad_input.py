@@ -12,6 +12,7 @@ import pytest
 from shared.protocol import SERVER_MESSAGE
 from shared.stack import Process, Stack
 from tests.conftest import ARTIFACTS, StackFactory, WsClient
+from tests.support import auth
 from tests.support.procs import port_of, refusing_port
 from tests.support.timeouts import scaled
 
@@ -189,33 +190,34 @@ def test_concurrent_requests_on_one_connection_are_answered_by_id(client: WsClie
 def faulty_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A gateway whose 'chat' function crashes and whose 'ingestion' function times out."""
     log_dir = ARTIFACTS / "logs" / "faulty"
-    crash = Process("crash", "shared.lambda_runtime", args=["tests.support.faulty_handlers.crash"]).bind()
-    slow = Process(
-        "slow", "shared.lambda_runtime", args=["tests.support.faulty_handlers.slow", "--timeout", "1"]
-    ).bind()
-    gateway = Process(
-        "gateway",
-        "gateway",
-        {
-            "GATEWAY_FUNCTIONS": json.dumps(
-                {
-                    "chat": f"{crash.url}/2015-03-31/functions/crash/invocations",
-                    "ingestion": f"{slow.url}/2015-03-31/functions/slow/invocations",
-                }
-            ),
-        },
-    ).bind()
-    gateway.env["GATEWAY_PORT"] = str(gateway.port)
-    procs = [crash, slow, gateway]
-    try:
-        for p in procs:
-            p.start(log_dir)
-        for p in procs:
-            p.wait_healthy(scaled(60))
-        yield f"ws://127.0.0.1:{gateway.port}/local"
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    with auth.standalone_authorizer(tmp_path_factory.mktemp("faulty"), log_dir) as authz:
+        crash = Process(
+            "crash", "shared.lambda_runtime", authz.env(), args=["tests.support.faulty_handlers.crash"]
+        ).bind()
+        slow = Process(
+            "slow",
+            "shared.lambda_runtime",
+            authz.env(),
+            args=["tests.support.faulty_handlers.slow", "--timeout", "1"],
+        ).bind()
+        functions = authz.functions(
+            chat=f"{crash.url}/2015-03-31/functions/crash/invocations",
+            ingestion=f"{slow.url}/2015-03-31/functions/slow/invocations",
+        )
+        gateway = Process("gateway", "gateway", {**authz.env(), "GATEWAY_FUNCTIONS": json.dumps(functions)}).bind()
+        gateway.env["GATEWAY_PORT"] = str(gateway.port)
+        gateway.env["GATEWAY_MANAGEMENT_PORT"] = "0"
+        authz.register(gateway.url)
+        procs = [crash, slow, gateway]
+        try:
+            for p in procs:
+                p.start(log_dir)
+            for p in procs:
+                p.wait_healthy(scaled(60))
+            yield f"ws://127.0.0.1:{gateway.port}/local"
+        finally:
+            for p in reversed(procs):
+                p.stop()
 
 
 def test_crashing_lambda_becomes_a_generic_error(faulty_gateway: str) -> None:
@@ -239,22 +241,24 @@ def test_timed_out_lambda_becomes_a_timeout_error(faulty_gateway: str) -> None:
 
 
 def test_unreachable_lambda_becomes_unavailable(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with refusing_port() as dead:
+    log_dir = ARTIFACTS / "logs" / "unreachable"
+    with refusing_port() as dead, auth.standalone_authorizer(tmp_path_factory.mktemp("unreachable"), log_dir) as authz:
+        functions = authz.functions(
+            chat=f"http://127.0.0.1:{port_of(dead)}/2015-03-31/functions/chat/invocations", ingestion="http://x"
+        )
         gateway = Process(
             "gateway",
             "gateway",
             {
-                "GATEWAY_FUNCTIONS": json.dumps(
-                    {
-                        "chat": f"http://127.0.0.1:{port_of(dead)}/2015-03-31/functions/chat/invocations",
-                        "ingestion": "http://x",
-                    }
-                ),
+                **authz.env(),
+                "GATEWAY_FUNCTIONS": json.dumps(functions),
                 "GATEWAY_ROUTES": json.dumps({"search": "chat"}),  # no $connect route: connections are accepted
+                "GATEWAY_MANAGEMENT_PORT": "0",
             },
         ).bind()
         gateway.env["GATEWAY_PORT"] = str(gateway.port)
-        gateway.start(ARTIFACTS / "logs" / "unreachable")
+        authz.register(gateway.url)
+        gateway.start(log_dir)
         try:
             gateway.wait_healthy(scaled(60))
             c = WsClient(f"ws://127.0.0.1:{gateway.port}/local", timeout=20)

@@ -23,7 +23,8 @@ from shared.client.cli import build_document, build_parser, decode_text, discove
 from shared.formats import format_for
 from shared.protocol import MAX_MESSAGE_BYTES, SERVER_MESSAGE, History, SearchResult, StreamEnd
 from shared.stack import Stack
-from tests.conftest import TIMEOUT_FACTOR, StackFactory
+from tests.conftest import TIMEOUT_FACTOR, StackFactory, stack_keys
+from tests.support.auth import default_key
 from tests.support.paths import ROOT
 from tests.support.procs import port_of, refusing_port
 
@@ -47,7 +48,10 @@ in a very hot oven until the crust is dark and crisp.
 
 
 def run_cli(url: str, *args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAG_URL", "LOCALRAG_DEBUG")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAG_URL", "LOCALRAG_DEBUG", "RAG_API_KEY", "RAG_AUTH")}
+    key = default_key(url)  # tenant alpha's first key of the stack at url, as RAG_API_KEY
+    if key is not None:
+        env["RAG_API_KEY"] = key
     return subprocess.run(
         [sys.executable, "-m", "shared.client.cli", "--url", url, *args],
         input=stdin,
@@ -349,6 +353,7 @@ def test_ctrl_c_exits_130_quietly(stack: Stack) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        env={**os.environ, "RAG_API_KEY": stack_keys(stack).alpha},
     )
     assert proc.stderr is not None
     seen = b""

@@ -25,6 +25,7 @@ from shared.bedrock import Embedder
 from shared.client.cli import discover, load_batchable
 from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, RagError
 from shared.events import KinesisEventRecord, S3EventRecord, event_kind
+from shared.identity import DEFAULT_TENANT as T
 from shared.object_store import (
     LocalObjectStore,
     ObjectNotFound,
@@ -381,7 +382,7 @@ def _rows(service: IngestionService) -> dict[str, list[SimpleNamespace]]:
 
 
 def _upload(service: IngestionService, name: str, data: bytes) -> str:
-    ticket = service.upload_url(name, "application/octet-stream", max(len(data), 1), gateway_url=GW)
+    ticket = service.upload_url(name, "application/octet-stream", max(len(data), 1), gateway_url=GW, tenant=T)
     root: Path = service.objects.root  # type: ignore[attr-defined]
     (root / ticket.key).parent.mkdir(parents=True, exist_ok=True)
     (root / ticket.key).write_bytes(data)
@@ -398,7 +399,7 @@ def test_markdown_upload_chunks_never_span_sections_and_are_numbered_across_the_
     long_section = " ".join(f"Sentence {i} about installing seismometers on bedrock." for i in range(40))
     md = MARKDOWN.replace("Install the seismometer on bedrock.", long_section)
     key = _upload(service, "guide.md", md.encode())
-    out = service.ingest_object(key)
+    out = service.ingest_object(key, tenant=T)
     rows = _rows(service)["guide.md"]
     assert out.doc_id == "guide.md" and out.chunks == len(rows) > 5
     assert [r.chunk for r in rows] == list(range(len(rows)))
@@ -429,9 +430,9 @@ def test_markdown_sent_by_the_cli_is_parsed_as_the_uploaded_file_is(
     (candidate,), _ = discover([folder / "guide.md"])
     batched = asyncio.run(load_batchable(candidate))
     assert batched is not None
-    (out,) = service.ingest_many([batched.document])
+    (out,) = service.ingest_many([batched.document], tenant=T)
     assert not isinstance(out, Exception) and out.doc_id == "guide.md"
-    service.ingest_object(_upload(service, "guide.md", md.encode()), doc_id="uploaded")
+    service.ingest_object(_upload(service, "guide.md", md.encode()), doc_id="uploaded", tenant=T)
     rows = _rows(service)
 
     def shape(doc_id: str) -> list[tuple[Any, ...]]:
@@ -445,16 +446,16 @@ def test_markdown_sent_by_the_cli_is_parsed_as_the_uploaded_file_is(
 
 def test_pdf_upload_keeps_pages_and_reupload_replaces(service: IngestionService, tmp_path: Path) -> None:
     pdf = make_pdf(["Page one text.", "Page two text.", "Page three text."], title="Three pages")
-    out = service.ingest_object(_upload(service, "three.pdf", pdf), doc_id="report", title="My report")
+    out = service.ingest_object(_upload(service, "three.pdf", pdf), doc_id="report", title="My report", tenant=T)
     rows = _rows(service)["report"]
     assert out.chunks == 3 and [r.metadata["page"] for r in rows] == [1, 2, 3]
     assert rows[0].title == "My report"
     # Same document id, another file: the old original goes, the new one stays.
-    again = service.ingest_object(_upload(service, "v2.md", b"# New\n\nShorter."), doc_id="report")
+    again = service.ingest_object(_upload(service, "v2.md", b"# New\n\nShorter."), doc_id="report", tenant=T)
     assert again.replaced_chunks == 3 and again.chunks == 1
     assert _files(tmp_path) == ["originals/report/v2.md", "report.json"]
     # A text ingest of the same id replaces it too, and its original is gone.
-    service.ingest(Document(id="report", text="Plain text now."))
+    service.ingest(Document(id="report", text="Plain text now."), tenant=T)
     assert _files(tmp_path) == ["report.json"]
 
 
@@ -472,21 +473,21 @@ def test_bad_uploads_leave_nothing(
 ) -> None:
     blob = make_image_only_pdf() if data == "image-only" else data
     assert isinstance(blob, bytes)
-    ticket = service.upload_url(name, "", 10, gateway_url=GW)
+    ticket = service.upload_url(name, "", 10, gateway_url=GW, tenant=T)
     (tmp_path / ticket.key).parent.mkdir(parents=True)
     (tmp_path / ticket.key).write_bytes(blob)
     with pytest.raises(error):
-        service.ingest_object(ticket.key)
+        service.ingest_object(ticket.key, tenant=T)
     assert _files(tmp_path) == [] and not (tmp_path / "uploads").exists()
     assert _rows(service) == {}
 
 
 def test_upload_url_refuses_before_the_upload(service: IngestionService) -> None:
     with pytest.raises(UnsupportedType):
-        service.upload_url("slides.pptx", "application/vnd.ms-powerpoint", 10, gateway_url=GW)
+        service.upload_url("slides.pptx", "application/vnd.ms-powerpoint", 10, gateway_url=GW, tenant=T)
     with pytest.raises(DocumentTooLarge):
-        service.upload_url("big.pdf", "application/pdf", 200_001, gateway_url=GW)
-    t = service.upload_url("../../x/Notes #1.md", "text/markdown", 10, gateway_url=GW)
+        service.upload_url("big.pdf", "application/pdf", 200_001, gateway_url=GW, tenant=T)
+    t = service.upload_url("../../x/Notes #1.md", "text/markdown", 10, gateway_url=GW, tenant=T)
     assert is_upload_key(t.key) and t.key.endswith("/Notes _1.md") and t.headers == {"Content-Type": "text/markdown"}
     assert t.url.startswith("http://gw/local/uploads/") and "signature=" in t.url and t.expires_in == 900
     expires = int(t.url.split("expires=")[1].split("&")[0])
@@ -498,38 +499,38 @@ def test_a_file_known_by_its_content_type_only_is_read_in_that_format(
 ) -> None:
     """upload_url accepts a name without a known extension by its content type; the key then names the file
     for its format, so ingest_object (which has only the key) parses it as upload_url said it would."""
-    ticket = service.upload_url("README", "text/markdown", 10, gateway_url=GW)
+    ticket = service.upload_url("README", "text/markdown", 10, gateway_url=GW, tenant=T)
     assert ticket.key.endswith("/README.md") and ticket.headers == {"Content-Type": "text/markdown"}
     (tmp_path / ticket.key).parent.mkdir(parents=True)
     (tmp_path / ticket.key).write_bytes(b"# Read me\n\n## Usage\n\nRun it.")
-    assert service.ingest_object(ticket.key).doc_id == "README.md"
+    assert service.ingest_object(ticket.key, tenant=T).doc_id == "README.md"
     assert [r.metadata.get("heading") for r in _rows(service)["README.md"]] == ["Read me > Usage"]
 
 
 def test_missing_object_and_transient_failure(service: IngestionService, tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
-        service.ingest_object("uploads/" + "c" * 32 + "/gone.md")
+        service.ingest_object("uploads/" + "c" * 32 + "/gone.md", tenant=T)
     with pytest.raises(ObjectNotFound):
-        service.ingest_object("guide.md.json")  # not an upload key: never read
+        service.ingest_object("guide.md.json", tenant=T)  # not an upload key: never read
     key = _upload(service, "ok.md", b"# T\n\nText.")
     working = service.embedder
     dead = reserve_port()  # the embedding service is down: connections there are refused
     service.embedder = _embedder(f"http://127.0.0.1:{port_of(dead)}")
     with pytest.raises(RagError) as info:
-        service.ingest_object(key)
+        service.ingest_object(key, tenant=T)
     assert info.value.code == ErrorCode.UPSTREAM_UNAVAILABLE
     assert _files(tmp_path) == [key]  # kept: the client can retry ingest_object
     service.embedder = working
     dead.close()
-    assert service.ingest_object(key).chunks == 1
+    assert service.ingest_object(key, tenant=T).chunks == 1
 
 
 def test_delete_removes_chunks_json_and_original(service: IngestionService, tmp_path: Path) -> None:
-    service.ingest_object(_upload(service, "a.md", b"# A\n\nAlpha."))
-    assert service.delete("a.md") == 1
+    service.ingest_object(_upload(service, "a.md", b"# A\n\nAlpha."), tenant=T)
+    assert service.delete("a.md", tenant=T) == 1
     assert _files(tmp_path) == [] and list(tmp_path.iterdir()) == []
     with pytest.raises(DocumentNotFound):
-        service.delete("a.md")
+        service.delete("a.md", tenant=T)
 
 
 def _kinesis(seq: str, payload: Any) -> KinesisEventRecord:
@@ -563,8 +564,8 @@ def test_kinesis_records_partial_failures(service: IngestionService) -> None:
 def test_embedded_texts_fit_the_model_even_with_the_title(service: IngestionService) -> None:
     """A full chunk plus "title: " may exceed what the model reads: then the chunk is embedded alone."""
     service.chunker = Chunker(64, 8, model_max_tokens=66)
-    service.ingest(Document(id="dense", title="A rather long title", text="understanding " * 400))
-    service.ingest(Document(id="short", title="Short", text="One sentence. Another one."))
+    service.ingest(Document(id="dense", title="A rather long title", text="understanding " * 400), tenant=T)
+    service.ingest(Document(id="short", title="Short", text="One sentence. Another one."), tenant=T)
     assert isinstance(service.embedder, RecordingEmbedder)
     texts = service.embedder.texts
     assert all(service.chunker.count(t) <= 66 for t in texts)

@@ -16,6 +16,7 @@ import pytest
 from shared.protocol import SERVER_MESSAGE
 from shared.stack import Stack
 from tests.conftest import StackFactory, WsClient, s3_client
+from tests.support.auth import TENANT_A
 
 VOLCANO = {
     "id": "volcanoes",
@@ -145,15 +146,18 @@ def test_reingest_replaces_and_delete_removes(client: WsClient) -> None:
 
 
 def test_raw_documents_are_kept_in_the_object_store(client: WsClient, stack: Stack) -> None:
+    # Under the client's tenant's folder (tenants/alpha/; the default tenant's is the store's root).
     client.request({"action": "ingest", "request_id": "r", "document": VOLCANO})
     cfg = stack.config
     assert cfg is not None
     if cfg.s3_endpoint_url:
         s3 = s3_client(cfg.s3_endpoint_url)
         bucket = (cfg.documents_uri or "").removeprefix("s3://").split("/")[0]
-        raw = json.loads(s3.get_object(Bucket=bucket, Key="documents/volcanoes.json")["Body"].read())
+        raw = json.loads(
+            s3.get_object(Bucket=bucket, Key=f"documents/tenants/{TENANT_A}/volcanoes.json")["Body"].read()
+        )
         assert s3.list_objects_v2(Bucket=bucket, Prefix="lancedb/")["KeyCount"] > 0  # vectors in the bucket too
     else:
-        raw = json.loads((Path(cfg.documents_uri or "") / "volcanoes.json").read_text())
+        raw = json.loads((Path(cfg.documents_uri or "") / "tenants" / TENANT_A / "volcanoes.json").read_text())
         assert any((Path(cfg.lancedb_uri or "")).iterdir())
     assert raw["id"] == "volcanoes" and raw["text"] == VOLCANO["text"] and raw["title"] == "Volcanoes"

@@ -1,7 +1,8 @@
-"""The OpenAI-compatible HTTP API (gateway/http_api.py) against the real five-service stack.
+"""The OpenAI-compatible HTTP API (gateway/http_api.py) against the real six-service stack.
 
 Driven with the official ``openai`` client and with plain HTTP (urllib / http.client); responses are
 validated against the gateway's own OpenAPI document, whose paths must be exactly the gateway's routes.
+Every request carries tenant alpha's API key (``Authorization: Bearer``) unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
+from yarl import URL
 
 from gateway.app import create_app
+from gateway.keys import MANAGEMENT_APP
 from gateway.openapi import openapi_document
 from gateway.settings import Settings
 from shared.serving import listening_socket
+from shared.settings import AuthSettings, InternalAuthSettings
+from shared.sigv4 import SigningKey, sign
 from shared.stack import Stack
-from tests.conftest import TIMEOUT_FACTOR, StackFactory, WsClient
+from tests.conftest import DEFAULT, TIMEOUT_FACTOR, StackFactory, WsClient, stack_keys
 from tests.stack.test_e2e import BREAD, VOLCANO
+from tests.support.auth import default_key, remember
 
 TIDES_MD = b"""# Ocean tides
 
@@ -63,7 +69,18 @@ def base(stack: Stack) -> str:
 
 @pytest.fixture(scope="module")
 def client(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="local", max_retries=0, timeout=180 * TIMEOUT_FACTOR)
+    key = default_key(base)
+    assert key
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=180 * TIMEOUT_FACTOR)
+
+
+def auth(base: str, key: str | None = DEFAULT) -> dict[str, str]:
+    """Authorization for the gateway at ``base``: tenant alpha's key by default, ``key`` if given."""
+    key = default_key(base) if key is DEFAULT else key
+    if key is None:
+        return {}
+    remember(key)
+    return {"Authorization": f"Bearer {key}"}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -77,10 +94,11 @@ def call(
     *,
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
+    key: str | None = DEFAULT,
 ) -> tuple[int, Any]:
-    """(status, parsed JSON body) of one request."""
+    """(status, parsed JSON body) of one request, with ``key`` (default: tenant alpha's)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    hdrs = {"Content-Type": "application/json", **auth(base, key), **(headers or {})}
     req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
     try:
         with urllib.request.urlopen(req, timeout=180 * TIMEOUT_FACTOR) as resp:
@@ -110,7 +128,9 @@ def assert_openai_error(status: int, body: Any, expected_status: int, code: str 
 def sse_events(base: str, body: dict[str, Any]) -> list[Any]:
     """POST a streaming chat completion; every `data:` event, parsed ("[DONE]" kept as a string)."""
     req = urllib.request.Request(
-        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"{base}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **auth(base)},
     )
     events: list[Any] = []
     with urllib.request.urlopen(req, timeout=180 * TIMEOUT_FACTOR) as resp:
@@ -156,6 +176,37 @@ def test_openapi_is_served(base: str) -> None:
 
 
 # ---------------------------------------------------------------------- models
+
+
+def test_identity_is_required(base: str, stack: Stack) -> None:
+    """Everything that reads or writes data needs a key; the model list and the OpenAPI document do not."""
+    for method, path in (
+        ("GET", "/v1/documents"),
+        ("GET", "/v1/kb/status"),
+        ("POST", "/v1/kb/sync"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/documents"),
+        ("DELETE", "/v1/documents/volcanoes"),
+    ):
+        status, body = call(base, method, path, {}, key=None)
+        assert_openai_error(status, body, 401, "missing_credentials")
+        status, body = call(base, method, path, {}, key="lrk_nosuchkey_0000000000000000000000000000")
+        assert_openai_error(status, body, 401, "invalid_credentials")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base}/v1", api_key="lrk_bad", max_retries=0).chat.completions.create(
+            model="localrag", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert call(base, "GET", "/v1/models", key=None)[0] == 200
+    assert call(base, "GET", "/openapi.json", key=None)[0] == 200
+    # A body a page could post cross-site without a preflight is not taken.
+    status, body = call(base, "POST", "/v1/kb/sync", raw=b"{}", headers={"Content-Type": "text/plain"})
+    assert_openai_error(status, body, 415, "unsupported_media_type")
+    # Another tenant sees none of alpha's documents; a second principal of alpha sees them all.
+    keys = stack_keys(stack)
+    status, body = call(base, "GET", "/v1/documents", key=keys.beta)
+    assert status == 200 and body["data"] == [], body
+    status, body = call(base, "GET", "/v1/documents", key=keys.alpha2)
+    assert status == 200 and {"volcanoes", "sourdough"} <= {d["id"] for d in body["data"]}
 
 
 def test_models(client: openai.OpenAI, base: str) -> None:
@@ -269,7 +320,7 @@ def test_client_leaving_mid_stream_closes_the_pseudo_connection(base: str) -> No
     url = urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60 * TIMEOUT_FACTOR)
     body = {"model": "localrag", "messages": [{"role": "user", "content": VOLCANO_QUESTION}], "stream": True}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json", **auth(base)})
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.readline().startswith(b"data: ")  # the stream has started
@@ -446,7 +497,8 @@ def test_client_leaving_makes_the_lambdas_next_post_gone() -> None:
 
     async def scenario() -> list[int]:
         statuses: list[int] = []
-        gw_port = 0  # set once the gateway's socket is bound (below), before any request reaches the lambda
+        mgmt_port = 0  # set once the gateway's sockets are bound (below), before any request reaches the lambda
+        internal = SigningKey("LRINTHTTPAPITEST001", "a-secret-for-this-test-only-123")
 
         async def fake_lambda(request: web.Request) -> web.Response:
             event = await request.json()
@@ -456,7 +508,10 @@ def test_client_leaving_makes_the_lambdas_next_post_gone() -> None:
             async with aiohttp.ClientSession() as s:
                 for i in range(200):
                     msg = start if i == 0 else {"type": "token", "request_id": rid, "index": i - 1, "text": "x"}
-                    async with s.post(f"http://127.0.0.1:{gw_port}/local/@connections/{cid}", json=msg) as r:
+                    url = f"http://127.0.0.1:{mgmt_port}/local/@connections/{cid}"
+                    data = json.dumps(msg).encode()
+                    headers = sign("POST", url, {}, data, key=internal, service="execute-api", region="us-east-1")
+                    async with s.post(URL(url, encoded=True), data=data, headers=headers) as r:
                         statuses.append(r.status)
                         if r.status != 200:
                             break
@@ -470,11 +525,22 @@ def test_client_leaving_makes_the_lambdas_next_post_gone() -> None:
         lam_sock = listening_socket("127.0.0.1", 0)
         await web.SockSite(lam_runner, lam_sock).start()
         url = f"http://127.0.0.1:{lam_sock.getsockname()[1]}/2015-03-31/functions/chat/invocations"
-        gw_sock = listening_socket("127.0.0.1", 0)
-        gw_port = gw_sock.getsockname()[1]
-        gw_runner = web.AppRunner(create_app(Settings(port=gw_port, functions={"chat": url, "ingestion": url})))
+        gw_sock, mgmt_sock = listening_socket("127.0.0.1", 0), listening_socket("127.0.0.1", 0)
+        gw_port, mgmt_port = gw_sock.getsockname()[1], mgmt_sock.getsockname()[1]
+        settings = Settings(
+            port=gw_port,
+            functions={"chat": url, "ingestion": url},
+            auth=AuthSettings(auth=["none"]),  # identity is not what this test is about
+            internal=InternalAuthSettings(
+                access_key_id=internal.access_key_id, secret_access_key=internal.secret_access_key
+            ),
+        )
+        app = create_app(settings)
+        gw_runner, mgmt_runner = web.AppRunner(app), web.AppRunner(app[MANAGEMENT_APP])
         await gw_runner.setup()
         await web.SockSite(gw_runner, gw_sock).start()
+        await mgmt_runner.setup()
+        await web.SockSite(mgmt_runner, mgmt_sock).start()
         try:
             body = {"model": "localrag", "messages": [{"role": "user", "content": "q"}], "stream": True}
             async with aiohttp.ClientSession() as s:
@@ -490,6 +556,7 @@ def test_client_leaving_makes_the_lambdas_next_post_gone() -> None:
                 await asyncio.sleep(0.02)
             return statuses
         finally:
+            await mgmt_runner.cleanup()
             await gw_runner.cleanup()
             await lam_runner.cleanup()
 

@@ -14,6 +14,7 @@ from ingestion.handler import build_service
 from ingestion.service import IngestionService, IngestOutcome
 from ingestion.settings import Settings
 from shared.errors import DocumentTooLarge, EmptyDocument, RagError, UpstreamUnavailable
+from shared.identity import DEFAULT_TENANT as T
 from shared.protocol import Document
 from shared.stack import Stack
 from tests.conftest import StackFactory
@@ -71,8 +72,8 @@ def test_a_batch_indexes_exactly_what_one_by_one_ingest_does(stack: Stack, tmp_p
     one = service_at(tmp_path / "one", embedding_url(stack))
     many = service_at(tmp_path / "many", embedding_url(stack))
     docs = [doc(d, source=f"{d}.txt", metadata={"topic": d}) for d in TEXTS]
-    singles = [one.ingest(d) for d in docs]
-    batch = many.ingest_many(docs)
+    singles = [one.ingest(d, tenant=T) for d in docs]
+    batch = many.ingest_many(docs, tenant=T)
     assert all(isinstance(o, IngestOutcome) for o in batch)
     assert [(o.doc_id, o.chunks, o.tokens) for o in singles] == [
         (o.doc_id, o.chunks, o.tokens) for o in batch if isinstance(o, IngestOutcome)
@@ -87,16 +88,16 @@ def test_a_batch_indexes_exactly_what_one_by_one_ingest_does(stack: Stack, tmp_p
         np.testing.assert_allclose(
             np.array([r["vector"] for r in a[doc_id]]), np.array([r["vector"] for r in b[doc_id]]), atol=1e-5
         )
-    assert sorted(many.objects.document_ids()) == sorted(TEXTS)
+    assert sorted(many.tenant_objects(T).document_ids()) == sorted(TEXTS)
     # Found by the chat's search like any other document.
     query = many.embedder.embed_query("why are there two tides a day")
-    assert many.store.search(query, top_k=1, max_distance=2.0)[0].doc_id == "tides"
+    assert many.store.search(query, tenant=T, top_k=1, max_distance=2.0)[0].doc_id == "tides"
 
 
 def test_bad_documents_fail_alone_and_repeated_ids_keep_their_order(stack: Stack, tmp_path: Path) -> None:
     svc = service_at(tmp_path, embedding_url(stack), max_document_bytes=400)
-    svc.ingest(doc("bread", TEXTS["auroras"]))  # an older version (several chunks), replaced by the batch
-    old_chunks = svc.store.count_chunks("bread")
+    svc.ingest(doc("bread", TEXTS["auroras"]), tenant=T)  # an older version (several chunks), replaced by the batch
+    old_chunks = svc.store.count_chunks("bread", tenant=T)
     out = svc.ingest_many(
         [
             doc("tides"),
@@ -105,7 +106,8 @@ def test_bad_documents_fail_alone_and_repeated_ids_keep_their_order(stack: Stack
             doc("bread", "Sourdough needs a lively starter."),
             doc("volcano"),
             doc("bread", "Rye bread is dense and keeps for a week."),
-        ]
+        ],
+        tenant=T,
     )
     assert [type(o) for o in out] == [
         IngestOutcome,
@@ -122,14 +124,14 @@ def test_bad_documents_fail_alone_and_repeated_ids_keep_their_order(stack: Stack
     rows = rows_by_doc(svc)
     assert set(rows) == {"tides", "bread", "volcano"}  # nothing of the bad ones
     assert [r["text"] for r in rows["bread"]] == ["Rye bread is dense and keeps for a week."]
-    assert svc.objects.get_document("bread")["text"] == "Rye bread is dense and keeps for a week."  # type: ignore[index]
-    assert svc.objects.get_document("empty") is None and svc.objects.get_document("huge") is None
+    assert svc.tenant_objects(T).get_document("bread")["text"] == "Rye bread is dense and keeps for a week."  # type: ignore[index]
+    assert svc.tenant_objects(T).get_document("empty") is None and svc.tenant_objects(T).get_document("huge") is None
     assert isinstance(out[1], RagError) and out[1].code.value == "empty_document"
 
 
 def test_embedding_down_fails_the_batch_and_writes_nothing(tmp_path: Path) -> None:
     with refusing_port() as dead:  # nothing listens there
         svc = service_at(tmp_path, f"http://127.0.0.1:{port_of(dead)}")
-        out = svc.ingest_many([doc("tides"), doc("bread"), doc("empty", " ")])
+        out = svc.ingest_many([doc("tides"), doc("bread"), doc("empty", " ")], tenant=T)
     assert [type(o) for o in out] == [UpstreamUnavailable, UpstreamUnavailable, EmptyDocument]
-    assert svc.store.count_chunks() == 0 and svc.objects.document_ids() == []
+    assert svc.store.count_chunks(tenant=T) == 0 and svc.tenant_objects(T).document_ids() == []

@@ -1,6 +1,9 @@
 """Event-driven ingestion: S3 notifications and Kinesis batches, in AWS's formats (tests/events/), sent
 with boto3's ``lambda`` client to the real ingestion runtime; partial batch responses name only the
-records that failed, and the good ones are searchable."""
+records that failed, and the good ones are searchable.
+
+These sources carry no caller identity: what they write belongs to the ``default`` tenant, so the
+searches here use the default tenant's key."""
 
 from __future__ import annotations
 
@@ -15,12 +18,12 @@ from urllib.parse import quote
 
 import boto3
 import pytest
-from botocore.config import Config
 
 from shared.stack import Stack
-from tests.conftest import ARTIFACTS, StackFactory, WsClient
+from tests.conftest import ARTIFACTS, StackFactory, WsClient, stack_keys
 from tests.stack.test_documents import make_pdf
 from tests.stack.test_upload import chunk_rows, local_stack, read_object, s3_stack, search, store_keys, write_object
+from tests.support import auth
 from tests.support.paths import EVENTS
 from tests.support.timeouts import scaled
 
@@ -33,9 +36,7 @@ def event(name: str) -> dict[str, Any]:
 
 
 def invoke(stack: Stack, payload: dict[str, Any]) -> dict[str, Any]:
-    client = boto3.client(
-        "lambda", endpoint_url=stack.by_name["ingestion"].url, config=Config(read_timeout=scaled(180)), **CREDS
-    )
+    client = auth.lambda_client(stack, "ingestion", read_timeout=180)  # the Invoke API wants the internal key
     resp = client.invoke(FunctionName="ingestion", Payload=json.dumps(payload).encode())
     assert resp["StatusCode"] == 200 and "FunctionError" not in resp, resp
     body: dict[str, Any] = json.loads(resp["Payload"].read())
@@ -83,7 +84,7 @@ def test_s3_object_created_and_removed(s3stack: Stack) -> None:
     assert failures(invoke(s3stack, created)) == []
     rows = chunk_rows(s3stack, doc_id)
     assert [r["metadata"]["heading"] for r in rows] == ["Hot springs", "Hot springs > Geysers"]
-    c = WsClient(s3stack.ws_url)
+    c = WsClient(s3stack.ws_url, key=stack_keys(s3stack).default)
     try:
         hits = search(c, "why does a geyser erupt from underground channels")
         assert hits and hits[0]["doc_id"] == doc_id
@@ -134,7 +135,7 @@ def test_s3_batch_with_bad_records(s3stack: Stack) -> None:
     for bad in ("batch:broken.pdf", "batch:never-written.md", "batch:slides.pptx"):
         assert chunk_rows(s3stack, bad) == [] and quote(bad, safe="") + ".json" not in store_keys(s3stack)
     assert corrupt in store_keys(s3stack)  # a file dropped in the inbox is the user's: kept even if bad
-    c = WsClient(s3stack.ws_url)
+    c = WsClient(s3stack.ws_url, key=stack_keys(s3stack).default)
     try:
         assert search(c, "tidal bulges and the Moon's gravity")[0]["doc_id"] == "batch:tides.md"
         # Deleting the document through the API removes its inbox file too.
@@ -174,7 +175,7 @@ def test_kinesis_batch_with_one_bad_record(localstack: Stack) -> None:
     bad = kinesis_record(batch, bad_seq, b"{this is not json")
     batch["Records"].insert(1, bad)
     assert failures(invoke(localstack, batch)) == [bad_seq]
-    c = WsClient(localstack.ws_url)
+    c = WsClient(localstack.ws_url, key=stack_keys(localstack).default)
     try:
         assert search(c, "why are there two high tides a day")[0]["doc_id"] == "kinesis-tides"
         hits = search(c, "green and red lights in polar skies")
@@ -232,7 +233,7 @@ def test_kinesis_batch_keeps_record_order_across_deletes_and_repeats(localstack:
 def test_ingest_to_searchable_latency(localstack: Stack) -> None:
     """Kinesis-style record invoked -> a search finds it. Printed and saved, not asserted on time."""
     template = event("kinesis_batch.json")
-    c = WsClient(localstack.ws_url)
+    c = WsClient(localstack.ws_url, key=stack_keys(localstack).default)
     samples: list[dict[str, float]] = []
     try:
         for i in range(5):

@@ -25,6 +25,7 @@ from shared.stack import Stack
 from shared.vector_store import sql_str, storage_options_for
 from tests.conftest import StackFactory, WsClient, s3_client
 from tests.stack.test_documents import make_image_only_pdf, make_pdf
+from tests.support.auth import TENANT_A, TENANT_DEFAULT
 from tests.support.timeouts import scaled
 
 MAX_UPLOAD_BYTES = 1_000_000
@@ -148,8 +149,15 @@ def write_object(stack: Stack, key: str, data: bytes, content_type: str = "appli
     path.write_bytes(data)
 
 
-def doc_keys(stack: Stack, doc_id: str) -> set[str]:
-    return {k for k in store_keys(stack) if k == f"{doc_id}.json" or k.startswith(f"originals/{doc_id}/")}
+def tenant_key(key: str, tenant: str = TENANT_A) -> str:
+    """A key of the tenant's folder as a key of the store (the default tenant's folder is the store's root)."""
+    return key if tenant == TENANT_DEFAULT else f"tenants/{tenant}/{key}"
+
+
+def doc_keys(stack: Stack, doc_id: str, tenant: str = TENANT_A) -> set[str]:
+    """The document's raw JSON and originals, relative to its tenant's folder (WsClient: tenant alpha)."""
+    keys = {k.removeprefix(tenant_key("", tenant)) for k in store_keys(stack) if k.startswith(tenant_key("", tenant))}
+    return {k for k in keys if k == f"{doc_id}.json" or k.startswith(f"originals/{doc_id}/")}
 
 
 def chunk_rows(stack: Stack, doc_id: str) -> list[dict[str, Any]]:
@@ -265,9 +273,9 @@ def test_large_markdown_upload_is_searchable_by_heading(client: WsClient, stack:
 
     # The upload became the document's original, byte for byte; nothing is left in uploads/.
     assert doc_keys(stack, "handbook.md") == {"handbook.md.json", "originals/handbook.md/handbook.md"}
-    assert read_object(stack, "originals/handbook.md/handbook.md") == data
+    assert read_object(stack, tenant_key("originals/handbook.md/handbook.md")) == data
     assert not any(k.startswith("uploads/") for k in store_keys(stack))
-    raw = json.loads(read_object(stack, "handbook.md.json"))
+    raw = json.loads(read_object(stack, tenant_key("handbook.md.json")))
     assert raw["id"] == "handbook.md" and raw["title"] == "Handbook" and raw["source"] == "handbook.md"
     assert raw["original"] == {
         "key": "originals/handbook.md/handbook.md",
@@ -315,7 +323,7 @@ def test_pdf_upload_pages_question_reupload_and_delete(client: WsClient, stack: 
     gone = client.request({"action": "delete_document", "request_id": "d", "doc_id": "nature"})
     assert gone == {"type": "document_deleted", "request_id": "d", "doc_id": "nature", "chunks_deleted": 1}
     assert chunk_rows(stack, "nature") == [] and doc_keys(stack, "nature") == set()
-    assert not any(k.startswith(("uploads/", "originals/nature")) for k in store_keys(stack))
+    assert not any(k.startswith(("uploads/", tenant_key("originals/nature"))) for k in store_keys(stack))
 
 
 def test_html_and_text_uploads(client: WsClient, stack: Stack) -> None:
@@ -411,7 +419,7 @@ def test_unknown_keys(client: WsClient, stack: Stack) -> None:
     client.request({"action": "delete_document", "request_id": "d", "doc_id": "once.md"})
     r = ingest_object(client, upload(client, "bad-id.md", b"text", "text/markdown"), doc_id="a/b")
     assert_error(r, "invalid_request")
-    assert not any(k.startswith("originals/") for k in store_keys(stack) - before)
+    assert not any(k.startswith(tenant_key("originals/")) for k in store_keys(stack) - before)
 
 
 # ---------------------------------------------------------------------- the local PUT stand-in

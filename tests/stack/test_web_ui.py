@@ -4,8 +4,12 @@
   (upload_url -> presigned PUT -> ingest_object), see it in the document list, ask about it and watch the
   answer stream in, see its source in the sources panel, reload and get the conversation back, delete
   the document. A screenshot goes to test-artifacts/web-chat.png.
+  The page is opened as ``make up`` prints it, with the key in the fragment (``/ui/#key=...``); without
+  it the page says how to sign in.
 - Against a fake gateway (a small WebSocket server in this process): the "can't reach the gateway"
-  banner, reconnecting with backoff, error replies shown inline, server text rendered as text.
+  banner, reconnecting with backoff, error replies shown inline, server text rendered as text; the key
+  taken from the fragment into sessionStorage and sent as the ``localrag.bearer.<key>`` subprotocol;
+  ``?ws=`` honoured only for a gateway the page's config allows.
 - The static routes themselves (add_web_routes on a bare aiohttp app).
 
 Browser: Debian's chromium (``make system-deps`` installs it) driven by the playwright pip package;
@@ -19,6 +23,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,8 @@ from websockets.sync.server import Server, ServerConnection, serve
 from gateway.web import CSP, add_web_routes
 from shared.serving import listening_socket
 from shared.stack import Stack
-from tests.conftest import ARTIFACTS, TIMEOUT_FACTOR, StackFactory
+from tests.conftest import ARTIFACTS, TIMEOUT_FACTOR, StackFactory, stack_keys
+from tests.support.auth import remember
 from tests.support.procs import port_of, reserve_port
 from tests.support.timeouts import scaled
 
@@ -59,6 +65,14 @@ rebuilds bone, muscle, nerves and skin in the right pattern. Axolotls can also r
 their spinal cord, heart and eyes, which makes them a model organism for regeneration research.
 """
 QUESTION = "How does an axolotl regrow a lost limb?"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + scaled(timeout)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {scaled(timeout):.0f}s")
+        time.sleep(0.05)
 
 
 def has_class(name: str) -> re.Pattern[str]:
@@ -105,6 +119,7 @@ class StaticServer:
         self._sock = listening_socket("127.0.0.1", 0)
         self.port = port_of(self._sock)
         self.stage = stage
+        self.gateways: list[str] = []  # what config.json allows ?ws= to name (read per request)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._runner: web.AppRunner | None = None
@@ -117,7 +132,7 @@ class StaticServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
-        add_web_routes(app, self.stage)
+        add_web_routes(app, self.stage, gateways=self.gateways)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.SockSite(self._runner, self._sock).start())
@@ -164,7 +179,7 @@ def test_static_routes(static_server: StaticServer) -> None:
     status, headers, body = get("/ui")  # redirected to /ui/
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     status, headers, body = get("/ui/config.json")
-    assert status == 200 and json.loads(body) == {"websocket_path": "/local"}
+    assert status == 200 and json.loads(body) == {"websocket_path": "/local", "gateways": static_server.gateways}
     status, headers, _ = get("/ui/app.js")
     assert status == 200 and headers["Content-Type"].startswith("text/javascript")  # ES modules need a JS type
     status, headers, _ = get("/ui/style.css")
@@ -186,10 +201,25 @@ class FakeGateway:
         self.port = port_of(sock)
         self.answer = answer
         self.received: list[dict[str, Any]] = []
+        self.offered: list[str | None] = []  # each connection's Sec-WebSocket-Protocol header
+        self.chosen: list[str | None] = []
+
+    @property
+    def origin(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def url(self, static: StaticServer) -> str:
+        """The web chat on ``static``, pointed at this gateway with ?ws= (which the page's config allows)."""
+        if self.origin not in static.gateways:
+            static.gateways.append(self.origin)
+        return f"{static.url}/ui/?ws={self.origin}/local"
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
     def _handle(self, conn: ServerConnection) -> None:
+        assert conn.request is not None
+        self.offered.append(conn.request.headers.get("Sec-WebSocket-Protocol"))
+        self.chosen.append(conn.subprotocol)
         try:
             for raw in conn:
                 msg = json.loads(raw)
@@ -201,7 +231,8 @@ class FakeGateway:
 
     def start(self) -> FakeGateway:
         self._sock.listen()
-        self._server = serve(self._handle, sock=self._sock)
+        # Like the gateway: the page offers localrag.v1 (and its key); the handshake answers localrag.v1.
+        self._server = serve(self._handle, sock=self._sock, subprotocols=["localrag.v1"])  # type: ignore[list-item]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -229,7 +260,7 @@ def fake_answers(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_banner_when_gateway_unreachable_then_reconnects(page: Page, static_server: StaticServer) -> None:
     fake = FakeGateway(reserve_port(), fake_answers)  # nothing listens here yet
-    page.goto(f"{static_server.url}/ui/?ws=ws://127.0.0.1:{fake.port}/local")
+    page.goto(fake.url(static_server))
     banner = page.locator("#banner")
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("Can't reach the gateway — is make up running? Retrying…")
@@ -328,8 +359,7 @@ def test_history_sources_documents_against_fake_gateway(page: Page, static_serve
 
     fake = FakeGateway(reserve_port(), answers).start()
     try:
-        url = f"{static_server.url}/ui/?ws=ws://127.0.0.1:{fake.port}/local"
-        page.goto(url)
+        page.goto(fake.url(static_server))
         page.evaluate("localStorage.setItem('localrag.conversation_id', 'conv-1')")
         page.reload()
         # the stored conversation is restored, sources with page and heading
@@ -358,6 +388,46 @@ def test_history_sources_documents_against_fake_gateway(page: Page, static_serve
         page.reload()
         expect(page.locator(".notice")).to_contain_text("no longer exists")
         assert page.evaluate("localStorage.getItem('localrag.conversation_id')") is None
+    finally:
+        fake.stop()
+
+
+def test_key_moves_from_the_fragment_to_session_storage_and_the_subprotocol(
+    page: Page, static_server: StaticServer
+) -> None:
+    key = "lrk_testkeyid_s3cr3t-Value_0123"
+    fake = FakeGateway(reserve_port(), fake_answers).start()
+    try:
+        page.goto(f"{fake.url(static_server)}#key={key}")
+        expect(page.locator("#connection-status")).to_have_attribute("data-state", "open")
+        # Out of the address bar (and so out of history and bookmarks), into this tab's session storage.
+        assert "#" not in page.url and key not in page.url
+        assert page.evaluate("sessionStorage.getItem('localrag.key')") == key
+        assert page.evaluate("localStorage.getItem('localrag.key')") is None
+        assert fake.offered[-1] == f"localrag.v1, localrag.bearer.{key}" and fake.chosen[-1] == "localrag.v1"
+        # A reload keeps it (sessionStorage).
+        page.reload()
+        expect(page.locator("#connection-status")).to_have_attribute("data-state", "open")
+        assert fake.offered[-1] == f"localrag.v1, localrag.bearer.{key}"
+        # A new key in the fragment replaces it and reconnects with it.
+        page.goto(f"{fake.url(static_server)}#key=lrk_other_key")
+        wait_until(lambda: fake.offered[-1] == "localrag.v1, localrag.bearer.lrk_other_key", "a reconnect")
+        assert page.evaluate("sessionStorage.getItem('localrag.key')") == "lrk_other_key"
+        assert "#" not in page.url
+    finally:
+        fake.stop()
+
+
+def test_ws_override_only_for_allowed_gateways(page: Page, static_server: StaticServer) -> None:
+    """?ws= naming a gateway the page's config does not allow is ignored: the page uses its own origin
+    (and never sends its key elsewhere)."""
+    fake = FakeGateway(reserve_port(), fake_answers).start()
+    try:
+        assert fake.origin not in static_server.gateways
+        with page.expect_websocket() as opened:
+            page.goto(f"{static_server.url}/ui/?ws={fake.origin}/local#key=lrk_not_for_you")
+        assert opened.value.url == f"ws://127.0.0.1:{static_server.port}/local"
+        assert fake.offered == []
     finally:
         fake.stop()
 
@@ -392,8 +462,22 @@ def test_web_chat_end_to_end(page: Page, stack: Stack, tmp_path: Path) -> None:
     assert response is not None and response.status == 200, (
         f"GET {url} -> {response.status if response else None}: is add_web_routes wired into create_app?"
     )
+    # -- without a key: the gateway refuses the WebSocket, and the page says how to sign in
+    expect(page.locator("#signin")).to_be_visible()
+    expect(page.locator("#signin")).to_contain_text("Sign in")
+    expect(page.locator("#signin")).to_contain_text("make up")
+    expect(page.locator("#connection-status")).to_have_attribute("data-state", "refused")
+    # -- a wrong key: the same
+    page.goto(f"{url}#key=lrk_nosuchkey_0000000000000000000000000000")
+    expect(page.locator("#signin")).to_contain_text("Sign in")
+    # -- opened as `make up` prints it: the key in the fragment
+    key = stack_keys(stack).alpha
+    remember(key)
+    page.goto(f"{url}#key={key}")
     expect(page.locator("#connection-status")).to_have_attribute("data-state", "open")
     expect(page.locator("#banner")).to_be_hidden()
+    expect(page.locator("#signin")).to_be_hidden()
+    assert key not in page.url
 
     # -- upload a Markdown file through the labelled file input
     doc_file = tmp_path / "axolotl-notes.md"

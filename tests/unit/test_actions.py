@@ -60,7 +60,7 @@ def test_gateway_default_routes_come_from_the_registry() -> None:
 
 
 def test_a_handler_must_serve_exactly_its_registry_actions() -> None:
-    def serve(_request: Any, _emit: Emit) -> None:
+    def serve(_request: Any, _emit: Emit, _caller: Any) -> None:
         pass
 
     ingestion: dict[str, RouteHandler] = dict.fromkeys(actions_of("ingestion"), serve)

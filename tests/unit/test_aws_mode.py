@@ -55,7 +55,7 @@ from shared.bedrock import ChatModel, Embedder, StreamDone, TextDelta, upstream_
 from shared.connections import ConnectionGone, Connections
 from shared.errors import Throttled, UpstreamTimeout, UpstreamUnavailable
 from shared.events import WebSocketEvent
-from shared.object_store import S3ObjectStore
+from shared.object_store import S3ObjectStore, TenantObjects
 from shared.profiles import aws_profile
 from shared.protocol import StreamEnd, encode
 from shared.ws_lambda import WebSocketLambda
@@ -561,7 +561,7 @@ def test_a_gone_client_ends_a_streaming_reply_after_one_call() -> None:
     calls = count_calls(client, "PostToConnection")
     produced: list[int] = []
 
-    def chat(_req: Any, emit: Callable[[BaseModel], None]) -> None:
+    def chat(_req: Any, emit: Callable[[BaseModel], None], _caller: Any) -> None:
         for n in range(50):
             produced.append(n)
             emit(Hello(n=n))
@@ -580,7 +580,7 @@ def test_a_gone_client_ends_a_streaming_reply_after_one_call() -> None:
 def test_raw_documents_on_s3() -> None:
     client = aws_client("s3")
     assert client.meta.endpoint_url == f"https://s3.{REGION}.amazonaws.com"
-    store = S3ObjectStore(client, f"s3://{BUCKET}/documents")
+    store = TenantObjects(S3ObjectStore(client, f"s3://{BUCKET}/documents"), "default")
     doc: dict[str, Any] = {
         "id": "notes/2025 #1",
         "title": "Notes",

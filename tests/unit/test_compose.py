@@ -35,9 +35,23 @@ from tests.support.timeouts import scaled
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
-OUR_SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm")
+OUR_SERVICES = ("gateway", "ingestion", "chat", "authorizer", "embedding", "llm")
 ALL_SERVICES = {*OUR_SERVICES, "minio", "minio-init"}
-LAMBDA_HANDLERS = {"ingestion": "ingestion.handler.handler", "chat": "chat.handler.handler"}
+LAMBDA_HANDLERS = {
+    "ingestion": "ingestion.handler.handler",
+    "chat": "chat.handler.handler",
+    "authorizer": "authorizer.handler.handler",
+}
+# Functions whose lambdas call the others (embedding, @connections); the authorizer only reads the key store.
+WORKER_LAMBDAS = ("ingestion", "chat")
+# The stack's internal SigV4 key: no default on purpose (a default would be a key everyone knows);
+# `make .env` writes a random one. Read by the settings model shared/settings.py's InternalAuthSettings.
+INTERNAL_KEY_ENV = {
+    "LOCALRAG_INTERNAL_ACCESS_KEY_ID": "LRINTTESTKEY00000001",
+    "LOCALRAG_INTERNAL_SECRET_ACCESS_KEY": "test-internal-secret-0123456789",
+}
+INTERNAL_NETWORK = "internal"
+MANAGEMENT_PORT = 8003
 LAMBDA_BASE_IMAGE = "public.ecr.aws/lambda/python:"
 RIE_PORT = 8080
 RIE_INVOKE_PATH = "/2015-03-31/functions/function/invocations"
@@ -74,15 +88,20 @@ def service(name: str) -> dict[str, Any]:
 
 _INTERPOLATION = re.compile(r"\$\$|\$\{(?P<braced>[^}]*)\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
 _WITH_DEFAULT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:?-(?P<default>.*)$")
+_REQUIRED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?(?P<message>.+)$")
 
 
 def interpolate(value: str) -> str:
-    """The value compose uses when no variable is set: every ${VAR:-default} is its default."""
+    """The value compose uses when no variable is set: every ${VAR:-default} is its default; the internal
+    key's ${VAR:?message} (required: `make .env` writes it) is INTERNAL_KEY_ENV's test value."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
         expr = m.group("braced")
+        required = _REQUIRED.match(expr) if expr is not None else None
+        if required is not None and required["name"] in INTERNAL_KEY_ENV:
+            return INTERNAL_KEY_ENV[required["name"]]
         found = _WITH_DEFAULT.match(expr) if expr is not None else None
         if found is None:
             raise AssertionError(f"{m.group(0)!r} in docker-compose.yml has no default: write ${{VAR:-default}}")
@@ -112,6 +131,7 @@ def environment(name: str) -> dict[str, str]:
 
 
 def settings_classes() -> dict[str, type[BaseSettings]]:
+    from authorizer.settings import Settings as AuthorizerSettings
     from chat.settings import Settings as ChatSettings
     from embedding.settings import Settings as EmbeddingSettings
     from gateway.settings import Settings as GatewaySettings
@@ -122,6 +142,7 @@ def settings_classes() -> dict[str, type[BaseSettings]]:
         "gateway": GatewaySettings,
         "ingestion": IngestionSettings,
         "chat": ChatSettings,
+        "authorizer": AuthorizerSettings,
         "embedding": EmbeddingSettings,
         "llm": LlmSettings,
     }
@@ -139,13 +160,24 @@ def env_names(cls: type[BaseSettings]) -> set[str]:
             names.add(alias.upper())
         elif isinstance(alias, AliasChoices):
             names.update(choice.upper() for choice in alias.choices if isinstance(choice, str))
+        # A nested settings model (e.g. the documents store, RAG_AUTH) reads its own variables.
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings):
+            names |= env_names(field.annotation)
     return names
+
+
+def internal_env_names() -> set[str]:
+    from shared.settings import AuthSettings, InternalAuthSettings
+
+    return env_names(InternalAuthSettings) | env_names(AuthSettings)
 
 
 def allowed_env(name: str) -> set[str]:
     allowed = env_names(settings_classes()[name])
     if name in LAMBDA_HANDLERS:
         allowed |= AWS_ENV
+    if name in (*WORKER_LAMBDAS, "gateway"):
+        allowed |= internal_env_names()  # read by shared/settings.py's InternalAuthSettings and AuthSettings
     return allowed
 
 
@@ -153,7 +185,7 @@ def load_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The service's Settings as the container would build them from the compose environment."""
     cls = settings_classes()[name]
     for var in list(os.environ):
-        if var.upper() in env_names(cls) | AWS_ENV:
+        if var.upper() in env_names(cls) | AWS_ENV | internal_env_names():
             monkeypatch.delenv(var)
     for var, value in environment(name).items():
         monkeypatch.setenv(var, value)
@@ -288,17 +320,26 @@ def test_docker_compose_config_is_valid() -> None:
             "cannot be validated. `make pytest` installs it (apt-get install -y docker-compose).",
             pytrace=False,
         )
-    proc = subprocess.run(
+    proc = compose_config(exe, INTERNAL_KEY_ENV)
+    assert proc.returncode == 0, f"docker-compose config -q failed:\n{proc.stdout}\n{proc.stderr}"
+    warnings = [line for line in proc.stderr.splitlines() if "WARN" in line.upper()]
+    assert not warnings, "docker-compose config warned:\n" + "\n".join(warnings)
+    # Without the internal key (no `make .env`), compose refuses to start, saying what to do.
+    missing = compose_config(exe, {})
+    assert missing.returncode != 0 and "make .env" in missing.stderr, missing.stderr
+
+
+def compose_config(exe: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in INTERNAL_KEY_ENV}
+    return subprocess.run(
         [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=scaled(60),
         check=False,
+        env={**clean, **env},
     )
-    assert proc.returncode == 0, f"docker-compose config -q failed:\n{proc.stdout}\n{proc.stderr}"
-    warnings = [line for line in proc.stderr.splitlines() if "WARN" in line.upper()]
-    assert not warnings, "docker-compose config warned:\n" + "\n".join(warnings)
 
 
 def test_every_variable_has_a_default() -> None:
@@ -338,7 +379,7 @@ def test_gateway_waits_for_healthy_lambdas() -> None:
         assert deps.get(fn) == "service_healthy", f"gateway must depend on {fn} being healthy"
 
 
-@pytest.mark.parametrize("name", sorted(LAMBDA_HANDLERS))
+@pytest.mark.parametrize("name", sorted(WORKER_LAMBDAS))
 def test_lambdas_wait_for_storage_and_models(name: str) -> None:
     deps = depends_on(name)
     assert deps.get("minio-init") == "service_completed_successfully", f"{name}: must wait for the bucket"
@@ -352,13 +393,53 @@ def test_minio_init_creates_the_bucket_the_lambdas_use(monkeypatch: pytest.Monke
     script = " ".join(strings([init.get("entrypoint"), init.get("command")]))
     assert "mc mb" in script, "minio-init must create the bucket with `mc mb`"
     assert depends_on("minio-init").get("minio") == "service_healthy"
-    for name in LAMBDA_HANDLERS:
+    for name in WORKER_LAMBDAS:
         settings = load_settings(name, monkeypatch)
         for uri in (settings.lancedb_uri, getattr(settings, "documents_uri", settings.lancedb_uri)):
             bucket = urlsplit(uri).netloc
             assert uri.startswith("s3://") and re.search(rf"/{re.escape(bucket)}(\s|$|;|&)", script), (
                 f"{name}: {uri} is not in a bucket minio-init creates"
             )
+
+
+def test_gateway_authorizes_with_the_authorizer_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    deps = depends_on("gateway")
+    assert deps.get("authorizer") == "service_healthy", "gateway must wait for the authorizer"
+    settings = load_settings("gateway", monkeypatch)
+    assert "authorizer" in settings.functions, "GATEWAY_FUNCTIONS must name the authorizer"
+    assert settings.auth.auth != ["none"], "identity must be on by default"
+
+
+def test_only_the_gateway_and_minio_console_are_published() -> None:
+    for name, svc in (compose().get("services") or {}).items():
+        if name not in ("gateway", "minio"):
+            assert not svc.get("ports"), f"{name} publishes ports"
+    assert all("8003" not in str(p) for p in service("gateway").get("ports") or []), "@connections is published"
+
+
+@pytest.mark.parametrize("name", sorted({*LAMBDA_HANDLERS, "embedding", "llm", "minio-init"}))
+def test_lambdas_and_models_are_on_the_internal_network_only(name: str) -> None:
+    networks = service(name).get("networks")
+    names = set(networks) if networks else {"default"}
+    assert names == {INTERNAL_NETWORK}, f"{name}: networks {sorted(names)}, expected only {INTERNAL_NETWORK!r}"
+    assert (compose().get("networks") or {})[INTERNAL_NETWORK].get("internal") is True
+
+
+def test_gateway_reaches_both_networks() -> None:
+    networks = set(service("gateway").get("networks") or [])
+    assert INTERNAL_NETWORK in networks and len(networks) == 2, networks
+
+
+@pytest.mark.parametrize("name", ["gateway", *WORKER_LAMBDAS])
+def test_internal_key_comes_from_the_environment_without_a_default(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = service(name)["environment"]
+    for var in INTERNAL_KEY_ENV:
+        assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", str(raw.get(var, ""))), f"{name}: {var} must be ${{{var}:?...}}"
+    settings = load_settings(name, monkeypatch)
+    from shared.settings import InternalAuthSettings
+
+    assert InternalAuthSettings().signing_key() is not None, f"{name}: the internal key does not load"
+    del settings
 
 
 def test_lambda_credentials_are_the_minio_root_user() -> None:
@@ -421,7 +502,7 @@ def test_gateway_functions_point_at_the_lambda_emulators(monkeypatch: pytest.Mon
         assert port == RIE_PORT and urlsplit(url).path == RIE_INVOKE_PATH, f"{fn}: {url} is not the RIE Invoke URL"
 
 
-@pytest.mark.parametrize("name", sorted(LAMBDA_HANDLERS))
+@pytest.mark.parametrize("name", sorted(WORKER_LAMBDAS))
 def test_lambda_endpoints_point_at_the_services(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     gateway = load_settings("gateway", monkeypatch)
     embedding = load_settings("embedding", monkeypatch)
@@ -431,7 +512,9 @@ def test_lambda_endpoints_point_at_the_services(name: str, monkeypatch: pytest.M
     assert url_service_and_port(settings.embedding_endpoint_url) == ("embedding", embedding.port)
     assert settings.s3_endpoint_url, f"{name}: RAG_S3_ENDPOINT_URL unset (would call AWS S3)"
     assert url_service_and_port(settings.s3_endpoint_url) == ("minio", 9000)
-    assert settings.connections_endpoint_url == f"http://gateway:{gateway.port}/{gateway.stage}"
+    # Replies go to the gateway's internal @connections listener, not its public port.
+    assert gateway.management_port == MANAGEMENT_PORT and gateway.management_host == "0.0.0.0"
+    assert settings.connections_endpoint_url == f"http://gateway:{gateway.management_port}/{gateway.stage}"
     if name == "chat":
         assert settings.llm_endpoint_url, "chat: RAG_LLM_ENDPOINT_URL unset (would call AWS)"
         assert url_service_and_port(settings.llm_endpoint_url) == ("llm", llm.port)

@@ -19,7 +19,7 @@ from openapi_spec_validator import validate as validate_spec
 from gateway.app import create_app
 from gateway.connections import Connection, QueueSocket
 from gateway.http_api import API_PREFIX, ROUTES
-from gateway.keys import CONNECTIONS
+from gateway.keys import CONNECTIONS, MANAGEMENT_APP
 from gateway.openapi import openapi_document
 from gateway.settings import Settings
 from shared.connections import ConnectionGone, Connections
@@ -27,6 +27,8 @@ from shared.events import build_event
 from shared.openai_models import ChatCompletionChunk, ChunkChoice, Delta, Usage, sse
 from shared.protocol import Token
 from shared.serving import listening_socket
+from shared.settings import AuthSettings, InternalAuthSettings
+from shared.sigv4 import SigningKey
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
@@ -52,20 +54,37 @@ def test_app_module_only_composes() -> None:
 Scenario = Callable[[web.Application, str], Awaitable[None]]
 
 
-def run_gateway(scenario: Scenario, **settings: Any) -> None:
-    """Serve a gateway (with no lambdas behind it) on a free port and run `scenario(app, base_url)`."""
+INTERNAL = SigningKey("LRINTTESTKEY0000002", "another-secret-for-the-unit-tests")
+
+
+def run_gateway(scenario: Scenario, *, internal: bool = False, **settings: Any) -> None:
+    """Serve a gateway (with no lambdas behind it) on a free port and run `scenario(app, base_url)`; the
+    base URL is its internal listener's (@connections) when ``internal``. Identity is off (RAG_AUTH=none):
+    these tests are about the other parts (tests/unit/test_gateway_auth.py tests identity)."""
 
     async def main() -> None:
-        sock = listening_socket("127.0.0.1", 0)
-        port = sock.getsockname()[1]
-        app = create_app(Settings(port=port, **settings))
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
+        public, management = listening_socket("127.0.0.1", 0), listening_socket("127.0.0.1", 0)
+        port = public.getsockname()[1]
+        app = create_app(
+            Settings(
+                port=port,
+                auth=AuthSettings(auth=["none"]),
+                internal=InternalAuthSettings(
+                    access_key_id=INTERNAL.access_key_id, secret_access_key=INTERNAL.secret_access_key
+                ),
+                **settings,
+            )
+        )
+        runners = [web.AppRunner(app), web.AppRunner(app[MANAGEMENT_APP])]
+        for runner, sock in zip(runners, (public, management), strict=True):
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
         try:
-            await scenario(app, f"http://127.0.0.1:{port}")
+            served = management if internal else public
+            await scenario(app, f"http://127.0.0.1:{served.getsockname()[1]}")
         finally:
-            await runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
 
     asyncio.run(main())
 
@@ -86,7 +105,7 @@ def test_post_to_connection_with_aws_client(connection_id: str) -> None:
             domain_name=base.removeprefix("http://"),
             stage="local",
         )
-        client = Connections(endpoint_url=f"{base}/local", region="us-east-1")
+        client = Connections(endpoint_url=f"{base}/local", region="us-east-1", signing_key=INTERNAL)
         loop = asyncio.get_running_loop()
         message = Token(request_id="r", index=0, text="hi")
         await loop.run_in_executor(None, client.post, event, message)
@@ -95,7 +114,7 @@ def test_post_to_connection_with_aws_client(connection_id: str) -> None:
         with pytest.raises(ConnectionGone):
             await loop.run_in_executor(None, client.post, event, message)
 
-    run_gateway(scenario)
+    run_gateway(scenario, internal=True)
 
 
 async def _get(session: aiohttp.ClientSession, url: str, method: str = "GET") -> tuple[int, Any]:

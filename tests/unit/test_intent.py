@@ -19,6 +19,7 @@ from chat.prompts import CONVERSATIONAL_PROMPT, NO_CONTEXT_PROMPT
 from chat.service import ChatService
 from chat.settings import Settings
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
+from shared.identity import anonymous
 from shared.protocol import ChatRequest, StreamEnd
 from shared.vector_store import Match, MessageRow
 from tests.support.timeouts import scaled
@@ -185,10 +186,10 @@ class FakeStore:
         m = Match("volcanoes", 0, "Volcanoes", "Magma rises.", 0.3, None, None, {"page": 2}, page=2)
         return [m] if kwargs["max_distance"] >= 0.3 else []
 
-    def conversation(self, conversation_id: str) -> list[MessageRow]:
+    def conversation(self, conversation_id: str, **_: str) -> list[MessageRow]:
         return [r for r in self.saved if r.conversation_id == conversation_id]
 
-    def append_messages(self, messages: Sequence[MessageRow]) -> None:
+    def append_messages(self, messages: Sequence[MessageRow], **_: str) -> None:
         self.saved.extend(messages)
 
 
@@ -211,7 +212,7 @@ def make_service(delay: float = 0.0, routing: bool = True) -> tuple[ChatService,
 
 def run_chat(svc: ChatService, question: str) -> StreamEnd:
     out: list[Any] = []
-    svc.chat(ChatRequest(action="chat", request_id="r", question=question), out.append)
+    svc.chat(ChatRequest(action="chat", request_id="r", question=question), out.append, anonymous())
     end = out[-1]
     assert isinstance(end, StreamEnd)
     return end

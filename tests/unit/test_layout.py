@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.paths import ROOT
 
-SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm")
+SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm", "authorizer")
 PROJECT = ("shared", *SERVICES, "bench", "tests")
 
 

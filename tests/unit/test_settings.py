@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from shared.identity import anonymous
 from shared.settings_doc import settings_class, variables
 
 PREFIXES = ("RAG_", "CHAT_", "INGESTION_", "GATEWAY_", "EMBEDDING_", "LLM_")
@@ -74,7 +75,7 @@ class RecordingStore:
         text = "Lava is molten rock that erupts from a volcano and cools into basalt. " * 3
         return [Match("volcano", 0, "Volcano", text, 0.1, None, None, {})]
 
-    def conversation(self, conversation_id: str) -> list[Any]:
+    def conversation(self, conversation_id: str, **_: Any) -> list[Any]:
         return []
 
 
@@ -179,7 +180,7 @@ S3_DOCS = {"RAG_DOCUMENTS_URI": "s3://bucket/documents", "RAG_S3_ENDPOINT_URL": 
 
 
 def _chat_retrieve(b: Built) -> dict[str, Any]:
-    b.service.retrieve("what is lava?")
+    b.service.retrieve("what is lava?", tenant="default")
     return b.store.searches[-1]
 
 
@@ -188,7 +189,7 @@ def _chat(b: Built, question: str, **fields: Any) -> tuple[ScriptedLLM, list[Any
 
     llm, out = ScriptedLLM(), list[Any]()
     b.service.llm = llm
-    b.service.chat(ChatRequest(action="chat", request_id="r", question=question, **fields), out.append)
+    b.service.chat(ChatRequest(action="chat", request_id="r", question=question, **fields), out.append, anonymous())
     return llm, out
 
 
@@ -258,7 +259,7 @@ CHAT: dict[str, Effect] = {
     **runtime_effects("CHAT"),
     "RAG_TOP_K": Effect("3", lambda b: _chat_retrieve(b)["top_k"]),
     "RAG_MAX_DISTANCE": Effect("0.3", lambda b: _chat_retrieve(b)["max_distance"]),
-    "RAG_EXCERPT_CHARS": Effect("40", lambda b: len(b.service.retrieve("lava").sources[0].excerpt)),
+    "RAG_EXCERPT_CHARS": Effect("40", lambda b: len(b.service.retrieve("lava", tenant="default").sources[0].excerpt)),
     "RAG_SEARCH_MODE": Effect("fts", lambda b: _chat_retrieve(b)["mode"]),
     "RAG_RRF_K": Effect("7", lambda b: _chat_retrieve(b)["rrf_k"]),
     "RAG_INTENT_ROUTING": Effect("false", _prompt_for_small_talk),
@@ -274,7 +275,9 @@ CHAT: dict[str, Effect] = {
 def _upload(b: Built, size: int = 100) -> Any:
     """upload_url's outcome as the lambda answers it through the gateway at http://gw.test/local."""
     try:
-        return b.service.upload_url("notes.md", "text/markdown", size, gateway_url="http://gw.test/local")
+        return b.service.upload_url(
+            "notes.md", "text/markdown", size, tenant="default", gateway_url="http://gw.test/local"
+        )
     except Exception as exc:
         return type(exc).__name__
 
@@ -294,7 +297,9 @@ def _text_outcome(b: Built) -> str:
     from shared.protocol import Document
 
     try:
-        b.service._text_job(Document(id="d", title="t", text="Lava is molten rock. " * 5))
+        b.service._text_job(
+            Document(id="d", title="t", text="Lava is molten rock. " * 5), b.service.tenant_objects("default")
+        )
     except Exception as exc:
         return type(exc).__name__
     return "accepted"
@@ -436,7 +441,7 @@ def test_the_upload_limit_from_the_shell_is_the_one_both_enforce(
         async with TestClient(TestServer(create_app(GatewaySettings()))) as client:
             try:
                 ticket = service.upload_url(
-                    "notes.md", "text/markdown", declared, gateway_url=str(client.make_url("/local"))
+                    "notes.md", "text/markdown", declared, tenant="default", gateway_url=str(client.make_url("/local"))
                 )
             except Exception as exc:
                 return type(exc).__name__

@@ -2,9 +2,10 @@
 
 The gateway is built from the environment as ``python -m gateway`` builds it (``create_app(Settings())``)
 and served in this process on an ephemeral port, in front of a stand-in for the Lambda Invoke API that
-records each event and can hold an invocation open. Each row of the table is a variable, a non-default
-value and what a client observes; the test runs the observation with and without the value and the two
-must differ. No process is started.
+checks each call's SigV4 signature (the base environment's internal key), records each event, can hold
+an invocation open, and serves the authorizer (Allow for the credentials in ``KEYS``, else Unauthorized).
+Each row of the table is a variable, a non-default value and what a client observes; the test runs the
+observation with and without the value and the two must differ. No process is started.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from shared.identity import Principal
 from shared.settings_doc import settings_class, variables
+from shared.sigv4 import SignatureError, verify
 from tests.support.timeouts import scaled
 
 # Long enough for anything that does happen on this machine; only waited out when nothing happens.
 PATIENCE_S = scaled(3.0)
+INTERNAL_ID, INTERNAL_SECRET = "LRINTSETTINGS000001", "the-settings-tests-internal-secret"
+KEYS = {"good": Principal("alpha", "key:good", "api_key"), "other": Principal("beta", "key:other", "api_key")}
 
 
 class Functions:
@@ -41,11 +46,23 @@ class Functions:
     def messages(self) -> list[tuple[str, dict[str, Any]]]:
         return [(f, e) for f, e in self.events if e["requestContext"].get("eventType") == "MESSAGE"]
 
+    def authorizations(self) -> list[dict[str, Any]]:
+        return [e for f, e in self.events if f == "authorizer"]
+
     async def invoke(self, request: web.Request) -> web.Response:
-        event = await request.json()
+        body = await request.read()
+        try:
+            verify(
+                "POST", str(request.url), request.headers, body, keys={INTERNAL_ID: INTERNAL_SECRET}, service="lambda"
+            )
+        except SignatureError as exc:
+            return web.json_response({"message": exc.message}, status=403)
+        event = json.loads(body)
         async with self.arrived:
             self.events.append((request.match_info["name"], event))
             self.arrived.notify_all()
+        if request.match_info["name"] == "authorizer":
+            return authorize(event)
         if self.hold and event["requestContext"].get("eventType") == "MESSAGE":
             await self.release.wait()
         return web.json_response({"statusCode": 200})
@@ -64,6 +81,25 @@ class Functions:
         return app
 
 
+def authorize(event: dict[str, Any]) -> web.Response:
+    """The authorizer contract, for a bearer header or a ?token=."""
+    authorization = event["headers"].get("Authorization", "")
+    credential = authorization.removeprefix("Bearer ") or event["queryStringParameters"].get("token", "")
+    principal = KEYS.get(credential)
+    if principal is None:
+        return web.json_response(
+            {"errorMessage": "Unauthorized", "errorType": "Exception"}, headers={"X-Amz-Function-Error": "Unhandled"}
+        )
+    statement = {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}
+    return web.json_response(
+        {
+            "principalId": principal.principal,
+            "policyDocument": {"Version": "2012-10-17", "Statement": [statement]},
+            "context": principal.context(),
+        }
+    )
+
+
 @dataclass
 class Gateway:
     client: TestClient[Any, Any]
@@ -71,8 +107,22 @@ class Gateway:
     tmp: Path
     main: dict[str, Any] = field(default_factory=dict)
 
-    async def connect(self, path: str = "/local") -> aiohttp.ClientWebSocketResponse:
-        return await self.client.ws_connect(path)
+    async def connect(
+        self, path: str = "/local", key: str | None = "good", headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return await self.client.ws_connect(path, headers={**auth, **(headers or {})})
+
+    async def outcome(
+        self, path: str = "/local", key: str | None = "good", headers: dict[str, str] | None = None
+    ) -> Any:
+        """ "open", or the status of the refused handshake."""
+        try:
+            ws = await self.connect(path, key, headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        await ws.close()
+        return "open"
 
     async def first_outcome(self, ws: aiohttp.ClientWebSocketResponse, messages: int = 1) -> Any:
         """Whichever comes first: ``messages`` invocations reach the function ("forwarded"), or the client
@@ -164,8 +214,39 @@ async def _integration_timeout(g: Gateway) -> Any:
 
 
 async def _http_body(g: Gateway) -> int:
-    resp = await g.client.post("/v1/chat/completions", data=json.dumps({"padding": "x" * 500}))
+    headers = {"Authorization": "Bearer good", "Content-Type": "application/json"}
+    resp = await g.client.post("/v1/chat/completions", data=json.dumps({"padding": "x" * 500}), headers=headers)
     return resp.status
+
+
+async def _authorizer_calls(g: Gateway, keys: list[str]) -> int:
+    for key in keys:
+        await (await g.connect(key=key)).close()
+    return len(g.functions.authorizations())
+
+
+async def _authorizer_arn(g: Gateway) -> str:
+    await (await g.connect()).close()
+    return str(g.functions.authorizations()[0]["methodArn"])
+
+
+async def _health_as(g: Gateway, host: str) -> int:
+    resp = await g.client.get("/health", headers={"Host": host})
+    return resp.status
+
+
+async def _ui_config(g: Gateway) -> Any:
+    resp = await g.client.get("/ui/config.json")
+    return (await resp.json())["gateways"]
+
+
+async def _identity(g: Gateway) -> Any:
+    """Without a credential: refused (401), or let in as whom."""
+    status = await g.outcome(key=None)
+    if status != "open":
+        return status
+    connect = next(e for f, e in g.functions.events if f == "chat")
+    return connect["requestContext"]["authorizer"]
 
 
 async def _put(g: Gateway, *, secret: str = "base-secret", size: int = 100) -> tuple[int, list[str]]:
@@ -206,6 +287,24 @@ def _routes_with_search_to_ingestion() -> str:
 GATEWAY: dict[str, Effect] = {
     "GATEWAY_HOST": Effect("0.0.0.0", lambda g: _main_arg(g, "host")),
     "GATEWAY_PORT": Effect("18000", lambda g: _main_arg(g, "port")),
+    "GATEWAY_MANAGEMENT_HOST": Effect("0.0.0.0", lambda g: _main_arg(g, "management_host")),
+    "GATEWAY_MANAGEMENT_PORT": Effect("18003", lambda g: _main_arg(g, "management_port")),
+    "GATEWAY_REGION": Effect("eu-west-1", _authorizer_arn),
+    # A ?token= is not looked at when only the header is an identity source: 401 without invoking.
+    "GATEWAY_AUTHORIZER_IDENTITY_SOURCES": Effect(
+        "route.request.header.Authorization", lambda g: g.outcome("/local?token=good", key=None)
+    ),
+    "GATEWAY_AUTHORIZER_TTL_S": Effect("0", lambda g: _authorizer_calls(g, ["good", "good"])),
+    "GATEWAY_AUTHORIZER_CACHE_SIZE": Effect("1", lambda g: _authorizer_calls(g, ["good", "other", "good"])),
+    "GATEWAY_ALLOWED_HOSTS": Effect("gw.example", lambda g: _health_as(g, "gw.example")),
+    "GATEWAY_ALLOWED_ORIGINS": Effect(
+        "http://app.example", lambda g: g.outcome(headers={"Origin": "http://app.example"})
+    ),
+    "GATEWAY_WEB_CHAT_GATEWAYS": Effect("wss://other.example", _ui_config),
+    "RAG_AUTH": Effect("none", _identity),
+    # Another internal key than the one the Invoke API knows: the authorizer cannot be invoked (500).
+    "LOCALRAG_INTERNAL_ACCESS_KEY_ID": Effect("LRINTSOMEOTHERKEY01", lambda g: g.outcome()),
+    "LOCALRAG_INTERNAL_SECRET_ACCESS_KEY": Effect("a-secret-the-invoke-api-does-not-know", lambda g: g.outcome()),
     "GATEWAY_LOG_LEVEL": Effect("DEBUG", lambda g: _main_arg(g, "log_level")),
     "GATEWAY_STAGE": Effect("dev", _stage),
     "GATEWAY_API_ID": Effect("abc123", lambda g: _field(g, "apiId")),
@@ -215,6 +314,7 @@ GATEWAY: dict[str, Effect] = {
             {
                 "ingestion": "{functions}/2015-03-31/functions/ingestion/invocations",
                 "chat": "{functions}/2015-03-31/functions/renamed/invocations",
+                "authorizer": "{functions}/2015-03-31/functions/authorizer/invocations",
             }
         ),
         _function_for_search,
@@ -250,7 +350,11 @@ def _main(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(entry, "configure_logging", lambda level="INFO": seen.update(log_level=level))
-    monkeypatch.setattr(entry, "run_app", lambda app, host, port, **kw: seen.update(host=host, port=port))
+
+    def run_app(app: Any, host: str, port: int, *, internal: Any, **kw: Any) -> None:
+        seen.update(host=host, port=port, management_host=internal.host, management_port=internal.port)
+
+    monkeypatch.setattr(entry, "run_app", run_app)
     entry.main()
     return seen
 
@@ -273,7 +377,7 @@ async def _observe(effect: Effect, env: dict[str, str], monkeypatch: pytest.Monk
 @pytest.mark.parametrize("var", sorted(GATEWAY))
 def test_every_variable_changes_the_gateway(var: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
-        if name.startswith(("GATEWAY_", "RAG_")):
+        if name.startswith(("GATEWAY_", "RAG_", "LOCALRAG_")):
             monkeypatch.delenv(name)
     effect = GATEWAY[var]
     base = {
@@ -281,8 +385,11 @@ def test_every_variable_changes_the_gateway(var: str, monkeypatch: pytest.Monkey
             {
                 "ingestion": "{functions}/2015-03-31/functions/ingestion/invocations",
                 "chat": "{functions}/2015-03-31/functions/chat/invocations",
+                "authorizer": "{functions}/2015-03-31/functions/authorizer/invocations",
             }
         ),
+        "LOCALRAG_INTERNAL_ACCESS_KEY_ID": INTERNAL_ID,
+        "LOCALRAG_INTERNAL_SECRET_ACCESS_KEY": INTERNAL_SECRET,
         "RAG_DOCUMENTS_URI": "{tmp}/documents",
         "RAG_UPLOAD_SECRET": "base-secret",
         **effect.base,

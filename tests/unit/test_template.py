@@ -4,12 +4,15 @@
   SAM translator (aws-sam-translator, what ``sam build``/``sam deploy`` run); cfn-lint accepts the
   translated CloudFormation too.
 - The WebSocket API has the protocol's action registry's routes (the local gateway's too), each a Lambda proxy
-  integration with its permission.
+  integration with its permission; ``$connect`` is guarded by the authorizer function (a REQUEST authorizer
+  whose identity sources every handshake carries), which API Gateway may invoke; the Cognito parameters
+  reach its settings, which accept them.
 - The functions are the compose images (same Dockerfiles, repo root as context, same handler CMD).
 - Their environment is made of real settings names and is an ``aws`` profile (shared/profiles.py) that
   passes the profile check, for every embedding choice the parameters allow.
 - IAM is least privilege: Bedrock on the configured model ARNs only, S3 on the bucket (and prefixes) only,
-  ManageConnections on this API's stage only; no ``*`` resource, no wildcard action.
+  ManageConnections on this API's stage only, the authorizer reads the API keys and nothing else; no ``*``
+  resource, no wildcard action.
 - The bucket notifies ingestion of files under the documents prefix's ``inbox/`` (the documents code's
   INBOX_PREFIX), without a circular dependency.
 """
@@ -30,7 +33,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from shared.profiles import EMBEDDING_MODELS, LOCAL_EMBEDDING_MODEL_ID, aws_profile, check, mode_of
-from tests.support.paths import ROOT
+from tests.support.paths import EVENTS, ROOT
 from tests.support.timeouts import scaled
 from tests.unit.test_compose import env_names
 
@@ -53,8 +56,12 @@ PHYSICAL = {
     "ChatFunction": "localrag-ChatFunction-DeF",
     "IngestionIntegration": "ing123",
     "ChatIntegration": "chat456",
+    "AuthorizerFunction": "localrag-AuthorizerFunction-GhI",
+    "ConnectAuthorizer": "auth789",
 }
-FUNCTIONS = {"ingestion": "IngestionFunction", "chat": "ChatFunction"}
+FUNCTIONS = {"ingestion": "IngestionFunction", "chat": "ChatFunction", "authorizer": "AuthorizerFunction"}
+# The functions behind routes (the RAG lambdas); the authorizer is invoked by API Gateway before them.
+ROUTE_FUNCTIONS = {"ingestion": "IngestionFunction", "chat": "ChatFunction"}
 ENDPOINT_VARS = {
     "RAG_EMBEDDING_ENDPOINT_URL",
     "RAG_LLM_ENDPOINT_URL",
@@ -91,6 +98,9 @@ def props(name: str) -> dict[str, Any]:
     return p
 
 
+NO_VALUE: Any = object()  # AWS::NoValue: the property is left out
+
+
 class Resolver:
     """Evaluates the intrinsic functions the template uses, with parameter defaults (or overrides),
     fixed pseudo parameters and made-up physical ids."""
@@ -107,7 +117,9 @@ class Resolver:
         name: str = self(self.tpl["Resources"]["DocumentsBucket"]["Properties"]["BucketName"])
         return name
 
-    def ref(self, name: str) -> str:
+    def ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return NO_VALUE
         if name in self.params:
             return self.params[name]
         if name in PSEUDO:
@@ -118,7 +130,7 @@ class Resolver:
         return PHYSICAL[name]
 
     def getatt(self, resource: str, attr: str) -> str:
-        if resource in ("IngestionFunction", "ChatFunction") and attr == "Arn":
+        if resource in FUNCTIONS.values() and attr == "Arn":
             return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{PHYSICAL[resource]}"
         if resource == "DocumentsBucket" and attr == "Arn":
             return f"arn:aws:s3:::{self.bucket()}"
@@ -170,7 +182,8 @@ class Resolver:
                 return not self(arg[0])
             if key == "Condition":
                 return self.condition(arg)
-        return {k: self(v) for k, v in node.items()}
+        resolved = {k: self(v) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not NO_VALUE}
 
 
 def statements(function: str) -> list[dict[str, Any]]:
@@ -337,6 +350,118 @@ def test_integrations_are_lambda_proxy_and_may_invoke() -> None:
         assert resolver(grants[0]["SourceArn"]) == f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{stage}/*"
 
 
+# -- the $connect authorizer -----------------------------------------------------------------------------------
+
+COGNITO_POOL = f"https://cognito-idp.{REGION}.amazonaws.com/{REGION}_AbC123xyz"
+
+
+def test_connect_is_guarded_by_the_authorizer_function() -> None:
+    resolver = Resolver()
+    ((name, authorizer),) = resources("AWS::ApiGatewayV2::Authorizer").items()
+    p = authorizer["Properties"]
+    assert p["ApiId"] == {"Ref": "WebSocketApi"}
+    assert p["AuthorizerType"] == "REQUEST"
+    function_arn = resolver.getatt("AuthorizerFunction", "Arn")
+    assert resolver(p["AuthorizerUri"]) == (
+        f"arn:aws:apigateway:{REGION}:lambda:path/2015-03-31/functions/{function_arn}/invocations"
+    )
+    assert "AuthorizerResultTtlInSeconds" not in p  # AWS caches only HTTP API authorizers
+    routes = {r["Properties"]["RouteKey"]: r["Properties"] for r in resources("AWS::ApiGatewayV2::Route").values()}
+    assert routes["$connect"]["AuthorizationType"] == "CUSTOM"
+    assert routes["$connect"]["AuthorizerId"] == {"Ref": name}
+    # a WebSocket authorizer can guard $connect only; later messages carry its answer
+    for key, route in routes.items():
+        if key != "$connect":
+            assert route.get("AuthorizationType", "NONE") == "NONE" and "AuthorizerId" not in route, key
+    assert "ConnectAuthorization" not in template()["Parameters"], "$connect is always authorized"
+
+
+def test_every_identity_source_is_in_every_handshake() -> None:
+    """API Gateway invokes a WebSocket authorizer only when *all* its identity sources are present, so each
+    must be a header every handshake carries (the captured $connect event, which has no credential): a
+    credential may come from any of three places, and the function itself answers 401 when there is none."""
+    (authorizer,) = resources("AWS::ApiGatewayV2::Authorizer").values()
+    event = json.loads((EVENTS / "websocket_connect.json").read_text())
+    headers = {k.lower() for k in event["headers"]}
+    assert "authorization" not in headers and "sec-websocket-protocol" not in headers
+    sources = authorizer["Properties"]["IdentitySource"]
+    assert sources
+    for source in sources:
+        m = re.fullmatch(r"route\.request\.header\.([A-Za-z0-9-]+)", source)
+        assert m is not None and m.group(1).lower() in headers, source
+
+
+def test_api_gateway_may_invoke_the_authorizer() -> None:
+    resolver = Resolver()
+    fn = ("localrag-AuthorizerFunction-GhI", resolver.getatt("AuthorizerFunction", "Arn"))
+    grants = [
+        p["Properties"]
+        for p in resources("AWS::Lambda::Permission").values()
+        if resolver(p["Properties"]["FunctionName"]) in fn
+    ]
+    assert len(grants) == 1, "expected exactly one permission on the authorizer function"
+    (grant,) = grants
+    assert grant["Principal"] == "apigateway.amazonaws.com" and grant["Action"] == "lambda:InvokeFunction"
+    # API Gateway invokes an authorizer as {api}/authorizers/{authorizer id}, not as a route
+    assert resolver(grant["SourceArn"]) == f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/authorizers/auth789"
+
+
+def authorizer_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    from authorizer.settings import Settings
+    from shared.settings_doc import variables
+
+    for var in {v.env for v in variables(Settings)} | set(env):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Settings()
+
+
+def test_cognito_parameters_reach_the_authorizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = Resolver()
+    env = function_env("AuthorizerFunction", default)
+    assert "RAG_AUTH_JWT_ISSUER" not in env and "RAG_AUTH_JWT_JWKS_URL" not in env
+    settings = authorizer_settings(env, monkeypatch)
+    assert settings.methods == ["api_key", "jwt"] and settings.jwt_issuer is None
+    assert settings.documents.documents_uri == f"s3://{default.bucket()}/documents"
+    assert settings.aws_region == REGION and settings.s3_endpoint_url is None
+
+    resolver = Resolver(CognitoIssuer=COGNITO_POOL, CognitoAudience="client1,client2", AuthMethods="jwt")
+    settings = authorizer_settings(function_env("AuthorizerFunction", resolver), monkeypatch)
+    assert settings.methods == ["jwt"]
+    assert settings.jwt_issuer == COGNITO_POOL and settings.jwt_audience == ["client1", "client2"]
+    assert settings.jwks_url() == f"{COGNITO_POOL}/.well-known/jwks.json"  # where Cognito publishes it
+    assert settings.jwt_tenant_claim == "custom:tenant"
+
+    jwks = "https://keys.example.com/jwks.json"
+    resolver = Resolver(CognitoIssuer=COGNITO_POOL, CognitoAudience="c", CognitoJwksUrl=jwks, JwtTenantClaim="org")
+    settings = authorizer_settings(function_env("AuthorizerFunction", resolver), monkeypatch)
+    assert settings.jwks_url() == jwks and settings.jwt_tenant_claim == "org"
+
+
+def test_an_issuer_without_an_audience_is_refused_at_deploy(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver = Resolver(CognitoIssuer=COGNITO_POOL)
+    rule = template()["Rules"]["CognitoNeedsAnAudience"]
+    assert resolver(rule["RuleCondition"]) is True
+    assert [resolver(a["Assert"]) for a in rule["Assertions"]] == [False]  # CloudFormation stops here
+    with_audience = Resolver(CognitoIssuer=COGNITO_POOL, CognitoAudience="c")
+    assert [with_audience(a["Assert"]) for a in rule["Assertions"]] == [True]
+    assert Resolver()(rule["RuleCondition"]) is False  # no issuer: the rule does not apply
+    with pytest.raises(ValueError, match="AUDIENCE"):  # and the function would refuse to start
+        authorizer_settings(function_env("AuthorizerFunction", resolver), monkeypatch)
+
+
+def test_the_authorizer_reads_the_api_keys_and_nothing_else() -> None:
+    from shared.api_keys import KEYS_PREFIX
+
+    resolver = Resolver()
+    bucket_arn = f"arn:aws:s3:::{resolver.bucket()}"
+    assert allowed("AuthorizerFunction", resolver) == {
+        "s3:ListBucket": {bucket_arn},
+        "s3:GetObject": {f"{bucket_arn}/documents/{KEYS_PREFIX}*"},
+    }
+
+
 def test_stage_auto_deploys_after_every_route() -> None:
     stage = resources("AWS::ApiGatewayV2::Stage")
     ((_, res),) = stage.items()
@@ -380,13 +505,20 @@ def test_functions_are_the_compose_images(service: str, function: str) -> None:
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS.values()))
 def test_environment_names_are_settings_fields(function: str) -> None:
+    from authorizer.settings import Settings as AuthorizerSettings
     from chat.settings import Settings as ChatSettings
     from ingestion.settings import Settings as IngestionSettings
+    from shared.settings_doc import variables
 
-    classes: dict[str, type[BaseSettings]] = {"IngestionFunction": IngestionSettings, "ChatFunction": ChatSettings}
+    classes: dict[str, type[BaseSettings]] = {
+        "IngestionFunction": IngestionSettings,
+        "ChatFunction": ChatSettings,
+        "AuthorizerFunction": AuthorizerSettings,
+    }
     cls = classes[function]
+    known = env_names(cls) | {v.env.upper() for v in variables(cls)}  # with nested settings' variables
     names = set(props(function)["Environment"]["Variables"])
-    unknown = sorted(n for n in names if n.upper() not in env_names(cls))
+    unknown = sorted(n for n in names if n.upper() not in known)
     assert not unknown, f"{function}: {unknown} are not settings (pydantic-settings would ignore them)"
     assert not names & ENDPOINT_VARS, f"{function}: endpoint variables must be unset on AWS"
 
@@ -401,7 +533,7 @@ EMBEDDINGS = [
 
 
 @pytest.mark.parametrize(("model", "body_format", "dimension"), EMBEDDINGS)
-@pytest.mark.parametrize("function", sorted(FUNCTIONS.values()))
+@pytest.mark.parametrize("function", sorted(ROUTE_FUNCTIONS.values()))
 def test_environment_is_a_consistent_aws_profile(
     function: str, model: str, body_format: str, dimension: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -515,7 +647,7 @@ def test_manage_connections_only_on_this_api_stage() -> None:
     resolver = Resolver()
     stage = resolver.params["StageName"]
     expected = {f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{stage}/POST/@connections/*"}
-    for fn in FUNCTIONS.values():
+    for fn in ROUTE_FUNCTIONS.values():
         actions = allowed(fn, resolver)
         assert actions["execute-api:ManageConnections"] == expected
         assert {a for a in actions if a.startswith("execute-api:")} == {"execute-api:ManageConnections"}
