@@ -19,6 +19,7 @@ is ``sign_upload`` below (HMAC-SHA256 with a secret the ingestion lambda and the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -206,11 +207,16 @@ class LocalObjectStore:
         if not folder.is_dir():
             return 0
         n = 0
-        for path in sorted(folder.rglob("*"), reverse=True):
+        try:
+            paths = sorted(folder.rglob("*"), reverse=True)
+        except FileNotFoundError:  # removed by another process since the check above
+            return 0
+        for path in paths:
             rel = path.relative_to(self.root).as_posix()
             if path.is_file() and rel != keep:
-                path.unlink()
-                n += 1
+                with contextlib.suppress(FileNotFoundError):  # deleted concurrently: gone either way
+                    path.unlink()
+                    n += 1
             elif path.is_dir():
                 self._prune(path)
         self._prune(folder)
@@ -222,7 +228,13 @@ class LocalObjectStore:
         if not folder.is_dir():
             return 0
         cutoff = time.time() - max_age_s
-        for entry in folder.iterdir():
+        try:
+            # Another process may remove the emptied folder at any moment (ingest_object deletes its upload
+            # and prunes empty parents): a folder that is gone has nothing to prune.
+            entries = list(folder.iterdir())
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
             try:
                 if entry.is_dir() and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry)
