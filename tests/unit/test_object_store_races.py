@@ -65,14 +65,14 @@ def test_two_callers_deleting_one_prefix_at_once(tmp_path: Path) -> None:
         errors: list[BaseException] = []
         barrier = threading.Barrier(2)
 
-        def clear() -> None:
+        def clear(barrier: threading.Barrier, counts: list[int], errors: list[BaseException]) -> None:
             try:
                 barrier.wait()
                 counts.append(store.delete_prefix("originals/doc/"))
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=clear) for _ in range(2)]
+        threads = [threading.Thread(target=clear, args=(barrier, counts, errors)) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
