@@ -288,11 +288,16 @@ class LocalObjectStore:
         if not folder.is_dir():
             return 0
         n = 0
-        for path in sorted(folder.rglob("*"), reverse=True):
+        try:
+            paths = sorted(folder.rglob("*"), reverse=True)
+        except FileNotFoundError:  # removed by another process since the check above
+            return 0
+        for path in paths:
             rel = path.relative_to(self.root).as_posix()
             if path.is_file() and rel != keep:
-                path.unlink()
-                n += 1
+                with contextlib.suppress(FileNotFoundError):  # deleted concurrently: gone either way
+                    path.unlink()
+                    n += 1
             elif path.is_dir():
                 self._prune(path)
         self._prune(folder)
@@ -323,9 +328,15 @@ class LocalObjectStore:
         if not folder.is_dir():
             return 0
         cutoff = time.time() - max_age_s
-        # uploads/{tenant}/{32 hex}/ (and uploads/{32 hex}/, as written before tenants)
-        uploads = [e for e in folder.iterdir() if _UPLOAD_DIR.match(e.name)]
-        for tenant_dir in folder.iterdir():
+        try:
+            # Another process may remove an emptied folder at any moment (ingest_object deletes its upload
+            # and prunes empty parents): a folder that is gone has nothing to prune.
+            # uploads/{tenant}/{32 hex}/ (and uploads/{32 hex}/, as written before tenants)
+            top = list(folder.iterdir())
+        except FileNotFoundError:
+            return 0
+        uploads = [e for e in top if _UPLOAD_DIR.match(e.name)]
+        for tenant_dir in top:
             if valid_tenant(tenant_dir.name) and tenant_dir.is_dir():
                 with contextlib.suppress(OSError):
                     uploads.extend(e for e in tenant_dir.iterdir() if _UPLOAD_DIR.match(e.name))
