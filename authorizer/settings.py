@@ -13,23 +13,11 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.identity import TENANT_RE
-from shared.settings import AuthSettings, DocumentsSettings
+from shared.settings import AuthSettings, DocumentsSettings, comma_list
 
 AudienceClaim = Literal["aud", "client_id"]
 MAX_LEEWAY_S = 300.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def _comma_list(value: Any) -> Any:
-    """``a,b`` (or a JSON list) -> ["a", "b"]; blanks dropped."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            import json
-
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
 
 
 class Settings(BaseSettings):
@@ -126,7 +114,7 @@ class Settings(BaseSettings):
     @field_validator("jwt_audience", "jwt_audience_claims", "jwt_token_use", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        return _comma_list(value)
+        return comma_list(value)
 
     @field_validator("jwt_default_tenant")
     @classmethod

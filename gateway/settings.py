@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_MESSAGE_BYTES, route_table
-from shared.settings import AuthSettings, DocumentsSettings, InternalAuthSettings
+from shared.settings import AuthSettings, DocumentsSettings, InternalAuthSettings, comma_list
 
 DEFAULT_FUNCTIONS = {
     "ingestion": "http://127.0.0.1:9001/2015-03-31/functions/ingestion/invocations",
@@ -29,18 +29,6 @@ DEFAULT_IDENTITY_SOURCES = [
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _IDENTITY_SOURCE = re.compile(r"^(?:route\.request|\$request)\.(header|querystring)\.([A-Za-z0-9_.-]+)$")
 _HOST = re.compile(r"^(?P<name>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")
-
-
-def _comma_list(value: Any) -> Any:
-    """``a,b`` (or a JSON list) -> ["a", "b"]; blanks dropped."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            import json
-
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
 
 
 def identity_source(expression: str) -> tuple[Literal["header", "querystring"], str]:
@@ -182,7 +170,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _comma_list(value)
+        return comma_list(value)
 
     @field_validator("authorizer_identity_sources")
     @classmethod

@@ -16,6 +16,7 @@ mean AWS itself: that is the whole local -> AWS swap.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.bedrock import EmbeddingFormat
 from shared.identity import AuthMethod
 from shared.sigv4 import SigningKey
+
+
+def comma_list(value: Any) -> Any:
+    """A list setting written ``a,b`` (or as a JSON list) -> ["a", "b"], blanks dropped; other values as given."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class DocumentsSettings(BaseSettings):
@@ -167,9 +178,7 @@ class AuthSettings(BaseSettings):
     @field_validator("auth", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_list(value)
 
     @field_validator("auth")
     @classmethod

