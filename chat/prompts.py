@@ -54,6 +54,22 @@ class Turn:
     content: str
 
 
+def alternating(turns: Sequence[Turn]) -> list[Turn]:
+    """``turns`` made fit for a chat model, which expects user and assistant to alternate (Bedrock's
+    Converse refuses anything else): consecutive turns of one role are merged, and a trailing user turn
+    that got no answer is dropped (the question follows it). Stored conversations alternate; a client's
+    messages, and conversations stored before turns were serialized, may not."""
+    merged: list[Turn] = []
+    for t in turns:
+        if merged and merged[-1].role == t.role:
+            merged[-1] = Turn(t.role, f"{merged[-1].content}\n\n{t.content}")
+        else:
+            merged.append(t)
+    while merged and merged[-1].role == "user":
+        merged.pop()
+    return merged
+
+
 def fit_history(turns: Sequence[Turn], budget: int, count: Callable[[str], int]) -> list[Turn]:
     """The most recent turns whose total size is within `budget` tokens, oldest first.
 

@@ -14,14 +14,33 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from chat.intent import Intent, classify
-from chat.prompts import CONVERSATIONAL_PROMPT, Turn, approx_tokens, build_system_prompt, excerpt, fit_history
+from chat.prompts import (
+    CONVERSATIONAL_PROMPT,
+    Turn,
+    alternating,
+    approx_tokens,
+    build_system_prompt,
+    excerpt,
+    fit_history,
+)
 from chat.settings import Settings
 from shared.bedrock import StreamDone, TextDelta
-from shared.errors import InvalidRequest, UnknownConversation
+from shared.errors import InvalidRequest, RagError, UnknownConversation
 from shared.identity import Principal
+from shared.paging import (
+    ENVELOPE_BYTES,
+    SOURCES_BUDGET_BYTES,
+    fit_history_message,
+    fit_sources,
+    json_size,
+    take_page,
+)
 from shared.ports import ChatStore, ChatStreamer, QueryEmbedder
 from shared.protocol import (
+    DEFAULT_HISTORY_LIMIT,
+    MAX_MESSAGE_BYTES,
     ChatRequest,
+    ErrorCode,
     History,
     HistoryMessage,
     HistoryRequest,
@@ -36,10 +55,22 @@ from shared.protocol import (
     Usage,
 )
 from shared.timing import iso_utc, timed_ms
-from shared.vector_store import Match, MessageRow
+from shared.vector_store import ConversationBusy, Match, MessageRow, TurnClaim
 from shared.ws_lambda import Emit
 
 log = logging.getLogger(__name__)
+
+# How long a turn's claim on its conversation lasts; renewed while the answer streams, so a turn whose
+# process died holds the conversation this long at most.
+TURN_LEASE_S = 30.0
+BUSY_MESSAGE = (
+    "an answer is being generated in this conversation; send this message again when it has ended "
+    "(its stream_end or error)"
+)
+LOST_MESSAGE = (
+    "another answer was stored in this conversation while this one was generated; this one was not "
+    "stored: send the message again"
+)
 
 
 @dataclass(frozen=True)
@@ -52,13 +83,24 @@ class Retrieval:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, *, embedder: QueryEmbedder, store: ChatStore, llm: ChatStreamer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: QueryEmbedder,
+        store: ChatStore,
+        llm: ChatStreamer,
+        turn_lease_s: float = TURN_LEASE_S,
+    ) -> None:
         """``settings``: the chat lambda's settings, whole (retrieval, intent routing, prompt budget, token
-        flushing are read from it); the adapters are built from it by chat.handler.build_service."""
+        flushing are read from it); the adapters are built from it by chat.handler.build_service.
+        ``turn_lease_s``: how long a turn's claim on its conversation lasts unrenewed."""
         self.settings = settings
         self.embedder = embedder
         self.store = store
         self.llm = llm
+        self.turn_lease_s = turn_lease_s
+        self._renewed: dict[str, float] = {}  # claim token -> when it was last renewed (monotonic)
         # Retrieval runs here while the caller's thread classifies the message's intent.
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve")
 
@@ -72,8 +114,9 @@ class ChatService:
         search_mode: SearchMode | None = None,
         *,
         tenant: str,
+        sources_budget: int = SOURCES_BUDGET_BYTES,
     ) -> Retrieval:
-        """The tenant's passages for ``query``."""
+        """The tenant's passages for ``query``: those whose sources fit ``sources_budget`` bytes of JSON."""
         t0 = time.perf_counter()
         k = top_k or self.settings.top_k
         limit = self.settings.max_distance if max_distance is None else max_distance
@@ -87,8 +130,9 @@ class ChatService:
             query_text=query,
             rrf_k=self.settings.rrf_k,
         )
-        sources = [self._source(i, m) for i, m in enumerate(matches, start=1)]
-        return Retrieval(sources, [m.text for m in matches], limit, timed_ms(t0), mode)
+        # Only the sources that fit a reply are shown, and so only their passages go into the prompt.
+        sources = fit_sources([self._source(i, m) for i, m in enumerate(matches, start=1)], sources_budget)
+        return Retrieval(sources, [m.text for m in matches[: len(sources)]], limit, timed_ms(t0), mode)
 
     def _source(self, n: int, m: Match) -> Source:
         # page/heading come from the chunk metadata (PDF/Markdown parsers); validated from a dict so that
@@ -109,7 +153,16 @@ class ChatService:
         )
 
     def search(self, req: SearchRequest, *, tenant: str) -> SearchResult:
-        r = self.retrieve(req.query, req.top_k, req.max_distance, req.search_mode, tenant=tenant)
+        # The reply echoes the query (up to 16,000 characters): the results get the rest of the message.
+        echo = json_size(SearchResult(request_id=req.request_id, query=req.query, max_distance=2.0, results=[]))
+        r = self.retrieve(
+            req.query,
+            req.top_k,
+            req.max_distance,
+            req.search_mode,
+            tenant=tenant,
+            sources_budget=MAX_MESSAGE_BYTES - ENVELOPE_BYTES - echo,
+        )
         return SearchResult(request_id=req.request_id, query=req.query, max_distance=r.max_distance, results=r.sources)
 
     def route(self, req: ChatRequest, *, tenant: str) -> tuple[Intent, Retrieval | None]:
@@ -141,15 +194,29 @@ class ChatService:
         question and answer are stored. Stateless (``req.messages`` given, the HTTP API): those messages
         are the earlier turns, nothing is read or stored, and ``conversation_id`` must be omitted (the
         reply carries a fresh id that names no stored conversation).
+
+        A stored conversation answers one turn at a time, across processes: the turn claims the
+        conversation before anything is streamed (a second chat on it meanwhile gets conversation_busy)
+        and stores its question and answer at the next two seqs when the answer is complete; a turn that
+        fails stores nothing and gives its claim up (see shared.vector_store.VectorStore.begin_turn).
         """
         t0 = time.perf_counter()
-        prior: list[MessageRow] = []
         stateless = req.messages is not None
         if stateless and req.conversation_id is not None:
             raise InvalidRequest("invalid chat request: chat.conversation_id: must be omitted when messages is given")
-        if req.conversation_id is not None:
-            prior = self._conversation(req.conversation_id, caller)
-        conversation_id = req.conversation_id or str(uuid.uuid4())
+        claim = None if stateless else self._begin_turn(req.conversation_id, caller)
+        try:
+            self._answer(req, emit, caller, claim, t0)
+        except BaseException:
+            if claim is not None:
+                self._release_turn(claim, caller)
+            raise
+
+    def _answer(self, req: ChatRequest, emit: Emit, caller: Principal, claim: TurnClaim | None, t0: float) -> None:
+        """The turn: retrieval, the streamed answer and, for a stored conversation (``claim``), storing it."""
+        stateless = claim is None
+        prior = list(claim.prior) if claim is not None else []
+        conversation_id = claim.conversation_id if claim is not None else str(uuid.uuid4())
 
         t_route = time.perf_counter()
         intent, found = self.route(req, tenant=caller.tenant)
@@ -164,7 +231,14 @@ class ChatService:
         # stored RAG context says intent "conversational".
         prompt_kind: PromptKind = "context" if retrieval.sources else "no_context"
         route_ms = timed_ms(t_route)
-        turns = _client_turns(req) if stateless else [Turn(m.role, m.content) for m in prior]
+        # The earlier turns, alternating (a client's messages, and conversations stored before turns were
+        # serialized, may not).
+        earlier = (
+            [Turn(m.role, m.content) for m in (req.messages or [])]
+            if stateless
+            else [Turn(m.role, m.content) for m in prior]
+        )
+        turns = alternating(earlier)
         history = fit_history(turns, self.settings.history_token_budget, approx_tokens)
         messages = [{"role": t.role, "content": t.content} for t in history]
         messages.append({"role": "user", "content": req.question})
@@ -190,6 +264,8 @@ class ChatService:
         events = self.llm.stream(system, messages)
         try:
             for ev in events:
+                if claim is not None:
+                    self._renew_turn(claim, caller)
                 if isinstance(ev, TextDelta):
                     if first_token_ms is None:
                         first_token_ms = timed_ms(t_llm)
@@ -206,10 +282,8 @@ class ChatService:
             events.close()
         answer = "".join(parts)
 
-        if not stateless:
-            self._store_turn(
-                req, caller, conversation_id, prior, answer, retrieval, prompt_kind, intent, found is not None
-            )
+        if claim is not None:
+            self._store_turn(req, caller, claim, answer, retrieval, prompt_kind, intent, found is not None)
         emit(
             StreamEnd(
                 request_id=req.request_id,
@@ -232,22 +306,65 @@ class ChatService:
             )
         )
 
+    # ------------------------------------------------------------------ turns
+
+    def _begin_turn(self, conversation_id: str | None, caller: Principal) -> TurnClaim:
+        """The caller's claim on the next turn of their conversation ``conversation_id`` (None: a new one)."""
+        try:
+            claim = self.store.begin_turn(
+                conversation_id or str(uuid.uuid4()),
+                tenant=caller.tenant,
+                principal=caller.principal,
+                lease_s=self.turn_lease_s,
+                new=conversation_id is None,
+            )
+        except ConversationBusy:
+            raise RagError(BUSY_MESSAGE, ErrorCode.CONVERSATION_BUSY) from None
+        if claim is None:
+            raise UnknownConversation(f"no conversation with id {conversation_id!r}")
+        self._renewed[claim.token] = time.monotonic()
+        return claim
+
+    def _renew_turn(self, claim: TurnClaim, caller: Principal) -> None:
+        """Extend the claim while the answer streams, every third of its lease."""
+        if time.monotonic() - self._renewed.get(claim.token, 0.0) < self.turn_lease_s / 3:
+            return
+        self._renewed[claim.token] = time.monotonic()
+        try:
+            if not self.store.renew_turn(
+                claim, tenant=caller.tenant, principal=caller.principal, lease_s=self.turn_lease_s
+            ):
+                log.warning("the claim on conversation %s expired and was taken", claim.conversation_id)
+        except Exception as exc:  # the claim may then expire; storing the turn settles it
+            log.warning("renewing the claim on conversation %s failed: %s", claim.conversation_id, type(exc).__name__)
+
+    def _release_turn(self, claim: TurnClaim, caller: Principal) -> None:
+        """Give the claim up after a failed turn (best effort: else it expires)."""
+        self._renewed.pop(claim.token, None)
+        try:
+            self.store.release_turn(claim, tenant=caller.tenant, principal=caller.principal)
+        except Exception as exc:
+            log.warning("releasing the claim on conversation %s failed: %s", claim.conversation_id, type(exc).__name__)
+
     def _store_turn(
         self,
         req: ChatRequest,
         caller: Principal,
-        conversation_id: str,
-        prior: list[MessageRow],
+        claim: TurnClaim,
         answer: str,
         retrieval: Retrieval,
         prompt_kind: PromptKind,
         intent: Intent,
         retrieved: bool,
     ) -> None:
-        """The user message and the assistant message with its RAG context, in one commit, as the caller's."""
+        """The user message and the assistant message with its RAG context, at the claimed seqs, in one
+        commit, as the caller's. conversation_busy when another turn was stored there first (this one
+        outlived its claim)."""
+        self._renewed.pop(claim.token, None)
         now_iso = iso_utc()
-        seq = prior[-1].seq + 1 if prior else 0
-        self.store.append_messages(
+        conversation_id, seq = claim.conversation_id, claim.seq
+        stored = self.store.commit_turn(
+            claim,
             [
                 MessageRow(str(uuid.uuid4()), conversation_id, seq, "user", req.question, now_iso),
                 MessageRow(
@@ -269,6 +386,8 @@ class ChatService:
             tenant=caller.tenant,
             principal=caller.principal,
         )
+        if not stored:
+            raise RagError(LOST_MESSAGE, ErrorCode.CONVERSATION_BUSY)
 
     # ------------------------------------------------------------------ history
 
@@ -276,16 +395,28 @@ class ChatService:
         """The caller's conversation; UnknownConversation when they have none of this id (the same answer
         whether it does not exist or is another tenant's or another principal's)."""
         rows = self.store.conversation(conversation_id, tenant=caller.tenant, principal=caller.principal)
-        if not rows:
+        if not rows and not self.store.conversation_exists(
+            conversation_id, tenant=caller.tenant, principal=caller.principal
+        ):  # (one whose first answer is being generated exists, with no messages yet)
             raise UnknownConversation(f"no conversation with id {conversation_id!r}")
         return rows
 
     def history(self, req: HistoryRequest, caller: Principal) -> History:
+        """One page of the conversation, oldest first, after the message ``req.after``: at most
+        ``req.limit`` messages and no more than fit one reply (shared/paging.py); ``next`` names the
+        page's last message while more follow."""
         rows = self._conversation(req.conversation_id, caller)
-        return History(
-            request_id=req.request_id,
-            conversation_id=req.conversation_id,
-            messages=[
+        start = 0
+        if req.after is not None:
+            ids = [r.id for r in rows]
+            if req.after not in ids:
+                raise InvalidRequest(
+                    "invalid history request: history.after: not a message of this conversation "
+                    "(send the previous page's next)"
+                )
+            start = ids.index(req.after) + 1
+        messages = (
+            fit_history_message(
                 HistoryMessage(
                     id=r.id,
                     role="assistant" if r.role == "assistant" else "user",
@@ -295,24 +426,16 @@ class ChatService:
                     max_distance=r.rag_context.get("max_distance"),
                     prompt=r.rag_context.get("prompt"),
                 )
-                for r in rows
-            ],
+            )
+            for r in rows[start:]
         )
-
-
-def _client_turns(req: ChatRequest) -> list[Turn]:
-    """The earlier turns a stateless request carries, made fit for the model: consecutive messages of
-    one role are merged (chat models expect user and assistant to alternate), and a trailing user
-    message that got no answer is dropped (the question follows it)."""
-    turns: list[Turn] = []
-    for m in req.messages or []:
-        if turns and turns[-1].role == m.role:
-            turns[-1] = Turn(m.role, f"{turns[-1].content}\n\n{m.content}")
-        else:
-            turns.append(Turn(m.role, m.content))
-    while turns and turns[-1].role == "user":
-        turns.pop()
-    return turns
+        page, more = take_page(messages, limit=req.limit or DEFAULT_HISTORY_LIMIT)
+        return History(
+            request_id=req.request_id,
+            conversation_id=req.conversation_id,
+            messages=page,
+            next=page[-1].id if more and page else None,
+        )
 
 
 def _log_discarded(future: Future[Retrieval]) -> None:

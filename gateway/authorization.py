@@ -6,8 +6,9 @@ function through the Lambda Invoke API (``gateway/integration.py``), as API Gate
 
 - none of the identity sources (``GATEWAY_AUTHORIZER_IDENTITY_SOURCES``) is in the request: 401, and the
   authorizer is not invoked;
-- the function fails with ``Unauthorized``: 401; any other failure, or an answer that is not a policy with
-  a valid identity context: 500;
+- the function fails with ``Unauthorized``: 401; it stays throttled (429, retried with backoff for up to
+  ``CONNECTION_THROTTLE_WAIT_S``): 429 ``throttled``; any other failure, or an answer that is not a policy
+  with a valid identity context: 500;
 - the answer's IAM policy does not allow ``execute-api:Invoke`` on the request's methodArn (an explicit
   Deny, or no Allow): 403;
 - otherwise the request goes on, and every event of it carries ``requestContext.authorizer``
@@ -37,10 +38,11 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.integration import InvokeFailed, LambdaIntegration
+from gateway.integration import CONNECTION_THROTTLE_WAIT_S, InvokeFailed, LambdaIntegration
 from gateway.settings import AUTHORIZER_FUNCTION, Settings, identity_source
 from shared.events import AuthorizerResponse, PolicyDocument, build_authorizer_event, method_arn
 from shared.identity import ANONYMOUS, MissingIdentity, Principal, anonymous
+from shared.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +243,11 @@ class Authorizer:
         ).to_aws()
         self.stats.authorizer_invocations += 1
         try:
-            result = await self.integration.call(AUTHORIZER_FUNCTION, event)
+            result = await self.integration.call(AUTHORIZER_FUNCTION, event, throttle_wait_s=CONNECTION_THROTTLE_WAIT_S)
         except InvokeFailed as exc:
             log.error("authorizer unavailable: %s", exc.message)
+            if exc.code == ErrorCode.THROTTLED:
+                raise Refused(429, exc.code.value, "too many requests are being authorized; retry shortly") from None
             raise authorizer_error() from None
         if result.function_error:
             message, error_type = result.error()

@@ -61,6 +61,7 @@ from gateway.http_models import (
     Document,
     DocumentDeleted,
     DocumentList,
+    DocumentListQuery,
     Model,
     ModelList,
     SyncError,
@@ -114,10 +115,12 @@ STATUS_FOR_CODE: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_TYPE: 415,
     ErrorCode.CORRUPT_DOCUMENT: 422,
     ErrorCode.NO_TEXT_LAYER: 422,
+    ErrorCode.DOCUMENT_TOO_COMPLEX: 422,
     ErrorCode.OBJECT_NOT_FOUND: 404,
     ErrorCode.THROTTLED: 429,
     ErrorCode.FUNCTION_ERROR: 502,
     ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.REPLY_TOO_LARGE: 500,
 }
 
 
@@ -429,7 +432,7 @@ async def _read_json(request: web.Request, *, required: bool = True) -> dict[str
         raise ApiError(400, "the request body is empty; expected a JSON object", ErrorCode.INVALID_REQUEST.value)
     try:
         data = json.loads(buf)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to read
         raise ApiError(400, "the request body is not valid JSON", ErrorCode.MALFORMED_JSON.value) from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", ErrorCode.MALFORMED_JSON.value)
@@ -605,18 +608,40 @@ async def create_document(request: web.Request) -> web.Response:
 
 
 async def list_documents(request: web.Request) -> web.Response:
+    """One page of the documents (``?limit=&after=``), the indexed ones and this gateway's pending uploads
+    merged in id order: the ingestion function's page, with the pending uploads whose ids fall in its
+    range (an upload not synced yet shows as uploaded, or failed, even when an older version is indexed)."""
+    query = _parse(DocumentListQuery, dict(request.query))
     api = request.app[API]
-    async with api.exchange_for(request, {"action": "list_documents"}) as ex:
+    body: dict[str, Any] = {"action": "list_documents", "limit": query.limit}
+    if query.after is not None:
+        body["after"] = query.after
+    async with api.exchange_for(request, body) as ex:
         reply = await ex.reply()
     by_id: dict[str, Document] = {}
     for d in reply.get("documents", []):
         doc = Document.model_validate(d)
         by_id[doc.id] = doc
+    upstream_next = reply.get("next")
+    upper = str(upstream_next) if upstream_next else None  # the page covers ids in (after, upper]
     for p in api.workspace(request).pending.values():
+        if (query.after is not None and p.id <= query.after) or (upper is not None and p.id > upper):
+            continue
         indexed = by_id.get(p.id)
-        # A newer upload of an indexed document shows as uploaded (or failed) until it is synced.
         by_id[p.id] = indexed.model_copy(update={"status": p.status, "error": p.error}) if indexed else p.info()
-    return _json(DocumentList(data=list(by_id.values())))
+    page = sorted(by_id.values(), key=lambda d: d.id)
+    has_more = upper is not None or len(page) > query.limit
+    page = page[: query.limit]
+    last = page[-1].id if page else None
+    return _json(
+        DocumentList(
+            data=page,
+            first_id=page[0].id if page else None,
+            last_id=last,
+            has_more=has_more,
+            next=last if has_more else None,
+        )
+    )
 
 
 async def delete_document(request: web.Request) -> web.Response:

@@ -17,7 +17,16 @@ from pydantic.fields import FieldInfo
 
 from shared import openai_models as openai
 from shared.openai_models import Error, Model, ModelList, ResponseBody
-from shared.protocol import ChatRequest, DocumentInfo, SearchMode, Source, UploadUrlRequest
+from shared.protocol import (
+    DEFAULT_DOCUMENTS_LIMIT,
+    MAX_DOCUMENTS_LIMIT,
+    ChatRequest,
+    DocumentInfo,
+    ListDocumentsRequest,
+    SearchMode,
+    Source,
+    UploadUrlRequest,
+)
 
 __all__ = [
     "ChatCompletion",
@@ -27,6 +36,7 @@ __all__ = [
     "Document",
     "DocumentDeleted",
     "DocumentList",
+    "DocumentListQuery",
     "Error",
     "Model",
     "ModelList",
@@ -130,9 +140,29 @@ class Document(DocumentInfo, ResponseBody):
     error: UploadError | None = None
 
 
+class DocumentListQuery(openai.RequestBody):
+    """GET /v1/documents?limit=&after= (OpenAI's list pagination): the query string, as the ingestion
+    function's list_documents takes it (other parameters are ignored)."""
+
+    limit: int = Field(
+        default=DEFAULT_DOCUMENTS_LIMIT,
+        ge=1,
+        le=MAX_DOCUMENTS_LIMIT,
+        description=f"Documents per page at most (1-{MAX_DOCUMENTS_LIMIT}, default {DEFAULT_DOCUMENTS_LIMIT}).",
+    )
+    after: str | None = _field(ListDocumentsRequest, "after", "The cursor: the previous page's `last_id`.")
+
+
 class DocumentList(ResponseBody):
+    """One page of documents in id order, like OpenAI's list objects: while ``has_more``, ask again with
+    ``after`` = ``last_id``."""
+
     object: Literal["list"] = "list"
     data: list[Document]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+    next: str | None = Field(default=None, description="The `after` of the next page; null on the last page.")
 
 
 class DocumentDeleted(ResponseBody):

@@ -5,6 +5,13 @@ message, ``$disconnect``) and the OpenAI-compatible HTTP API (``gateway/http_api
 are messages from a pseudo-connection). For a message, ``LambdaIntegration.message`` selects the route
 (``$request.body.action``, else ``$default``), invokes the route's function (RequestResponse), and
 forwards a two-way route's response body to the connection, or the failure as a protocol ``error``.
+
+A route with no function (by default ``$connect`` and ``$disconnect``: API Gateway's MOCK integration, or
+no route) invokes nothing, so a connect never waits for a function's concurrency. A function that
+answers 429 (its concurrency is used up): a message gets a ``throttled`` error at once (the client can
+retry); a call made for a connection (the authorizer, a routed ``$connect``/``$disconnect``), whose
+client cannot be told in-band, is retried with jittered backoff for up to ``CONNECTION_THROTTLE_WAIT_S``
+and only then refused (``connect_refusal``: 429 ``throttled``, never a bare 500).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import base64
 import contextlib
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +37,12 @@ from shared.sigv4 import sign
 
 log = logging.getLogger(__name__)
 
+# How long a call made for a connection waits out a throttled function (429) before it is refused: the
+# authorizer's answer decides a handshake, and API Gateway waits at most 10 s for an authorizer.
+CONNECTION_THROTTLE_WAIT_S = 10.0
+# Backoff between throttled attempts: the first wait, doubling up to the last (each with jitter).
+THROTTLE_BACKOFF_S = (0.05, 1.0)
+
 
 class InvokeFailed(Exception):
     """The function could not be invoked, or failed: `code` and `message` are safe to show the client."""
@@ -39,11 +53,18 @@ class InvokeFailed(Exception):
         self.message = message
 
 
+def connect_refusal(exc: InvokeFailed) -> tuple[int, str]:
+    """(status, code) of a handshake whose $connect function could not be invoked: 429 ``throttled`` when
+    it stayed throttled past CONNECTION_THROTTLE_WAIT_S (the client may retry), else 500 ``connect_failed``."""
+    return (429, ErrorCode.THROTTLED.value) if exc.code == ErrorCode.THROTTLED else (500, "connect_failed")
+
+
 @dataclass
 class Stats:
     invocations: int = 0
     posts: int = 0
     in_flight: int = 0  # messages (WebSocket and /v1) whose invocation has not returned yet
+    throttled: int = 0  # invocations a function refused with 429 (retried ones included)
 
 
 @dataclass(frozen=True)
@@ -133,12 +154,19 @@ class LambdaIntegration:
     # ------------------------------------------------------------------ the connection's life
 
     async def connect(self, conn: Connection, request: web.BaseRequest) -> dict[str, Any] | None:
-        """Invoke $connect (before the handshake completes); its result decides whether to accept."""
-        return await self.invoke("$connect", self.event(conn, "$connect", "CONNECT", request=request))
+        """Invoke $connect's function, if it has one (before the handshake completes); its result decides
+        whether to accept. None (accept): no function ($connect's MOCK integration)."""
+        if "$connect" not in self.settings.routes:
+            return None
+        event = self.event(conn, "$connect", "CONNECT", request=request)
+        return await self.invoke("$connect", event, throttle_wait_s=CONNECTION_THROTTLE_WAIT_S)
 
     async def disconnect(self, conn: Connection, close_code: int) -> None:
+        if "$disconnect" not in self.settings.routes:
+            return
         try:
-            await self.invoke("$disconnect", self.event(conn, "$disconnect", "DISCONNECT", close_code=close_code))
+            event = self.event(conn, "$disconnect", "DISCONNECT", close_code=close_code)
+            await self.invoke("$disconnect", event, throttle_wait_s=CONNECTION_THROTTLE_WAIT_S)
         except InvokeFailed as exc:
             log.warning("$disconnect failed for %s: %s", conn.id, exc.message)
 
@@ -172,14 +200,16 @@ class LambdaIntegration:
 
     # ------------------------------------------------------------------ Lambda Invoke
 
-    async def invoke(self, route_key: str, event: dict[str, Any]) -> dict[str, Any] | None:
+    async def invoke(
+        self, route_key: str, event: dict[str, Any], *, throttle_wait_s: float = 0.0
+    ) -> dict[str, Any] | None:
         """Invoke the function behind `route_key` (Lambda Invoke API, RequestResponse); its result, or None
         when no route has that key."""
         function = self.settings.routes.get(route_key)
         if function is None:
             return None
         self.stats.invocations += 1
-        result = await self.call(function, event)
+        result = await self.call(function, event, throttle_wait_s=throttle_wait_s)
         if result.function_error:
             _, error_type = result.error()
             log.error("function %s failed on %s: %s", function, route_key, result.body[:2000])
@@ -193,18 +223,38 @@ class LambdaIntegration:
             raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function's answer is not JSON") from None
         return payload if isinstance(payload, dict) else None
 
-    async def call(self, function: str, event: dict[str, Any]) -> Invocation:
+    async def call(self, function: str, event: dict[str, Any], *, throttle_wait_s: float = 0.0) -> Invocation:
         """POST the event to the function's Invoke URL, signed (SigV4, service ``lambda``) with the stack's
-        internal key, within its concurrency slot and the integration timeout."""
+        internal key, within its concurrency slot and the integration timeout.
+
+        A throttled invocation (429) is retried with jittered exponential backoff for up to
+        `throttle_wait_s` seconds (0: not retried), then fails with ``throttled``."""
         settings = self.settings
         url = settings.functions.get(function)
         if url is None:
             log.error("function %s has no invoke URL (GATEWAY_FUNCTIONS)", function)
             raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, "this route is not configured")
         slot = self._slots.get(function)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + throttle_wait_s
+        backoff, backoff_max = THROTTLE_BACKOFF_S
         try:
-            async with asyncio.timeout(settings.integration_timeout_s), slot or contextlib.nullcontext():
-                return await self._post(function, url, event)
+            async with asyncio.timeout(settings.integration_timeout_s):
+                while True:
+                    try:
+                        async with slot or contextlib.nullcontext():
+                            return await self._post(function, url, event)
+                    except InvokeFailed as exc:
+                        if exc.code != ErrorCode.THROTTLED:
+                            raise
+                        self.stats.throttled += 1
+                        wait = backoff / 2 + random.uniform(0, backoff / 2)
+                        if loop.time() + wait > give_up:
+                            if throttle_wait_s > 0:
+                                log.warning("%s still throttled after %.1fs; giving up", function, throttle_wait_s)
+                            raise
+                    await asyncio.sleep(wait)
+                    backoff = min(backoff * 2, backoff_max)
         except TimeoutError:
             log.error("invoke %s timed out after %.0fs", function, settings.integration_timeout_s)
             raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function did not answer in time") from None

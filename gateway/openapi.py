@@ -23,6 +23,7 @@ from gateway.http_models import (
     ChatCompletionRequest,
     DocumentDeleted,
     DocumentList,
+    DocumentListQuery,
     Error,
     Model,
     ModelList,
@@ -77,6 +78,7 @@ class Operation:
     description: str | None = None
     request: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
+    query: type[BaseModel] | None = None  # the query string's parameters
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -113,6 +115,9 @@ OPERATIONS: tuple[Operation, ...] = (
         DocumentList,
         "The documents",
         "Indexed documents and pending uploads",
+        description="One page, in id order; while `has_more`, ask again with `after` set to `last_id`.",
+        errors=(400,),
+        query=DocumentListQuery,
     ),
     Operation("delete", "/documents/{id}", "deleteDocument", 200, DocumentDeleted, "Deleted", errors=(404,)),
     Operation(
@@ -153,6 +158,12 @@ def _operation(op: Operation) -> dict[str, Any]:
         out["description"] = op.description
     if "{id}" in op.path:
         out["parameters"] = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    if op.query is not None:
+        schema = op.query.model_json_schema()
+        out["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": prop}
+            for name, prop in schema["properties"].items()
+        ]
     if op.request is not None:
         out["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.request)}}}
     ok = _content(_ref(op.response) if op.response else {"type": "object"}, op.response_description)

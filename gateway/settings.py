@@ -17,7 +17,8 @@ DEFAULT_FUNCTIONS = {
     "chat": "http://127.0.0.1:9002/2015-03-31/functions/chat/invocations",
     "authorizer": "http://127.0.0.1:9003/2015-03-31/functions/authorizer/invocations",
 }
-# Route key -> function, from the protocol's action registry (template.yaml has the same routes).
+# Route key -> function, from the protocol's action registry (template.yaml has the same routes). No
+# $connect/$disconnect: a connect is the authorizer's answer alone (template.yaml: a MOCK integration).
 DEFAULT_ROUTES: dict[str, str] = dict(route_table())
 AUTHORIZER_FUNCTION = "authorizer"
 # Where a REQUEST authorizer's identity sources may come from (API Gateway's mapping expressions).
@@ -81,7 +82,9 @@ class Settings(BaseSettings):
     routes: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_ROUTES),
         description="Route key -> function name, as JSON. The route key is the body's 'action' "
-        "(route selection expression $request.body.action); unmatched messages take $default.",
+        "(route selection expression $request.body.action); unmatched messages take $default. $connect and "
+        "$disconnect invoke a function only if routed here (by default neither is: a connect needs only "
+        "the authorizer).",
     )
     function_concurrency: dict[str, int] = Field(
         default_factory=dict,

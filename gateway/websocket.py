@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 
 from gateway.authorization import Call, Refused
 from gateway.connections import Connection, new_connection_id
-from gateway.integration import InvokeFailed, LambdaIntegration
+from gateway.integration import InvokeFailed, LambdaIntegration, connect_refusal
 from gateway.keys import AUTHORIZER, CONNECTIONS, INTEGRATION, POLICY, SETTINGS
 from gateway.settings import Settings
 from shared.protocol import ErrorCode, encode, error, request_id_of
@@ -29,7 +29,7 @@ from shared.protocol import ErrorCode, encode, error, request_id_of
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "localrag.v1"
-_MESSAGES = {401: "Unauthorized", 403: "Forbidden", 500: "Internal server error"}
+_MESSAGES = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 500: "Internal server error"}
 
 
 def refusal(status: int, code: str) -> web.Response:
@@ -76,7 +76,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         result = await integration.connect(conn, request)
     except InvokeFailed as exc:
         log.warning("$connect failed for %s: %s", conn.id, exc.message)
-        return refusal(500, "connect_failed")
+        return refusal(*connect_refusal(exc))
     if result is not None and int(result.get("statusCode", 200)) >= 300:
         status = int(result.get("statusCode", 403))
         return web.json_response({"message": _MESSAGES.get(status, "Forbidden")}, status=status)

@@ -44,6 +44,7 @@ from shared.identity import Principal
 from shared.object_store import open_object_store
 from shared.ports import DocumentIndex, TextEmbedder
 from shared.protocol import (
+    DEFAULT_DOCUMENTS_LIMIT,
     DeleteDocumentRequest,
     DocumentDeleted,
     DocumentList,
@@ -150,7 +151,10 @@ def build_lambda(settings: Settings, service: IngestionService | None = None) ->
         emit(result(req.request_id, service.ingest_object(req.key, req.doc_id, req.title, tenant=caller.tenant)))
 
     def list_documents(req: ListDocumentsRequest, emit: Emit, caller: Principal) -> None:
-        emit(DocumentList(request_id=req.request_id, documents=service.list_documents(tenant=caller.tenant)))
+        page, after = service.document_page(
+            tenant=caller.tenant, after=req.after, limit=req.limit or DEFAULT_DOCUMENTS_LIMIT
+        )
+        emit(DocumentList(request_id=req.request_id, documents=page, next=after))
 
     routes: dict[str, Any] = {
         "ingest": ingest,

@@ -33,7 +33,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from ingestion.chunker import Chunk, Chunker
-from ingestion.parsers import CorruptDocument, NoTextLayer, ParsedDocument, Section, parse_inline
+from ingestion.parsers import (
+    CorruptDocument,
+    DocumentTooComplex,
+    NoTextLayer,
+    ParsedDocument,
+    ParseLimits,
+    Section,
+    parse_inline,
+)
 from ingestion.parsers import parse_document as parse_file
 from ingestion.settings import Settings
 from shared.doc_ids import doc_id_for
@@ -52,15 +60,22 @@ from shared.object_store import (
     split_tenant_key,
     upload_key_tenant,
 )
+from shared.paging import listed_document, take_page
 from shared.ports import DocumentIndex, TextEmbedder
-from shared.protocol import Document, DocumentInfo, describe_validation_error
+from shared.protocol import (
+    DEFAULT_DOCUMENTS_LIMIT,
+    MAX_DOCUMENTS_LIMIT,
+    Document,
+    DocumentInfo,
+    describe_validation_error,
+)
 from shared.timing import timed_ms
 from shared.vector_store import ChunkRow
 
 log = logging.getLogger(__name__)
 
 # Errors that say the file itself is bad: retrying cannot help, so the upload is deleted.
-_BAD_FILE = (UnsupportedType, CorruptDocument, NoTextLayer, EmptyDocument, DocumentTooLarge)
+_BAD_FILE = (UnsupportedType, CorruptDocument, NoTextLayer, EmptyDocument, DocumentTooLarge, DocumentTooComplex)
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\#]")
 
 
@@ -114,13 +129,25 @@ class _Job:
     timings: dict[str, float]
 
 
+MAX_STORED_FILENAME_BYTES = 200  # within a file system's 255-byte name limit, with room to spare
+
+
+def _utf8_head(text: str, size: int) -> str:
+    """The longest start of ``text`` of at most ``size`` UTF-8 bytes (cut between characters)."""
+    return text.encode("utf-8")[:size].decode("utf-8", errors="ignore")
+
+
 def safe_filename(name: str) -> str:
-    """The last path component, without control characters, '#' or slashes, at most 200 characters."""
+    """The last path component, without control characters, '#' or slashes, at most 200 bytes of UTF-8
+    (a longer name is cut, keeping its extension): a name any store and file system can hold."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = _UNSAFE_NAME.sub("_", base).strip().lstrip(".")
-    if len(base) > 200:
+    if len(base.encode("utf-8")) > MAX_STORED_FILENAME_BYTES:
         stem, dot, ext = base.rpartition(".")
-        base = (stem[: 200 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 16 else base[:200]
+        if dot and len(ext.encode("utf-8")) <= 16:
+            base = _utf8_head(stem, MAX_STORED_FILENAME_BYTES - len(ext.encode("utf-8")) - 1).rstrip() + dot + ext
+        else:
+            base = _utf8_head(base, MAX_STORED_FILENAME_BYTES).rstrip()
     return base or "file"
 
 
@@ -141,6 +168,16 @@ class IngestionService:
         self.embedder = embedder
         self.store = store
         self.objects = objects  # the whole store: use a tenant's view of it (tenant_objects)
+
+    def parse_limits(self) -> ParseLimits:
+        """What parsing one file may cost (the RAG_PARSE_* settings and the document size limit)."""
+        s = self.settings
+        return ParseLimits(
+            max_depth=s.parse_max_depth,
+            max_elements=s.parse_max_elements,
+            max_chars=s.max_document_bytes,
+            timeout_s=s.parse_timeout_s,
+        )
 
     def tenant_objects(self, tenant: str) -> TenantObjects:
         """The tenant's view of the object store (its documents, originals, inbox and uploads)."""
@@ -165,7 +202,7 @@ class IngestionService:
         if doc.format is None:
             return self._prepare(doc, [Section(doc.text)], objects=objects, original=None, t0=t0, timings={})
         timings: dict[str, float] = {}
-        parsed = parse_inline(doc.text, doc.format)
+        parsed = parse_inline(doc.text, doc.format, limits=self.parse_limits())
         timings["parse"] = timed_ms(t0)
         # The text's own title and date (Markdown front matter or first heading) come first, as for a file.
         doc = doc.model_copy(
@@ -184,7 +221,10 @@ class IngestionService:
 
     def _index(self, job: _Job) -> IngestOutcome:
         """Embed, then write: the original file, the raw JSON, and the chunks in one commit."""
-        return self._write([job], self._embed([job]))[0]
+        out = self._write([job], self._embed([job]))[0]
+        if isinstance(out, RagError):  # not reached: a single job's failure is raised as it is
+            raise out
+        return out
 
     def _prepare(
         self,
@@ -234,17 +274,39 @@ class IngestionService:
             job.timings["embed"] = ms
         return out
 
-    def _write(self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]]) -> list[IngestOutcome]:
+    def _write(self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]]) -> list[IngestOutcome | RagError]:
         """The raw copies (and originals) first -- the object store is the source of truth, never behind
         the index -- then every job's chunks in ONE LanceDB commit, then the old versions' leftovers. The
-        jobs are one tenant's."""
+        jobs are one tenant's. Of several jobs, one whose raw copy the store refuses fails alone (its
+        result is the error; nothing of it is written, since a raw copy is written whole or not at all)
+        and the others are written; a single job's failure is raised."""
         t3 = time.perf_counter()
         tenant = jobs[0].objects.tenant
         if any(job.objects.tenant != tenant for job in jobs):
             raise ValueError("one write is one tenant's")
         rows: dict[str, list[ChunkRow]] = {}
-        for job, vecs in zip(jobs, vectors, strict=True):
+        refused: dict[int, RagError] = {}
+        for k, (job, vecs) in enumerate(zip(jobs, vectors, strict=True)):
             doc = job.doc
+            raw = doc.model_dump()
+            try:
+                if job.original is not None:
+                    if job.upload_key is not None and job.original.key != job.upload_key:
+                        job.objects.copy(job.upload_key, job.original.key, job.original.content_type)
+                    raw["original"] = job.original.as_json()
+                job.objects.put_document(doc.id, raw)
+            except Exception as exc:
+                if len(jobs) == 1:
+                    raise
+                log.exception(
+                    "storing the raw copy of %s (tenant %s) failed; the rest of the batch goes on", doc.id, tenant
+                )
+                refused[k] = (
+                    exc
+                    if isinstance(exc, RagError)
+                    else RagError("the document could not be stored (see the service log); nothing of it was written")
+                )
+                continue
             rows[doc.id] = [
                 ChunkRow(
                     doc_id=doc.id,
@@ -258,19 +320,16 @@ class IngestionService:
                 )
                 for n, ((c, meta), v) in enumerate(zip(job.chunks, vecs, strict=True))
             ]
-            raw = doc.model_dump()
-            if job.original is not None:
-                if job.upload_key is not None and job.original.key != job.upload_key:
-                    job.objects.copy(job.upload_key, job.original.key, job.original.content_type)
-                raw["original"] = job.original.as_json()
-            job.objects.put_document(doc.id, raw)
         if len(rows) == 1:
             ((doc_id, doc_rows),) = rows.items()
             counts = {doc_id: self.store.replace_document(doc_id, doc_rows, tenant=tenant)}
         else:
-            counts = self.store.replace_documents(rows, tenant=tenant)
-        outcomes: list[IngestOutcome] = []
-        for job in jobs:
+            counts = self.store.replace_documents(rows, tenant=tenant) if rows else {}
+        outcomes: list[IngestOutcome | RagError] = []
+        for k, job in enumerate(jobs):
+            if k in refused:
+                outcomes.append(refused[k])
+                continue
             doc, original, upload_key = job.doc, job.original, job.upload_key
             # The new version is in place: drop what belonged to the old one, and the upload.
             job.objects.delete_prefix(originals_prefix(doc.id), keep=original.key if original else None)
@@ -413,7 +472,7 @@ class IngestionService:
                 raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}")
             timings["read"] = timed_ms(t0)
             t1 = time.perf_counter()
-            parsed: ParsedDocument = parse_file(data, filename)
+            parsed: ParsedDocument = parse_file(data, filename, limits=self.parse_limits())
             text = parsed.text
             self._check_text_size(text)
             timings["parse"] = timed_ms(t1)
@@ -466,28 +525,44 @@ class IngestionService:
 
     # ------------------------------------------------------------------ listing
 
+    def document_page(
+        self, *, tenant: str, after: str | None = None, limit: int = DEFAULT_DOCUMENTS_LIMIT
+    ) -> tuple[list[DocumentInfo], str | None]:
+        """One page of the tenant's documents in id order, after the id ``after``: at most ``limit``, and
+        no more than fit one reply (shared/paging.py). Returns the page and the cursor of the next one
+        (the page's last id), None on the last page. Only the page's raw documents are read."""
+        ids = [i for i in self.tenant_objects(tenant).document_ids() if after is None or i > after]
+        stats = self.store.document_stats(tenant=tenant) if ids else {}
+        infos = (self._document_info(doc_id, stats, tenant) for doc_id in ids)
+        page, more = take_page((listed_document(i) for i in infos if i is not None), limit=limit)
+        return page, (page[-1].id if more and page else None)
+
     def list_documents(self, *, tenant: str) -> list[DocumentInfo]:
-        """Every document of the tenant, with its chunk count and index time from LanceDB."""
-        stats = self.store.document_stats(tenant=tenant)
-        objects = self.tenant_objects(tenant)
+        """Every document of the tenant (every page), with its chunk count and index time from LanceDB."""
         out: list[DocumentInfo] = []
-        for doc_id in objects.document_ids():
-            raw = objects.get_document(doc_id) or {}
-            original = raw.get("original") if isinstance(raw.get("original"), dict) else None
-            chunks, indexed_at = stats.get(doc_id, (0, None))
-            out.append(
-                DocumentInfo(
-                    id=doc_id,
-                    title=str(raw.get("title") or ""),
-                    name=str(original["filename"]) if original else raw.get("source"),
-                    size=int(original["size"]) if original else len(str(raw.get("text", "")).encode("utf-8")),
-                    status="indexed" if chunks else "failed",
-                    chunks=chunks,
-                    uploaded_at=indexed_at,
-                    indexed_at=indexed_at,
-                )
-            )
-        return out
+        after: str | None = None
+        while True:
+            page, after = self.document_page(tenant=tenant, after=after, limit=MAX_DOCUMENTS_LIMIT)
+            out.extend(page)
+            if after is None:
+                return out
+
+    def _document_info(self, doc_id: str, stats: dict[str, tuple[int, str | None]], tenant: str) -> DocumentInfo | None:
+        raw = self.tenant_objects(tenant).get_document(doc_id)
+        if raw is None:
+            return None  # deleted since it was listed
+        original = raw.get("original") if isinstance(raw.get("original"), dict) else None
+        chunks, indexed_at = stats.get(doc_id, (0, None))
+        return DocumentInfo(
+            id=doc_id,
+            title=str(raw.get("title") or ""),
+            name=str(original["filename"]) if original else raw.get("source"),
+            size=int(original["size"]) if original else len(str(raw.get("text", "")).encode("utf-8")),
+            status="indexed" if chunks else "failed",
+            chunks=chunks,
+            uploaded_at=indexed_at,
+            indexed_at=indexed_at,
+        )
 
     # ------------------------------------------------------------------ delete
 

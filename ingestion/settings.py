@@ -52,6 +52,26 @@ class Settings(RagSettings, DocumentsSettings):
     )
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest document text accepted (UTF-8 bytes).")
 
+    # -- parser limits: a file over one is refused with document_too_complex (never retried)
+    parse_max_depth: int = Field(
+        512,
+        ge=16,
+        le=100_000,
+        description="Deepest nesting of HTML elements read (browsers flatten beyond 512); deeper: "
+        "document_too_complex. End tags HTML lets a page omit (p, li, td ...) are implied, so they do not nest.",
+    )
+    parse_max_elements: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most HTML elements (Markdown: blocks) read in one file; more: document_too_complex.",
+    )
+    parse_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time parsing one file may take (HTML, Markdown, PDF pages); longer: "
+        "document_too_complex. Keep it below INGESTION_TIMEOUT_S.",
+    )
+
     # -- files: upload_url / ingest_object, S3 notifications (the size limit and the upload secret are in
     # DocumentsSettings: the gateway reads them too)
     upload_url_expires_s: int = Field(

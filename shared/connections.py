@@ -15,8 +15,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from shared.aws_clients import client_config, make_client
+from shared.errors import RagError
 from shared.events import WebSocketEvent
-from shared.protocol import encode
+from shared.protocol import MAX_MESSAGE_BYTES, ErrorCode, encode
 from shared.sigv4 import SigningKey
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 
 class ConnectionGone(Exception):
     """The client disconnected (GoneException): stop working for it, don't retry."""
+
+
+def reply_too_large(size: int) -> RagError:
+    """A reply over API Gateway's 128 KB is never posted: the client gets this typed error instead (the
+    paged and capped replies cannot reach it; this is the guard for anything that still would)."""
+    log.error("a reply of %d bytes is over the %d-byte message limit; sending reply_too_large", size, MAX_MESSAGE_BYTES)
+    return RagError(
+        f"the reply ({size} bytes) is larger than the {MAX_MESSAGE_BYTES}-byte message limit",
+        ErrorCode.REPLY_TOO_LARGE,
+    )
 
 
 # Connection ids seen gone, remembered so that other replies for them (concurrent requests on the same
@@ -90,13 +101,19 @@ class Connections:
         connection_id = event.request_context.connection_id
         if connection_id in self._gone:
             raise ConnectionGone(connection_id)
+        data = encode(message)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise reply_too_large(len(data))
         client = self.client(self.endpoint_for(event))
         try:
-            client.post_to_connection(ConnectionId=connection_id, Data=encode(message))
+            client.post_to_connection(ConnectionId=connection_id, Data=data)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "GoneException":
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "GoneException":
                 self._remember_gone(connection_id)
                 raise ConnectionGone(connection_id) from exc
+            if code == "PayloadTooLargeException":  # an endpoint with a lower limit than ours
+                raise reply_too_large(len(data)) from exc
             raise
         except BotoCoreError:
             raise

@@ -5,7 +5,8 @@ The id is the file's path relative to its root with ``/`` -> ``:``; within each 
 characters a document id may not hold (``#``, ``\\``, control characters) and the two this rule gives a
 meaning (``%`` and ``:``) are percent-encoded (UTF-8), as is whitespace at either end of the id. So every
 path gets an id the protocol accepts (``Document.id``), and two paths never share one. An id longer than
-the protocol allows keeps its head and ends in ``~`` plus 16 hex digits of the full id's SHA-256.
+the protocol allows (in characters or in UTF-8 bytes) keeps its head and ends in ``~`` plus 16 hex digits
+of the full id's SHA-256.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 from pathlib import PurePath
 from urllib.parse import quote
 
-MAX_ID_CHARS = 256  # shared.protocol.Document.id's max_length
+from shared.protocol import MAX_ID_BYTES, MAX_ID_CHARS  # Document.id's limits
+
 SEPARATOR = ":"
 _ENCODE = re.compile(r"[%:#/\\\x00-\x1f\x7f]")
 _HASH_CHARS = 16
@@ -40,9 +42,11 @@ def doc_id_for(path: str | PurePath) -> str:
     doc_id = _pct(lead) + core + _pct(trail)
     if doc_id in (".", ".."):  # a name object stores give a meaning to
         doc_id = doc_id.replace(".", "%2E")
-    if len(doc_id) > MAX_ID_CHARS:
+    if len(doc_id) > MAX_ID_CHARS or len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         digest = hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:_HASH_CHARS]
         head = doc_id[: MAX_ID_CHARS - _HASH_CHARS - 1]
+        # Within the byte limit too, cut at a character (a non-ASCII character is 2 to 4 bytes).
+        head = head.encode("utf-8")[: MAX_ID_BYTES - _HASH_CHARS - 1].decode("utf-8", errors="ignore")
         if "%" in head[-2:]:  # do not cut an escape in half
             head = head[: head.rindex("%")]
         doc_id = f"{head.rstrip()}~{digest}"

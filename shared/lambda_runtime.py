@@ -7,7 +7,10 @@ speak to it the same way. Behaviour copied from Lambda:
 - a handler exception answers 200 with ``X-Amz-Function-Error: Unhandled`` and
   ``{errorMessage, errorType, stackTrace}`` (the caller decides what to show; the gateway shows none);
 - a run past the timeout answers ``Sandbox.Timedout`` the same way;
-- more concurrent invocations than the reserved concurrency answer 429 TooManyRequestsException;
+- more concurrent invocations than the reserved concurrency answer 429 TooManyRequestsException at once
+  (Lambda does not queue a synchronous invocation; the caller retries: the gateway does, within a bound,
+  for the calls a connection waits on); an invocation holds its slot until its handler returns, also
+  past its timeout, as a sandbox stays busy;
 - ``X-Amz-Invocation-Type: Event`` answers 202 at once and runs in the background;
 - only SigV4-signed requests are served (service ``lambda``; boto3's lambda client and the gateway sign),
   with a key the runtime knows (``InternalAuthSettings``: the stack's internal key): an unsigned request,
@@ -93,11 +96,10 @@ def create_runtime_app(
 
     app.cleanup_ctx.append(cold_start)
 
-    def run(event: dict[str, Any], context: LambdaContext) -> Any:
-        try:
-            return handler(event, context)
-        finally:
-            state["busy"] -= 1
+    def release(_: asyncio.Future[Any]) -> None:
+        # On the event loop, like every other change of the counters (a worker thread's "-= 1" could
+        # interleave with the loop's "+= 1" and lose one, leaving a slot taken for good).
+        state["busy"] -= 1
 
     async def invoke(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -122,7 +124,8 @@ def create_runtime_app(
         state["invocations"] += 1
         context = LambdaContext(function_name, timeout_s, memory_mb, region)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(pool, run, event, context)
+        future = loop.run_in_executor(pool, handler, event, context)
+        future.add_done_callback(release)
         if invocation_type == "Event":
             future.add_done_callback(_log_async_failure)
             return web.Response(status=202)

@@ -23,7 +23,13 @@ use the store's keys directly: ``TenantObjects(store, tenant)`` is one tenant's 
 relative to the tenant's folder and which refuses another tenant's upload (as a missing one) and, for the
 default tenant, the ``tenants/`` and ``auth/`` folders.
 
-(``doc_id`` in keys is percent-encoded.) On S3, uploads are PUT with a presigned URL; for a local folder
+``doc_id`` in keys is its *name* (``doc_name``): the id percent-encoded (UTF-8) when that fits a file name
+(at most 250 bytes, so ``{name}.json`` fits the 255-byte limit of file systems); a longer one is cut to
+its first 150 bytes (at an escape) plus ``+`` and 32 hex digits of the id's SHA-256 -- ``+`` never occurs
+in an encoded id, so such a name is known as hashed, and its id is read from the raw document (whose
+``id`` field every raw document has). Names that are not hashed are what stores have always held.
+
+On S3, uploads are PUT with a presigned URL; for a local folder
 the gateway stands in for S3 with ``PUT /{stage}/uploads/...?expires=..&signature=..`` whose signature
 is ``sign_upload`` below (HMAC-SHA256 with a secret the ingestion lambda and the gateway share).
 """
@@ -113,19 +119,51 @@ def split_tenant_key(key: str) -> tuple[str, str] | None:
     return DEFAULT_TENANT, key
 
 
+# The longest document name kept as the encoded id itself (``{name}.json`` is then at most 255 bytes); a
+# longer one is hashed: its first _HASHED_HEAD bytes, "+", _HASH_HEX hex digits of the id's SHA-256.
+MAX_PLAIN_NAME_BYTES = 250
+_HASHED_HEAD = 150
+_HASH_HEX = 32
+HASH_MARK = "+"  # quote(safe="") always escapes "+", so only a hashed name holds one
+
+
+def _plain_name(doc_id: str) -> str:
+    return quote(doc_id, safe="")
+
+
+def doc_name(doc_id: str) -> str:
+    """The name of a document in keys (``{name}.json``, ``originals/{name}/``): within a file name's limit
+    whatever the id's length or script; the same id always has the same name, two ids never share one."""
+    plain = _plain_name(doc_id)
+    if len(plain) <= MAX_PLAIN_NAME_BYTES:
+        return plain
+    head = plain[:_HASHED_HEAD]
+    if "%" in head[-2:]:  # do not cut an escape in half
+        head = head[: head.rindex("%")]
+    return f"{head}{HASH_MARK}{hashlib.sha256(doc_id.encode('utf-8')).hexdigest()[:_HASH_HEX]}"
+
+
 def _key_name(doc_id: str) -> str:
-    return quote(doc_id, safe="") + ".json"
+    return doc_name(doc_id) + ".json"
 
 
 def _id_from_name(name: str) -> str | None:
-    """The document id a raw-document object name encodes (``{quoted id}.json``), or None."""
-    if not name.endswith(".json") or name.startswith(".") or "/" in name:
+    """The document id a raw-document object name encodes (``{name}.json``), or None when the name is not
+    a raw document's or is hashed (then the id is in the document). Names starting with "." are ids
+    starting with "." (temporary files never end in .json)."""
+    if not name.endswith(".json") or "/" in name:
         return None
-    return unquote(name[: -len(".json")]) or None
+    stem = name[: -len(".json")]
+    if not stem or HASH_MARK in stem:
+        return None
+    return unquote(stem)
 
 
 def originals_prefix(doc_id: str) -> str:
-    return f"{ORIGINALS_PREFIX}{quote(doc_id, safe='')}/"
+    name = doc_name(doc_id)
+    if name in (".", ".."):  # a folder name paths give a meaning to
+        name = name.replace(".", "%2E")
+    return f"{ORIGINALS_PREFIX}{name}/"
 
 
 def _safe_key(key: str) -> str:
@@ -225,9 +263,11 @@ class LocalObjectStore:
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         path = self._key_path(key)
-        if not path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, IsADirectoryError):  # IsADirectoryError: "{name}.json" is no object
             return None
-        result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        result: dict[str, Any] = json.loads(text)
         return result
 
     def json_names(self, prefix: str) -> list[str]:
@@ -530,18 +570,51 @@ class TenantObjects:
     # -- raw documents
 
     def put_document(self, doc_id: str, document: dict[str, Any]) -> str:
-        return self.root.put_json(self.prefix + _key_name(doc_id), document)
+        """Store the raw document (its ``id`` field is ``doc_id``: a hashed name is listed by it)."""
+        where = self.root.put_json(self.prefix + _key_name(doc_id), document)
+        legacy = self._legacy_key(doc_id)
+        if legacy is not None:
+            self._delete_legacy(legacy)  # an S3 store may hold the long name written before names were hashed
+        return where
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
-        return self.root.get_json(self.prefix + _key_name(doc_id))
+        found = self.root.get_json(self.prefix + _key_name(doc_id))
+        legacy = self._legacy_key(doc_id) if found is None else None
+        if legacy is not None:
+            with contextlib.suppress(OSError):  # a local folder cannot even hold that name
+                return self.root.get_json(legacy)
+        return found
 
     def delete_document(self, doc_id: str) -> bool:
-        return self.root.delete(self.prefix + _key_name(doc_id))
+        deleted = self.root.delete(self.prefix + _key_name(doc_id))
+        legacy = self._legacy_key(doc_id)
+        return (self._delete_legacy(legacy) if legacy is not None else False) or deleted
+
+    def _legacy_key(self, doc_id: str) -> str | None:
+        """Where a store written before names were hashed keeps a long id's raw document (S3 allowed names
+        longer than a file system does), or None when its name is not hashed."""
+        plain = _plain_name(doc_id)
+        return None if len(plain) <= MAX_PLAIN_NAME_BYTES else f"{self.prefix}{plain}.json"
+
+    def _delete_legacy(self, key: str) -> bool:
+        try:
+            return self.root.delete(key)
+        except OSError:  # a local folder: no such name can exist
+            return False
 
     def document_ids(self) -> list[str]:
-        """Ids of the tenant's raw documents, sorted."""
-        ids = (_id_from_name(name) for name in self.root.json_names(self.prefix))
-        return sorted(i for i in ids if i is not None)
+        """Ids of the tenant's raw documents, sorted (a hashed name's id is read from its document)."""
+        ids: set[str] = set()
+        for name in self.root.json_names(self.prefix):
+            doc_id = _id_from_name(name)
+            if doc_id is None and name.endswith(".json") and HASH_MARK in name:
+                raw = self.root.get_json(self.prefix + name)  # None: deleted since it was listed
+                doc_id = raw.get("id") if raw is not None and isinstance(raw.get("id"), str) else None
+                if doc_id is not None and _key_name(doc_id) != name:
+                    doc_id = None  # not where that id's document lives
+            if doc_id is not None:
+                ids.add(doc_id)
+        return sorted(ids)
 
     # -- objects by key (relative to the tenant's folder)
 

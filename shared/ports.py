@@ -12,7 +12,7 @@ from typing import Protocol
 
 from shared.bedrock import ChatEvent
 from shared.protocol import SearchMode
-from shared.vector_store import ChunkRow, Match, MessageRow
+from shared.vector_store import ChunkRow, Match, MessageRow, TurnClaim
 
 
 class QueryEmbedder(Protocol):
@@ -53,7 +53,17 @@ class ChatStore(Protocol):
 
     def conversation(self, conversation_id: str, *, tenant: str, principal: str) -> list[MessageRow]: ...
 
-    def append_messages(self, messages: Sequence[MessageRow], *, tenant: str, principal: str) -> None: ...
+    def conversation_exists(self, conversation_id: str, *, tenant: str, principal: str) -> bool: ...
+
+    def begin_turn(
+        self, conversation_id: str, *, tenant: str, principal: str, lease_s: float, new: bool = ...
+    ) -> TurnClaim | None: ...
+
+    def renew_turn(self, claim: TurnClaim, *, tenant: str, principal: str, lease_s: float) -> bool: ...
+
+    def commit_turn(self, claim: TurnClaim, messages: Sequence[MessageRow], *, tenant: str, principal: str) -> bool: ...
+
+    def release_turn(self, claim: TurnClaim, *, tenant: str, principal: str) -> None: ...
 
 
 class DocumentIndex(Protocol):

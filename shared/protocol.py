@@ -19,6 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 # API Gateway's WebSocket frame limit.
 MAX_MESSAGE_BYTES = 128 * 1024
 
+# Paged replies (list_documents, history): a page holds at most ``limit`` items, and fewer when their JSON
+# would not fit one message (shared/paging.py builds pages by serialized size, so any page fits).
+DEFAULT_DOCUMENTS_LIMIT = 100
+MAX_DOCUMENTS_LIMIT = 1000
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 200
+
 
 class ErrorCode(StrEnum):
     """Stable error codes. Clients branch on these; the message text may change."""
@@ -33,17 +40,22 @@ class ErrorCode(StrEnum):
     DOCUMENT_TOO_LARGE = "document_too_large"
     DOCUMENT_NOT_FOUND = "document_not_found"
     UNKNOWN_CONVERSATION = "unknown_conversation"
+    # Another chat of this conversation is being answered; retry when its stream has ended.
+    CONVERSATION_BUSY = "conversation_busy"
     INDEX_MISMATCH = "index_mismatch"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UNSUPPORTED_TYPE = "unsupported_type"
     CORRUPT_DOCUMENT = "corrupt_document"
     NO_TEXT_LAYER = "no_text_layer"
+    # A file over a parser limit (nesting depth, elements, parse time): final, never retried.
+    DOCUMENT_TOO_COMPLEX = "document_too_complex"
     OBJECT_NOT_FOUND = "object_not_found"
     THROTTLED = "throttled"
     FUNCTION_ERROR = "function_error"
     INTERNAL_ERROR = "internal_error"
     UNAUTHORIZED = "unauthorized"
+    REPLY_TOO_LARGE = "reply_too_large"
 
 
 class _Msg(BaseModel):
@@ -60,8 +72,34 @@ RequestId = Annotated[str | None, Field(default=None, max_length=128, descriptio
 TextFormat = Literal["text", "markdown"]
 
 
+# Document ids and file names are limited in UTF-8 bytes too (a file system's name limit is in bytes):
+# checked as a message arrives, so a store never refuses one half way.
+MAX_ID_CHARS = 256
+MAX_ID_BYTES = 512
+MAX_FILENAME_BYTES = 1024  # as sent to upload_url; the stored name is cut to 200 bytes (keeping its extension)
+
+
+def _utf8_within(v: str, limit: int, what: str) -> str:
+    size = len(v.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValueError(f"{what} is {size} bytes in UTF-8; the limit is {limit}")
+    return v
+
+
+def check_doc_id(v: str) -> str:
+    """A document id's characters and UTF-8 length (the length in characters is the field's)."""
+    if any(c in v for c in "\x00\n\r#/\\") or v != v.strip():
+        raise ValueError("document id must not contain '#', '/', '\\', control characters or padding")
+    return _utf8_within(v, MAX_ID_BYTES, "the document id")
+
+
 class Document(_Msg):
-    id: str = Field(min_length=1, max_length=256, description="Stable document id; re-ingesting replaces it.")
+    id: str = Field(
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        description=f"Stable document id; re-ingesting replaces it. At most {MAX_ID_CHARS} characters and "
+        f"{MAX_ID_BYTES} bytes of UTF-8.",
+    )
     title: str = Field(
         default="",
         max_length=1024,
@@ -82,9 +120,7 @@ class Document(_Msg):
     @field_validator("id")
     @classmethod
     def _id_chars(cls, v: str) -> str:
-        if any(c in v for c in "\x00\n\r#/\\") or v != v.strip():
-            raise ValueError("document id must not contain '#', '/', '\\', control characters or padding")
-        return v
+        return check_doc_id(v)
 
 
 class IngestRequest(_Msg):
@@ -109,7 +145,12 @@ class IngestBatchRequest(_Msg):
 class DeleteDocumentRequest(_Msg):
     action: Literal["delete_document"]
     request_id: RequestId
-    doc_id: str = Field(min_length=1, max_length=256)
+    doc_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+    @field_validator("doc_id")
+    @classmethod
+    def _id_bytes(cls, v: str) -> str:
+        return _utf8_within(v, MAX_ID_BYTES, "the document id")
 
 
 # How passages are retrieved: vectors (cosine), LanceDB's native full-text index (BM25), or both fused.
@@ -121,9 +162,20 @@ class UploadUrlRequest(_Msg):
 
     action: Literal["upload_url"]
     request_id: RequestId
-    filename: str = Field(min_length=1, max_length=512, description="File name; its extension picks the parser.")
+    filename: str = Field(
+        min_length=1,
+        max_length=512,
+        description=f"File name; its extension picks the parser. At most {MAX_FILENAME_BYTES} bytes of UTF-8; "
+        "a name over 200 bytes is stored cut to 200 (keeping its extension).",
+    )
     content_type: str = Field(default="application/octet-stream", max_length=256)
+
     size: int = Field(ge=1, description="Size in bytes (checked against the document size limit).")
+
+    @field_validator("filename")
+    @classmethod
+    def _filename_bytes(cls, v: str) -> str:
+        return _utf8_within(v, MAX_FILENAME_BYTES, "the file name")
 
 
 class IngestObjectRequest(_Msg):
@@ -132,13 +184,35 @@ class IngestObjectRequest(_Msg):
     action: Literal["ingest_object"]
     request_id: RequestId
     key: str = Field(min_length=1, max_length=1024, description="The object key upload_url returned.")
-    doc_id: str | None = Field(default=None, max_length=256, description="Defaults to the file name.")
+    doc_id: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="Defaults to the file name.")
+
     title: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("doc_id")
+    @classmethod
+    def _id_bytes(cls, v: str | None) -> str | None:
+        return None if v is None else _utf8_within(v, MAX_ID_BYTES, "the document id")
 
 
 class ListDocumentsRequest(_Msg):
+    """One page of the tenant's documents, by id. Without ``limit``: the first page of
+    DEFAULT_DOCUMENTS_LIMIT; follow the reply's ``next`` (as ``after``) until it is null."""
+
     action: Literal["list_documents"]
     request_id: RequestId
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DOCUMENTS_LIMIT,
+        description=f"Documents per page at most (default {DEFAULT_DOCUMENTS_LIMIT}); fewer when their JSON "
+        "would not fit one 128 KB message.",
+    )
+    after: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="The cursor: the previous page's `next` (the id of its last document); omit for the first page.",
+    )
 
 
 class ChatMessage(_Msg):
@@ -174,9 +248,25 @@ class SearchRequest(_Msg):
 
 
 class HistoryRequest(_Msg):
+    """One page of a conversation's messages, oldest first. Without ``limit``: the first page of
+    DEFAULT_HISTORY_LIMIT; follow the reply's ``next`` (as ``after``) until it is null."""
+
     action: Literal["history"]
     request_id: RequestId
     conversation_id: str = Field(min_length=1, max_length=128)
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_HISTORY_LIMIT,
+        description=f"Messages per page at most (default {DEFAULT_HISTORY_LIMIT}); fewer when their JSON would "
+        "not fit one 128 KB message.",
+    )
+    after: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The cursor: the previous page's `next` (the id of its last message); omit for the first page.",
+    )
 
 
 AnyClientRequest = (
@@ -234,11 +324,14 @@ ACTION_REGISTRY: Mapping[str, ActionSpec] = _registry(
     ActionSpec(ListDocumentsRequest, "ingestion"),
 )
 ACTIONS: tuple[str, ...] = tuple(ACTION_REGISTRY)
-# The route keys that are not actions: connection events, and messages no action matches ($default,
-# which answers unknown_action).
-CONNECTION_ROUTES: Mapping[str, FunctionName] = MappingProxyType(
-    {"$connect": "chat", "$disconnect": "chat", "$default": "chat"}
-)
+# The route keys that are not actions and have a function: messages no action matches ($default, which
+# answers unknown_action).
+CONNECTION_ROUTES: Mapping[str, FunctionName] = MappingProxyType({"$default": "chat"})
+# Routes with no function: API Gateway answers them itself (a MOCK integration, {"statusCode": 200}).
+# $connect exists to carry the REQUEST authorizer, and identity is all a connect needs, so no connect
+# waits for a function's concurrency (e.g. behind chat's slots while answers generate). There is no
+# $disconnect route: nothing is done when a connection closes (the gateway logs it).
+MOCK_ROUTES: tuple[str, ...] = ("$connect",)
 
 
 def actions_of(function: FunctionName) -> tuple[str, ...]:
@@ -247,7 +340,8 @@ def actions_of(function: FunctionName) -> tuple[str, ...]:
 
 
 def route_table() -> dict[str, FunctionName]:
-    """Every WebSocket route key -> the function behind it (API Gateway's routes, the gateway's default)."""
+    """Every WebSocket route key that has a function -> that function (API Gateway's Lambda routes, the
+    gateway's default routes); the MOCK_ROUTES have none."""
     return {**CONNECTION_ROUTES, **{name: spec.function for name, spec in ACTION_REGISTRY.items()}}
 
 
@@ -345,7 +439,8 @@ class DocumentInfo(BaseModel):
 class DocumentList(BaseModel):
     type: Literal["document_list"] = "document_list"
     request_id: str | None
-    documents: list[DocumentInfo]
+    documents: list[DocumentInfo] = Field(description="One page, in id order.")
+    next: str | None = Field(default=None, description="Send it as `after` for the next page; null on the last page.")
 
 
 class SearchResult(BaseModel):
@@ -390,13 +485,19 @@ class HistoryMessage(BaseModel):
     sources: list[Source] = Field(default_factory=list, description="RAG context of an assistant message.")
     max_distance: float | None = None
     prompt: PromptKind | None = None
+    truncated: bool = Field(
+        default=False,
+        description="True when this message alone would not fit one reply: its sources, then its content, "
+        "were cut to fit (the stored message is whole).",
+    )
 
 
 class History(BaseModel):
     type: Literal["history"] = "history"
     request_id: str | None
     conversation_id: str
-    messages: list[HistoryMessage]
+    messages: list[HistoryMessage] = Field(description="One page, oldest first.")
+    next: str | None = Field(default=None, description="Send it as `after` for the next page; null on the last page.")
 
 
 class ErrorMessage(BaseModel):
@@ -426,7 +527,7 @@ SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to read
         return None
     return data if isinstance(data, dict) else None
 

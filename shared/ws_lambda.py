@@ -71,6 +71,8 @@ def parse_request(event: WebSocketEvent) -> ClientRequest:
         data = json.loads(text)
     except ValueError:
         raise RagError("the message is not valid JSON", ErrorCode.MALFORMED_JSON) from None
+    except RecursionError:  # Python's json recurses once per level of nesting
+        raise RagError("the message's JSON is nested too deeply to read", ErrorCode.MALFORMED_JSON) from None
     if not isinstance(data, dict):
         raise RagError("the message must be a JSON object", ErrorCode.MALFORMED_JSON)
     action = data.get("action")

@@ -249,6 +249,7 @@ const state = {
   historyLoaded: false,
   waitingForConversation: null, // a Promise while the first question of a new conversation starts it
   selected: null, // the answer view whose sources the side panel shows
+  answering: false, // while an answer streams: sending is off (see setAnswering)
   refreshing: false,
   refreshAgain: false,
 };
@@ -528,9 +529,23 @@ function renderSources(view, focusN = null) {
 
 // ------------------------------------------------------------------ chat and history
 
+// A conversation answers one question at a time (the server refuses a second with conversation_busy), so
+// sending is off, button and Enter alike, from a question until its stream_end or error. The question box
+// stays editable: the next question can be typed meanwhile.
+function setAnswering(on) {
+  state.answering = on;
+  const send = $("send");
+  send.disabled = on;
+  send.title = on ? "Wait for the answer to finish" : "";
+}
+
 async function ask(question) {
   const gateway = state.gateway;
   const epoch = state.epoch;
+  setAnswering(true);
+  const answered = () => {
+    if (epoch === state.epoch) setAnswering(false);
+  };
   addUserMessage(question);
   const view = new AnswerView(question);
   selectAnswer(view);
@@ -569,10 +584,12 @@ async function ask(question) {
         return false;
       case "stream_end":
         release();
+        answered();
         view.finish(reply);
         return true;
       case "error":
         release();
+        answered();
         if (reply.code === "unknown_conversation" && epoch === state.epoch) {
           saveConversationId(null);
           view.fail({ ...reply, message: `${reply.message} — starting a new conversation; ask again.` });
@@ -587,6 +604,26 @@ async function ask(question) {
   });
 }
 
+// Paged replies (history, list_documents): the most a page may hold (the server's maxima); a page holds
+// fewer when they would not fit one 128 KB message.
+const HISTORY_PAGE = 200;
+const DOCUMENTS_PAGE = 1000;
+
+// Every page of a paged action: follows `next` (sent back as `after`) until it is null. Resolves to the
+// last page with `key` holding every page's items, or to the first error reply.
+async function callAllPages(message, key, limit) {
+  const items = [];
+  let after = null;
+  for (;;) {
+    const request = after === null ? { ...message, limit } : { ...message, limit, after };
+    const reply = await state.gateway.call(request);
+    if (reply.type === "error") return reply;
+    items.push(...(reply[key] || []));
+    if (!reply.next || reply.next === after) return { ...reply, [key]: items };
+    after = reply.next;
+  }
+}
+
 async function loadHistory() {
   const id = state.conversationId;
   if (!id || state.historyLoaded) return;
@@ -595,7 +632,7 @@ async function loadHistory() {
   const container = el("div", { class: "history", "aria-label": "Earlier messages" });
   chatLog().prepend(container);
   const loading = systemNotice("Restoring the conversation…", "info", container);
-  const reply = await state.gateway.call({ action: "history", conversation_id: id });
+  const reply = await callAllPages({ action: "history", conversation_id: id }, "messages", HISTORY_PAGE);
   loading.remove();
   if (epoch !== state.epoch) {
     container.remove();
@@ -633,6 +670,7 @@ function newConversation() {
   state.historyLoaded = true;
   state.waitingForConversation = null;
   state.selected = null;
+  setAnswering(false); // an answer still streaming belongs to the old conversation
   saveConversationId(null);
   chatLog().replaceChildren(
     el("p", { id: "chat-empty", class: "muted empty", text: "New conversation. Ask a question about your documents." }),
@@ -653,7 +691,7 @@ async function refreshDocuments() {
   status.classList.remove("error");
   status.textContent = "Loading…";
   try {
-    const reply = await state.gateway.call({ action: "list_documents" });
+    const reply = await callAllPages({ action: "list_documents" }, "documents", DOCUMENTS_PAGE);
     if (reply.type === "document_list") {
       renderDocuments(reply.documents || []);
     } else {
@@ -913,6 +951,7 @@ function wireControls() {
   const question = $("question");
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    if (state.answering) return; // (Enter too) one question at a time: the text stays for later
     const text = question.value.trim();
     if (!text) {
       question.focus();

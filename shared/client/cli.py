@@ -4,6 +4,7 @@
     localrag ask "How do volcanoes erupt?"  # streams the answer, then its sources
     localrag chat                           # interactive: /sources, /new, /quit
     localrag search "volcano"
+    localrag list                           # every document: id, status, chunks, title
     localrag history CONVERSATION_ID
     localrag delete DOC_ID
     localrag keys create --tenant acme --name ci  # prints the new API key, once
@@ -54,6 +55,7 @@ from shared.protocol import (
     MAX_MESSAGE_BYTES,
     Document,
     ErrorCode,
+    HistoryMessage,
     Source,
     StreamEnd,
     TextFormat,
@@ -607,18 +609,42 @@ async def cmd_search(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def cmd_history(ctx: Ctx, args: argparse.Namespace) -> int:
+    """The whole conversation, every page (with --json: each history message as it arrives)."""
+    messages: list[HistoryMessage] = []
     async with ctx.client() as client:
-        history = await client.history(args.conversation_id)
+        async for page in client.history_pages(args.conversation_id):
+            if ctx.json:
+                print_json(page)
+            messages.extend(page.messages)
     if ctx.json:
-        print_json(history)
         return 0
-    print(f"conversation {history.conversation_id}: {_plural(len(history.messages), 'message')}")
-    for m in history.messages:
+    print(f"conversation {args.conversation_id}: {_plural(len(messages), 'message')}")
+    for m in messages:
         print(f"\n[{m.created_at}] {m.role}:")
         print(textwrap.indent(m.content.strip() or "(empty)", "  "))
+        if m.truncated:
+            print("  (cut to fit one reply; the stored message is whole)")
         if m.sources:
             cited = "; ".join(f"[{s.n}] {s.doc_id} chunk {s.chunk} ({s.distance:.2f})" for s in m.sources)
             print(f"  sources: {cited}")
+    return 0
+
+
+async def cmd_list(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Every document, page by page (with --json: each document_list message)."""
+    count = 0
+    async with ctx.client() as client:
+        async for page in client.list_documents_pages():
+            for d in page.documents:
+                if not ctx.json:
+                    title = f"  {d.title}" if d.title else ""
+                    print(f"{d.id}\t{d.status}\t{_plural(d.chunks, 'chunk')}{title}")
+            if ctx.json:
+                print_json(page)
+            count += len(page.documents)
+            sys.stdout.flush()
+    if not ctx.json:
+        print(_plural(count, "document"), file=sys.stderr)
     return 0
 
 
@@ -785,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     _add_retrieval(p)
     p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser("list", parents=[common], help="the documents: id, status, chunks, title (every page)")
+    p.set_defaults(handler=cmd_list)
 
     p = sub.add_parser("history", parents=[common], help="the messages of a conversation")
     p.add_argument("conversation_id", metavar="CONVERSATION_ID")

@@ -39,6 +39,8 @@ from pydantic import BaseModel, ValidationError
 from shared.api_keys import DEFAULT_KEY_FILE, read_key_file
 from shared.formats import find_format
 from shared.protocol import (
+    MAX_DOCUMENTS_LIMIT,
+    MAX_HISTORY_LIMIT,
     MAX_MESSAGE_BYTES,
     SERVER_MESSAGE,
     AnyClientRequest,
@@ -46,15 +48,19 @@ from shared.protocol import (
     DeleteDocumentRequest,
     Document,
     DocumentDeleted,
+    DocumentInfo,
+    DocumentList,
     ErrorCode,
     ErrorMessage,
     History,
+    HistoryMessage,
     HistoryRequest,
     IngestBatchRequest,
     IngestBatchResult,
     IngestObjectRequest,
     IngestRequest,
     IngestResult,
+    ListDocumentsRequest,
     SearchRequest,
     SearchResult,
     ServerMessage,
@@ -533,10 +539,56 @@ class RagClient:
             SearchResult,
         )
 
-    async def history(self, conversation_id: str) -> History:
+    async def list_documents_page(self, *, limit: int | None = None, after: str | None = None) -> DocumentList:
+        """One page of the documents, in id order (``after``: the previous page's ``next``)."""
         return await self._call(
-            lambda rid: HistoryRequest(action="history", request_id=rid, conversation_id=conversation_id), History
+            lambda rid: ListDocumentsRequest(action="list_documents", request_id=rid, limit=limit, after=after),
+            DocumentList,
         )
+
+    async def list_documents_pages(self, *, limit: int | None = MAX_DOCUMENTS_LIMIT) -> AsyncIterator[DocumentList]:
+        """Every page of the documents, following ``next`` until the last."""
+        after: str | None = None
+        while True:
+            page = await self.list_documents_page(limit=limit, after=after)
+            yield page
+            after = _next_cursor(page.next, after)
+            if after is None:
+                return
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        """Every document (all the pages)."""
+        return [d async for page in self.list_documents_pages() for d in page.documents]
+
+    async def history_page(
+        self, conversation_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> History:
+        """One page of a conversation's messages, oldest first (``after``: the previous page's ``next``)."""
+        return await self._call(
+            lambda rid: HistoryRequest(
+                action="history", request_id=rid, conversation_id=conversation_id, limit=limit, after=after
+            ),
+            History,
+        )
+
+    async def history_pages(
+        self, conversation_id: str, *, limit: int | None = MAX_HISTORY_LIMIT
+    ) -> AsyncIterator[History]:
+        """Every page of a conversation, following ``next`` until the last."""
+        after: str | None = None
+        while True:
+            page = await self.history_page(conversation_id, limit=limit, after=after)
+            yield page
+            after = _next_cursor(page.next, after)
+            if after is None:
+                return
+
+    async def history(self, conversation_id: str) -> History:
+        """The whole conversation (all the pages) as one History."""
+        messages: list[HistoryMessage] = []
+        async for page in self.history_pages(conversation_id):
+            messages.extend(page.messages)
+        return History(request_id=None, conversation_id=conversation_id, messages=messages)
 
     async def chat(
         self,
@@ -578,3 +630,10 @@ class RagClient:
                         return
             if throttled:
                 await backoff.wait()
+
+
+def _next_cursor(next_cursor: str | None, after: str | None) -> str | None:
+    """The cursor of the page after one asked for with ``after``; a server that repeats it would loop."""
+    if next_cursor is not None and next_cursor == after:
+        raise RagClientError(RagClientError.INVALID_REPLY, "the server returned the same page cursor again")
+    return next_cursor

@@ -17,6 +17,10 @@ By concern:
 Every row belongs to a tenant (``tenant`` column; ``principal`` too for chat messages) and every
 operation takes the tenant and filters by it; tables written before tenants existed are migrated on
 open (their rows: the ``default`` tenant's; their conversations: the ``anonymous`` principal's).
+
+A conversation's turns are serialized across processes by a claim on its last row (``begin_turn``,
+``commit_turn``, ``release_turn``): its messages are seq 0, 1, 2, ... with no gap and no duplicate,
+user and assistant alternating.
 """
 
 from shared.vector_store.fulltext import FTS_COLUMN, FTS_REINDEX_ROWS, FullTextIndex
@@ -27,9 +31,11 @@ from shared.vector_store.schema import (
     PRINCIPAL_COLUMN,
     TENANT_COLUMN,
     ChunkRow,
+    ConversationBusy,
     EmbeddingMismatch,
     Match,
     MessageRow,
+    TurnClaim,
     chunks_schema,
     sql_str,
     storage_options_for,
@@ -59,12 +65,14 @@ __all__ = [
     "SEARCH_MODES",
     "TENANT_COLUMN",
     "ChunkRow",
+    "ConversationBusy",
     "EmbeddingMismatch",
     "FullTextIndex",
     "FullTextSearchFailed",
     "Match",
     "MessageRow",
     "SearchHits",
+    "TurnClaim",
     "VectorStore",
     "chunks_schema",
     "fts_hits",

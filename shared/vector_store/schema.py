@@ -19,15 +19,44 @@ MESSAGES_TABLE = "messages"
 # conversations the anonymous principal's (who wrote them: there was no identity then).
 TENANT_COLUMN = "tenant"
 PRINCIPAL_COLUMN = "principal"
-# The columns (and their SQL default) that opening a table adds when it lacks them.
+# The columns (and their SQL default) that opening a table adds when it lacks them (MESSAGES_MIGRATION:
+# below).
 CHUNKS_MIGRATION = {TENANT_COLUMN: f"'{DEFAULT_TENANT}'"}
-MESSAGES_MIGRATION = {TENANT_COLUMN: f"'{DEFAULT_TENANT}'", PRINCIPAL_COLUMN: f"'{ANONYMOUS}'"}
 # Chunks are upserted by (tenant, id): a document id names one document per tenant.
 CHUNKS_MERGE_KEY = [TENANT_COLUMN, "id"]
+
+# Conversation turns (see VectorStore.begin_turn). A message is identified by (tenant, principal,
+# conversation_id, seq): a turn's two messages are inserted by this key, never over a row that has it.
+MESSAGES_MERGE_KEY = [TENANT_COLUMN, PRINCIPAL_COLUMN, "conversation_id", "seq"]
+# Every conversation starts with an anchor row at seq -1 (role "anchor", no content; never shown): the
+# row the first turn's claim is on. Messages are seq 0, 1, 2, ...: user at even seqs, assistant at odd.
+ANCHOR_SEQ = -1
+ANCHOR_ROLE = "anchor"
+# The claim columns, on a conversation's last row: NULL while no turn holds it; a turn's token and the
+# claim's expiry (epoch ms) while one does; CLOSED once a turn was stored after it (it is no longer last).
+CLAIM_COLUMN = "claim"
+CLAIM_UNTIL_COLUMN = "claim_until"
+CLOSED = "closed"
+MESSAGES_MIGRATION = {
+    TENANT_COLUMN: f"'{DEFAULT_TENANT}'",
+    PRINCIPAL_COLUMN: f"'{ANONYMOUS}'",
+    # Older conversations have no anchor and no claims: their last message is free to claim.
+    CLAIM_COLUMN: "CAST(NULL AS STRING)",
+    CLAIM_UNTIL_COLUMN: "CAST(NULL AS BIGINT)",
+}
 
 
 class EmbeddingMismatch(Exception):
     """The table was built with another embedding model or dimension."""
+
+
+class ConversationBusy(Exception):
+    """Another turn holds the conversation (its answer is being generated)."""
+
+    def __init__(self, conversation_id: str, until_ms: int | None) -> None:
+        super().__init__(f"conversation {conversation_id!r} is busy")
+        self.conversation_id = conversation_id
+        self.until_ms = until_ms  # when that turn's claim expires, if it is known
 
 
 @dataclass(frozen=True)
@@ -70,6 +99,22 @@ class MessageRow:
     content: str
     created_at: str
     rag_context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnClaim:
+    """A turn's hold on a conversation: it may store the messages at ``seq`` (the question) and ``seq + 1``
+    (the answer). Made by VectorStore.begin_turn, used by commit_turn and release_turn."""
+
+    conversation_id: str
+    token: str
+    seq: int
+    prior: tuple[MessageRow, ...]  # the conversation's messages before the turn, in order
+    anchor: dict[str, Any] = field(repr=False)  # the stored row at seq - 1 that holds the claim, as read
+
+    @property
+    def anchor_id(self) -> str:
+        return str(self.anchor["id"])
 
 
 def sql_str(value: str) -> str:
@@ -115,6 +160,8 @@ MESSAGES_SCHEMA = pa.schema(
         pa.field("rag_context", pa.string()),
         pa.field(TENANT_COLUMN, pa.string(), nullable=False),
         pa.field(PRINCIPAL_COLUMN, pa.string(), nullable=False),
+        pa.field(CLAIM_COLUMN, pa.string()),
+        pa.field(CLAIM_UNTIL_COLUMN, pa.int64()),
     ]
 )
 
@@ -163,6 +210,8 @@ def message_record(m: MessageRow, created_at: str, tenant: str, principal: str) 
         "rag_context": json.dumps(m.rag_context),
         TENANT_COLUMN: tenant,
         PRINCIPAL_COLUMN: principal,
+        CLAIM_COLUMN: None,
+        CLAIM_UNTIL_COLUMN: None,
     }
 
 

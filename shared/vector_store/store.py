@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,16 +24,24 @@ from shared.protocol import SearchMode
 from shared.timing import iso_utc
 from shared.vector_store.fulltext import FTS_REINDEX_ROWS, FullTextIndex
 from shared.vector_store.schema import (
+    ANCHOR_ROLE,
+    ANCHOR_SEQ,
     CHUNKS_MERGE_KEY,
     CHUNKS_MIGRATION,
     CHUNKS_TABLE,
+    CLAIM_COLUMN,
+    CLAIM_UNTIL_COLUMN,
+    CLOSED,
+    MESSAGES_MERGE_KEY,
     MESSAGES_MIGRATION,
     MESSAGES_SCHEMA,
     MESSAGES_TABLE,
     PRINCIPAL_COLUMN,
     TENANT_COLUMN,
     ChunkRow,
+    ConversationBusy,
     MessageRow,
+    TurnClaim,
     check_embedding,
     chunk_record,
     chunks_schema,
@@ -48,6 +58,9 @@ log = logging.getLogger(__name__)
 # distinct values: a bitmap), and the id column a filter names with it (many values: a B-tree).
 CHUNKS_INDEXES: dict[str, Any] = {TENANT_COLUMN: Bitmap(), "doc_id": BTree()}
 MESSAGES_INDEXES: dict[str, Any] = {TENANT_COLUMN: Bitmap(), "conversation_id": BTree()}
+# A claim that lost a race to a turn that was then stored is retried on the new last row this many times
+# before the conversation is reported busy; a commit that failed (not lost) is retried as often.
+TURN_ATTEMPTS = 5
 
 
 def migrate(table: Any, columns: Mapping[str, str]) -> bool:
@@ -336,12 +349,16 @@ class VectorStore:
 
     def conversation(self, conversation_id: str, *, tenant: str, principal: str) -> list[MessageRow]:
         """The messages of ``principal``'s conversation, in order; empty when they have no such conversation
-        (whether it does not exist or is someone else's: the two are indistinguishable)."""
-        table = self.messages()
+        (whether it does not exist or is someone else's: the two are indistinguishable), and while its
+        first turn is being answered."""
+        return [message_row(r) for r in self._conversation_rows(conversation_id, tenant, principal) if r["seq"] >= 0]
+
+    def _conversation_rows(self, conversation_id: str, tenant: str, principal: str) -> list[dict[str, Any]]:
+        """Every stored row of the conversation (its anchor too), as stored, by seq."""
         where = self._conversation_filter(conversation_id, tenant, principal)
-        rows = table.search().where(where).limit(None).to_list()
-        rows.sort(key=lambda r: r["seq"])
-        return [message_row(r) for r in rows]
+        rows: list[dict[str, Any]] = self.messages().search().where(where).limit(None).to_list()
+        rows.sort(key=lambda r: int(r["seq"]))
+        return rows
 
     def append_messages(self, messages: Sequence[MessageRow], *, tenant: str, principal: str) -> None:
         """Append a turn's messages of ``principal`` in ``tenant`` in one commit (both or neither)."""
@@ -350,3 +367,134 @@ class VectorStore:
             raise ValueError("a message needs its principal")
         now = iso_utc()
         self.messages().add([message_record(m, now, tenant, principal) for m in messages])
+
+    # ------------------------------------------------------------------ conversation turns
+
+    def begin_turn(
+        self, conversation_id: str, *, tenant: str, principal: str, lease_s: float, new: bool = False
+    ) -> TurnClaim | None:
+        """Claim the next turn of ``principal``'s conversation, for ``lease_s`` seconds: the claim's holder
+        alone may store the next question and answer (commit_turn), or it gives the claim up (release_turn).
+
+        The claim is on the conversation's last row: its anchor (seq -1) before the first turn, else the
+        last answer. ``new``: the conversation is being started (its id was just made, nobody else knows
+        it): its anchor is written already holding the claim. Otherwise the claim is a conditional update
+        of the last row, "free or held by an expired claim": two turns claiming at once both rewrite that
+        row, LanceDB lets one commit through and re-runs the other on the new version, where the condition
+        no longer holds. So across processes one turn at a time holds a conversation; a turn whose process
+        died holds it until its claim expires.
+
+        Returns None when the principal has no such conversation; raises ConversationBusy while another
+        turn holds it.
+        """
+        tenant_filter(tenant)  # validates it
+        table = self.messages()
+        token = uuid.uuid4().hex
+        if new:
+            now_iso = iso_utc()
+            anchor = message_record(
+                MessageRow(str(uuid.uuid4()), conversation_id, ANCHOR_SEQ, ANCHOR_ROLE, "", now_iso),
+                now_iso,
+                tenant,
+                principal,
+            )
+            anchor.update({CLAIM_COLUMN: token, CLAIM_UNTIL_COLUMN: _now_ms() + int(lease_s * 1000)})
+            table.add([anchor])
+            return TurnClaim(conversation_id, token, ANCHOR_SEQ + 1, (), anchor)
+        where = self._conversation_filter(conversation_id, tenant, principal)
+        for _ in range(TURN_ATTEMPTS):
+            rows = self._conversation_rows(conversation_id, tenant, principal)
+            if not rows:
+                return None
+            last = rows[-1]
+            now = _now_ms()
+            until = now + int(lease_s * 1000)
+            if last[CLAIM_COLUMN] != token:  # (a claim that raised after it was committed is ours)
+                if _held(last, now):
+                    raise ConversationBusy(conversation_id, last[CLAIM_UNTIL_COLUMN])
+                free = f"({CLAIM_COLUMN} IS NULL OR ({CLAIM_COLUMN} <> '{CLOSED}' AND {CLAIM_UNTIL_COLUMN} < {now}))"
+                try:
+                    result = table.update(
+                        where=f"{where} AND id = {sql_str(last['id'])} AND {free}",
+                        values={CLAIM_COLUMN: token, CLAIM_UNTIL_COLUMN: until},
+                    )
+                except Exception as exc:  # e.g. the commit's retries ran out: read again
+                    log.warning("claiming a turn of a conversation failed (%s); reading it again", type(exc).__name__)
+                    continue
+                if not int(result.rows_updated):
+                    continue  # another turn claimed it, or was stored after it: read again
+            anchor = {**last, CLAIM_COLUMN: token, CLAIM_UNTIL_COLUMN: until}
+            prior = tuple(message_row(r) for r in rows if int(r["seq"]) >= 0)
+            return TurnClaim(conversation_id, token, int(last["seq"]) + 1, prior, anchor)
+        raise ConversationBusy(conversation_id, None)
+
+    def commit_turn(self, claim: TurnClaim, messages: Sequence[MessageRow], *, tenant: str, principal: str) -> bool:
+        """Store the turn's messages (at seqs ``claim.seq`` and after) and close the claim's row, in one
+        commit; whether they were stored.
+
+        A merge_insert keyed on (tenant, principal, conversation, seq) that inserts the messages and
+        rewrites the claim's row unless it is closed already. Two commits after the same row thus both
+        rewrite it and LanceDB re-runs the later one, which then finds the seqs taken and the row closed,
+        and writes nothing: a seq is written once, and only after the row before it. False when another
+        turn was stored at these seqs first (possible only after this claim expired).
+        """
+        if [m.seq for m in messages] != list(range(claim.seq, claim.seq + len(messages))):
+            raise ValueError("a turn's messages take the claimed seqs, in order")
+        table = self.messages()
+        now = iso_utc()
+        closed = {**claim.anchor, CLAIM_COLUMN: CLOSED, CLAIM_UNTIL_COLUMN: None}
+        records = [closed, *(message_record(m, now, tenant, principal) for m in messages)]
+        data = pa.Table.from_pylist(records, schema=table.schema)
+        still_open = (
+            f"target.id = {sql_str(claim.anchor_id)} "
+            f"AND (target.{CLAIM_COLUMN} IS NULL OR target.{CLAIM_COLUMN} <> '{CLOSED}')"
+        )
+        seqs = ", ".join(str(m.seq) for m in messages)
+        where = self._conversation_filter(claim.conversation_id, tenant, principal) + f" AND seq IN ({seqs})"
+        failure: Exception | None = None
+        for _ in range(TURN_ATTEMPTS):
+            try:
+                (
+                    table.merge_insert(MESSAGES_MERGE_KEY)
+                    .when_matched_update_all(where=still_open)
+                    .when_not_matched_insert_all()
+                    .execute(data)
+                )
+            except Exception as exc:  # not committed (e.g. its retries ran out): see what is there
+                log.warning("storing a turn failed (%s); checking what is stored", type(exc).__name__)
+                failure = exc
+            # Whoever's messages are at these seqs now (ours, another turn's, or none yet).
+            stored = {str(r["id"]) for r in table.search().where(where).select(["id"]).limit(None).to_list()}
+            if stored:
+                return stored == {m.id for m in messages}
+        raise failure or RuntimeError("the turn's messages were not stored")
+
+    def renew_turn(self, claim: TurnClaim, *, tenant: str, principal: str, lease_s: float) -> bool:
+        """Extend the claim by ``lease_s`` from now; whether it is still this turn's (False: it expired and
+        another turn took it, or a turn was stored after its row)."""
+        where = self._conversation_filter(claim.conversation_id, tenant, principal)
+        result = self.messages().update(
+            where=f"{where} AND id = {sql_str(claim.anchor_id)} AND {CLAIM_COLUMN} = {sql_str(claim.token)}",
+            values={CLAIM_UNTIL_COLUMN: _now_ms() + int(lease_s * 1000)},
+        )
+        return bool(int(result.rows_updated))
+
+    def release_turn(self, claim: TurnClaim, *, tenant: str, principal: str) -> None:
+        """Give up the claim (the turn stores nothing), so the next turn need not wait for it to expire.
+        A claim that is no longer this turn's is left alone."""
+        where = self._conversation_filter(claim.conversation_id, tenant, principal)
+        self.messages().update(
+            where=f"{where} AND id = {sql_str(claim.anchor_id)} AND {CLAIM_COLUMN} = {sql_str(claim.token)}",
+            values_sql={CLAIM_COLUMN: "CAST(NULL AS STRING)", CLAIM_UNTIL_COLUMN: "CAST(NULL AS BIGINT)"},
+        )
+
+
+def _now_ms() -> int:
+    """Wall-clock epoch milliseconds: claims are compared across processes (and hosts)."""
+    return int(time.time() * 1000)
+
+
+def _held(row: Mapping[str, Any], now_ms: int) -> bool:
+    """Whether a turn's unexpired claim is on ``row``."""
+    claim, until = row.get(CLAIM_COLUMN), row.get(CLAIM_UNTIL_COLUMN)
+    return claim is not None and claim != CLOSED and until is not None and int(until) >= now_ms

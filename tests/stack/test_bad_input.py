@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +270,80 @@ def test_unreachable_lambda_becomes_unavailable(tmp_path_factory: pytest.TempPat
                 c.close()
         finally:
             gateway.stop()
+
+
+# ---------------------------------------------------------------------- nesting, long and awkward ids
+
+
+@pytest.mark.parametrize(
+    "raw", ["[" * 60_000 + "]" * 60_000, '{"action": "search", "q": ' + "[" * 5_000 + "]" * 5_000 + "}"]
+)
+def test_deeply_nested_json_is_malformed_and_the_connection_survives(client: WsClient, raw: str) -> None:
+    client.send(raw)
+    assert_error(client.recv(), "malformed_json")
+    assert_still_usable(client)
+
+
+def _documents_dir(stack: Stack) -> Path:
+    cfg = stack.config
+    assert cfg is not None and cfg.documents_uri and not cfg.documents_uri.startswith("s3://")
+    return Path(cfg.documents_uri)
+
+
+def _listed(client: WsClient) -> set[str]:
+    reply = client.request({"action": "list_documents", "request_id": "ls"})
+    assert reply["type"] == "document_list", reply
+    return {d["id"] for d in reply["documents"]}
+
+
+def test_long_non_ascii_and_dot_ids_work_end_to_end(client: WsClient, stack: Stack) -> None:
+    ids = ["語" * 170, "é" * 256, ".dotfile", ".."]  # 510 and 512 bytes of UTF-8: at the limit
+    docs = [
+        {"id": i, "title": "Awkward", "text": f"Awkward id number {n} about lighthouses."} for n, i in enumerate(ids)
+    ]
+    reply = client.request({"action": "ingest_batch", "request_id": "ib", "documents": docs})
+    assert reply["type"] == "ingest_batch_result" and reply["ingested"] == len(ids), reply
+    assert set(ids) <= _listed(client)
+    names = [p.name for p in _documents_dir(stack).rglob("*")]
+    assert all(len(n.encode()) <= 255 for n in names) and not any(n.startswith(".tmp-") for n in names)
+    for doc_id in ids:
+        r = client.request({"action": "delete_document", "request_id": "d", "doc_id": doc_id})
+        assert r["type"] == "document_deleted" and r["chunks_deleted"] == 1, r
+    assert not set(ids) & _listed(client)
+
+
+def test_a_batch_with_an_id_over_the_byte_limit_writes_nothing(client: WsClient, stack: Stack) -> None:
+    before = sorted(p.relative_to(_documents_dir(stack)) for p in _documents_dir(stack).rglob("*"))
+    docs = [{"id": "fine-3", "text": "Fine."}, {"id": "語" * 171, "text": "Too long an id."}]
+    reply = client.request({"action": "ingest_batch", "request_id": "b", "documents": docs})
+    assert_error(reply, "invalid_request", "b")
+    assert "documents.1.id" in reply["message"] and "the limit is 512" in reply["message"]
+    after = sorted(p.relative_to(_documents_dir(stack)) for p in _documents_dir(stack).rglob("*"))
+    assert after == before  # no raw copy, no original, no .tmp-* file
+    assert "fine-3" not in _listed(client)
+    reply = client.request({"action": "ingest", "request_id": "i", "document": docs[1]})
+    assert_error(reply, "invalid_request", "i")
+    assert "512" in reply["message"]
+
+
+def test_a_long_non_ascii_file_name_uploads(client: WsClient) -> None:
+    from tests.stack.test_upload import ingest_object, upload
+
+    name = "ü" * 200 + ".md"  # 403 bytes of UTF-8: stored cut to 200 bytes, its extension kept
+    key = upload(client, name, b"# Umlauts\n\nA file with a very long name about glaciers.", "text/markdown")
+    stored = key.rsplit("/", 1)[1]
+    assert stored.endswith(".md") and len(stored.encode()) <= 200
+    out = ingest_object(client, key)
+    assert out["type"] == "ingest_result" and out["chunks"] == 1, out
+    assert out["doc_id"] in _listed(client)
+    client.request({"action": "delete_document", "request_id": "d", "doc_id": out["doc_id"]})
+
+
+def test_deeply_nested_html_is_refused_as_too_complex(client: WsClient) -> None:
+    from tests.stack.test_upload import ingest_object, upload
+
+    key = upload(client, "deep.html", b"<div>" * 2000 + b"deep" + b"</div>" * 2000, "text/html")
+    reply = ingest_object(client, key)
+    assert_error(reply, "document_too_complex", "io")
+    assert "deep.html" not in _listed(client)
+    assert_error(ingest_object(client, key), "object_not_found", "io")  # the bad upload was removed

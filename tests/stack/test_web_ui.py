@@ -40,6 +40,7 @@ from shared.stack import Stack
 from tests.conftest import ARTIFACTS, TIMEOUT_FACTOR, StackFactory, stack_keys
 from tests.support.auth import remember
 from tests.support.procs import port_of, reserve_port
+from tests.support.seed import seed_conversation
 from tests.support.timeouts import scaled
 
 CHROMIUM = "/usr/bin/chromium"
@@ -568,3 +569,25 @@ def test_web_chat_end_to_end(page: Page, stack: Stack, tmp_path: Path) -> None:
     expect(page.locator(".msg-user")).to_have_count(0)
     assert page.evaluate("localStorage.getItem('localrag.conversation_id')") is None
     assert not blocked, "blocked: " + "; ".join(blocked)
+
+
+def test_a_200_turn_conversation_restores(page: Page, stack: Stack) -> None:
+    """Its history comes in several pages (each under 128 KB): the page follows them all, in order."""
+    keys = stack_keys(stack)
+    conversation, _ = seed_conversation(stack, "alpha", keys.principal(keys.alpha), 200)
+    remember(keys.alpha)
+    page.goto(f"{_ui_url(stack)}#key={keys.alpha}")
+    expect(page.locator("#connection-status")).to_have_attribute("data-state", "open")
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+    page.evaluate(f"localStorage.setItem('localrag.conversation_id', {json.dumps(conversation)})")
+    page.reload()
+    users = page.locator(".msg-user .msg-text")
+    expect(users).to_have_count(200, timeout=LONG_MS)
+    expect(page.locator(".msg-assistant .answer-text")).to_have_count(200)
+    expect(users.first).to_have_text("Question number 0?")
+    expect(users.last).to_have_text("Question number 199?")
+    expect(page.locator(".msg-assistant .answer-text").last).to_contain_text("Answer number 199.")
+    histories = [f for f in frames if '"type": "history"' in f or '"type":"history"' in f]
+    assert len(histories) > 1, "the conversation came in one page: it does not test paging"
+    assert max(len(f.encode()) for f in histories) <= 128 * 1024

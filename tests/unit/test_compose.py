@@ -410,6 +410,14 @@ def test_gateway_authorizes_with_the_authorizer_function(monkeypatch: pytest.Mon
     assert settings.auth.auth != ["none"], "identity must be on by default"
 
 
+def test_connects_wait_for_no_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulators serve one invocation at a time (GATEWAY_FUNCTION_CONCURRENCY 1): a connect routed to a
+    function would queue behind a generating answer. None is: $connect/$disconnect invoke nothing."""
+    settings = load_settings("gateway", monkeypatch)
+    assert not {"$connect", "$disconnect"} & set(settings.routes)
+    assert "$default" in settings.routes
+
+
 def test_only_the_gateway_and_minio_console_are_published() -> None:
     for name, svc in (compose().get("services") or {}).items():
         if name not in ("gateway", "minio"):

@@ -32,7 +32,7 @@ from gateway.connections import Connection, QueueSocket
 from gateway.http_api import API_PREFIX, OPEN, ROUTES
 from gateway.keys import AUTHORIZER, CONNECTIONS, MANAGEMENT_APP
 from gateway.openapi import openapi_document
-from gateway.settings import Settings
+from gateway.settings import DEFAULT_ROUTES, Settings
 from shared.connections import Connections
 from shared.events import RequestAuthorizerEvent, build_event
 from shared.identity import Principal
@@ -192,6 +192,8 @@ async def harness(**settings: Any) -> AsyncIterator[Harness]:
             InternalAuthSettings(access_key_id=INTERNAL.access_key_id, secret_access_key=INTERNAL.secret_access_key),
         )
         settings.setdefault("auth", AuthSettings(auth=["api_key"]))
+        # $connect/$disconnect routed to a function (by default neither has one), to see what it receives.
+        settings.setdefault("routes", {**DEFAULT_ROUTES, "$connect": "chat", "$disconnect": "chat"})
         app = create_app(Settings(functions=functions, region=REGION, **settings))
         async with TestClient(TestServer(app)) as client, TestClient(TestServer(app[MANAGEMENT_APP])) as internal:
             yield Harness(client, internal, lambdas, app)

@@ -21,7 +21,7 @@ from chat.settings import Settings
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
 from shared.identity import anonymous
 from shared.protocol import ChatRequest, StreamEnd
-from shared.vector_store import Match, MessageRow
+from shared.vector_store import Match, MessageRow, TurnClaim
 from tests.support.timeouts import scaled
 
 CONVERSATIONAL = [
@@ -189,8 +189,22 @@ class FakeStore:
     def conversation(self, conversation_id: str, **_: str) -> list[MessageRow]:
         return [r for r in self.saved if r.conversation_id == conversation_id]
 
-    def append_messages(self, messages: Sequence[MessageRow], **_: str) -> None:
+    def conversation_exists(self, conversation_id: str, **_: str) -> bool:
+        return bool(self.conversation(conversation_id))
+
+    def begin_turn(self, conversation_id: str, **_: Any) -> TurnClaim:
+        prior = tuple(self.conversation(conversation_id))
+        return TurnClaim(conversation_id, "token", len(prior), prior, {"id": "anchor"})
+
+    def renew_turn(self, claim: TurnClaim, **_: Any) -> bool:
+        return True
+
+    def commit_turn(self, claim: TurnClaim, messages: Sequence[MessageRow], **_: str) -> bool:
         self.saved.extend(messages)
+        return True
+
+    def release_turn(self, claim: TurnClaim, **_: str) -> None:
+        pass
 
 
 class RecordingLLM:

@@ -305,6 +305,21 @@ def _text_outcome(b: Built) -> str:
     return "accepted"
 
 
+def _parse_outcome(data: bytes, filename: str) -> Callable[[Built], str]:
+    """Whether the service's parser limits let ``data`` through (else the error's name)."""
+
+    def observe(b: Built) -> str:
+        from ingestion.parsers import parse_document
+
+        try:
+            parse_document(data, filename, limits=b.service.parse_limits())
+        except Exception as exc:
+            return type(exc).__name__
+        return "accepted"
+
+    return observe
+
+
 def _tokenizer_without_volcano(tmp: Path) -> str:
     from ingestion.chunker import DEFAULT_TOKENIZER
 
@@ -326,6 +341,9 @@ INGESTION: dict[str, Effect] = {
     "RAG_EMBED_MAX_TOKENS": Effect("200", lambda b: b.service.chunker.model_max_tokens),
     "RAG_TOKENIZER_PATH": Effect("{tokenizer}", lambda b: b.service.chunker.count("volcano")),
     "RAG_MAX_DOCUMENT_BYTES": Effect("20", _text_outcome),
+    "RAG_PARSE_MAX_DEPTH": Effect("16", _parse_outcome(b"<div>" * 20 + b"x", "deep.html")),
+    "RAG_PARSE_MAX_ELEMENTS": Effect("5", _parse_outcome(b"<p>a</p>" * 10, "flat.html")),
+    "RAG_PARSE_TIMEOUT_S": Effect("0.000000001", _parse_outcome(b"<p>a</p>" * 2000, "flat.html")),
     "RAG_UPLOAD_URL_EXPIRES_S": Effect("60", lambda b: _upload(b).expires_in),
     "RAG_S3_PUBLIC_ENDPOINT_URL": Effect(
         "http://localhost:9000", lambda b: b.service.objects.presign_client.meta.endpoint_url, S3_DOCS

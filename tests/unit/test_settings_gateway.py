@@ -241,12 +241,14 @@ async def _ui_config(g: Gateway) -> Any:
 
 
 async def _identity(g: Gateway) -> Any:
-    """Without a credential: refused (401), or let in as whom."""
+    """Without a credential: refused (401), or let in as whom (what its messages' events carry)."""
     status = await g.outcome(key=None)
     if status != "open":
         return status
-    connect = next(e for f, e in g.functions.events if f == "chat")
-    return connect["requestContext"]["authorizer"]
+    ws = await g.connect(key=None)
+    await ws.send_str(search())
+    assert await g.functions.wait_messages(1)
+    return g.functions.messages()[-1][1]["requestContext"]["authorizer"]
 
 
 async def _put(g: Gateway, *, secret: str = "base-secret", size: int = 100) -> tuple[int, list[str]]:

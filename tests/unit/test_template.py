@@ -5,8 +5,9 @@
   translated CloudFormation too.
 - The WebSocket API has the protocol's action registry's routes (the local gateway's too), each a Lambda proxy
   integration with its permission; ``$connect`` is guarded by the authorizer function (a REQUEST authorizer
-  whose identity sources every handshake carries), which API Gateway may invoke; the Cognito parameters
-  reach its settings, which accept them.
+  whose identity sources every handshake carries), which API Gateway may invoke, and has no function (a
+  MOCK integration answering 200, throttled at the account's connection quota, not the message throttle);
+  there is no ``$disconnect`` route; the Cognito parameters reach its settings, which accept them.
 - The functions are the compose images (same Dockerfiles, repo root as context, same handler CMD).
 - Their environment is made of real settings names and is an ``aws`` profile (shared/profiles.py) that
   passes the profile check, for every embedding choice the parameters allow.
@@ -56,6 +57,7 @@ PHYSICAL = {
     "ChatFunction": "localrag-ChatFunction-DeF",
     "IngestionIntegration": "ing123",
     "ChatIntegration": "chat456",
+    "ConnectIntegration": "conn000",
     "AuthorizerFunction": "localrag-AuthorizerFunction-GhI",
     "ConnectAuthorizer": "auth789",
 }
@@ -227,6 +229,14 @@ def route_targets() -> dict[str, str]:
     return out
 
 
+MOCK = "MOCK"
+
+
+def integration_target(integration: str) -> str:
+    """The function resource a route's integration invokes, or MOCK for one API Gateway answers itself."""
+    return MOCK if props(integration)["IntegrationType"] == MOCK else integration_function(integration)
+
+
 def integration_function(integration: str) -> str:
     uri = props(integration)["IntegrationUri"]["Fn::Sub"]
     m = re.fullmatch(
@@ -315,18 +325,44 @@ def test_websocket_api() -> None:
 
 
 def test_routes_are_the_action_registrys() -> None:
-    """Every route key of the WebSocket API goes to the function the protocol's action registry names, and
-    there is no other (the local gateway's default routes come from the same registry)."""
+    """Every route key of the WebSocket API goes to the function the protocol's action registry names (the
+    MOCK routes to none), and there is no other (the local gateway's default routes come from the same
+    registry)."""
     from gateway.settings import DEFAULT_ROUTES
-    from shared.protocol import ACTION_REGISTRY, CONNECTION_ROUTES, route_table
+    from shared.protocol import ACTION_REGISTRY, CONNECTION_ROUTES, MOCK_ROUTES, route_table
 
     keys = [r["Properties"]["RouteKey"] for r in resources("AWS::ApiGatewayV2::Route").values()]
     assert len(keys) == len(set(keys)), f"a route key is declared twice: {sorted(keys)}"
-    routes = {key: integration_function(integration) for key, integration in route_targets().items()}
-    expected = {key: FUNCTIONS[fn] for key, fn in route_table().items()}
+    routes = {key: integration_target(integration) for key, integration in route_targets().items()}
+    expected = {key: FUNCTIONS[fn] for key, fn in route_table().items()} | dict.fromkeys(MOCK_ROUTES, MOCK)
     assert routes == expected
-    assert set(routes) == {*CONNECTION_ROUTES, *ACTION_REGISTRY}
+    assert set(routes) == {*CONNECTION_ROUTES, *MOCK_ROUTES, *ACTION_REGISTRY}
     assert route_table() == DEFAULT_ROUTES
+
+
+def test_connect_needs_no_function_and_disconnect_has_no_route() -> None:
+    """$connect is the authorizer's answer alone: a MOCK integration answers 200 without invoking anything,
+    so no connect waits for a function's concurrency (chat's, held while answers generate). Nothing is done
+    on a disconnect: no route. The local gateway has neither in its routes."""
+    from gateway.settings import DEFAULT_ROUTES
+
+    targets = route_targets()
+    assert "$disconnect" not in targets
+    mock = props(targets["$connect"])
+    assert mock["IntegrationType"] == MOCK and "IntegrationUri" not in mock
+    # The template API Gateway applies (selected by the literal key "$default"): the integration's status.
+    assert mock["TemplateSelectionExpression"] == "\\$default"
+    assert json.loads(mock["RequestTemplates"]["$default"]) == {"statusCode": 200}
+    assert not {"$connect", "$disconnect"} & set(DEFAULT_ROUTES)
+
+
+def test_connects_are_throttled_at_the_connection_quota_not_the_message_throttle() -> None:
+    resolver = Resolver()
+    ((_, stage),) = resources("AWS::ApiGatewayV2::Stage").items()
+    p = resolver(stage["Properties"])
+    assert int(p["DefaultRouteSettings"]["ThrottlingBurstLimit"]) < 500  # the message throttle
+    # API Gateway's quota: 500 new connections per second per account and region; a burst of 500 passes.
+    assert p["RouteSettings"]["$connect"] == {"ThrottlingRateLimit": 500, "ThrottlingBurstLimit": 500}
 
 
 def test_integrations_are_lambda_proxy_and_may_invoke() -> None:
@@ -335,6 +371,8 @@ def test_integrations_are_lambda_proxy_and_may_invoke() -> None:
     permissions = resources("AWS::Lambda::Permission")
     resolver = Resolver()
     for name, integration in integrations.items():
+        if integration["Properties"]["IntegrationType"] == MOCK:
+            continue  # invokes nothing (test_connect_needs_no_function_and_disconnect_has_no_route)
         assert integration["Properties"]["IntegrationType"] == "AWS_PROXY"
         assert integration["Properties"]["ApiId"] == {"Ref": "WebSocketApi"}
         fn = integration_function(name)
