@@ -5,12 +5,14 @@ cache) vs ``RAG_AUTH=none``, on real processes, measured in one run.
     python -m bench.connect_overhead -n 50        # quicker
 
 Two stacks are started with the launcher ``make up`` uses (shared/stack.py): the gateway, the authorizer and
-the chat function (the ``$connect`` route's), each on its own ports and data folder; identity is on in one
+the chat function (started for completeness: since issue 11 ``$connect`` invokes no function), each on its
+own ports and data folder; identity is on in one
 (an API key made with shared/api_keys.py, sent as ``Authorization: Bearer``) and off in the other. The first
 connect of the authorized stack fills the gateway's authorizer cache (TTL 300 s, as API Gateway's default);
 then connects alternate between the two stacks, so that both see the same machine load. A connect is timed
-from the TCP connect to the completed handshake (101), which includes the ``$connect`` Lambda invocation on
-both stacks; closing is not timed.
+from the TCP connect to the completed handshake (101) — on the authorized stack that includes the
+authorizer-cache lookup (the results in bench/results were measured when ``$connect`` also invoked the chat
+function on both stacks); closing is not timed.
 
 Target (issue 10): p50 overhead <= 5 ms.
 """
