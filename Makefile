@@ -107,3 +107,8 @@ bench: eval
 .PHONY: bench-auth
 bench-auth: $(STAMP)
 	$(PY) -m bench.connect_overhead $(BENCH_ARGS)
+
+# The bounded HTML parser against BeautifulSoup (what it replaced), time and peak memory, one run.
+.PHONY: bench-parse
+bench-parse: $(STAMP)
+	$(PY) -m bench.parse_limits $(BENCH_ARGS)
