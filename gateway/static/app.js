@@ -119,7 +119,10 @@ class Gateway extends EventTarget {
       this.ws = null;
       // A refused handshake looks like any other failure to a page (no status): ask the gateway over
       // HTTP whether it was the key.
+      const key = this.key;
       const status = opened ? 0 : await this.authStatus();
+      // A new key arrived (or a new socket opened) while the gateway was asked: this answer is stale.
+      if (this.key !== key || this.ws !== null) return;
       if (status === 401 || status === 403) {
         this.refused(status);
         return;
