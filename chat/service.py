@@ -7,6 +7,7 @@ gets ``unknown_conversation``, exactly as for an id that does not exist.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import uuid
@@ -27,6 +28,7 @@ from chat.settings import Settings
 from shared.bedrock import StreamDone, TextDelta
 from shared.errors import InvalidRequest, RagError, UnknownConversation
 from shared.identity import Principal
+from shared.logs import record_metric
 from shared.paging import (
     ENVELOPE_BYTES,
     SOURCES_BUDGET_BYTES,
@@ -132,7 +134,9 @@ class ChatService:
         )
         # Only the sources that fit a reply are shown, and so only their passages go into the prompt.
         sources = fit_sources([self._source(i, m) for i, m in enumerate(matches, start=1)], sources_budget)
-        return Retrieval(sources, [m.text for m in matches[: len(sources)]], limit, timed_ms(t0), mode)
+        elapsed = timed_ms(t0)
+        record_metric("RetrievalTime", elapsed, "Milliseconds")
+        return Retrieval(sources, [m.text for m in matches[: len(sources)]], limit, elapsed, mode)
 
     def _source(self, n: int, m: Match) -> Source:
         # page/heading come from the chunk metadata (PDF/Markdown parsers); validated from a dict so that
@@ -175,8 +179,15 @@ class ChatService:
             return Intent.RETRIEVAL, self.retrieve(
                 req.question, req.top_k, req.max_distance, req.search_mode, tenant=tenant
             )
+        # In a copy of this context: the retrieval's log lines and Bedrock call carry the correlation id.
         future: Future[Retrieval] = self._pool.submit(
-            self.retrieve, req.question, req.top_k, req.max_distance, req.search_mode, tenant=tenant
+            contextvars.copy_context().run,
+            self.retrieve,
+            req.question,
+            req.top_k,
+            req.max_distance,
+            req.search_mode,
+            tenant=tenant,
         )
         intent = classify(req.question)
         if intent is Intent.CONVERSATIONAL:
@@ -284,6 +295,7 @@ class ChatService:
 
         if claim is not None:
             self._store_turn(req, caller, claim, answer, retrieval, prompt_kind, intent, found is not None)
+        _record_answer_metrics(first_token_ms, retrieval if found is not None else None)
         emit(
             StreamEnd(
                 request_id=req.request_id,
@@ -441,3 +453,13 @@ class ChatService:
 def _log_discarded(future: Future[Retrieval]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.debug("discarded retrieval for small talk failed: %s", future.exception())
+
+
+def _record_answer_metrics(first_token_ms: float | None, retrieval: Retrieval | None) -> None:
+    """The answer's metrics (README "Observability"): time to first token; for a question that retrieved (not
+    small talk), the sources kept and NoContext (1 when none was kept: its average is the no-context rate)."""
+    if first_token_ms is not None:
+        record_metric("TimeToFirstToken", first_token_ms, "Milliseconds")
+    if retrieval is not None:
+        record_metric("SourcesKept", len(retrieval.sources), "Count")
+        record_metric("NoContext", 0 if retrieval.sources else 1, "Count")

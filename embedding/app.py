@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedding.model import EmbeddingModel, MicroBatcher, QueueFull, Vectors, load_model
 from embedding.settings import Settings
 from shared.aws_http import ResourceNotFound, Throttling, ValidationError, aws_error_middleware
+from shared.logs import correlation_middleware
 from shared.timing import timed_ms
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,9 @@ async def health(request: web.Request) -> web.Response:
 def create_app(settings: Settings | None = None, model: EmbeddingModel | None = None) -> web.Application:
     """The aiohttp application. ``model``: an already loaded model to use instead of loading one."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[aws_error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[correlation_middleware, aws_error_middleware], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS_KEY] = settings
 
     async def model_ctx(app: web.Application) -> AsyncIterator[None]:

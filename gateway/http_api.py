@@ -95,6 +95,7 @@ _RETRYABLE = {
     ErrorCode.UPSTREAM_TIMEOUT,
     ErrorCode.FUNCTION_ERROR,
     ErrorCode.INTERNAL_ERROR,
+    ErrorCode.DOCUMENT_BUSY,
 }
 
 # Protocol error code -> HTTP status.
@@ -108,6 +109,7 @@ STATUS_FOR_CODE: dict[ErrorCode, int] = {
     ErrorCode.EMPTY_DOCUMENT: 400,
     ErrorCode.DOCUMENT_TOO_LARGE: 413,
     ErrorCode.DOCUMENT_NOT_FOUND: 404,
+    ErrorCode.DOCUMENT_BUSY: 409,
     ErrorCode.UNKNOWN_CONVERSATION: 404,
     ErrorCode.INDEX_MISMATCH: 503,
     ErrorCode.UPSTREAM_UNAVAILABLE: 502,

@@ -32,6 +32,7 @@ from aiohttp import web
 from gateway.connections import Connection
 from gateway.settings import Settings
 from shared.events import EventType, build_event
+from shared.logs import bound, error_where
 from shared.protocol import ErrorCode, action_of, encode, error
 from shared.sigv4 import sign
 
@@ -175,17 +176,37 @@ class LambdaIntegration:
 
         The function's other replies reach the connection through @connections while this waits."""
         route_key = self.route_for(action_of(data))
+        event = self.event(conn, route_key, "MESSAGE", body=data, binary=binary)
+        # The correlation id of everything this message causes: the event's requestId (fresh per message, as
+        # API Gateway's), which the function's log lines and its Bedrock calls carry too.
+        with bound(
+            correlation_id=event["requestContext"]["requestId"],
+            connection_id=conn.id,
+            request_id=request_id,
+            route=route_key,
+        ):
+            log.info("message on %s: route %s", conn.id, route_key)
+            await self._message(conn, route_key, event, request_id)
+
+    async def _message(self, conn: Connection, route_key: str, event: dict[str, Any], request_id: str | None) -> None:
         self.stats.in_flight += 1
         try:
-            result = await self.invoke(route_key, self.event(conn, route_key, "MESSAGE", body=data, binary=binary))
+            result = await self.invoke(route_key, event)
             # A two-way route: the integration's response body goes back to the client.
             if result is not None and result.get("body"):
                 body = result["body"]
                 await self.reply(conn, body.encode("utf-8") if isinstance(body, str) else json.dumps(body).encode())
         except InvokeFailed as exc:
             await self.reply(conn, encode(error(exc.code, exc.message, request_id)))
-        except Exception:
-            log.exception("message on %s (route %s) failed", conn.id, route_key)
+        except Exception as exc:
+            log.error(
+                "message on %s (route %s) failed: %s at %s",
+                conn.id,
+                route_key,
+                type(exc).__name__,
+                error_where(exc.__traceback__),
+                extra={"error_type": type(exc).__name__},
+            )
             await self.reply(conn, encode(error(ErrorCode.INTERNAL_ERROR, "internal error", request_id)))
         finally:
             self.stats.in_flight -= 1
@@ -212,7 +233,8 @@ class LambdaIntegration:
         result = await self.call(function, event, throttle_wait_s=throttle_wait_s)
         if result.function_error:
             _, error_type = result.error()
-            log.error("function %s failed on %s: %s", function, route_key, result.body[:2000])
+            # The type only: the payload's errorMessage and stackTrace stay out of the log (house rule).
+            log.error("function %s failed on %s: %s", function, route_key, error_type or result.function_error)
             if error_type == "Sandbox.Timedout":
                 raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function timed out")
             raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function failed; see its log")
@@ -248,6 +270,7 @@ class LambdaIntegration:
                         if exc.code != ErrorCode.THROTTLED:
                             raise
                         self.stats.throttled += 1
+                        log.warning("function %s throttled (429 TooManyRequestsException)", function)
                         wait = backoff / 2 + random.uniform(0, backoff / 2)
                         if loop.time() + wait > give_up:
                             if throttle_wait_s > 0:
@@ -274,9 +297,9 @@ class LambdaIntegration:
                 if resp.status == 429:
                     raise InvokeFailed(ErrorCode.THROTTLED, "too many requests in flight; retry shortly")
                 if resp.status >= 300:
-                    log.error("invoke %s -> HTTP %s: %s", function, resp.status, payload[:500])
+                    log.error("invoke %s -> HTTP %s", function, resp.status)
                     raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function could not be invoked")
                 return Invocation(payload, resp.headers.get("X-Amz-Function-Error") or None)
         except aiohttp.ClientError as exc:
-            log.error("invoke %s unreachable: %s", function, exc)
+            log.error("invoke %s unreachable: %s", function, type(exc).__name__)
             raise InvokeFailed(ErrorCode.UPSTREAM_UNAVAILABLE, f"the {function} service is unavailable") from None

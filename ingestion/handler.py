@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus
@@ -42,6 +43,7 @@ from shared.events import (
 )
 from shared.identity import Principal
 from shared.object_store import open_object_store
+from shared.observability import instrument
 from shared.ports import DocumentIndex, TextEmbedder
 from shared.protocol import (
     DEFAULT_DOCUMENTS_LIMIT,
@@ -176,8 +178,13 @@ def _batch_item(doc_id: str, out: IngestOutcome | RagError) -> IngestItem:
 
 
 @cache
+def _settings() -> Settings:
+    return Settings()
+
+
+@cache
 def _runtime() -> tuple[IngestionService, WebSocketLambda]:
-    settings = Settings()
+    settings = _settings()
     store = wiring.vector_store(settings)
     service = build_service(settings, store=store)
     try:
@@ -188,7 +195,17 @@ def _runtime() -> tuple[IngestionService, WebSocketLambda]:
     return service, build_lambda(settings, service)
 
 
+@cache
+def _observed() -> Callable[[dict[str, Any], Any], Any]:
+    """The handler with Powertools' Logger and metrics (shared/observability.py), made at the cold start."""
+    settings = _settings()
+    return instrument(
+        _handle, service=settings.function_name, namespace=settings.metrics_namespace, level=settings.log_level
+    )
+
+
 def warm() -> None:
+    _observed()
     _runtime()
 
 
@@ -234,6 +251,11 @@ def handle_records(service: IngestionService, event: dict[str, Any]) -> dict[str
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    result: dict[str, Any] = _observed()(event, context)
+    return result
+
+
+def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     service, ws = _runtime()
     if event_kind(event) != "websocket":
         out = handle_records(service, event)

@@ -52,6 +52,7 @@ from shared.timing import timed_ms
 from shared.vector_store import CHUNKS_TABLE, MESSAGES_TABLE, TENANT_COLUMN, EmbeddingMismatch, VectorStore
 
 if TYPE_CHECKING:
+    from ingestion.service import IngestionService, IngestOutcome
     from ingestion.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,29 @@ def list_tenants(documents_uri: str, s3_client_factory: Callable[[], Any]) -> li
     if not documents_uri.startswith("s3://") and not Path(documents_uri.removeprefix("file://")).is_dir():
         return [DEFAULT_TENANT]
     return tenants_with_documents(open_object_store(documents_uri, s3_client_factory))
+
+
+def all_documents(documents_uri: str, s3_client_factory: Callable[[], Any]) -> list[tuple[str, str]]:
+    """(tenant, id) of every raw document at ``documents_uri``, tenant by tenant, ids sorted."""
+    tenants = list_tenants(documents_uri, s3_client_factory)
+    return [(t, d) for t in tenants for d in list_document_ids(documents_uri, s3_client_factory, t)]
+
+
+def index_document(service: IngestionService, tenant: str, doc_id: str) -> tuple[IngestOutcome, str] | None:
+    """Index one document again from its raw copy, as ingestion did (its original file parsed again, if it
+    has one); None when it has no raw copy (deleted since it was listed). Returns the outcome and how."""
+    raw = service.tenant_objects(tenant).get_document(doc_id)
+    if raw is None:
+        return None
+    return service.reindex_document(raw, tenant=tenant)
+
+
+def remove_ghost(service: IngestionService, store: VectorStore, tenant: str, doc_id: str) -> int:
+    """Delete the chunks of a document that has no raw copy, re-checked now (a document being ingested has
+    its raw copy written before its chunks, so it is never taken for a ghost). Returns the chunks removed."""
+    if service.tenant_objects(tenant).get_document(doc_id) is not None:
+        return 0
+    return store.delete_document(doc_id, tenant=tenant)
 
 
 def _label(tenant: str, doc_id: str) -> str:
@@ -187,8 +211,8 @@ def reindex(
     def s3() -> Any:
         return wiring.s3_client(target)
 
-    tenants = list_tenants(target.documents_uri, s3)
-    ids = [(tenant, doc_id) for tenant in tenants for doc_id in list_document_ids(target.documents_uri, s3, tenant)]
+    ids = all_documents(target.documents_uri, s3)
+    tenants = sorted({t for t, _ in ids} | {DEFAULT_TENANT})
     summary.documents = len(ids)
     say(
         f"{len(ids)} documents of {len(tenants)} tenant(s) in {target.documents_uri} -> {target_uri} "
@@ -200,12 +224,12 @@ def reindex(
         t0 = time.perf_counter()
         label = _label(tenant, doc_id)
         try:
-            raw = service.tenant_objects(tenant).get_document(doc_id)
-            if raw is None:  # deleted since it was listed
+            done = index_document(service, tenant, doc_id)
+            if done is None:  # deleted since it was listed
                 say(f"[{i:>{width}}/{len(ids)}] {label}: gone, skipped")
                 summary.documents -= 1
                 continue
-            out, how = service.reindex_document(raw, tenant=tenant)
+            out, how = done
         except (RagError, ValueError) as exc:
             message = exc.message if isinstance(exc, RagError) else f"not a valid raw document ({type(exc).__name__})"
             summary.failed[label] = message
@@ -232,11 +256,9 @@ def reindex(
     # Chunks of documents that are no longer in the raw store (re-checked now: a document ingested
     # during the rebuild has its raw copy written first, so it is never taken for an orphan).
     listed = set(ids)
-    for tenant in _indexed_tenants(store, tenants):
-        objects = service.tenant_objects(tenant)
+    for tenant in indexed_tenants(store, tenants):
         for doc_id in sorted(store.indexed_doc_ids(tenant=tenant) - {d for t, d in listed if t == tenant}):
-            if objects.get_document(doc_id) is None:
-                store.delete_document(doc_id, tenant=tenant)
+            if remove_ghost(service, store, tenant, doc_id):
                 summary.orphans_removed += 1
                 say(f"removed orphaned chunks of {_label(tenant, doc_id)} (no raw document)")
 
@@ -246,7 +268,7 @@ def reindex(
     return summary
 
 
-def _indexed_tenants(store: VectorStore, listed: list[str]) -> list[str]:
+def indexed_tenants(store: VectorStore, listed: list[str]) -> list[str]:
     """The tenants with chunks in the index, and those with raw documents."""
     rows = store.chunks().search().select([TENANT_COLUMN]).limit(None).to_arrow()
     return sorted(set(listed) | {str(t) for t in rows.column(TENANT_COLUMN).unique().to_pylist()})

@@ -15,6 +15,16 @@ default tenant's, ``tenants/{tenant}/inbox/...`` that tenant's; for Kinesis, the
 ``tenant``), and works through the tenant's view of the object store (``TenantObjects``) and the
 tenant-filtered index. Another tenant's document id or upload key is answered as a missing one.
 
+One writer of a document at a time: every write of a tenant's document (an ingest of any kind, a delete,
+an S3 or Kinesis record, a reindex) holds the document's lease (shared/vector_store/leases.py) from before
+it reads anything it depends on (a file, the raw copy) until its last write, across processes and hosts.
+A second writer waits for it (``RAG_DOCUMENT_LEASE_WAIT_S``), then goes on, or fails with
+``document_busy`` having written nothing. So concurrent writes of one document end as if they had run one
+after the other: the raw copy, the original and the chunks are one version's. Every write has a fresh
+version id, in the raw copy (``version``) and in each chunk row (``doc_version``). A batch takes the leases
+of all its documents in one commit (those another writer holds are written once free, never while this
+batch waits holding some: no deadlock).
+
 Bad input leaves nothing behind: no chunks, no raw copy, and no upload (an upload that fails to parse,
 is empty or too large is deleted; a transient failure such as the embedding service being down keeps it,
 so ``ingest_object`` can be retried).
@@ -24,9 +34,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
+import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +59,14 @@ from ingestion.parsers import (
 from ingestion.parsers import parse_document as parse_file
 from ingestion.settings import Settings
 from shared.doc_ids import doc_id_for
-from shared.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument, InvalidRequest, RagError
+from shared.errors import (
+    DocumentBusy,
+    DocumentNotFound,
+    DocumentTooLarge,
+    EmptyDocument,
+    InvalidRequest,
+    RagError,
+)
 from shared.events import BatchItemFailure, BatchResponse, KinesisDocument, KinesisEventRecord, S3EventRecord
 from shared.formats import UnsupportedType, find_format, format_for
 from shared.identity import DEFAULT_TENANT, valid_tenant
@@ -71,6 +92,9 @@ from shared.protocol import (
 )
 from shared.timing import timed_ms
 from shared.vector_store import ChunkRow
+from shared.vector_store.leases import DocumentBusy as LeaseHeld
+from shared.vector_store.leases import Lease
+from shared.vector_store.schema import RAW_VERSION_KEY
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +192,7 @@ class IngestionService:
         self.embedder = embedder
         self.store = store
         self.objects = objects  # the whole store: use a tenant's view of it (tenant_objects)
+        self._local = threading.local()  # the leases this thread holds: {(tenant, doc_id): Lease}
 
     def parse_limits(self) -> ParseLimits:
         """What parsing one file may cost (the RAG_PARSE_* settings and the document size limit)."""
@@ -183,6 +208,62 @@ class IngestionService:
         """The tenant's view of the object store (its documents, originals, inbox and uploads)."""
         return TenantObjects(self.objects, tenant)
 
+    # ------------------------------------------------------------------ one writer per document
+
+    def _held(self) -> dict[tuple[str, str], Lease]:
+        held: dict[tuple[str, str], Lease] | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = {}
+        return held
+
+    @contextmanager
+    def writing(self, tenant: str, doc_ids: Collection[str]) -> Iterator[None]:
+        """Hold the leases of the tenant's documents ``doc_ids`` for the block: every write of a document
+        happens in one (re-entrant within a thread). Waits up to RAG_DOCUMENT_LEASE_WAIT_S for another
+        writer of any of them; DocumentBusy (document_busy) after that, nothing held."""
+        held = self._held()
+        wanted = {d for d in doc_ids if (tenant, d) not in held}
+        if not wanted:
+            yield
+            return
+        leases = self.store.document_leases()
+        try:
+            lease = leases.acquire(
+                tenant, wanted, lease_s=self.settings.document_lease_s, wait_s=self.settings.document_lease_wait_s
+            )
+        except LeaseHeld as exc:
+            log.warning("document %s (tenant %s) busy: %s", sorted(exc.doc_ids)[:3], tenant, exc)
+            raise DocumentBusy(_busy_message(exc.doc_ids)) from None
+        with leases.kept(lease), self._holding(lease):
+            yield
+
+    @contextmanager
+    def _holding(self, lease: Lease) -> Iterator[None]:
+        held = self._held()
+        for d in lease.doc_ids:
+            held[(lease.tenant, d)] = lease
+        try:
+            yield
+        finally:
+            for d in lease.doc_ids:
+                held.pop((lease.tenant, d), None)
+
+    def _confirm_leases(self, tenant: str, doc_ids: Collection[str]) -> None:
+        """Check, just before writing, that this thread still holds the documents' leases."""
+        held = self._held()
+        missing = [d for d in doc_ids if (tenant, d) not in held]
+        if missing:
+            raise RuntimeError(f"writing document {missing[0]!r} without its lease")
+        leases = self.store.document_leases()
+        for lease in {id(held[(tenant, d)]): held[(tenant, d)] for d in doc_ids}.values():
+            try:
+                leases.confirm(lease)
+            except LeaseHeld:
+                log.warning(
+                    "the lease on %s (tenant %s) expired and was taken: not writing", sorted(lease.doc_ids)[:3], tenant
+                )
+                raise DocumentBusy(_busy_message(lease.doc_ids)) from None
+
     # ------------------------------------------------------------------ text documents
 
     def ingest(self, doc: Document, *, tenant: str) -> IngestOutcome:
@@ -191,7 +272,13 @@ class IngestionService:
         The raw copy goes first: it is the source of truth, so the object store is never behind
         the index. If anything fails before that, nothing has been written.
         """
-        return self._index(self._text_job(doc, self.tenant_objects(tenant)))
+        job = self._text_job(doc, self.tenant_objects(tenant))
+        vectors = self._embed([job])  # (nothing read from the stores: no lease needed yet)
+        with self.writing(tenant, [job.doc.id]):
+            out = self._write([job], vectors)[0]
+        if isinstance(out, RagError):  # not reached: a single job's failure is raised as it is
+            raise out
+        return out
 
     def _text_job(self, doc: Document, objects: TenantObjects) -> _Job:
         """A text document validated, parsed by its ``format`` if it has one, and chunked (no side effects)."""
@@ -220,7 +307,8 @@ class IngestionService:
             raise DocumentTooLarge(f"document is {size} bytes; the limit is {self.settings.max_document_bytes}")
 
     def _index(self, job: _Job) -> IngestOutcome:
-        """Embed, then write: the original file, the raw JSON, and the chunks in one commit."""
+        """Embed, then write: the original file, the raw JSON, and the chunks in one commit (under the
+        document's lease, which the caller holds)."""
         out = self._write([job], self._embed([job]))[0]
         if isinstance(out, RagError):  # not reached: a single job's failure is raised as it is
             raise out
@@ -274,21 +362,27 @@ class IngestionService:
             job.timings["embed"] = ms
         return out
 
-    def _write(self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]]) -> list[IngestOutcome | RagError]:
+    def _write(
+        self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]], *, raise_single: bool = True
+    ) -> list[IngestOutcome | RagError]:
         """The raw copies (and originals) first -- the object store is the source of truth, never behind
         the index -- then every job's chunks in ONE LanceDB commit, then the old versions' leftovers. The
-        jobs are one tenant's. Of several jobs, one whose raw copy the store refuses fails alone (its
-        result is the error; nothing of it is written, since a raw copy is written whole or not at all)
-        and the others are written; a single job's failure is raised."""
+        jobs are one tenant's, and this thread holds their documents' leases (checked first). Each job's
+        write gets a fresh version id (raw ``version``, chunks' ``doc_version``). Of several jobs, one
+        whose raw copy the store refuses fails alone (its result is the error; nothing of it is written,
+        since a raw copy is written whole or not at all) and the others are written; a single job's
+        failure is raised (``raise_single``; else returned as its result)."""
         t3 = time.perf_counter()
         tenant = jobs[0].objects.tenant
         if any(job.objects.tenant != tenant for job in jobs):
             raise ValueError("one write is one tenant's")
+        self._confirm_leases(tenant, [job.doc.id for job in jobs])
         rows: dict[str, list[ChunkRow]] = {}
         refused: dict[int, RagError] = {}
         for k, (job, vecs) in enumerate(zip(jobs, vectors, strict=True)):
             doc = job.doc
-            raw = doc.model_dump()
+            version = uuid.uuid4().hex
+            raw = {**doc.model_dump(), RAW_VERSION_KEY: version}
             try:
                 if job.original is not None:
                     if job.upload_key is not None and job.original.key != job.upload_key:
@@ -296,7 +390,7 @@ class IngestionService:
                     raw["original"] = job.original.as_json()
                 job.objects.put_document(doc.id, raw)
             except Exception as exc:
-                if len(jobs) == 1:
+                if len(jobs) == 1 and raise_single:
                     raise
                 log.exception(
                     "storing the raw copy of %s (tenant %s) failed; the rest of the batch goes on", doc.id, tenant
@@ -317,6 +411,7 @@ class IngestionService:
                     date=doc.date,
                     source=doc.source,
                     metadata=meta,
+                    doc_version=version,
                 )
                 for n, ((c, meta), v) in enumerate(zip(job.chunks, vecs, strict=True))
             ]
@@ -364,7 +459,9 @@ class IngestionService:
         document that failed. A document that is bad by itself (empty, too large) fails alone; a typed
         failure of the embedding service fails the documents embedded with it (none of them written);
         anything else (a store failure) is raised. A document id given twice is ingested twice, in
-        order (the later version wins), as separate ``ingest`` calls would.
+        order (the later version wins), as separate ``ingest`` calls would. A document another request
+        is writing is written once it is free; after RAG_DOCUMENT_LEASE_WAIT_S, it fails with
+        document_busy (the others are written meanwhile).
         """
         objects = self.tenant_objects(tenant)
         results: list[IngestOutcome | RagError | None] = [None] * len(docs)
@@ -373,7 +470,7 @@ class IngestionService:
         def flush() -> None:
             jobs = [job for _, job in group]
             try:
-                outcomes: Sequence[IngestOutcome | RagError] = self._write(jobs, self._embed(jobs))
+                outcomes: Sequence[IngestOutcome | RagError] = self._write_when_free(jobs, self._embed(jobs))
             except RagError as exc:  # e.g. the embedding service is unavailable: the group failed
                 outcomes = [exc] * len(jobs)
             for (i, _), outcome in zip(group, outcomes, strict=True):
@@ -392,6 +489,49 @@ class IngestionService:
         if group:
             flush()
         return [r for r in results if r is not None]
+
+    def _write_when_free(
+        self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]]
+    ) -> list[IngestOutcome | RagError]:
+        """``_write`` the jobs (of distinct documents) under their leases: those free now are taken in one
+        commit and written in one; the rest are tried again once those are written, until
+        RAG_DOCUMENT_LEASE_WAIT_S has passed (then: DocumentBusy each). Never waits holding a lease."""
+        tenant = jobs[0].objects.tenant
+        leases = self.store.document_leases()
+        out: list[IngestOutcome | RagError | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        deadline = time.monotonic() + self.settings.document_lease_wait_s
+        delay = 0.01
+        first = True
+        while pending:
+            held = self._held()
+            lease = leases.try_acquire(
+                tenant,
+                {jobs[k].doc.id for k in pending if (tenant, jobs[k].doc.id) not in held},
+                lease_s=self.settings.document_lease_s,
+                peek=not first,
+            )
+            first = False
+            ready = [k for k in pending if jobs[k].doc.id in lease.doc_ids or (tenant, jobs[k].doc.id) in held]
+            if ready:
+                with leases.kept(lease), self._holding(lease):
+                    try:
+                        written = self._write([jobs[k] for k in ready], [vectors[k] for k in ready], raise_single=False)
+                    except DocumentBusy as exc:  # the lease was lost before the write: nothing written
+                        written = [exc] * len(ready)
+                for k, outcome in zip(ready, written, strict=True):
+                    out[k] = outcome
+                pending = [k for k in pending if out[k] is None]
+                continue
+            if time.monotonic() >= deadline:
+                busy = DocumentBusy(_busy_message({jobs[k].doc.id for k in pending}))
+                log.warning("%d document(s) of a batch busy (tenant %s): not written", len(pending), tenant)
+                for k in pending:
+                    out[k] = busy
+                break
+            delay = min(delay * 2, 0.25)
+            time.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
+        return [o for o in out if o is not None]
 
     def _embed_text(self, title: str, chunk: Chunk) -> tuple[str, int]:
         """ "title: chunk" when that still fits the model (a full chunk plus a long title may not: then
@@ -459,6 +599,21 @@ class IngestionService:
         original_key: str,
         delete_bad: bool,
     ) -> IngestOutcome:
+        with self.writing(objects.tenant, [shell.id]):
+            return self._ingest_file_held(
+                key, filename, shell, objects=objects, original_key=original_key, delete_bad=delete_bad
+            )
+
+    def _ingest_file_held(
+        self,
+        key: str,
+        filename: str,
+        shell: Document,
+        *,
+        objects: TenantObjects,
+        original_key: str,
+        delete_bad: bool,
+    ) -> IngestOutcome:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -506,7 +661,20 @@ class IngestionService:
 
         A document that came from a file (its raw JSON names an ``original``) is parsed again from
         that file, so its chunks keep their sections (pages, headings) and the original stays; any
-        other document is ingested from its text. Returns the outcome and how it was done."""
+        other document is ingested from its text. Returns the outcome and how it was done.
+
+        Under the document's lease, from its raw copy as it is then (``raw`` may be older: another write
+        may have come since it was read); DocumentNotFound if it was deleted meanwhile."""
+        doc_id = raw.get("id")
+        if not isinstance(doc_id, str):
+            raise InvalidRequest("the raw document has no id")
+        with self.writing(tenant, [doc_id]):
+            current = self.tenant_objects(tenant).get_document(doc_id)
+            if current is None:
+                raise DocumentNotFound(f"document {doc_id!r} was deleted meanwhile")
+            return self._reindex_held(current, tenant=tenant)
+
+    def _reindex_held(self, raw: dict[str, Any], *, tenant: str) -> tuple[IngestOutcome, str]:
         doc = Document.model_validate({k: raw[k] for k in Document.model_fields if k in raw})
         original = raw.get("original")
         if isinstance(original, dict) and isinstance(original.get("key"), str) and original.get("filename"):
@@ -567,7 +735,11 @@ class IngestionService:
     # ------------------------------------------------------------------ delete
 
     def delete(self, doc_id: str, *, tenant: str) -> int:
-        """Remove the tenant's document: its chunks, its raw JSON and its original file(s)."""
+        """Remove the tenant's document: its chunks, its raw JSON and its original file(s) (under its lease)."""
+        with self.writing(tenant, [doc_id]):
+            return self._delete_held(doc_id, tenant=tenant)
+
+    def _delete_held(self, doc_id: str, *, tenant: str) -> int:
         objects = self.tenant_objects(tenant)
         raw = objects.get_document(doc_id)
         removed = self.store.delete_document(doc_id, tenant=tenant)
@@ -616,10 +788,13 @@ class IngestionService:
             log.info("S3 %s %s -> %s (tenant %s, %d chunks)", record.event_name, key, doc_id, tenant, out.chunks)
         elif record.action == "removed":
             # Only if the document still comes from this key (it may have been replaced since).
-            if _original_key(objects.get_document(doc_id)) == rel:
-                self.delete(doc_id, tenant=tenant)
-            else:
-                log.info("S3 %s %s: document %s does not come from it; nothing to do", record.event_name, key, doc_id)
+            with self.writing(tenant, [doc_id]):
+                if _original_key(objects.get_document(doc_id)) == rel:
+                    self._delete_held(doc_id, tenant=tenant)
+                else:
+                    log.info(
+                        "S3 %s %s: document %s does not come from it; nothing to do", record.event_name, key, doc_id
+                    )
         else:
             log.info("ignoring S3 event %s on %s", record.event_name, key)
 
@@ -690,6 +865,11 @@ class IngestionService:
                 BatchItemFailure(item_identifier=records[i].kinesis.sequence_number) for i in sorted(failed)
             ]
         )
+
+
+def _busy_message(doc_ids: Collection[str]) -> str:
+    names = ", ".join(repr(d) for d in sorted(doc_ids)[:3]) + (" ..." if len(doc_ids) > 3 else "")
+    return f"document {names} is being written by another request; nothing was written: retry"
 
 
 def _missing_upload(key: str) -> ObjectNotFound:

@@ -72,6 +72,22 @@ class Settings(RagSettings, DocumentsSettings):
         "document_too_complex. Keep it below INGESTION_TIMEOUT_S.",
     )
 
+    # -- one writer of a document at a time (shared/vector_store/leases.py)
+    document_lease_s: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description="How long a writer's lease on a document lasts unrenewed, in seconds (renewed every third "
+        "of it while the write runs): after a crash the document is writable again this long after.",
+    )
+    document_lease_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a write waits for another writer of the same document, in seconds; longer: "
+        "document_busy (nothing written; S3 and Kinesis records are then retried by Lambda). Keep it below "
+        "INGESTION_TIMEOUT_S.",
+    )
+
     # -- files: upload_url / ingest_object, S3 notifications (the size limit and the upload secret are in
     # DocumentsSettings: the gateway reads them too)
     upload_url_expires_s: int = Field(

@@ -25,18 +25,24 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from llm.converse_models import ConverseRequest, openai_chat_messages, openai_stops, parse_body
+from llm.converse_models import (
+    ConverseRequest,
+    LlmChatCompletionRequest,
+    openai_chat_messages,
+    openai_stops,
+    parse_body,
+)
 from llm.engine import Engine, Generation, GenerationFailed, GenerationParams, StopReason
 from llm.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from llm.eventstream import encode_event, encode_exception
 from llm.model_fetch import ensure_model
 from llm.settings import Settings
 from shared.aws_http import AwsError, ModelTimeout, ResourceNotFound, aws_error_middleware
+from shared.logs import correlation_middleware, error_where
 from shared.openai_models import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     Choice,
     ChunkChoice,
     Delta,
@@ -74,7 +80,9 @@ _STREAM_EXCEPTIONS = {
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """The aiohttp application. Without ``engine``, the model is loaded once at startup (and freed at cleanup)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[aws_error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[correlation_middleware, aws_error_middleware]
+    )
     app[SETTINGS] = settings
     if engine is not None:
         app[ENGINE] = engine
@@ -99,6 +107,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         max_queue=settings.max_queue,
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
+        repeat_last_n=settings.repeat_last_n,
     )
     engine = await loop.run_in_executor(None, load)
     app[ENGINE] = engine
@@ -121,13 +130,17 @@ def _check_model_id(request: web.Request, model_id: str) -> None:
 
 
 def _converse_params(req: ConverseRequest, settings: Settings) -> GenerationParams:
-    cfg = req.inferenceConfig
+    cfg, extra = req.inferenceConfig, req.additionalModelRequestFields
     return GenerationParams(
         messages=req.chat_messages(),
         max_tokens=cfg.maxTokens or settings.max_tokens,
         temperature=settings.temperature if cfg.temperature is None else cfg.temperature,
         top_p=cfg.topP,
         stop=tuple(cfg.stopSequences),
+        top_k=settings.top_k if extra.top_k is None else extra.top_k,
+        repeat_penalty=settings.repeat_penalty if extra.repeat_penalty is None else extra.repeat_penalty,
+        frequency_penalty=settings.frequency_penalty if extra.frequency_penalty is None else extra.frequency_penalty,
+        presence_penalty=settings.presence_penalty if extra.presence_penalty is None else extra.presence_penalty,
     )
 
 
@@ -231,10 +244,15 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
             raise
         kind = _STREAM_EXCEPTIONS.get(exc.code, "modelStreamErrorException")
         await _write_quietly(resp, encode_exception(kind, exc.message))
-    except Exception:
+    except Exception as exc:
         if resp is None:
             raise
-        log.exception("converse-stream failed after the response started")
+        log.error(
+            "converse-stream failed after the response started: %s at %s",
+            type(exc).__name__,
+            error_where(exc.__traceback__),
+            extra={"error_type": type(exc).__name__},
+        )
         await _write_quietly(resp, encode_exception("internalServerException", "Internal server error"))
     assert resp is not None
     with contextlib.suppress(ConnectionResetError):
@@ -280,7 +298,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     settings, engine = request.app[SETTINGS], request.app[ENGINE]
-    req = parse_body(ChatCompletionRequest, await request.read())
+    req = parse_body(LlmChatCompletionRequest, await request.read())
     if req.model is not None:
         _check_model_id(request, req.model)
     params = GenerationParams(
@@ -289,6 +307,10 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         temperature=settings.temperature if req.temperature is None else req.temperature,
         top_p=req.top_p,
         stop=tuple(openai_stops(req)),
+        top_k=settings.top_k,
+        repeat_penalty=settings.repeat_penalty,
+        frequency_penalty=settings.frequency_penalty if req.frequency_penalty is None else req.frequency_penalty,
+        presence_penalty=settings.presence_penalty if req.presence_penalty is None else req.presence_penalty,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -340,10 +362,15 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             status = 408 if isinstance(exc, TimeoutError) else exc.status if isinstance(exc, AwsError) else 500
             return _openai_error(status, message, code)
         await _write_quietly(resp, sse(Error.of(500, message, code)))
-    except Exception:
+    except Exception as exc:
         if resp is None:
             raise
-        log.exception("chat/completions stream failed after the response started")
+        log.error(
+            "chat/completions stream failed after the response started: %s at %s",
+            type(exc).__name__,
+            error_where(exc.__traceback__),
+            extra={"error_type": type(exc).__name__},
+        )
         await _write_quietly(resp, sse(Error.of(500, "Internal server error", None)))
     assert resp is not None
     with contextlib.suppress(ConnectionResetError):

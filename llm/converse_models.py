@@ -16,7 +16,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class _Model(BaseModel):
-    # Unknown fields (toolConfig, guardrailConfig, additionalModelRequestFields, ...) are accepted and ignored.
+    # Unknown fields (toolConfig, guardrailConfig, ...) are accepted and ignored.
     model_config = ConfigDict(extra="ignore")
 
 
@@ -51,12 +51,52 @@ class InferenceConfig(_Model):
     stopSequences: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
 
 
+def _no_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # JSON true is not a number (pydantic would read it as 1)
+        raise ValueError("must be a number")
+    return v
+
+
+class SamplingFields(BaseModel):
+    """Converse ``additionalModelRequestFields``: llama.cpp's sampling controls. Unset fields take the
+    service's LLM_* defaults. As on Bedrock, a field this model does not take is a ValidationException."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000, strict=True)
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:  # not echoed back (client input): counted, and the accepted keys listed
+                raise ValueError(
+                    f"{len(unknown)} key(s) this model does not take; it takes only {', '.join(cls.model_fields)}"
+                )
+        return data
+
+    @field_validator("repeat_penalty", "frequency_penalty", "presence_penalty", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        return _no_bool(v)
+
+
 class ConverseRequest(_Model):
     """Body of POST /model/{modelId}/converse and /converse-stream."""
 
     messages: list[Message] = Field(min_length=1)
     system: list[SystemBlock] = Field(default_factory=list)
     inferenceConfig: InferenceConfig = Field(default_factory=InferenceConfig)
+    additionalModelRequestFields: SamplingFields = Field(default_factory=SamplingFields)
+
+    @field_validator("additionalModelRequestFields", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     @field_validator("messages")
     @classmethod
@@ -72,6 +112,19 @@ class ConverseRequest(_Model):
             out.append({"role": "system", "content": "\n".join(b.text for b in self.system)})
         out.extend({"role": m.role, "content": m.text()} for m in self.messages)
         return out
+
+
+class LlmChatCompletionRequest(ChatCompletionRequest):
+    """The OpenAI chat request as this service takes it: plus OpenAI's repetition penalties (-2..2), mapped
+    to llama.cpp's frequency and presence penalties."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    @field_validator("frequency_penalty", "presence_penalty", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        return _no_bool(v)
 
 
 def openai_stops(req: ChatCompletionRequest) -> list[str]:

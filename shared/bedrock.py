@@ -6,6 +6,7 @@ endpoint URL and the model ids differ.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import Generator, Sequence
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from shared.errors import RagError, Throttled, UpstreamTimeout, UpstreamUnavailable
+from shared.logs import CORRELATION_HEADER, correlation_id, record_metric
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,39 @@ def error_code(exc: ClientError) -> str:
     event name in lowerCamelCase (``throttlingException``), the HTTP error as ``ThrottlingException``."""
     code = str(exc.response.get("Error", {}).get("Code", ""))
     return code[:1].upper() + code[1:]
+
+
+def _add_correlation_header(request: Any, **_: Any) -> None:
+    """botocore ``before-sign``: the current correlation id (shared/logs.py) as ``X-Localrag-Correlation-Id``.
+
+    A header of our own rather than ``X-Amzn-Trace-Id``, which is X-Ray's (Lambda sets it from _X_AMZN_TRACE_ID)
+    and has a fixed format. Bedrock accepts and ignores it; the local stand-ins log it. Added before signing,
+    so it is signed like the rest of the request."""
+    value = correlation_id()
+    if value and value.isascii() and value.isprintable() and len(value) <= 128:
+        request.headers[CORRELATION_HEADER] = value
+
+
+def _count_throttle(response: Any = None, operation: Any = None, **_: Any) -> None:
+    """botocore ``needs-retry``: each throttled attempt (retried or not) counts as a ``BedrockThrottles``."""
+    if not isinstance(response, tuple) or len(response) != 2 or not isinstance(response[1], dict):
+        return
+    code = str(response[1].get("Error", {}).get("Code", ""))
+    if code in THROTTLING_CODES:
+        name = getattr(operation, "name", "?")
+        log.warning("bedrock %s throttled (%s); botocore retries within its budget", name, code)
+        record_metric("BedrockThrottles", 1, "Count")
+
+
+def observe(client: Any) -> Any:
+    """Make a bedrock-runtime client carry the correlation id and count its throttled attempts (idempotent).
+    A client that is not botocore's (one a test passes in) is left as it is."""
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is None:
+        return client
+    events.register("before-sign.bedrock-runtime.*", _add_correlation_header, unique_id="localrag-correlation")
+    events.register("needs-retry.bedrock-runtime.*", _count_throttle, unique_id="localrag-throttles")
+    return client
 
 
 def upstream_error(service: str, exc: Exception) -> RagError:
@@ -72,7 +107,7 @@ class Embedder:
         dimensions: int | None = None,
         concurrency: int = 4,
     ) -> None:
-        self.client = client
+        self.client = observe(client)
         self.model_id = model_id
         self.body_format = body_format
         self.batch_size = batch_size
@@ -90,7 +125,7 @@ class Embedder:
             result: dict[str, Any] = json.loads(resp["body"].read())
             return result
         except (ClientError, BotoCoreError) as exc:
-            log.warning("embedding call failed: %s", exc)
+            log.warning("embedding call failed: %s", _describe(exc))
             raise upstream_error("embedding", exc) from exc
 
     def _titan(self, text: str) -> list[float]:
@@ -110,11 +145,13 @@ class Embedder:
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
+        # Each call on the pool runs in a copy of the caller's context: it carries the correlation id.
+        context = contextvars.copy_context()
         if self.body_format == "titan":
-            return list(self._pool.map(self._titan, texts))
+            return list(self._pool.map(lambda t: context.copy().run(self._titan, t), texts))
         batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
         out: list[list[float]] = []
-        for vecs in self._pool.map(lambda b: self._cohere(b, "search_document"), batches):
+        for vecs in self._pool.map(lambda b: context.copy().run(self._cohere, b, "search_document"), batches):
             out.extend(vecs)
         return out
 
@@ -143,7 +180,7 @@ class ChatModel:
     """Streams an answer through bedrock-runtime ConverseStream."""
 
     def __init__(self, client: Any, model_id: str, *, max_tokens: int = 512, temperature: float = 0.2) -> None:
-        self.client = client
+        self.client = observe(client)
         self.model_id = model_id
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -159,7 +196,7 @@ class ChatModel:
                 inferenceConfig={"maxTokens": self.max_tokens, "temperature": self.temperature},
             )
         except (ClientError, BotoCoreError) as exc:
-            log.warning("converse_stream failed: %s", exc)
+            log.warning("converse_stream failed: %s", _describe(exc))
             raise upstream_error("LLM", exc) from exc
         stream = resp["stream"]
         stop_reason = "end_turn"
@@ -175,8 +212,18 @@ class ChatModel:
                 elif "metadata" in event:
                     usage = event["metadata"].get("usage", {})
         except (ClientError, BotoCoreError) as exc:
-            log.warning("converse_stream broke off: %s", exc)
+            if isinstance(exc, ClientError) and error_code(exc) in THROTTLING_CODES:
+                record_metric("BedrockThrottles", 1, "Count")  # inside the stream: botocore does not retry it
+            log.warning("converse_stream broke off: %s", _describe(exc))
             raise upstream_error("LLM", exc) from exc
         finally:
             stream.close()
         yield StreamDone(stop_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))
+
+
+def _describe(exc: Exception) -> str:
+    """A botocore failure for the log: its type and AWS error code, never its message (house rule)."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{type(exc).__name__} {error_code(exc)} (HTTP {status})"
+    return type(exc).__name__

@@ -33,6 +33,12 @@ class DocumentNotFound(RagError):
     code = ErrorCode.DOCUMENT_NOT_FOUND
 
 
+class DocumentBusy(RagError):
+    """Another request holds the document's lease (it is being written); nothing was written: retry."""
+
+    code = ErrorCode.DOCUMENT_BUSY
+
+
 class UnknownConversation(RagError):
     code = ErrorCode.UNKNOWN_CONVERSATION
 

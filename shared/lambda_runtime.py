@@ -23,6 +23,7 @@ speak to it the same way. Behaviour copied from Lambda:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -35,12 +36,16 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from shared.aws_http import aws_error_response
+from shared.logs import bound, emf_line, error_where
 from shared.sigv4 import SignatureError, verify
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any], Any], Any]
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+# The namespace of the metrics Lambda itself publishes (AWS/Lambda on AWS: Duration, Errors, Throttles), as the
+# local runtime emits them (CloudWatch reserves AWS/* for AWS).
+RUNTIME_METRICS_NAMESPACE = "localrag/Lambda"
 
 
 class LambdaContext:
@@ -90,7 +95,7 @@ def create_runtime_app(
 
     async def cold_start(_: web.Application) -> Any:
         if on_startup is not None:
-            await asyncio.get_running_loop().run_in_executor(pool, on_startup)
+            await asyncio.get_running_loop().run_in_executor(pool, contextvars.copy_context().run, on_startup)
         yield
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -116,6 +121,16 @@ def create_runtime_app(
             return aws_error_response(400, "InvalidRequestContentException", "Could not parse request body into json")
         if state["busy"] >= max_concurrency:
             state["throttles"] += 1
+            with bound(correlation_id=correlation_of(event, None)):
+                log.warning(
+                    "%s: throttled (%d of %d concurrent invocations busy)",
+                    function_name,
+                    state["busy"],
+                    max_concurrency,
+                    extra=emf_line(
+                        RUNTIME_METRICS_NAMESPACE, {"Throttles": (1, "Count")}, {"function_name": function_name}
+                    ),
+                )
             return aws_error_response(429, "TooManyRequestsException", "Rate Exceeded.")
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type == "DryRun":
@@ -124,25 +139,32 @@ def create_runtime_app(
         state["invocations"] += 1
         context = LambdaContext(function_name, timeout_s, memory_mb, region)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(pool, handler, event, context)
+        # A fresh copy of the loop's context per invocation: what the handler binds to the log context
+        # (shared/logs.py) stays with this invocation, also when four run at once on the pool's threads.
+        run = contextvars.copy_context().run
+        future = loop.run_in_executor(pool, run, run_invocation, handler, event, context, function_name)
         future.add_done_callback(release)
         if invocation_type == "Event":
-            future.add_done_callback(_log_async_failure)
+            future.add_done_callback(_count_async_failure(state))
             return web.Response(status=202)
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             state["timeouts"] += 1
-            log.error(
-                "%s: task timed out after %.2f seconds (request %s)",
-                function_name,
-                timeout_s,
-                context.aws_request_id,
-            )
+            with bound(aws_request_id=context.aws_request_id, correlation_id=correlation_of(event, context)):
+                log.error(
+                    "%s: task timed out after %.2f seconds",
+                    function_name,
+                    timeout_s,
+                    extra=emf_line(
+                        RUNTIME_METRICS_NAMESPACE, {"Timeouts": (1, "Count")}, {"function_name": function_name}
+                    ),
+                )
             return _function_error("Sandbox.Timedout", f"Task timed out after {timeout_s:.2f} seconds")
         except Exception as exc:
             state["errors"] += 1
-            log.exception("%s: unhandled error (request %s)", function_name, context.aws_request_id)
+            # Lambda answers the error's message and stack to the caller (the gateway shows neither to a client,
+            # nor logs them); the log line is run_invocation's, with the type and place only.
             return _function_error(type(exc).__name__, str(exc), traceback.format_tb(exc.__traceback__))
         return web.json_response(
             result, dumps=lambda o: json.dumps(o, default=str), headers={"X-Amz-Executed-Version": "$LATEST"}
@@ -156,9 +178,60 @@ def create_runtime_app(
     return app
 
 
-def _log_async_failure(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("asynchronous invocation failed", exc_info=fut.exception())
+def correlation_of(event: Any, context: LambdaContext | None) -> str | None:
+    """The invocation's correlation id: API Gateway's ``requestContext.requestId`` when the event has one (a
+    WebSocket or /v1 message: the id the gateway logged), else the invocation's own request id (S3, Kinesis)."""
+    ctx = event.get("requestContext") if isinstance(event, dict) else None
+    request_id = ctx.get("requestId") if isinstance(ctx, dict) else None
+    if isinstance(request_id, str) and request_id:
+        return request_id
+    return context.aws_request_id if context is not None else None
+
+
+def run_invocation(handler: Handler, event: dict[str, Any], context: LambdaContext, function_name: str) -> Any:
+    """Run one invocation as Lambda logs it: START, END and REPORT lines (JSON, with the request id and the
+    duration; REPORT is also an embedded-metric line: Duration, Errors), the log context bound meanwhile."""
+    with bound(aws_request_id=context.aws_request_id, correlation_id=correlation_of(event, context)):
+        log.info("START RequestId: %s Version: $LATEST", context.aws_request_id, extra={"phase": "START"})
+        t0 = time.perf_counter()
+        failed = 0
+        try:
+            return handler(event, context)
+        except Exception as exc:
+            failed = 1
+            log.error(
+                "%s: unhandled %s in the handler",
+                function_name,
+                type(exc).__name__,
+                extra={"error_type": type(exc).__name__, "error_where": error_where(exc.__traceback__)},
+            )
+            raise
+        finally:
+            duration_ms = round((time.perf_counter() - t0) * 1000, 2)
+            log.info("END RequestId: %s", context.aws_request_id, extra={"phase": "END"})
+            log.info(
+                "REPORT RequestId: %s Duration: %.2f ms Memory Size: %d MB",
+                context.aws_request_id,
+                duration_ms,
+                context.memory_limit_in_mb,
+                extra={
+                    "phase": "REPORT",
+                    **emf_line(
+                        RUNTIME_METRICS_NAMESPACE,
+                        {"Duration": (duration_ms, "Milliseconds"), "Errors": (failed, "Count")},
+                        {"function_name": function_name},
+                    ),
+                },
+            )
+
+
+def _count_async_failure(state: dict[str, Any]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(fut: asyncio.Future[Any]) -> None:
+        # The failure was logged by run_invocation (type and place); only counted here.
+        if not fut.cancelled() and fut.exception() is not None:
+            state["errors"] += 1
+
+    return done
 
 
 def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
@@ -194,7 +267,7 @@ def run_local(handler: Handler, warm: Callable[[], None], settings: RuntimeSetti
     from shared.logs import configure_logging
     from shared.settings import InternalAuthSettings
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.function_name)
     app = create_runtime_app(
         handler,
         function_name=settings.function_name,
@@ -222,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds, as Lambda's Timeout")
     parser.add_argument("--max-concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    configure_logging()
     module_name, _, func_name = args.handler.rpartition(".")
+    configure_logging(service=func_name)
     handler = getattr(importlib.import_module(module_name), func_name)
     app = create_runtime_app(
         handler,

@@ -13,6 +13,7 @@ from typing import Protocol
 from shared.bedrock import ChatEvent
 from shared.protocol import SearchMode
 from shared.vector_store import ChunkRow, Match, MessageRow, TurnClaim
+from shared.vector_store.leases import DocumentLeases
 
 
 class QueryEmbedder(Protocol):
@@ -78,3 +79,5 @@ class DocumentIndex(Protocol):
     def document_stats(self, *, tenant: str) -> dict[str, tuple[int, str | None]]: ...
 
     def delete_document(self, doc_id: str, *, tenant: str) -> int: ...
+
+    def document_leases(self) -> DocumentLeases: ...

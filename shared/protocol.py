@@ -42,6 +42,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_CONVERSATION = "unknown_conversation"
     # Another chat of this conversation is being answered; retry when its stream has ended.
     CONVERSATION_BUSY = "conversation_busy"
+    # Another request was writing the document for longer than RAG_DOCUMENT_LEASE_WAIT_S; nothing of this
+    # one was written: retry (S3 and Kinesis records are retried by Lambda).
+    DOCUMENT_BUSY = "document_busy"
     INDEX_MISMATCH = "index_mismatch"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"

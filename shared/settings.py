@@ -111,6 +111,13 @@ class RagSettings(BaseSettings):
         description="Read timeout for every call to another service: Bedrock (embeddings, LLM), S3 (raw "
         "documents, LanceDB) and the @connections replies.",
     )
+    metrics_namespace: str = Field(
+        "localrag",
+        min_length=1,
+        max_length=255,
+        description="CloudWatch namespace of the lambdas' metrics (embedded metric format lines in their log; "
+        "the service dimension is the function name).",
+    )
 
     def storage_options(self) -> dict[str, Any]:
         """LanceDB's object-store options for ``lancedb_uri`` (empty for a local folder)."""

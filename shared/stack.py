@@ -1,10 +1,11 @@
 """Run the six services as local processes (``make up``), or on ephemeral ports for the tests.
 
-    python -m shared.stack            # default ports, data in ./data, LLM model fetched if needed
+    python -m shared.stack            # default ports, data in ./data, LLM model resolved (embedded default)
 
 Starts everything at once, waits for every health check, prints the WebSocket URL, and stops all
-of them (SIGTERM, then SIGKILL) on Ctrl-C or when any one exits. The six: gateway, authorizer,
-ingestion, chat (the three Lambda functions behind the local Invoke API), embedding and llm.
+of them (SIGTERM, then SIGKILL) on Ctrl-C. A service that exits (a crash, ``kill -9``) is started again
+on the same address (:class:`Supervisor`; ``--no-restart``: stop everything instead). The six: gateway,
+authorizer, ingestion, chat (the three Lambda functions behind the local Invoke API), embedding and llm.
 
 Identity and the internal APIs, as on AWS:
 
@@ -40,7 +41,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -137,6 +138,8 @@ class Process:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     listeners: list[Listener] = field(default_factory=list)
+    log_dir: Path | None = None
+    restarts: int = 0
     _sock: socket.socket | None = field(default=None, repr=False)
 
     def bind(self) -> Process:
@@ -168,7 +171,12 @@ class Process:
         return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
     def start(self, log_dir: Path | None) -> Process:
-        sock = self.bind()._sock
+        """Start the child on the bound socket (binding it first if needed). Started again after it exited
+        (:meth:`restart`), it serves the same port: the harness binds that port anew (SO_REUSEADDR), and its
+        log is appended to."""
+        again = self.proc is not None
+        self.log_dir = log_dir
+        sock = self._bind_again() if again else self.bind()._sock
         assert sock is not None
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", LISTEN_FD_ENV: str(sock.fileno())}
         fds = [sock.fileno()]
@@ -180,7 +188,10 @@ class Process:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir / f"{self.name}.log"
-            log = self.log_path.open("wb")
+            log = self.log_path.open("ab" if again else "wb")
+            if again:
+                log.write(f"\n--- {self.name} restarted (restart {self.restarts}) ---\n".encode())
+                log.flush()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module, *self.args],
@@ -197,8 +208,46 @@ class Process:
             self._close_socket()
         return self
 
+    def _bind_again(self, timeout: float = 10.0) -> socket.socket:
+        """Bind the same port(s) again for a restart; retried briefly while the old socket is released."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.bind()
+                break
+            except OSError:
+                self._close_socket()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        assert self._sock is not None
+        return self._sock
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     def wait_healthy(self, timeout: float) -> None:
         wait_healthy(f"{self.url}{self.health_path}", self.proc, timeout)
+
+    def kill(self) -> None:
+        """``kill -9``: the child dies at once, holding whatever it was doing; its port refuses connections
+        until :meth:`restart`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout: float = 180.0) -> None:
+        """Start the process again on the same address(es), with the same environment, and wait until it is
+        healthy (stopping it first if it still runs)."""
+        self.stop()
+        self.restarts += 1
+        self.start(self.log_dir)
+        self.wait_healthy(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -406,12 +455,81 @@ class Stack:
         for p in reversed(self.processes):
             p.stop()
 
+    def kill(self, name: str) -> Process:
+        """``kill -9`` one service (by name: gateway, authorizer, ingestion, chat, embedding, llm)."""
+        process = self.by_name[name]
+        process.kill()
+        return process
+
+    def restart(self, name: str, timeout: float = 180.0) -> Process:
+        """Start one service again on the same address (the others keep their URLs of it)."""
+        process = self.by_name[name]
+        process.restart(timeout)
+        return process
+
     def poll(self) -> Process | None:
         """The first process that has exited, if any."""
         for p in self.processes:
             if p.proc is not None and p.proc.poll() is not None:
                 return p
         return None
+
+
+# `make up` restarts a service that exits, on the same address; one that exits this often within the
+# window is broken, not unlucky: the stack stops.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 120.0
+
+
+class Supervisor:
+    """What ``make up`` does when a service exits: restart it on the same address (the others keep its URL,
+    clients see refused connections meanwhile), or, with ``restart=False`` or when it keeps exiting, stop.
+
+    A client whose request the service was handling gets a typed error or a closed connection; what the
+    service was writing is left as the fault left it (``localrag doctor`` finds and repairs any drift)."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        *,
+        restart: bool = True,
+        max_restarts: int = MAX_RESTARTS,
+        window_s: float = RESTART_WINDOW_S,
+        timeout: float = 300.0,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.stack = stack
+        self.restart = restart
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.timeout = timeout
+        self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.exits: dict[str, list[float]] = {}
+
+    def check(self) -> bool:
+        """Restart every service that has exited; False when the stack should stop."""
+        while (dead := self.stack.poll()) is not None:
+            code = dead.proc.returncode if dead.proc is not None else "?"
+            if not self.restart:
+                self.say(f"error: {dead.name} exited with code {code}")
+                return False
+            now = time.monotonic()
+            recent = [t for t in self.exits.get(dead.name, []) if now - t < self.window_s] + [now]
+            self.exits[dead.name] = recent
+            if len(recent) > self.max_restarts:
+                self.say(
+                    f"error: {dead.name} exited with code {code}, {len(recent)} times within "
+                    f"{self.window_s:.0f} s; stopping (see its log)"
+                )
+                return False
+            self.say(f"warning: {dead.name} exited with code {code}; restarting it on {dead.url}")
+            try:
+                dead.restart(self.timeout)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                self.say(f"warning: {dead.name} did not come back: {exc}")
+                continue  # polled again: counted as another exit
+            self.say(f"{dead.name} is back on {dead.url}")
+        return True
 
 
 def auth_off(environ: Mapping[str, str] = os.environ, cfg: StackConfig | None = None) -> bool:
@@ -480,7 +598,8 @@ def web_chat_url(stack: Stack, key: str | None) -> str:
 
 
 def fetch_model() -> Path:
-    """``python -m llm.model_fetch`` (the LLM_* settings of this environment): the GGUF file's path.
+    """``python -m llm.model_fetch`` (the LLM_* settings of this environment): the GGUF file's path --
+    LLM_MODEL_PATH, else the bigger model ``make model`` fetched, else the embedded SmolLM2 (no network).
 
     A subprocess, so that this launcher imports no service; its progress and errors go to the terminal."""
     result = subprocess.run(
@@ -501,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
         "--any-ports", action="store_true", help="every service on any free port (the gateway's is printed)"
     )
     parser.add_argument("--log-dir", type=Path, default=None, help="write each service's log here (default: terminal)")
+    parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="stop everything when a service exits (default: restart it on the same address, "
+        f"giving up after {MAX_RESTARTS} exits within {RESTART_WINDOW_S:.0f} s)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -560,13 +685,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    supervisor = Supervisor(stack, restart=not args.no_restart)
     try:
         while not stopping:
-            dead = stack.poll()
-            if dead is not None:
-                print(
-                    f"error: {dead.name} exited with code {dead.proc.returncode if dead.proc else '?'}", file=sys.stderr
-                )
+            if not supervisor.check():
                 return 1
             time.sleep(0.5)
     finally:

@@ -23,6 +23,7 @@ from shared.connections import ConnectionGone, Connections
 from shared.errors import RagError
 from shared.events import WebSocketEvent
 from shared.identity import MissingIdentity, Principal
+from shared.logs import bound, error_where
 from shared.protocol import (
     ACTIONS,
     CLIENT_REQUEST,
@@ -49,6 +50,26 @@ def current_event() -> WebSocketEvent:
     """The event of the invocation a route is handling (e.g. the domain name and stage the client reached,
     as Powertools' ``app.current_event``). Only defined inside a route."""
     return _EVENT.get()
+
+
+def correlation_fields(event: Any) -> dict[str, str | None]:
+    """The log context of an API Gateway event (shared/logs.py): its ``requestId`` as the correlation id (fresh per
+    message; the gateway logged it), the connection id, the route and, for a message, the client's request_id.
+    Empty for other events (S3, Kinesis)."""
+    ctx = event.get("requestContext") if isinstance(event, dict) else None
+    if not isinstance(ctx, dict) or not isinstance(ctx.get("requestId"), str):
+        return {}
+    fields = {
+        "correlation_id": ctx["requestId"],
+        "connection_id": ctx.get("connectionId"),
+        "route": ctx.get("routeKey"),
+    }
+    out: dict[str, str | None] = {k: v if isinstance(v, str) else None for k, v in fields.items()}
+    if ctx.get("eventType") == "MESSAGE":
+        body = event.get("body")
+        if isinstance(body, str) and not event.get("isBase64Encoded"):
+            out["request_id"] = request_id_of(body.encode("utf-8"))
+    return out
 
 
 def principal_of(event: dict[str, Any]) -> Principal:
@@ -120,6 +141,14 @@ class WebSocketLambda:
             log.error("not an API Gateway WebSocket event: keys %s", sorted(event_dict)[:10])
             return {"statusCode": 400, "body": "Bad event"}
         ctx = event.request_context
+        # Every line of this invocation (and the Bedrock calls it makes: shared/bedrock.py) carries API
+        # Gateway's requestId as the correlation id, the connection and the client's request_id.
+        request_id = request_id_of(event.body_bytes()) if ctx.event_type == "MESSAGE" else None
+        with bound(**{**correlation_fields(event_dict), "request_id": request_id}):
+            return self._handle(event, event_dict, request_id)
+
+    def _handle(self, event: WebSocketEvent, event_dict: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        ctx = event.request_context
         try:
             principal: Principal | None = principal_of(event_dict)
         except MissingIdentity as exc:
@@ -132,7 +161,6 @@ class WebSocketLambda:
         def emit(message: BaseModel) -> None:
             self.connections.post(event, message)
 
-        request_id = request_id_of(event.body_bytes())
         if principal is None:
             self._report(emit, error(ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE, request_id), ctx.connection_id)
             return {"statusCode": 403}
@@ -148,8 +176,14 @@ class WebSocketLambda:
             return {"statusCode": 410}
         except RagError as exc:
             self._report(emit, error(exc.code, exc.message, request_id), ctx.connection_id)
-        except Exception:
-            log.exception("route %s failed (connection %s, request %s)", ctx.route_key, ctx.connection_id, request_id)
+        except Exception as exc:
+            log.error(
+                "route %s failed: %s at %s",
+                ctx.route_key,
+                type(exc).__name__,
+                error_where(exc.__traceback__),
+                extra={"error_type": type(exc).__name__},
+            )
             self._report(
                 emit,
                 error(ErrorCode.INTERNAL_ERROR, "internal error; see the service log", request_id),
@@ -165,8 +199,14 @@ class WebSocketLambda:
             emit(message)
         except ConnectionGone:
             log.info("connection %s gone before its error could be sent", connection_id)
-        except Exception:
-            log.exception("could not send an error to connection %s", connection_id)
+        except Exception as exc:
+            log.error(
+                "could not send an error to connection %s: %s at %s",
+                connection_id,
+                type(exc).__name__,
+                error_where(exc.__traceback__),
+                extra={"error_type": type(exc).__name__},
+            )
 
 
 def refusing_lambda(connections: Connections, function: FunctionName, reason: RagError) -> WebSocketLambda:

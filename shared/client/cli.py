@@ -10,6 +10,7 @@
     localrag keys create --tenant acme --name ci  # prints the new API key, once
     localrag keys list
     localrag keys revoke KEY_ID
+    localrag doctor [--repair] [--json]     # raw documents vs index: drift found (and repaired)
 
 What a file is comes from the one format table (``shared.formats``). Small .txt/.md files are packed
 into ``ingest_batch`` messages (up to 100 documents within the 128 KB message limit; the server embeds
@@ -719,6 +720,43 @@ async def cmd_keys_revoke(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+# ====================================================================== doctor
+
+
+DOCTOR_MODULE = "ingestion.doctor"
+
+
+def doctor_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``python -m ingestion.doctor`` command line and environment for ``localrag doctor``'s options."""
+    argv = [sys.executable, "-m", DOCTOR_MODULE]
+    if args.repair:
+        argv.append("--repair")
+    if getattr(args, "json", False):
+        argv.append("--json")
+    if args.min_age is not None:
+        argv += ["--min-age", str(args.min_age)]
+    env = dict(os.environ)
+    if args.documents_uri:
+        env["RAG_DOCUMENTS_URI"] = args.documents_uri
+    if args.lancedb_uri:
+        env["RAG_LANCEDB_URI"] = args.lancedb_uri
+    return argv, env
+
+
+async def cmd_doctor(ctx: Ctx, args: argparse.Namespace) -> int:
+    """``python -m ingestion.doctor`` in a child process: the checker needs the ingestion lambda's settings,
+    chunker and embedder, which this client (shared/) does not import; its report and exit status pass
+    through."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec(DOCTOR_MODULE.split(".")[0]) is None:
+        print_error("doctor_unavailable", "the ingestion package is not installed here; run it where the stack runs")
+        return 2
+    argv, env = doctor_command(args)
+    return await asyncio.to_thread(lambda: subprocess.run(argv, env=env, check=False).returncode)
+
+
 # ====================================================================== arguments and main
 
 
@@ -822,6 +860,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", parents=[common], help="delete a document and its chunks")
     p.add_argument("doc_id", metavar="DOC_ID")
     p.set_defaults(handler=cmd_delete)
+
+    p = sub.add_parser(
+        "doctor",
+        help="find (--repair: fix) drift between the raw documents and the index (in the stores themselves)",
+        description="Runs python -m ingestion.doctor on the configured stores ($RAG_DOCUMENTS_URI, "
+        "$RAG_LANCEDB_URI and the other RAG_* ingestion settings), not through the gateway. Exit status 1 "
+        "when drift is found and not repaired, 2 when the store cannot be checked.",
+    )
+    p.add_argument("--repair", action="store_true", help="repair what is found, then check again")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON")
+    p.add_argument("--min-age", type=float, metavar="SECONDS", help="leave files younger than this alone")
+    p.add_argument("--documents-uri", metavar="URI", help="the documents store (default: $RAG_DOCUMENTS_URI)")
+    p.add_argument("--lancedb-uri", metavar="URI", help="the index (default: $RAG_LANCEDB_URI)")
+    p.set_defaults(handler=cmd_doctor, uses_gateway=False)
 
     keys = sub.add_parser(
         "keys",

@@ -21,7 +21,12 @@ TENANT_COLUMN = "tenant"
 PRINCIPAL_COLUMN = "principal"
 # The columns (and their SQL default) that opening a table adds when it lacks them (MESSAGES_MIGRATION:
 # below).
-CHUNKS_MIGRATION = {TENANT_COLUMN: f"'{DEFAULT_TENANT}'"}
+# Every write of a document has a fresh version id: in its raw copy (key RAW_VERSION_KEY) and in each of its
+# chunk rows (DOC_VERSION_COLUMN), so a drift check can tell whether the index holds the raw copy's
+# version. Rows written before versions existed have NULL.
+RAW_VERSION_KEY = "version"
+DOC_VERSION_COLUMN = "doc_version"
+CHUNKS_MIGRATION = {TENANT_COLUMN: f"'{DEFAULT_TENANT}'", DOC_VERSION_COLUMN: "CAST(NULL AS STRING)"}
 # Chunks are upserted by (tenant, id): a document id names one document per tenant.
 CHUNKS_MERGE_KEY = [TENANT_COLUMN, "id"]
 
@@ -69,6 +74,7 @@ class ChunkRow:
     date: str | None = None
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    doc_version: str | None = None  # the write's version id (the raw copy's "version")
 
     @property
     def id(self) -> str:
@@ -144,6 +150,7 @@ def chunks_schema(dimension: int, model_id: str) -> pa.Schema:
             pa.field("vector", pa.list_(pa.float32(), dimension)),
             pa.field("ingested_at", pa.string()),
             pa.field(TENANT_COLUMN, pa.string(), nullable=False),
+            pa.field(DOC_VERSION_COLUMN, pa.string()),
         ],
         metadata={"embedding_model": model_id, "embedding_dimension": str(dimension)},
     )
@@ -194,6 +201,7 @@ def chunk_record(r: ChunkRow, ingested_at: str, tenant: str) -> dict[str, Any]:
         "vector": [float(x) for x in r.vector],
         "ingested_at": ingested_at,
         TENANT_COLUMN: tenant,
+        DOC_VERSION_COLUMN: r.doc_version,
     }
 
 

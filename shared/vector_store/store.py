@@ -4,6 +4,9 @@ Every operation on rows takes the tenant (keyword ``tenant``, required) and filt
 prefilter (``tenant = '...'``, served by a BITMAP index), writes with the tenant in the merge key and in
 the delete condition. Document ids are thus a namespace per tenant, and so are conversation ids, which
 are also filtered by the principal who started the conversation.
+
+Writers of one document take turns through per-document leases (``document_leases``; see leases.py):
+IngestionService holds a document's lease around every write of it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from lancedb.index import Bitmap, BTree
 from shared.protocol import SearchMode
 from shared.timing import iso_utc
 from shared.vector_store.fulltext import FTS_REINDEX_ROWS, FullTextIndex
+from shared.vector_store.leases import LEASES_SCHEMA, LEASES_TABLE, DocumentLeases, has_primary_key
 from shared.vector_store.schema import (
     ANCHOR_ROLE,
     ANCHOR_SEQ,
@@ -61,6 +65,8 @@ MESSAGES_INDEXES: dict[str, Any] = {TENANT_COLUMN: Bitmap(), "conversation_id": 
 # A claim that lost a race to a turn that was then stored is retried on the new last row this many times
 # before the conversation is reported busy; a commit that failed (not lost) is retried as often.
 TURN_ATTEMPTS = 5
+# Opening (or creating) a table while other processes create it is tried this many times.
+OPEN_ATTEMPTS = 5
 
 
 def migrate(table: Any, columns: Mapping[str, str]) -> bool:
@@ -121,6 +127,8 @@ class VectorStore:
         self._lock = threading.Lock()
         self._chunks: Any = None
         self._messages: Any = None
+        self._leases: Any = None
+        self._document_leases = DocumentLeases(self._leases_table)
 
     # ------------------------------------------------------------------ tables
 
@@ -130,16 +138,19 @@ class VectorStore:
         return list(names)
 
     def _open_or_create(self, name: str, schema: pa.Schema) -> Any:
-        """The table, opened or created; another process may be doing the same."""
-        if name in self._table_names():
-            table = self.db.open_table(name)
-        else:
+        """The table, opened or created; another process may be doing the same (its create may then fail
+        here before the other's is visible: tried again, a few times)."""
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
-                table = self.db.create_table(name, schema=schema, exist_ok=True)
-            except Exception:
-                # Another process may have created it between the check and the create.
-                table = self.db.open_table(name)
-        return table
+                if name in self._table_names():
+                    return self.db.open_table(name)
+                return self.db.create_table(name, schema=schema, exist_ok=True)
+            except Exception as exc:
+                if attempt == OPEN_ATTEMPTS:
+                    raise
+                log.info("opening table %s failed (%s); trying again", name, type(exc).__name__)
+                time.sleep(0.05 * attempt)
+        raise AssertionError("not reached")
 
     def chunks(self) -> Any:
         """The chunks table, opened (or created) on first use; raises EmbeddingMismatch when it was built
@@ -163,6 +174,21 @@ class VectorStore:
                 ensure_scalar_indexes(table, MESSAGES_INDEXES)
                 self._messages = table
             return self._messages
+
+    def _leases_table(self) -> Any:
+        """The document_leases table, opened (or created, with its primary key) on first use."""
+        with self._lock:
+            if self._leases is None:
+                table = self._open_or_create(LEASES_TABLE, LEASES_SCHEMA)
+                if not has_primary_key(table):  # (created by a process that did not set it: set it now)
+                    table.set_unenforced_primary_key("key")
+                    table.checkout_latest()
+                self._leases = table
+            return self._leases
+
+    def document_leases(self) -> DocumentLeases:
+        """Per-document leases (shared.vector_store.leases): one writer of a document at a time."""
+        return self._document_leases
 
     # ------------------------------------------------------------------ chunks
 

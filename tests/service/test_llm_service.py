@@ -530,3 +530,78 @@ def test_service_refuses_missing_model(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "LLM_MODEL_PATH" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- sampling controls (repetition penalties, top_k) ----------------------------------------------------
+
+
+def _greedy(llm: Service, temperature: float = 0, **fields: Any) -> str:
+    out = bedrock(llm).converse(
+        modelId=MODEL_ID,
+        messages=_user("Say something"),
+        inferenceConfig={"maxTokens": 40, "temperature": temperature},
+        **({"additionalModelRequestFields": fields} if fields else {}),
+    )
+    return str(out["output"]["message"]["content"][0]["text"])
+
+
+def test_additional_model_request_fields_reach_llama_cpp(llm: Service) -> None:
+    # Greedy decoding: the same request gives the same text; each penalty changes which tokens win.
+    plain = _greedy(llm)
+    assert _greedy(llm) == plain
+    # The LLM_* defaults, spelled out.
+    assert _greedy(llm, top_k=40, repeat_penalty=1.1, frequency_penalty=0.0, presence_penalty=0.0) == plain
+    for fields in ({"repeat_penalty": 2.0}, {"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        assert _greedy(llm, **fields) != plain, fields
+    # top_k=1 makes sampling at temperature 1 greedy; the default top_k (40) lets it wander.
+    assert [_greedy(llm, 1.0, top_k=1) for _ in range(2)] == [plain, plain]
+    assert any(_greedy(llm, 1.0) != plain for _ in range(3))
+
+
+def test_openai_penalties_reach_llama_cpp(llm: Service) -> None:
+    body = {"messages": [{"role": "user", "content": "Say something"}], "max_tokens": 40, "temperature": 0}
+
+    def text(**extra: Any) -> str:
+        status, _, data = post(llm, "/v1/chat/completions", {**body, **extra})
+        assert status == 200, data
+        return str(json.loads(data)["choices"][0]["message"]["content"])
+
+    plain = text()
+    assert text(frequency_penalty=0, presence_penalty=0) == plain
+    assert text(frequency_penalty=2) != plain
+    assert text(presence_penalty=2) != plain
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"repeat_penalty": 0}, "repeat_penalty"),
+        ({"repeat_penalty": 2.5}, "repeat_penalty"),
+        ({"repeat_penalty": "high"}, "repeat_penalty"),
+        ({"repeat_penalty": True}, "repeat_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"top_k": "5"}, "top_k"),
+        ({"mirostat": 2}, "takes only top_k, repeat_penalty, frequency_penalty, presence_penalty"),
+        ("loud", "additionalModelRequestFields"),
+    ],
+)
+def test_bad_additional_model_request_fields_are_validation_exception(llm: Service, fields: Any, fragment: str) -> None:
+    for call in (bedrock(llm).converse, bedrock(llm).converse_stream):
+        with pytest.raises(ClientError) as exc_info:
+            call(modelId=MODEL_ID, messages=_user(), additionalModelRequestFields=fields)
+        assert _code(exc_info) == "ValidationException"
+        message = exc_info.value.response["Error"]["Message"]
+        assert fragment in message
+        assert "mirostat" not in message  # unknown keys are not echoed back
+
+
+@pytest.mark.parametrize("field", ["frequency_penalty", "presence_penalty"])
+@pytest.mark.parametrize("value", [2.5, -3, "x", True])
+def test_bad_openai_penalties_are_invalid_request(llm: Service, field: str, value: Any) -> None:
+    status, _, data = post(llm, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], field: value})
+    assert status == 400
+    error = json.loads(data)["error"]
+    assert error["type"] == "invalid_request_error" and field in error["message"]

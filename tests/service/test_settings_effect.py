@@ -260,6 +260,12 @@ async def _engine(s: Served, name: str) -> Any:
     return getattr(s.client.app[ENGINE], name)
 
 
+async def _engine_llama(s: Served, name: str) -> Any:
+    from llm.app import ENGINE
+
+    return getattr(s.client.app[ENGINE].llama, name)
+
+
 async def _threads(s: Served) -> Any:
     from llm.app import ENGINE
 
@@ -283,6 +289,27 @@ async def _temperature(s: Served) -> float:
     return seen[-1]
 
 
+def _sampling(name: str) -> Callable[[Served], Awaitable[Any]]:
+    """The value of GenerationParams.<name> a request that sets none is generated with."""
+
+    async def observe(s: Served) -> Any:
+        from llm.app import ENGINE
+
+        engine = s.client.app[ENGINE]
+        seen: list[Any] = []
+        generation = engine.generation
+
+        def recorded(params: Any) -> Any:
+            seen.append(getattr(params, name))
+            return generation(params)
+
+        engine.generation = recorded
+        assert (await _converse(s, maxTokens=2))[0] == 200
+        return seen[-1]
+
+    return observe
+
+
 async def _big_llm_body(s: Served) -> int:
     body = {"messages": [{"role": "user", "content": [{"text": "x" * 3000}]}], "inferenceConfig": {"maxTokens": 2}}
     resp = await s.client.post("/model/local-llm/converse", data=json.dumps(body))
@@ -301,7 +328,12 @@ def llm_table(models: Path) -> dict[str, Effect]:
         "LLM_MODEL_URL": Effect("https://example.test/m/other.gguf", lambda s: _engine(s, "model_path"), by_url),
         "LLM_MODELS_DIR": Effect(str(models / "elsewhere"), lambda s: _engine(s, "model_path"), by_url),
         "LLM_N_CTX": Effect("256", lambda s: _engine(s, "n_ctx"), path),
-        "LLM_N_THREADS": Effect("3", _threads, path),  # llama.cpp chooses cores // 2 when unset
+        "LLM_N_THREADS": Effect("3", _threads, path),  # every core of the process's affinity when unset
+        "LLM_TOP_K": Effect("5", _sampling("top_k"), path),
+        "LLM_REPEAT_PENALTY": Effect("1.5", _sampling("repeat_penalty"), path),
+        "LLM_FREQUENCY_PENALTY": Effect("1.5", _sampling("frequency_penalty"), path),
+        "LLM_PRESENCE_PENALTY": Effect("1.5", _sampling("presence_penalty"), path),
+        "LLM_REPEAT_LAST_N": Effect("7", lambda s: _engine_llama(s, "last_n_tokens_size"), path),
         "LLM_MAX_TOKENS": Effect("3", lambda s: _converse(s), path),
         "LLM_TEMPERATURE": Effect("0.0", _temperature, path),
         "LLM_MAX_QUEUE": Effect("1", lambda s: _engine(s, "max_queue"), path),

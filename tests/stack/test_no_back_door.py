@@ -419,19 +419,28 @@ def test_make_up_with_auth_off_warns_and_makes_no_key(tmp_path: Path, tiny_gguf:
 
 @pytest.mark.runs_last
 def test_no_key_or_token_in_any_log() -> None:
-    """Every service log of the run (test-artifacts/logs/...), for every key, token and secret the tests used."""
+    """Every service log of the run (test-artifacts/logs/...), for every key, token and secret the tests used,
+    and for any traceback: failures are logged by exception type and place only (shared/logs.py), also after
+    the suite's failures (bad input, killed services, tests/stack/test_observability.py's failing invocation)."""
     logs = [p for p in (ARTIFACTS / "logs").rglob("*.log") if p.is_file()]
     assert logs, "no service logs"
     secrets_used = sorted(auth.USED_SECRETS)
     assert secrets_used, "the tests recorded no credential"
     found: list[tuple[str, str]] = []
+    tracebacks: list[tuple[str, str]] = []
     for path in logs:
         text = path.read_text(errors="replace")
+        tracebacks += [
+            (str(path.relative_to(ARTIFACTS)), line[:120])
+            for line in text.splitlines()
+            if "Traceback (most recent call last)" in line or line.lstrip().startswith('File "')
+        ]
         for secret in secrets_used:
             for form in {secret, quote(secret, safe=""), secret.rsplit("_", 1)[-1]}:
                 if len(form) >= 16 and form in text:
                     found.append((str(path.relative_to(ARTIFACTS)), secret[:8] + "..."))
     assert not found, f"credentials in logs: {found}"
+    assert not tracebacks, f"tracebacks in logs: {tracebacks[:10]}"
 
 
 def test_log_check_sees_the_logs(stack: Stack) -> None:

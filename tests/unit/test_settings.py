@@ -78,6 +78,12 @@ class RecordingStore:
     def conversation(self, conversation_id: str, **_: Any) -> list[Any]:
         return []
 
+    def document_leases(self) -> Any:
+        """Real document leases, in a LanceDB folder at ``uri``."""
+        from shared.vector_store import VectorStore
+
+        return VectorStore(self.uri, dimension=self.dimension, model_id=self.model_id).document_leases()
+
 
 class ConstantEmbedder:
     def embed_query(self, text: str) -> list[float]:
@@ -115,7 +121,7 @@ def runtime_of(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Runtime:
     from shared import lambda_runtime, logs
 
     rt = Runtime()
-    monkeypatch.setattr(logs, "configure_logging", lambda level="INFO": setattr(rt, "log_level", level))
+    monkeypatch.setattr(logs, "configure_logging", lambda level="INFO", service=None: setattr(rt, "log_level", level))
     monkeypatch.setattr(lambda_runtime, "create_runtime_app", lambda handler, **kw: rt.create.update(kw) or object())
     monkeypatch.setattr(lambda_runtime, "serve", lambda app, host, port, **kw: rt.serve.update(host=host, port=port))
     lambda_runtime.run_local(lambda e, c: {}, lambda: None, settings)
@@ -222,6 +228,20 @@ def _lambda_timeouts(b: Built) -> tuple[Any, ...]:
     return (*read_timeouts(*clients), (b.store.storage_options or {}).get("timeout"))
 
 
+def _metrics_namespace(b: Built) -> str:
+    """The namespace of the EMF metrics the handler's entry point (handler.handler) publishes."""
+    import importlib
+
+    handler = importlib.import_module(f"{b.settings.function_name}.handler")
+    handler._settings.cache_clear()
+    handler._observed.cache_clear()
+    try:
+        return str(handler._observed().namespace)
+    finally:
+        handler._settings.cache_clear()
+        handler._observed.cache_clear()
+
+
 def _log_level(b: Built) -> str | None:
     return b.runtime.log_level
 
@@ -240,6 +260,7 @@ SHARED: dict[str, Effect] = {
     "RAG_EMBEDDING_CONCURRENCY": Effect("2", lambda b: b.embedder._pool._max_workers),
     "RAG_CONNECTIONS_ENDPOINT_URL": Effect("http://gateway.invalid:1/local", lambda b: b.lam.connections.endpoint_url),
     "RAG_UPSTREAM_TIMEOUT_S": Effect(TIMEOUT, _lambda_timeouts, S3_INDEX),
+    "RAG_METRICS_NAMESPACE": Effect("team-rag", _metrics_namespace),
 }
 
 
@@ -320,6 +341,29 @@ def _parse_outcome(data: bytes, filename: str) -> Callable[[Built], str]:
     return observe
 
 
+def _lease_length_s(b: Built) -> int:
+    """How long a document lease the service takes lasts (seconds, rounded)."""
+    import time
+
+    with b.service.writing("default", ["d"]):
+        lease = b.service._held()[("default", "d")]
+        return round((lease.until_ms - time.time() * 1000) / 1000)
+
+
+def _outcome_while_held_briefly(b: Built) -> str:
+    """Whether a write of a document gets its lease while another writer holds it for another 0.5 s."""
+    import threading
+
+    leases = b.service.store.document_leases()
+    lease = leases.try_acquire("default", ["d"], lease_s=60)
+    threading.Timer(0.5, leases.release, args=(lease,)).start()
+    try:
+        with b.service.writing("default", ["d"]):
+            return "written"
+    except Exception as exc:
+        return type(exc).__name__
+
+
 def _tokenizer_without_volcano(tmp: Path) -> str:
     from ingestion.chunker import DEFAULT_TOKENIZER
 
@@ -345,6 +389,8 @@ INGESTION: dict[str, Effect] = {
     "RAG_PARSE_MAX_ELEMENTS": Effect("5", _parse_outcome(b"<p>a</p>" * 10, "flat.html")),
     "RAG_PARSE_TIMEOUT_S": Effect("0.000000001", _parse_outcome(b"<p>a</p>" * 2000, "flat.html")),
     "RAG_UPLOAD_URL_EXPIRES_S": Effect("60", lambda b: _upload(b).expires_in),
+    "RAG_DOCUMENT_LEASE_S": Effect("5", _lease_length_s),
+    "RAG_DOCUMENT_LEASE_WAIT_S": Effect("0", _outcome_while_held_briefly),  # default: waits, then not found
     "RAG_S3_PUBLIC_ENDPOINT_URL": Effect(
         "http://localhost:9000", lambda b: b.service.objects.presign_client.meta.endpoint_url, S3_DOCS
     ),
