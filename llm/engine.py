@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +62,71 @@ class EngineStats:
     generations_cancelled: int = 0
     generations_failed: int = 0
     tokens_generated: int = 0
+    # Prompt tokens llama.cpp evaluated, and those it reused from an evaluated prefix (the context as the
+    # previous generation left it, or a state restored from the state cache).
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_reused: int = 0
+    state_cache_restores: int = 0
+
+
+def common_prefix(a: Any, b: Any) -> int:
+    """How many leading tokens two token sequences share."""
+    import numpy as np
+
+    x, y = np.asarray(a), np.asarray(b)
+    n = min(len(x), len(y))
+    diff = np.flatnonzero(x[:n] != y[:n])
+    return int(diff[0]) if diff.size else n
+
+
+@dataclass(frozen=True)
+class _Saved:
+    tokens: Any  # numpy array of the evaluated tokens
+    state: Any  # llama_cpp.LlamaState (its KV cache; logits left out: a restored prefix re-evaluates one token)
+
+
+class StateCache:
+    """Evaluated llama.cpp states (KV cache) of recent prompts and answers, least recently used evicted
+    first, within ``capacity_bytes``: a conversation's follow-up restores its previous turn's state and
+    evaluates only what is new, even when other conversations were answered in between.
+
+    llama-cpp-python's own ``LlamaRAMCache`` also copies the logits buffer (n_batch x n_vocab floats, 100 MB
+    for SmolLM2) with every state and does not count it; this keeps only the KV cache. A state whose tokens
+    are a prefix of a newer state's (a conversation's previous turn) is dropped: the newer one serves both."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._items: OrderedDict[int, _Saved] = OrderedDict()
+        self._next = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def best(self, tokens: Any) -> tuple[_Saved | None, int]:
+        """The state sharing the longest prefix with ``tokens``, and that prefix's length."""
+        found, best = None, 0
+        for key, item in self._items.items():
+            n = common_prefix(item.tokens, tokens)
+            if n > best:
+                found, best = key, n
+        if found is None:
+            return None, 0
+        self._items.move_to_end(found)
+        return self._items[found], best
+
+    def put(self, tokens: Any, state: Any) -> None:
+        size = int(state.llama_state_size)
+        if size > self.capacity_bytes:
+            return
+        for key in [k for k, item in self._items.items() if common_prefix(item.tokens, tokens) == len(item.tokens)]:
+            self.bytes -= int(self._items.pop(key).state.llama_state_size)
+        while self._items and self.bytes + size > self.capacity_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= int(old.state.llama_state_size)
+        self._items[self._next] = _Saved(tokens, state)
+        self._next += 1
+        self.bytes += size
 
 
 def available_cores() -> int:
@@ -78,6 +144,7 @@ class GenerationFailed(Exception):
 @dataclass
 class _Started:
     input_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass
@@ -126,8 +193,19 @@ class StopMatcher:
 class Engine:
     """A loaded model plus the admission queue in front of it."""
 
-    def __init__(self, llama: Any, *, model_id: str, max_queue: int, model_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        llama: Any,
+        *,
+        model_id: str,
+        max_queue: int,
+        model_path: Path | None = None,
+        state_cache_bytes: int = 0,
+    ) -> None:
+        """``state_cache_bytes``: keep evaluated states of recent prompts up to this size (0: only the
+        context the previous generation left, which llama.cpp reuses on its own)."""
         self.llama = llama
+        self.state_cache = StateCache(state_cache_bytes) if state_cache_bytes > 0 else None
         self.model_id = model_id
         self.max_queue = max_queue
         self.model_path = model_path
@@ -150,6 +228,7 @@ class Engine:
         n_ctx: int,
         n_threads: int | None,
         repeat_last_n: int = 64,
+        state_cache_bytes: int = 0,
     ) -> Engine:
         """Load the GGUF with llama.cpp (blocking: call it from a thread, once per process).
 
@@ -174,7 +253,9 @@ class Engine:
             llama.chat_format,
             threads,
         )
-        return cls(llama, model_id=model_id, max_queue=max_queue, model_path=model_path)
+        return cls(
+            llama, model_id=model_id, max_queue=max_queue, model_path=model_path, state_cache_bytes=state_cache_bytes
+        )
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -211,10 +292,60 @@ class Engine:
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Input tokens of a chat prompt, counted with the model's tokenizer on the templated prompt."""
-        if self._formatter is not None:
-            prompt, added_special = self._formatter(messages)
-            return self.count_tokens(prompt, special=True, add_bos=not added_special)
+        tokens = self.prompt_tokens(messages)
+        if tokens is not None:
+            return len(tokens)
         return sum(self.count_tokens(m["content"]) for m in messages)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int] | None:
+        """The chat prompt's tokens as llama-cpp-python's chat handler makes them (None: no chat template)."""
+        if self._formatter is None:
+            return None
+        prompt, added_special = self._formatter(messages)
+        return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True))
+
+    # -- evaluated prefixes (worker thread, under the model's lock) -----------------------------------
+
+    def _reuse(self, tokens: list[int]) -> int:
+        """Restore the cached state that shares more of ``tokens`` than the current context does; the number
+        of prompt tokens llama.cpp will then reuse rather than evaluate (Llama.generate's rule: a prompt
+        wholly in the context re-evaluates its last token)."""
+        llama = self.llama
+        current = common_prefix(llama.input_ids[: llama.n_tokens], tokens)
+        if self.state_cache is not None:
+            saved, n = self.state_cache.best(tokens)
+            if saved is not None and n > current:
+                llama.load_state(saved.state)
+                self.stats.state_cache_restores += 1
+                current = n
+        return current - 1 if current == len(tokens) else current
+
+    def _save(self) -> None:
+        """Keep the context's evaluated state (the prompt and the answer) in the state cache."""
+        if self.state_cache is None or self.llama.n_tokens == 0:
+            return
+        import ctypes
+
+        import numpy as np
+        from llama_cpp import LlamaState
+        from llama_cpp import llama_cpp as C
+
+        llama = self.llama
+        ctx = llama._ctx.ctx
+        size = C.llama_state_get_size(ctx)
+        buf = (ctypes.c_uint8 * int(size))()
+        n_bytes = int(C.llama_state_get_data(ctx, buf, size))
+        state = LlamaState(
+            input_ids=llama.input_ids.copy(),
+            # load_state broadcasts this row into its logits buffer; the restored prefix's last token is
+            # evaluated again before sampling (Llama.generate), which rewrites them.
+            scores=np.zeros((1, llama.n_vocab()), dtype=np.single),
+            n_tokens=llama.n_tokens,
+            llama_state=ctypes.string_at(buf, n_bytes),
+            llama_state_size=n_bytes,
+            seed=llama._seed,
+        )
+        self.state_cache.put(llama.input_ids[: llama.n_tokens].copy(), state)
 
     # -- admission ------------------------------------------------------------------------------------
 
@@ -241,6 +372,11 @@ class Engine:
             "generations_cancelled": self.stats.generations_cancelled,
             "generations_failed": self.stats.generations_failed,
             "tokens_generated": self.stats.tokens_generated,
+            "prompt_tokens_evaluated": self.stats.prompt_tokens_evaluated,
+            "prompt_tokens_reused": self.stats.prompt_tokens_reused,
+            "state_cache_restores": self.stats.state_cache_restores,
+            "state_cache_entries": len(self.state_cache) if self.state_cache is not None else 0,
+            "state_cache_bytes": self.state_cache.bytes if self.state_cache is not None else 0,
         }
 
 
@@ -254,6 +390,7 @@ class Generation:
         self.engine = engine
         self.params = params
         self.input_tokens = 0
+        self.cached_tokens = 0  # prompt tokens reused from an evaluated prefix, not evaluated again
         self.output_tokens = 0
         self.stop_reason: StopReason | None = None
         self._cancel = threading.Event()
@@ -287,6 +424,7 @@ class Generation:
                 raise first.error
             assert isinstance(first, _Started)
             self.input_tokens = first.input_tokens
+            self.cached_tokens = first.cached_tokens
             return self
         except BaseException:
             await self._finish()
@@ -352,6 +490,7 @@ class Generation:
         with self.engine._thread_lock:
             try:
                 self._generate(emit)
+                self.engine._save()
             except AwsError as exc:
                 emit(_Failed(exc))
             except Exception as exc:
@@ -361,14 +500,18 @@ class Generation:
     def _generate(self, emit: Callable[[_Item], None]) -> None:
         eng, p = self.engine, self.params
         llama = eng.llama
-        n_in = eng.count_prompt_tokens(p.messages)
+        tokens = eng.prompt_tokens(p.messages)
+        n_in = len(tokens) if tokens is not None else eng.count_prompt_tokens(p.messages)
         if n_in >= eng.n_ctx:
             raise ValidationError(
                 f"Input is too long for the model: {n_in} prompt tokens, the context window is {eng.n_ctx} "
                 "tokens (LLM_N_CTX)."
             )
         max_tokens = min(p.max_tokens, eng.n_ctx - n_in)
-        emit(_Started(n_in))
+        reused = eng._reuse(tokens) if tokens is not None else 0
+        eng.stats.prompt_tokens_reused += reused
+        eng.stats.prompt_tokens_evaluated += n_in - reused
+        emit(_Started(n_in, reused))
 
         def count_sampled(input_ids: Any, scores: Any) -> Any:
             self._sampled += 1

@@ -179,11 +179,22 @@ ChatEvent = TextDelta | StreamDone
 class ChatModel:
     """Streams an answer through bedrock-runtime ConverseStream."""
 
-    def __init__(self, client: Any, model_id: str, *, max_tokens: int = 512, temperature: float = 0.2) -> None:
+    def __init__(
+        self,
+        client: Any,
+        model_id: str,
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.2,
+        cache_point: bool = False,
+    ) -> None:
+        """``cache_point``: mark the system prompt (the prompt's stable start) with a Converse cachePoint
+        block, for Bedrock prompt caching (models that support it only)."""
         self.client = observe(client)
         self.model_id = model_id
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.cache_point = cache_point
 
     def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Generator[ChatEvent, None, None]:
         """Yield TextDelta per token and one StreamDone. Closing the generator closes the HTTP stream,
@@ -191,7 +202,7 @@ class ChatModel:
         try:
             resp = self.client.converse_stream(
                 modelId=self.model_id,
-                system=[{"text": system}],
+                system=[{"text": system}, *([{"cachePoint": {"type": "default"}}] if self.cache_point else [])],
                 messages=[{"role": m["role"], "content": [{"text": m["content"]}]} for m in messages],
                 inferenceConfig={"maxTokens": self.max_tokens, "temperature": self.temperature},
             )

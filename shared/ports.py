@@ -8,7 +8,7 @@ object with the right methods (an in-process model, a recording stand-in) and st
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.bedrock import ChatEvent
 from shared.protocol import SearchMode
@@ -51,6 +51,8 @@ class ChatStore(Protocol):
         query_text: str | None = ...,
         rrf_k: int = ...,
     ) -> Sequence[Match]: ...
+
+    def sample_chunks(self, count: int, *, tenant: str, seed: int | None = ...) -> tuple[int, list[dict[str, Any]]]: ...
 
     def conversation(self, conversation_id: str, *, tenant: str, principal: str) -> list[MessageRow]: ...
 

@@ -272,6 +272,21 @@ class HistoryRequest(_Msg):
     )
 
 
+# Chunks per sample_chunks reply, and the characters of each chunk's text it carries (100 x 600 fits a message).
+MAX_SAMPLE_CHUNKS = 100
+SAMPLE_TEXT_CHARS = 600
+
+
+class SampleChunksRequest(_Msg):
+    """A uniform random sample of the tenant's chunks with their text: in-topic probes for threshold
+    calibration (``localrag calibrate``). The same ``seed`` over the same chunks draws the same sample."""
+
+    action: Literal["sample_chunks"]
+    request_id: RequestId
+    count: int = Field(default=50, ge=1, le=MAX_SAMPLE_CHUNKS, description="Chunks to draw (fewer if there are fewer).")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Random seed; omit for a fresh sample.")
+
+
 AnyClientRequest = (
     IngestRequest
     | IngestBatchRequest
@@ -282,6 +297,7 @@ AnyClientRequest = (
     | UploadUrlRequest
     | IngestObjectRequest
     | ListDocumentsRequest
+    | SampleChunksRequest
 )
 ClientRequest = Annotated[AnyClientRequest, Field(discriminator="action")]
 CLIENT_REQUEST: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
@@ -325,6 +341,7 @@ ACTION_REGISTRY: Mapping[str, ActionSpec] = _registry(
     ActionSpec(UploadUrlRequest, "ingestion"),
     ActionSpec(IngestObjectRequest, "ingestion"),
     ActionSpec(ListDocumentsRequest, "ingestion"),
+    ActionSpec(SampleChunksRequest, "chat"),
 )
 ACTIONS: tuple[str, ...] = tuple(ACTION_REGISTRY)
 # The route keys that are not actions and have a function: messages no action matches ($default, which
@@ -454,6 +471,20 @@ class SearchResult(BaseModel):
     results: list[Source]
 
 
+class SampledChunk(BaseModel):
+    doc_id: str
+    title: str
+    chunk: int = Field(description="Chunk index within the document.")
+    text: str = Field(description=f"The chunk's text, its first {SAMPLE_TEXT_CHARS} characters at most.")
+
+
+class ChunkSample(BaseModel):
+    type: Literal["chunk_sample"] = "chunk_sample"
+    request_id: str | None
+    total: int = Field(description="The tenant's chunks, all of them (the population sampled).")
+    chunks: list[SampledChunk]
+
+
 class StreamStart(BaseModel):
     type: Literal["stream_start"] = "stream_start"
     request_id: str | None
@@ -517,6 +548,7 @@ ServerMessage = Annotated[
     | UploadUrl
     | DocumentList
     | SearchResult
+    | ChunkSample
     | StreamStart
     | Token
     | StreamEnd

@@ -11,6 +11,7 @@
     localrag keys list
     localrag keys revoke KEY_ID
     localrag doctor [--repair] [--json]     # raw documents vs index: drift found (and repaired)
+    localrag calibrate [--probes 100]       # a RAG_MAX_DISTANCE for your corpus, and what it costs
 
 What a file is comes from the one format table (``shared.formats``). Small .txt/.md files are packed
 into ``ingest_batch`` messages (up to 100 documents within the 128 KB message limit; the server embeds
@@ -609,6 +610,66 @@ async def cmd_search(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_calibrate(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Probe the corpus with its own sentences and with off-topic questions (shared/client/calibrate.py)."""
+    from shared.client.calibrate import OFFTOPIC_PROBES, run, table
+
+    offtopic: Sequence[str] = OFFTOPIC_PROBES
+    if args.offtopic is not None:
+        lines = (line.strip() for line in args.offtopic.read_text(encoding="utf-8").splitlines())
+        offtopic = [line for line in lines if line and not line.startswith("#")]
+    async with ctx.client() as client:
+
+        async def sample(count: int, seed: int) -> tuple[int, list[tuple[str, int, str]]]:
+            got = await client.sample_chunks(count, seed=seed)
+            return got.total, [(c.doc_id, c.chunk, c.text) for c in got.chunks]
+
+        async def nearest(query: str) -> float | None:
+            found = await client.search(query, max_distance=2.0)
+            return min((s.distance for s in found.results), default=None)
+
+        bar = None if ctx.json or not sys.stderr.isatty() else tqdm(total=0, unit="probe", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        try:
+            cal = await run(
+                sample,
+                nearest,
+                probes=args.probes,
+                offtopic=offtopic,
+                seed=args.seed,
+                max_miss=args.max_miss,
+                max_leak=args.max_leak,
+                progress=progress,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    if args.out is not None:
+        args.out.write_text(json.dumps(cal.to_json(), indent=2) + "\n", encoding="utf-8")
+    if ctx.json:
+        print(json.dumps({k: v for k, v in cal.to_json().items() if k != "probes"}))
+        return 0
+    iq, oq = cal.to_json()["in_topic_quantiles"], cal.to_json()["off_topic_quantiles"]
+    print(
+        f"{len(cal.in_topic)} in-topic probes (a sentence of a random chunk, of {cal.chunks_total}) and "
+        f"{len(cal.off_topic)} off-topic questions; nearest passage distance:"
+    )
+    print(f"  in-topic:  median {iq['median']:.2f}, 95th percentile {iq['p95']:.2f}, max {iq['max']:.2f}")
+    if oq:
+        print(f"  off-topic: median {oq['median']:.2f}, 5th percentile {oq['p05']:.2f}, min {oq['min']:.2f}")
+    print()
+    print(table(cal, args.current))
+    print()
+    print(f"recommended RAG_MAX_DISTANCE={cal.recommended}: {cal.reason}")
+    print("in-topic probes quote the documents; real questions paraphrase them and sit a little further away.")
+    return 0
+
+
 async def cmd_history(ctx: Ctx, args: argparse.Namespace) -> int:
     """The whole conversation, every page (with --json: each history message as it arrives)."""
     messages: list[HistoryMessage] = []
@@ -849,6 +910,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     _add_retrieval(p)
     p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser(
+        "calibrate",
+        parents=[common],
+        help="recommend RAG_MAX_DISTANCE for your documents: probe them with their own sentences and with "
+        "off-topic questions",
+    )
+    p.add_argument("--probes", type=_positive_int, default=100, help="in-topic probes (random chunks; default 100)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample (default 0)")
+    p.add_argument(
+        "--max-miss",
+        type=float,
+        default=0.03,
+        metavar="SHARE",
+        help="in-topic probes the threshold may leave without passages (default 0.03)",
+    )
+    p.add_argument(
+        "--max-leak",
+        type=float,
+        default=0.15,
+        metavar="SHARE",
+        help="off-topic questions the threshold may give passages (default 0.15)",
+    )
+    p.add_argument(
+        "--offtopic", type=Path, metavar="FILE", help="off-topic questions, one per line (default: the built-in list)"
+    )
+    p.add_argument("--current", type=float, metavar="X", help="mark this threshold in the table (your current one)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="also write the distances and every probe as JSON")
+    p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("list", parents=[common], help="the documents: id, status, chunks, title (every page)")
     p.set_defaults(handler=cmd_list)

@@ -45,6 +45,7 @@ from shared.protocol import (
     SERVER_MESSAGE,
     AnyClientRequest,
     ChatRequest,
+    ChunkSample,
     DeleteDocumentRequest,
     Document,
     DocumentDeleted,
@@ -61,6 +62,7 @@ from shared.protocol import (
     IngestRequest,
     IngestResult,
     ListDocumentsRequest,
+    SampleChunksRequest,
     SearchRequest,
     SearchResult,
     ServerMessage,
@@ -537,6 +539,13 @@ class RagClient:
                 action="search", request_id=rid, query=query, top_k=top_k, max_distance=max_distance
             ),
             SearchResult,
+        )
+
+    async def sample_chunks(self, count: int, *, seed: int | None = None) -> ChunkSample:
+        """Up to ``count`` (at most 100) of the tenant's chunks drawn at random, with their text."""
+        return await self._call(
+            lambda rid: SampleChunksRequest(action="sample_chunks", request_id=rid, count=count, seed=seed),
+            ChunkSample,
         )
 
     async def list_documents_page(self, *, limit: int | None = None, after: str | None = None) -> DocumentList:

@@ -12,6 +12,7 @@ IngestionService holds a document's lease around every write of it.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -286,6 +287,21 @@ class VectorStore:
         """The ids of the tenant's documents that have chunks."""
         rows = self.chunks().search().where(tenant_filter(tenant)).select(["doc_id"]).limit(None).to_arrow()
         return {str(v) for v in rows.column("doc_id").unique().to_pylist()}
+
+    def sample_chunks(self, count: int, *, tenant: str, seed: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """(the tenant's chunk count, up to ``count`` of its chunks drawn uniformly at random: id, doc_id,
+        chunk, title, text), for threshold calibration. Reads the ids of all the tenant's chunks, then the
+        chosen rows."""
+        table = self.chunks()
+        ids = table.search().where(tenant_filter(tenant)).select(["id"]).limit(None).to_arrow().column("id")
+        population = sorted(str(i) for i in ids.to_pylist())  # sorted: a seed draws the same sample
+        chosen = random.Random(seed).sample(population, min(count, len(population)))
+        if not chosen:
+            return len(population), []
+        where = tenant_filter(tenant, "id IN (" + ", ".join(sql_str(i) for i in chosen) + ")")
+        query = table.search().where(where).select(["id", "doc_id", "chunk", "title", "text"]).limit(None)
+        order = {i: n for n, i in enumerate(chosen)}
+        return len(population), sorted(query.to_arrow().to_pylist(), key=lambda r: order[r["id"]])
 
     # ------------------------------------------------------------------ full-text index upkeep
 

@@ -72,7 +72,7 @@ class ScriptedLLM:
             assert plan.wait(scaled(30))
         elif plan == "slow":
             time.sleep(self.slow_s)
-        question = messages[-1]["content"]
+        question = messages[-1]["content"].rsplit("Question: ", 1)[-1]  # after this turn's passages (if any)
         for i in range(self.rng.randint(1, 4)):
             time.sleep(self.rng.uniform(0, 0.01))
             if plan == "fail" and i == 1:

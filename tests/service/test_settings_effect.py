@@ -260,6 +260,14 @@ async def _engine(s: Served, name: str) -> Any:
     return getattr(s.client.app[ENGINE], name)
 
 
+async def _states_kept(s: Served) -> Any:
+    """The state cache's entries after one answer (LLM_STATE_CACHE_BYTES=0: none kept)."""
+    from llm.app import ENGINE
+
+    await _converse(s, maxTokens=2)
+    return s.client.app[ENGINE].health()["state_cache_entries"]
+
+
 async def _engine_llama(s: Served, name: str) -> Any:
     from llm.app import ENGINE
 
@@ -337,6 +345,7 @@ def llm_table(models: Path) -> dict[str, Effect]:
         "LLM_MAX_TOKENS": Effect("3", lambda s: _converse(s), path),
         "LLM_TEMPERATURE": Effect("0.0", _temperature, path),
         "LLM_MAX_QUEUE": Effect("1", lambda s: _engine(s, "max_queue"), path),
+        "LLM_STATE_CACHE_BYTES": Effect("0", _states_kept, path),
         "LLM_REQUEST_TIMEOUT_S": Effect("0.000001", lambda s: _converse(s, maxTokens=200), path),
         "LLM_MAX_BODY_BYTES": Effect("1024", _big_llm_body, path),
     }

@@ -47,6 +47,7 @@ def _minimal(action: str) -> dict[str, Any]:
         "upload_url": {"filename": "a.md", "size": 1},
         "ingest_object": {"key": "k"},
         "list_documents": {},
+        "sample_chunks": {},
     }
     return fields[action]
 

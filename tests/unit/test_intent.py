@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from chat.intent import Intent, classify, is_conversational
-from chat.prompts import CONVERSATIONAL_PROMPT, NO_CONTEXT_PROMPT
+from chat.prompts import CONVERSATIONAL_PROMPT, NO_CONTEXT_PROMPT, SYSTEM_PROMPT
 from chat.service import ChatService
 from chat.settings import Settings
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
@@ -210,9 +210,11 @@ class FakeStore:
 class RecordingLLM:
     def __init__(self) -> None:
         self.systems: list[str] = []
+        self.questions: list[str] = []  # the last user message of each call
 
     def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Generator[ChatEvent, None, None]:
         self.systems.append(system)
+        self.questions.append(messages[-1]["content"])
         yield TextDelta("Hello!")
         yield StreamDone("end_turn", 5, 1)
 
@@ -246,7 +248,7 @@ def test_a_question_is_answered_from_retrieval() -> None:
     svc, emb, store, llm = make_service()
     end = run_chat(svc, "How do volcanoes erupt?")
     assert [s.doc_id for s in end.sources] == ["volcanoes"] and end.prompt == "context"
-    assert emb.calls == 1 and "[1] Volcanoes" in llm.systems[0]
+    assert emb.calls == 1 and "[1] Volcanoes" in llm.questions[0] and llm.systems[0] == SYSTEM_PROMPT
     assert store.saved[-1].rag_context["intent"] == "retrieval"
     assert store.saved[-1].rag_context["search_mode"] == "hybrid"
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from chat.prompts import NO_CONTEXT_PROMPT, Turn, approx_tokens, build_system_prompt, excerpt, fit_history
+from chat.prompts import (
+    NO_CONTEXT_PROMPT,
+    SYSTEM_PROMPT,
+    Turn,
+    alternating,
+    approx_tokens,
+    build_turn,
+    excerpt,
+    fit_history,
+)
 from shared.protocol import Source
 
 
@@ -11,15 +20,40 @@ def src(n: int, title: str) -> Source:
 
 
 def test_no_sources_gives_the_no_context_prompt() -> None:
-    assert build_system_prompt([], []) == NO_CONTEXT_PROMPT
+    turn = build_turn("Why?", [], [])
+    assert turn.user == f"{NO_CONTEXT_PROMPT}\n\nQuestion: Why?" and turn.sources == [] and turn.new == []
     assert "not cover" in NO_CONTEXT_PROMPT
 
 
-def test_sources_are_numbered_in_the_prompt() -> None:
-    prompt = build_system_prompt([src(1, "Volcanoes"), src(2, "Lava")], ["magma rises", "lava flows"])
-    assert "[1] Volcanoes (2025-01-01)\nmagma rises" in prompt
-    assert "[2] Lava (2025-01-01)\nlava flows" in prompt
-    assert prompt != NO_CONTEXT_PROMPT and "[1]" in prompt.split("Passages:")[0]
+def test_sources_are_numbered_in_the_last_user_message_before_the_question() -> None:
+    turn = build_turn("What flows?", [src(1, "Volcanoes"), src(2, "Lava")], ["magma rises", "lava flows"])
+    assert turn.user.startswith("Passages:\n[1] Volcanoes (2025-01-01)\nmagma rises\n\n[2] Lava (2025-01-01)\n")
+    assert turn.user.endswith("lava flows\n\nQuestion: What flows?")
+    assert [s.n for s in turn.sources] == [1, 2] and turn.new == [("d1", 0, 1), ("d2", 0, 2)]
+    # The system prompt is the same for every question: nothing of this turn is in it.
+    assert "[1]" in SYSTEM_PROMPT and "Volcanoes" not in SYSTEM_PROMPT
+
+
+def test_passages_given_earlier_keep_their_number_and_are_not_repeated() -> None:
+    # d2 was given as [4] in an earlier turn still in the prompt: cited as [4], its text not sent again;
+    # the new passage is numbered after the conversation's highest number.
+    turn = build_turn(
+        "More?", [src(2, "Lava"), src(3, "Ash")], ["lava flows", "ash falls"], {("d2", 0): 4, ("d9", 0): 5}
+    )
+    assert [s.n for s in turn.sources] == [4, 6] and [s.doc_id for s in turn.sources] == ["d2", "d3"]
+    assert "lava flows" not in turn.user and "[6] Ash (2025-01-01)\nash falls" in turn.user
+    assert "Passages [4] above also match this question." in turn.user
+    assert turn.new == [("d3", 0, 6)]
+    # Only already-given passages: no passage text, the note and the question.
+    again = build_turn("Again?", [src(2, "Lava")], ["lava flows"], {("d2", 0): 4})
+    assert again.user == "Passages [4] above also match this question.\n\nQuestion: Again?" and again.new == []
+
+
+def test_merged_turns_keep_the_passages_they_carry() -> None:
+    merged = alternating(
+        [Turn("user", "a", (("d1", 0, 1),)), Turn("user", "b", (("d2", 0, 2),)), Turn("assistant", "x")]
+    )
+    assert merged[0].passages == (("d1", 0, 1), ("d2", 0, 2)) and merged[0].content == "a\n\nb"
 
 
 def test_fit_history_keeps_newest_pairs_within_budget() -> None:

@@ -212,9 +212,34 @@ def _token_messages(b: Built) -> int:
     return sum(isinstance(m, Token) for m in out)
 
 
+def _followup_query(b: Built) -> str:
+    """What a follow-up question is retrieved on."""
+    earlier = [{"role": "user", "content": "How do volcanoes erupt?"}, {"role": "assistant", "content": "Lava."}]
+    _chat(b, "And how hot is it?", messages=earlier)
+    return str(b.store.searches[-1]["query_text"])
+
+
 def _prompt_for_small_talk(b: Built) -> str:
     llm, _ = _chat(b, "hello!", messages=[])
     return llm.calls[-1][0]
+
+
+def _cache_point(b: Built) -> list[Any]:
+    """The system blocks the chat function sends in ConverseStream."""
+    sent: list[dict[str, Any]] = []
+
+    class Client:
+        def converse_stream(self, **params: Any) -> dict[str, Any]:
+            sent.append(params)
+            return {"stream": _Events([{"messageStop": {"stopReason": "end_turn"}}])}
+
+    class _Events(list[Any]):
+        def close(self) -> None:
+            pass
+
+    b.service.llm.client = Client()
+    list(b.service.llm.stream("Answer.", [{"role": "user", "content": "What is lava?"}]))
+    return sent[-1]["system"]
 
 
 def _lambda_timeouts(b: Built) -> tuple[Any, ...]:
@@ -284,12 +309,15 @@ CHAT: dict[str, Effect] = {
     "RAG_SEARCH_MODE": Effect("fts", lambda b: _chat_retrieve(b)["mode"]),
     "RAG_RRF_K": Effect("7", lambda b: _chat_retrieve(b)["rrf_k"]),
     "RAG_INTENT_ROUTING": Effect("false", _prompt_for_small_talk),
+    "RAG_FOLLOWUP_REWRITE": Effect("false", _followup_query),
     "RAG_LLM_ENDPOINT_URL": Effect("http://llm.invalid:1", lambda b: b.service.llm.client.meta.endpoint_url),
     "RAG_LLM_MODEL_ID": Effect("anthropic.claude-3-haiku", lambda b: b.service.llm.model_id),
     "RAG_MAX_TOKENS": Effect("64", lambda b: b.service.llm.max_tokens),
     "RAG_TEMPERATURE": Effect("0.9", lambda b: b.service.llm.temperature),
     "RAG_HISTORY_TOKEN_BUDGET": Effect("0", _history_sent),
-    "RAG_TOKEN_FLUSH_MS": Effect("3600000", _token_messages),
+    "RAG_PROMPT_CACHE_POINT": Effect("true", _cache_point),
+    "RAG_TOKEN_FLUSH_MS": Effect("0", _token_messages),
+    "RAG_TOKEN_FLUSH_BYTES": Effect("1", _token_messages),
 }
 
 
