@@ -542,7 +542,9 @@ def test_llm_serves_the_embedded_model_or_what_model_fetch_put_in_the_mounted_fo
     # Unset by default: the image's embedded SmolLM2, or the file `make model` fetched into ./models.
     assert settings.model_path is None, "llm: LLM_MODEL_PATH must default to unset (the embedded model)"
     assert str(settings.models_dir) in mounts, f"llm: LLM_MODELS_DIR {settings.models_dir} is not mounted ({mounts})"
-    assert Path(mounts[str(settings.models_dir)]) == Path("./models"), "llm: ./models (where make model fetches) must be mounted"
+    assert Path(mounts[str(settings.models_dir)]) == Path("./models"), (
+        "llm: ./models (where make model fetches) must be mounted"
+    )
     assert settings.model_url == LlmSettings.model_fields["model_url"].default
     assert model_file_name(settings.model_url).endswith(".gguf")
     dockerfile = dockerfile_path("llm").read_text()
