@@ -42,15 +42,8 @@ SERVICES = ("authorizer", "chat", "gateway")  # what a connect touches
 
 
 def start(name: str, data: Path, log_dir: Path, auth: str | None) -> Stack:
-    cfg = StackConfig(
+    cfg = StackConfig.any_ports(
         data_dir=data,
-        gateway_port=0,
-        embedding_port=0,
-        llm_port=0,
-        management_port=0,
-        ingestion_port=0,
-        chat_port=0,
-        authorizer_port=0,
         auth=auth,
         extra_env={"LOG_LEVEL": "WARNING"},
     )

@@ -159,6 +159,20 @@ def open_ws(url: str, key: str, timeout: float = 60.0) -> Awaitable[Any]:
     )
 
 
+async def open_timed(url: str, key: str, latencies: list[float], failures: dict[str, int]) -> Any:
+    """Open one authenticated connection, adding its handshake time to ``latencies`` or its failure's kind
+    to ``failures``; the connection, or None."""
+    t0 = time.perf_counter()
+    try:
+        ws = await open_ws(url, key)
+    except Exception as exc:
+        kind = failure_kind(exc)
+        failures[kind] = failures.get(kind, 0) + 1
+        return None
+    latencies.append(time.perf_counter() - t0)
+    return ws
+
+
 # ----------------------------------------------------------------------------------------- the LLM
 
 
@@ -199,15 +213,7 @@ async def _hold(url: str, key: str, count: int, handshakes: int, pipe: Pipe) -> 
 
     async def one() -> Any:
         async with gate:
-            t0 = time.perf_counter()
-            try:
-                ws = await open_ws(url, key)
-            except Exception as exc:
-                kind = failure_kind(exc)
-                failures[kind] = failures.get(kind, 0) + 1
-                return None
-            latencies.append(time.perf_counter() - t0)
-            return ws
+            return await open_timed(url, key, latencies, failures)
 
     t0 = time.perf_counter()
     opened = [ws for ws in await asyncio.gather(*(one() for _ in range(count))) if ws is not None]
@@ -389,15 +395,7 @@ def burst_while_chats(stack: Any, key: str, n: int) -> dict[str, Any]:
         failures: dict[str, int] = {}
 
         async def one() -> Any:
-            t0 = time.perf_counter()
-            try:
-                ws = await open_ws(stack.ws_url, key)
-            except Exception as exc:
-                kind = failure_kind(exc)
-                failures[kind] = failures.get(kind, 0) + 1
-                return None
-            latencies.append(time.perf_counter() - t0)
-            return ws
+            return await open_timed(stack.ws_url, key, latencies, failures)
 
         t0 = time.perf_counter()
         opened = [ws for ws in await asyncio.gather(*(one() for _ in range(n))) if ws is not None]
@@ -677,16 +675,9 @@ class Run:
 def start_stack(root: Path, model: Path, max_tokens: int) -> Any:
     from shared.stack import Stack, StackConfig, plan
 
-    cfg = StackConfig(
+    cfg = StackConfig.any_ports(
         llm_model_path=model,
         data_dir=root / "data",
-        gateway_port=0,
-        embedding_port=0,
-        llm_port=0,
-        management_port=0,
-        ingestion_port=0,
-        chat_port=0,
-        authorizer_port=0,
         extra_env={"RAG_MAX_TOKENS": str(max_tokens)},
     )
     stack = Stack(plan(cfg), cfg)

@@ -130,10 +130,12 @@ def index_document(service: IngestionService, tenant: str, doc_id: str) -> tuple
 
 def remove_ghost(service: IngestionService, store: VectorStore, tenant: str, doc_id: str) -> int:
     """Delete the chunks of a document that has no raw copy, re-checked now (a document being ingested has
-    its raw copy written before its chunks, so it is never taken for a ghost). Returns the chunks removed."""
-    if service.tenant_objects(tenant).get_document(doc_id) is not None:
-        return 0
-    return store.delete_document(doc_id, tenant=tenant)
+    its raw copy written before its chunks, so it is never taken for a ghost), under the document's lease so
+    no ingest of that id runs between the check and the delete. Returns the chunks removed."""
+    with service.writing(tenant, [doc_id]):
+        if service.tenant_objects(tenant).get_document(doc_id) is not None:
+            return 0
+        return store.delete_document(doc_id, tenant=tenant)
 
 
 def _label(tenant: str, doc_id: str) -> str:

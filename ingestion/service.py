@@ -599,62 +599,49 @@ class IngestionService:
         original_key: str,
         delete_bad: bool,
     ) -> IngestOutcome:
-        with self.writing(objects.tenant, [shell.id]):
-            return self._ingest_file_held(
-                key, filename, shell, objects=objects, original_key=original_key, delete_bad=delete_bad
-            )
-
-    def _ingest_file_held(
-        self,
-        key: str,
-        filename: str,
-        shell: Document,
-        *,
-        objects: TenantObjects,
-        original_key: str,
-        delete_bad: bool,
-    ) -> IngestOutcome:
-        t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-        try:
-            size = objects.size(key)
-            if size is None:
-                raise _missing_upload(key)
-            if size > self.settings.max_upload_bytes:
-                raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.settings.max_upload_bytes}")
-            data = objects.read(key)
-            if len(data) > self.settings.max_upload_bytes:  # it may have been replaced since the size check
-                raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}")
-            timings["read"] = timed_ms(t0)
-            t1 = time.perf_counter()
-            parsed: ParsedDocument = parse_file(data, filename, limits=self.parse_limits())
-            text = parsed.text
-            self._check_text_size(text)
-            timings["parse"] = timed_ms(t1)
-            doc = shell.model_copy(
-                update={
-                    "title": shell.title or parsed.title or filename,
-                    "date": shell.date or parsed.date,
-                    "text": text,
-                    "metadata": {**shell.metadata, "format": parsed.format},
-                }
-            )
-            original = Original(
-                key=original_key,
-                filename=filename,
-                content_type=format_for(filename).content_type,
-                size=len(data),
-                format=parsed.format,
-            )
-            return self._index(
-                self._prepare(
-                    doc, parsed.sections, objects=objects, original=original, t0=t0, timings=timings, upload_key=key
+        with self.writing(objects.tenant, [shell.id]):  # from reading the file to the last write
+            t0 = time.perf_counter()
+            timings: dict[str, float] = {}
+            try:
+                size = objects.size(key)
+                if size is None:
+                    raise _missing_upload(key)
+                if size > self.settings.max_upload_bytes:
+                    raise DocumentTooLarge(f"the file is {size} bytes; the limit is {self.settings.max_upload_bytes}")
+                data = objects.read(key)
+                if len(data) > self.settings.max_upload_bytes:  # it may have been replaced since the size check
+                    limit = self.settings.max_upload_bytes
+                    raise DocumentTooLarge(f"the file is {len(data)} bytes; the limit is {limit}")
+                timings["read"] = timed_ms(t0)
+                t1 = time.perf_counter()
+                parsed: ParsedDocument = parse_file(data, filename, limits=self.parse_limits())
+                text = parsed.text
+                self._check_text_size(text)
+                timings["parse"] = timed_ms(t1)
+                doc = shell.model_copy(
+                    update={
+                        "title": shell.title or parsed.title or filename,
+                        "date": shell.date or parsed.date,
+                        "text": text,
+                        "metadata": {**shell.metadata, "format": parsed.format},
+                    }
                 )
-            )
-        except _BAD_FILE:
-            if delete_bad:
-                objects.delete(key)
-            raise
+                original = Original(
+                    key=original_key,
+                    filename=filename,
+                    content_type=format_for(filename).content_type,
+                    size=len(data),
+                    format=parsed.format,
+                )
+                return self._index(
+                    self._prepare(
+                        doc, parsed.sections, objects=objects, original=original, t0=t0, timings=timings, upload_key=key
+                    )
+                )
+            except _BAD_FILE:
+                if delete_bad:
+                    objects.delete(key)
+                raise
 
     def reindex_document(self, raw: dict[str, Any], *, tenant: str) -> tuple[IngestOutcome, str]:
         """Index one raw document the way ingestion did (used by ``python -m ingestion.reindex``).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_URL = (
@@ -137,3 +137,9 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1024, description="Largest accepted request body in bytes (larger: 413)."
     )
     log_level: str = Field(default="INFO", description="Python logging level (DEBUG, INFO, WARNING, ...).")
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        """``LLM_MODEL_PATH=`` (empty, as docker-compose passes an unset variable) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value

@@ -31,7 +31,13 @@ LISTEN_FD_ENV = "LOCALRAG_LISTEN_FD"
 MANAGEMENT_LISTEN_FD_ENV = "LOCALRAG_MANAGEMENT_LISTEN_FD"
 
 
-def listening_socket(host: str, port: int, *, backlog: int = 128) -> socket.socket:
+# Pending connections the kernel queues before accept(): 128 (Python's default cap) overflowed in a burst of
+# 500 WebSocket connects (bench/load.py: ListenOverflows, SYNs retried after 1 s and 3 s); Linux caps it
+# at net.core.somaxconn (4096 on current kernels).
+LISTEN_BACKLOG = 1024
+
+
+def listening_socket(host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A TCP socket bound to host:port (0: any free port) and listening; not inheritable until passed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -327,6 +327,13 @@ class StackConfig:
     def local_key_file(self) -> Path:
         return self.data_dir / LOCAL_KEY_FILE
 
+    @classmethod
+    def any_ports(cls, **fields: Any) -> StackConfig:
+        """A config whose every port is 0 (any free port: plan() binds them all before any process starts,
+        so every port is known up front) -- the tests' and the benches' stacks."""
+        ports = {f: 0 for f in cls.__dataclass_fields__ if f.endswith("_port")}
+        return cls(**{**ports, **fields})
+
 
 def plan(cfg: StackConfig) -> list[Process]:
     """The six processes and the environment that wires them together.

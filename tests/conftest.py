@@ -89,17 +89,9 @@ def start_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         if name in stacks:
             return stacks[name]
         data = tmp_path_factory.mktemp(f"stack-{name}")
-        cfg = StackConfig(
+        cfg = StackConfig.any_ports(
             llm_model_path=tiny_gguf,
             data_dir=data,
-            # 0: any free port; plan() binds the five sockets, so every port is known before any starts.
-            gateway_port=0,
-            embedding_port=0,
-            llm_port=0,
-            ingestion_port=0,
-            chat_port=0,
-            authorizer_port=0,
-            management_port=0,
             s3_endpoint_url=s3_endpoint,
             # Short answers keep the suite fast: the tiny test model never stops on its own.
             extra_env={"RAG_MAX_TOKENS": "64", **(S3_ENV if s3_endpoint else {}), **env},

@@ -22,6 +22,8 @@ from tests.support.gguf_factory import write_tiny_llama_gguf
 from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, start_service, stop_service
 
 T = 60 * TIMEOUT_FACTOR
+# A generation of up to 512 tokens: seconds on an idle machine, minutes when other processes hold the cores.
+GENERATION_T = 600 * TIMEOUT_FACTOR
 SEED = ROOT.parent / "shared" / "seeds" / "local-serverless-style-rag.txt"
 
 
@@ -142,7 +144,7 @@ def _converse(svc: Service, passage: str, question: str, **extra: Any) -> dict[s
         "inferenceConfig": {"maxTokens": 512, "temperature": 0},
         **extra,
     }
-    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=T)
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=GENERATION_T)
     try:
         conn.request(
             "POST", "/model/local-llm/converse", json.dumps(body).encode(), {"Content-Type": "application/json"}

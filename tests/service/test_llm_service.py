@@ -528,8 +528,9 @@ def test_service_refuses_missing_model(tmp_path: Path) -> None:
         timeout=60 * TIMEOUT_FACTOR,
     )
     assert result.returncode == 1
-    assert "LLM_MODEL_PATH" in result.stderr
-    assert "Traceback" not in result.stderr
+    output = result.stdout + result.stderr  # the JSON log lines go to stdout
+    assert "LLM_MODEL_PATH" in output
+    assert "Traceback" not in output
 
 
 # -- sampling controls (repetition penalties, top_k) ----------------------------------------------------

