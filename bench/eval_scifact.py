@@ -355,7 +355,7 @@ def first_threshold_with_sources(chat: Any, question: str, mode: str) -> float:
     lo, hi = 0, len(THRESHOLDS)  # answer index in [lo, hi]; hi = none
     while lo < hi:
         mid = (lo + hi) // 2
-        if chat.retrieve(question, chat.top_k, THRESHOLDS[mid], mode, tenant=TENANT).sources:
+        if chat.retrieve(question, chat.settings.top_k, THRESHOLDS[mid], mode, tenant=TENANT).sources:
             hi = mid
         else:
             lo = mid + 1
@@ -625,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         ingestion, chat = build_services(db_dir, emb.url, args)
-        report["settings"].update(rrf_k=chat.rrf_k, hybrid_candidates=HYBRID_CANDIDATES, search_mode=chat.search_mode)
+        report["settings"].update(
+            rrf_k=chat.settings.rrf_k, hybrid_candidates=HYBRID_CANDIDATES, search_mode=chat.settings.search_mode
+        )
         docs = documents(corpus.docs)
         already = ingestion.store.count_chunks(tenant=TENANT)
         strategy = args.ingest

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         description=(
             "Keep the evaluated state (llama.cpp's KV cache) of recent prompts and answers up to this many bytes, "
             "least recently used dropped first, so that a conversation's follow-up evaluates only its new "
-            "tokens even when other conversations were answered in between (README \"Prompt layout\"); "
+            'tokens even when other conversations were answered in between (README "Prompt layout"); '
             "0 = off (only the previous generation's context is reused). A state takes about 23 KB per token "
             "with SmolLM2-135M, 12 KB with Qwen2.5-0.5B."
         ),

@@ -24,7 +24,8 @@ from tests.support.procs import ROOT, TIMEOUT_FACTOR, Service, start_service, st
 T = 60 * TIMEOUT_FACTOR
 # A generation of up to 512 tokens: seconds on an idle machine, minutes when other processes hold the cores.
 GENERATION_T = 600 * TIMEOUT_FACTOR
-SEED = ROOT.parent / "shared" / "seeds" / "local-serverless-style-rag.txt"
+# A copy of ../shared/seeds/local-serverless-style-rag.txt: CI has the checkout only.
+SEED = ROOT / "tests" / "support" / "seeds" / "local-serverless-style-rag.txt"
 
 
 def _clean_env(**env: str) -> dict[str, str]:
