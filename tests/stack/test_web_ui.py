@@ -516,7 +516,7 @@ def test_web_chat_end_to_end(page: Page, stack: Stack, tmp_path: Path) -> None:
         expect(doc_item).to_have_count(1)
         expect(doc_item.locator(".badge")).to_have_text("indexed")
 
-    # -- ask about it: the answer streams in, token by token
+    # -- ask about it: the answer streams in
     page.evaluate(WATCH_ANSWER)
     question = page.get_by_role("textbox", name="Your question")
     question.fill(QUESTION)
@@ -527,7 +527,9 @@ def test_web_chat_end_to_end(page: Page, stack: Stack, tmp_path: Path) -> None:
     expect(answer.locator(".msg-error")).to_be_hidden()
     lengths: list[int] = page.evaluate("window.__answerLengths")
     growing = sorted({n for n in lengths if n > 0})
-    assert len(growing) >= 3, f"the answer did not grow token by token: {lengths[:20]}"
+    # The chat function posts the first token at once and coalesces the rest (RAG_TOKEN_FLUSH_MS), so a short
+    # answer from the fast test model arrives in as few as two frames: it must still grow, not appear whole.
+    assert len(growing) >= 2, f"the answer did not stream (it appeared in one piece): {lengths[:20]}"
     assert lengths == sorted(lengths), "the answer text shrank while streaming"
     answer_text = answer.locator(".answer-text").inner_text()
     assert answer_text.strip(), "empty answer"
