@@ -150,15 +150,8 @@ def start_stack(root: Path, extra_env: dict[str, str]) -> Any:
     """The six services as ``make up`` starts them (identity on; the LLM: what ``make up`` resolves)."""
     from shared.stack import Stack, StackConfig, plan
 
-    cfg = StackConfig(
+    cfg = StackConfig.any_ports(
         data_dir=root / "data",
-        gateway_port=0,
-        embedding_port=0,
-        llm_port=0,
-        management_port=0,
-        ingestion_port=0,
-        chat_port=0,
-        authorizer_port=0,
         extra_env={"LOG_LEVEL": "WARNING", **extra_env},
     )
     stack = Stack(plan(cfg), cfg)

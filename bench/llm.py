@@ -250,16 +250,9 @@ def _start_speed_stack(root: Path, model: Path, max_tokens: int) -> Any:
     that the product and bare llama-cpp-python generate the same tokens for the same prompt."""
     from shared.stack import Stack, StackConfig, plan
 
-    cfg = StackConfig(
+    cfg = StackConfig.any_ports(
         llm_model_path=model,
         data_dir=root / "data",
-        gateway_port=0,
-        embedding_port=0,
-        llm_port=0,
-        management_port=0,
-        ingestion_port=0,
-        chat_port=0,
-        authorizer_port=0,
         extra_env={"RAG_TEMPERATURE": "0", "RAG_MAX_TOKENS": str(max_tokens), "LOG_LEVEL": "WARNING"},
     )
     stack = Stack(plan(cfg), cfg)

@@ -62,16 +62,8 @@ class Message(_Model):
         return "\n".join(block.text for block in self.content if block.text is not None)
 
 
-class SystemBlock(_Model):
-    """A system text block, or a cachePoint block (``text`` None)."""
-
-    text: str | None = None
-    cachePoint: CachePointBlock | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text_only(cls, data: Any) -> Any:
-        return _text_or_cache_point(data)
+class SystemBlock(ContentBlock):
+    """A system text block, or a cachePoint block (``text`` None): the shape of a message's content block."""
 
 
 class InferenceConfig(_Model):
