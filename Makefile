@@ -121,7 +121,7 @@ bench-parse: $(STAMP)
 
 # The stack under load (one stack, identity on): 1,000 then 10,000 connections held (memory per connection),
 # a 500-connect burst while 4 chats generate, 50 chats at once, ingestion during chats, gateway-added latency;
-# writes bench/results/load.json. About 10 min. Check it runs: make bench-load BENCH_ARGS=--quick
+# writes bench/results/load.json. About 5 min on an idle 2-core machine. Check it runs: make bench-load BENCH_ARGS=--quick
 .PHONY: bench-load
 bench-load: $(STAMP)
 	$(PY) -m bench.load $(BENCH_ARGS)
