@@ -24,6 +24,7 @@ help:
 	@echo "make .env    - write docker-compose's internal SigV4 key into .env (once, random, mode 0600)"
 	@echo "make bench-auth - WebSocket connect latency with the authorizer (warm cache) vs RAG_AUTH=none"
 	@echo "make bench-load - connections held (1k, 10k), connect burst, 50 chats, ingestion during chats"
+	@echo "make bench-kinesis - put_record -> searchable p50/p99 through the local Kinesis pipeline, 10 records/s"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -79,7 +80,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy shared gateway ingestion chat embedding llm bench authorizer
+	$(PY) -m mypy shared gateway ingestion chat embedding llm bench authorizer api
 
 pytest: $(STAMP) system-deps
 	$(PY) -m pytest -q
@@ -126,6 +127,12 @@ bench-parse: $(STAMP)
 bench-load: $(STAMP)
 	$(PY) -m bench.load $(BENCH_ARGS)
 
+# put_record -> searchable through the local Kinesis pipeline (moto's Kinesis, the event source mapping,
+# ingestion) at 10 records/s for 60 s: p50/p99 and the load average; writes bench/results/kinesis.json. About 2 min.
+.PHONY: bench-kinesis
+bench-kinesis: $(STAMP)
+	$(PY) -m bench.kinesis $(BENCH_ARGS)
+
 # LLM speed: the product end to end (WebSocket gateway -> chat function -> LLM service) vs bare llama-cpp-python,
 # same model (the embedded SmolLM2 unless LLM_MODEL_PATH), threads and prompts, first turn and follow-up, one run;
 # writes bench/results/llm.json and prints the ratios. About 5 min.
@@ -140,3 +147,11 @@ bench-llm: $(STAMP)
 .PHONY: eval-answers
 eval-answers: $(STAMP)
 	$(PY) -m bench.eval_answers $(EVAL_ARGS)
+
+# Deployment rehearsal offline: template.yaml (Image functions packaged as zips) deployed into MiniStack
+# (CloudFormation + SAM, Lambda, API Gateway v2 WebSocket, S3, Kinesis), then the end-to-end client against the
+# stack outputs; writes test-artifacts/rehearse/report.json. About 2 min; MiniStack is installed into
+# .cache/ministack/ on first use (its own folder: it pins botocore exactly).
+.PHONY: rehearse
+rehearse: $(STAMP)
+	$(PY) -m tests.rehearse $(REHEARSE_ARGS)

@@ -1,17 +1,14 @@
 """HTTP front of the embedding service: Amazon Bedrock Runtime ``InvokeModel`` for embedding models.
 
-``POST /model/{modelId}/invoke`` takes either body shape of the Bedrock embedding models:
+``POST /model/{modelId}/invoke`` answers every model id of the model map (``EMBEDDING_MODEL_MAP``: by default
+the Bedrock ids of Amazon Titan Embeddings G1/V2 and Cohere Embed v3/v4) and the service's own id
+(``EMBEDDING_MODEL_ID``), each in its family's body (see ``embedding.families``), all with the one local model.
+A foundation-model ARN, a system inference profile id (``us.cohere.embed-v4:0``) or its ARN are accepted too.
 
-* Amazon Titan Text Embeddings V2: ``{"inputText": str, "dimensions"?: int, "normalize"?: bool,
-  "embeddingTypes"?: ["float"]}`` -> ``{"embedding": [...], "inputTextTokenCount": int}``
-  (plus ``"embeddingsByType": {"float": [...]}`` when ``embeddingTypes`` is given). Text beyond the model's
-  max_seq_length tokens is not read (the end is cut); ``inputTextTokenCount`` counts the whole text.
-* Cohere Embed: ``{"texts": [str, ...], "input_type": ..., "truncate"?: "NONE"|"START"|"END",
-  "embedding_types"?: ["float"]}`` -> ``{"id", "embeddings": [[...], ...], "texts", "response_type":
-  "embeddings_floats"}`` (``"embeddings_by_type"`` with ``{"float": [[...]]}`` when ``embedding_types`` is
-  given, as Cohere does). ``truncate`` defaults to NONE, as on Bedrock: a text longer than the model's token
-  limit is then a ValidationException. ``input_type`` is checked but does not change the vector (MiniLM is a
-  symmetric model).
+Text beyond the model's max_seq_length tokens is not read by Titan bodies (the end is cut, as
+``inputTextTokenCount`` still counts the whole text); Cohere's ``truncate`` defaults to NONE, as on Bedrock: a
+text longer than the model's token limit is then a ValidationException. ``input_type`` is checked but does not
+change the vector (MiniLM is a symmetric model).
 
 Errors follow AWS: 400 ValidationException, 404 ResourceNotFoundException, 429 ThrottlingException.
 """
@@ -24,12 +21,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
-import pydantic
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
+from embedding.families import MALFORMED, BodyError, Family, cohere_payload, parse_body, resolve_model_id, titan_payload
 from embedding.model import EmbeddingModel, MicroBatcher, QueueFull, Vectors, load_model
 from embedding.settings import Settings
 from shared.aws_http import ResourceNotFound, Throttling, ValidationError, aws_error_middleware
@@ -41,43 +37,12 @@ log = logging.getLogger(__name__)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 MODEL_KEY = web.AppKey("model", EmbeddingModel)
 BATCHER_KEY = web.AppKey("batcher", MicroBatcher)
-
-MALFORMED = "Malformed input request"
-
-
-class TitanEmbedRequest(BaseModel):
-    """Amazon Titan Text Embeddings V2 request body."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
-
-    input_text: str = Field(alias="inputText")
-    dimensions: int | None = None
-    normalize: bool = True
-    embedding_types: list[Literal["float"]] | None = Field(default=None, alias="embeddingTypes", min_length=1)
+SERVED_KEY = web.AppKey("served", dict[str, Family])
 
 
-class CohereEmbedRequest(BaseModel):
-    """Cohere Embed (v3) request body."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    texts: list[str] = Field(min_length=1)
-    input_type: Literal["search_document", "search_query", "classification", "clustering"]
-    truncate: Literal["NONE", "START", "END"] = "NONE"
-    embedding_types: list[Literal["float"]] | None = Field(default=None, min_length=1)
-
-
-def _describe(exc: pydantic.ValidationError) -> str:
-    """A short, user-facing description of what is wrong with the body (never echoes the input)."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = ""
-        for item in err["loc"]:
-            loc += f"[{item}]" if isinstance(item, int) else (f".{item}" if loc else str(item))
-        msg = "extraneous key is not permitted" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
-    return f"{MALFORMED}: {'; '.join(parts[:3])}{more}"
+def served_models(settings: Settings) -> dict[str, Family]:
+    """Model id -> body family: the configured map, and the service's own id (either body, told apart)."""
+    return {**settings.model_map, settings.model_id: "auto"}
 
 
 def _check_text(text: str, where: str, max_chars: int) -> None:
@@ -85,16 +50,6 @@ def _check_text(text: str, where: str, max_chars: int) -> None:
         raise ValidationError(f"{MALFORMED}: {where} must not be empty")
     if len(text) > max_chars:
         raise ValidationError(f"{MALFORMED}: {where} is {len(text)} characters long; the limit is {max_chars}")
-
-
-def _resolve_model_id(raw: str, settings: Settings) -> None:
-    model_id = raw
-    if raw.startswith("arn:") and "foundation-model/" in raw:
-        model_id = raw.split("foundation-model/", 1)[1]
-    if model_id != settings.model_id:
-        raise ResourceNotFound(
-            f"The requested model {raw!r} is not served here; this service serves {settings.model_id!r}"
-        )
 
 
 async def _read_json_object(request: web.Request) -> dict[str, Any]:
@@ -129,81 +84,50 @@ def _response(payload: dict[str, Any], request_id: str, token_count: int, starte
     )
 
 
-async def _titan(request: web.Request, body: dict[str, Any], request_id: str, started: float) -> web.Response:
+async def invoke_model(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    request_id = str(uuid.uuid4())
     settings = request.app[SETTINGS_KEY]
     model = request.app[MODEL_KEY]
-    try:
-        req = TitanEmbedRequest.model_validate(body)
-    except pydantic.ValidationError as exc:
-        raise ValidationError(_describe(exc)) from None
-    _check_text(req.input_text, "inputText", settings.max_input_chars)
-    if req.dimensions is not None and req.dimensions != model.dimension:
-        raise ValidationError(
-            f"{MALFORMED}: dimensions {req.dimensions} is not supported by this model; "
-            f"the only supported value is {model.dimension}"
+    served = request.app[SERVED_KEY]
+    raw_id = request.match_info["modelId"]
+    resolved = resolve_model_id(raw_id, served)
+    if resolved is None:
+        raise ResourceNotFound(
+            f"The requested model {raw_id!r} is not served here; served model ids: {', '.join(sorted(served))}"
         )
-    (token_count,) = await asyncio.to_thread(model.count_tokens, [req.input_text])
-    vectors = await _embed(request.app[BATCHER_KEY], [req.input_text], req.normalize)
-    embedding = vectors[0].tolist()
-    payload: dict[str, Any] = {"embedding": embedding, "inputTextTokenCount": token_count}
-    if req.embedding_types is not None:
-        payload["embeddingsByType"] = {"float": embedding}
-    return _response(payload, request_id, token_count, started)
-
-
-async def _cohere(request: web.Request, body: dict[str, Any], request_id: str, started: float) -> web.Response:
-    settings = request.app[SETTINGS_KEY]
-    model = request.app[MODEL_KEY]
+    _, family = resolved
+    body = await _read_json_object(request)
     try:
-        req = CohereEmbedRequest.model_validate(body)
-    except pydantic.ValidationError as exc:
-        raise ValidationError(_describe(exc)) from None
-    if len(req.texts) > settings.max_texts_per_request:
+        req = parse_body(family, body, model.dimension)
+    except BodyError as exc:
+        raise ValidationError(str(exc)) from None
+    titan = req.family.startswith("titan")
+    if not titan and len(req.texts) > settings.max_texts_per_request:
         raise ValidationError(
             f"{MALFORMED}: texts has {len(req.texts)} items; the limit is {settings.max_texts_per_request}"
         )
     for i, text in enumerate(req.texts):
-        _check_text(text, f"texts[{i}]", settings.max_input_chars)
+        _check_text(text, "inputText" if titan else f"texts[{i}]", settings.max_input_chars)
     counts = await asyncio.to_thread(model.count_tokens, req.texts)
+    limit = min(model.max_text_tokens, req.max_tokens or model.max_text_tokens)
     texts = req.texts
-    if req.truncate == "NONE":
-        for i, n in enumerate(counts):
-            if n > model.max_text_tokens:
-                raise ValidationError(
-                    f"{MALFORMED}: texts[{i}] is {n} tokens long, over this model's limit of "
-                    f"{model.max_text_tokens}; shorten it or set truncate to END or START"
-                )
-    elif req.truncate == "START" and any(n > model.max_text_tokens for n in counts):
-        texts = await asyncio.to_thread(lambda: [model.truncate_start(t) for t in req.texts])
-    # END: the model itself keeps the first max_seq_length tokens.
-    vectors = await _embed(request.app[BATCHER_KEY], texts, True)
-    rows = vectors.tolist()
-    payload: dict[str, Any] = {"id": str(uuid.uuid4())}
-    if req.embedding_types is None:
-        payload.update(embeddings=rows, response_type="embeddings_floats")
-    else:
-        payload.update(embeddings={"float": rows}, response_type="embeddings_by_type")
-    payload["texts"] = req.texts
-    return _response(payload, request_id, sum(counts), started)
-
-
-async def invoke_model(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    request_id = str(uuid.uuid4())
-    _resolve_model_id(request.match_info["modelId"], request.app[SETTINGS_KEY])
-    body = await _read_json_object(request)
-    titan, cohere = "inputText" in body, "texts" in body
-    if titan and cohere:
+    over = [i for i, n in enumerate(counts) if n > limit]
+    if over and req.truncate == "error":
+        i = over[0]
+        cut = "START or END" if req.family == "cohere-v3" else "LEFT or RIGHT"
         raise ValidationError(
-            f"{MALFORMED}: the body has both inputText (Amazon Titan) and texts (Cohere Embed); send one"
+            f"{MALFORMED}: texts[{i}] is {counts[i]} tokens long, over the limit of {limit}; "
+            f"shorten it or set truncate to {cut}"
         )
-    if titan:
-        return await _titan(request, body, request_id, started)
-    if cohere:
-        return await _cohere(request, body, request_id, started)
-    raise ValidationError(
-        f"{MALFORMED}: the body needs inputText (Amazon Titan Text Embeddings) or texts (Cohere Embed)"
-    )
+    if over and req.truncate == "start":
+        texts = await asyncio.to_thread(lambda: [model.truncate_start(t, req.max_tokens) for t in req.texts])
+    elif over and limit < model.max_text_tokens:  # "end" below the model's own limit (Cohere v4 max_tokens)
+        texts = await asyncio.to_thread(lambda: [model.truncate_end(t, limit) for t in req.texts])
+    # Otherwise "end": the model itself keeps the first max_seq_length tokens.
+    vectors = await _embed(request.app[BATCHER_KEY], texts, req.normalize)
+    payload = titan_payload(req, vectors, counts[0]) if titan else cohere_payload(req, vectors, str(uuid.uuid4()))
+    return _response(payload, request_id, sum(counts), started)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -214,6 +138,7 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "model_id": settings.model_id,
+            "served_models": request.app[SERVED_KEY],
             "dimension": model.dimension,
             "max_seq_length": model.max_seq_length,
             "pending_texts": batcher.pending,
@@ -230,6 +155,7 @@ def create_app(settings: Settings | None = None, model: EmbeddingModel | None = 
         middlewares=[correlation_middleware, aws_error_middleware], client_max_size=settings.max_body_bytes
     )
     app[SETTINGS_KEY] = settings
+    app[SERVED_KEY] = served_models(settings)
 
     async def model_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded = model
@@ -244,7 +170,8 @@ def create_app(settings: Settings | None = None, model: EmbeddingModel | None = 
         )
         await batcher.start()
         app[BATCHER_KEY] = batcher
-        log.info("serving model id %s", settings.model_id)
+        served: dict[str, Family] = app[SERVED_KEY]
+        log.info("serving model ids %s", ", ".join(sorted(served)))
         yield
         await batcher.close()
 

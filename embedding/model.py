@@ -90,13 +90,15 @@ class EmbeddingModel:
         encodings = self._counter.encode_batch(list(texts), add_special_tokens=False)
         return [len(e.ids) for e in encodings]
 
-    def truncate_start(self, text: str) -> str:
-        """Drop the beginning of ``text`` so that what is left fits the model, cutting at a word start."""
+    def truncate_start(self, text: str, max_tokens: int | None = None) -> str:
+        """Drop the beginning of ``text`` so that what is left fits the model (or ``max_tokens``, if lower),
+        cutting at a word start."""
+        limit = min(self.max_text_tokens, max_tokens or self.max_text_tokens)
         enc = self._counter.encode(text, add_special_tokens=False)
         n = len(enc.ids)
-        if n <= self.max_text_tokens:
+        if n <= limit:
             return text
-        first = n - self.max_text_tokens
+        first = n - limit
         word_ids = enc.word_ids
         # Never start mid-word: re-tokenising a word's tail would give different tokens.
         while first < n and first > 0 and word_ids[first] is not None and word_ids[first] == word_ids[first - 1]:
@@ -104,6 +106,18 @@ class EmbeddingModel:
         if first >= n:
             return text[enc.offsets[-1][0] :]
         return text[enc.offsets[first][0] :]
+
+    def truncate_end(self, text: str, max_tokens: int) -> str:
+        """Keep the first ``max_tokens`` tokens of ``text`` (fewer if the last word would be cut)."""
+        enc = self._counter.encode(text, add_special_tokens=False)
+        n = len(enc.ids)
+        if n <= max_tokens:
+            return text
+        end = max_tokens  # index of the first dropped token
+        word_ids = enc.word_ids
+        while end > 1 and word_ids[end] is not None and word_ids[end] == word_ids[end - 1]:
+            end -= 1
+        return text[: enc.offsets[end - 1][1]]
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> Vectors:
         """Embed ``texts`` as float32 rows (L2-normalised unless ``normalize`` is false). Blocking."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedding.families import DEFAULT_MODEL_MAP, Family
+
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -25,9 +27,24 @@ class Settings(BaseSettings):
         default=DEFAULT_MODEL_ID,
         min_length=1,
         description=(
-            "The Bedrock modelId this service answers to, as in POST /model/{modelId}/invoke "
-            "(a foundation-model ARN ending in this id is accepted too). "
-            "Any other modelId gets 404 ResourceNotFoundException."
+            "The service's own model id, as in POST /model/{modelId}/invoke (a foundation-model ARN ending "
+            "in this id is accepted too); it takes either an Amazon Titan V2 or a Cohere v3 body. The Bedrock "
+            "ids of EMBEDDING_MODEL_MAP are served as well."
+        ),
+    )
+    model_map: dict[str, Family] = Field(
+        default_factory=lambda: dict(DEFAULT_MODEL_MAP),
+        description=(
+            "The Bedrock embedding model ids this service answers besides EMBEDDING_MODEL_ID, as a JSON object "
+            "{modelId: body family}; every id is served by the one local model, in its family's request and "
+            "response body. Families: titan-v1 (inputText), titan-v2 (inputText, dimensions, normalize, "
+            "embeddingTypes), cohere-v3 (texts, input_type, truncate NONE|START|END, embedding_types), "
+            "cohere-v4 (texts, input_type, output_dimension, max_tokens, truncate NONE|LEFT|RIGHT, "
+            "embedding_types), auto (a titan-v2 or cohere-v3 body). {} serves EMBEDDING_MODEL_ID only. "
+            "Foundation-model ARNs and system inference "
+            "profiles (us.cohere.embed-v4:0) of a mapped id are accepted; any other id gets 404 "
+            "ResourceNotFoundException. A dimensions / output_dimension other than the local model's (384 "
+            "for all-MiniLM-L6-v2) is a ValidationException; omitted, the model's own size is returned."
         ),
     )
     model_path: str | None = Field(

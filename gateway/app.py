@@ -6,11 +6,12 @@ The public application (``create_app``'s result; GATEWAY_HOST/PORT):
   by the REQUEST authorizer (``gateway/authorization.py``). ``$connect``/``$disconnect`` and every message
   become the event API Gateway sends Lambda and go to the route's function through the Lambda Invoke API
   (``gateway/integration.py``). Route selection: ``$request.body.action``, else ``$default``.
-- ``/v1/...``: the OpenAI-compatible HTTP API, a sub-application over the same integration and authorizer
-  (``gateway/http_api.py``); ``GET /openapi.json`` describes it (``gateway/openapi.py``).
+- ``/v1/...``, ``GET /openapi.json`` and the web chat under ``/ui/``: forwarded to the HTTP API function
+  (``python -m api``, GATEWAY_API_URL) as API Gateway proxies, the response streamed through
+  (``gateway/http_api.py``).
 - ``PUT /{stage}/uploads/...``: the presigned S3 PUT stand-in for a local documents folder
   (``gateway/uploads.py``).
-- ``/ui/``: the web chat (``gateway/web.py``); ``GET /health``: counts (``gateway/management.py``).
+- ``GET /health``: counts (``gateway/management.py``).
 - Every request's Host must name the gateway (``gateway/security.py``: 421 otherwise).
 
 The internal application (``app[MANAGEMENT_APP]``; GATEWAY_MANAGEMENT_HOST/PORT, served by
@@ -25,15 +26,13 @@ from aiohttp import web
 
 from gateway.authorization import Authorizer
 from gateway.connections import ConnectionTable
-from gateway.http_api import API_PREFIX, create_http_api, v1_refusal
+from gateway.http_api import API_PREFIX, ApiProxy, add_proxy_routes, v1_refusal
 from gateway.integration import LambdaIntegration
 from gateway.keys import AUTHORIZER, CONNECTIONS, INTEGRATION, MANAGEMENT_APP, POLICY, SETTINGS
 from gateway.management import add_health_route, add_management_routes, sigv4_only
-from gateway.openapi import openapi_json
 from gateway.security import OriginPolicy, host_guard
 from gateway.settings import Settings
 from gateway.uploads import add_upload_routes
-from gateway.web import add_web_routes
 from gateway.websocket import websocket_handler
 
 
@@ -62,9 +61,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(close_all)
     add_management_routes(management, settings.stage)
     add_health_route(app)
-    add_web_routes(app, settings.stage, gateways=settings.web_chat_gateways)
-    app.add_subapp(API_PREFIX, create_http_api(settings, integration, connections, authorizer, policy))
-    app.router.add_get("/openapi.json", openapi_json)
+    add_proxy_routes(app, ApiProxy(settings))
     add_upload_routes(app, settings.stage)
     app.router.add_get(f"/{settings.stage}", websocket_handler)
     app.router.add_get("/", websocket_handler)

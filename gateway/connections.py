@@ -21,6 +21,10 @@ def new_connection_id() -> str:
     return base64.b64encode(secrets.token_bytes(12)).decode()
 
 
+# API Gateway's own requestIds (in the messages it sends a client itself) have the same shape.
+new_request_id = new_connection_id
+
+
 class Socket(Protocol):
     """What the gateway uses of a connection's socket (aiohttp's WebSocketResponse, or a QueueSocket)."""
 
@@ -88,6 +92,9 @@ class Connection:
     # requestContext.authorizer of every event of this connection ({"principalId", **context}), set by
     # the $connect authorizer (or the /v1 request's); None only where identity does not apply.
     authorizer: dict[str, Any] | None = None
+    # The close code the gateway closed the connection with (idle, too old): $disconnect reports it, not the
+    # code the client echoed.
+    closed_with: int | None = None
 
     def touch(self) -> None:
         self.last_active = time.monotonic()

@@ -12,6 +12,13 @@ answers 429 (its concurrency is used up): a message gets a ``throttled`` error a
 retry); a call made for a connection (the authorizer, a routed ``$connect``/``$disconnect``), whose
 client cannot be told in-band, is retried with jittered backoff for up to ``CONNECTION_THROTTLE_WAIT_S``
 and only then refused (``connect_refusal``: 429 ``throttled``, never a bare 500).
+
+The integration timeout (GATEWAY_INTEGRATION_TIMEOUT_S, API Gateway's 29 s) has API Gateway's semantics for
+a WebSocket message: past it the client gets ``{"message": "Endpoint request timed out", "connectionId",
+"requestId"}`` (``timed_out``) and the invocation is *not* cancelled: the function runs on (holding its
+concurrency slot), its @connections posts still reach the client, and its return value is dropped. The
+gateway waits for it at most ``INVOCATION_CAP_S`` (Lambda's longest timeout). The HTTP API's
+pseudo-connections wait for the function to return (a Function URL has no 29 s cap).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.connections import Connection
+from gateway.limits import TokenBucket
 from gateway.settings import Settings
 from shared.events import EventType, build_event
 from shared.logs import bound, error_where
@@ -43,6 +51,20 @@ log = logging.getLogger(__name__)
 CONNECTION_THROTTLE_WAIT_S = 10.0
 # Backoff between throttled attempts: the first wait, doubling up to the last (each with jitter).
 THROTTLE_BACKOFF_S = (0.05, 1.0)
+# The longest a function may run (Lambda's largest Timeout): an invocation the client stopped waiting for
+# (the integration timeout passed) is awaited at most this long, so that its slot and log line come back.
+INVOCATION_CAP_S = 900.0
+
+
+def apigw_message(message: str, connection_id: str, request_id: str) -> bytes:
+    """A message API Gateway itself sends a WebSocket client (integration timeout, throttling, an integration
+    failure): ``{"message", "connectionId", "requestId"}``, the requestId being the event's."""
+    return json.dumps({"message": message, "connectionId": connection_id, "requestId": request_id}).encode()
+
+
+def timed_out(connection_id: str, request_id: str) -> bytes:
+    """What API Gateway sends when the integration timeout passes before the function answers."""
+    return apigw_message("Endpoint request timed out", connection_id, request_id)
 
 
 class InvokeFailed(Exception):
@@ -65,6 +87,11 @@ class Stats:
     invocations: int = 0
     posts: int = 0
     in_flight: int = 0  # messages (WebSocket and /v1) whose invocation has not returned yet
+    timed_out: int = 0  # messages whose client got "Endpoint request timed out" (their function ran on)
+    running_on: int = 0  # of those, invocations still running
+    throttled_messages: int = 0  # messages over the stage's throttle ("Too Many Requests"), never invoked
+    throttled_connects: int = 0  # handshakes over the new-connection rate (429)
+    throttled_posts: int = 0  # @connections calls over their rate (429 LimitExceededException)
     throttled: int = 0  # invocations a function refused with 429 (retried ones included)
 
 
@@ -96,6 +123,11 @@ class LambdaIntegration:
             name: asyncio.Semaphore(n) for name, n in settings.function_concurrency.items()
         }
         self._http: aiohttp.ClientSession | None = None
+        self._running_on: set[asyncio.Task[dict[str, Any] | None]] = set()
+        # API Gateway's throttles: the stage's messages, new connections, @connections calls.
+        self.message_throttle = TokenBucket(settings.throttling_rate_limit, settings.throttling_burst_limit)
+        self.connect_throttle = TokenBucket(settings.connect_rate_limit, settings.connect_rate_limit)
+        self.management_throttle = TokenBucket(settings.management_rate_limit, settings.management_rate_limit)
         if settings.internal.signing_key() is None:
             log.warning(
                 "no internal key (LOCALRAG_INTERNAL_ACCESS_KEY_ID/_SECRET_ACCESS_KEY): Invoke calls go unsigned "
@@ -109,6 +141,8 @@ class LambdaIntegration:
         try:
             yield
         finally:
+            for task in list(self._running_on):  # the gateway is stopping: nobody is left to drop it for
+                task.cancel()
             await self._http.close()
             self._http = None
 
@@ -171,10 +205,20 @@ class LambdaIntegration:
         except InvokeFailed as exc:
             log.warning("$disconnect failed for %s: %s", conn.id, exc.message)
 
-    async def message(self, conn: Connection, data: bytes, *, binary: bool = False, request_id: str | None) -> None:
+    async def message(
+        self,
+        conn: Connection,
+        data: bytes,
+        *,
+        binary: bool = False,
+        request_id: str | None,
+        timeout_s: float | None = None,
+    ) -> None:
         """Invoke the message's route and forward the two-way reply (or the failure) to the connection.
 
-        The function's other replies reach the connection through @connections while this waits."""
+        The function's other replies reach the connection through @connections while this waits.
+        `timeout_s`: the integration timeout (the WebSocket API's): past it the client gets API Gateway's
+        timeout message and the function runs on unawaited. None: wait for the function (the HTTP API)."""
         route_key = self.route_for(action_of(data))
         event = self.event(conn, route_key, "MESSAGE", body=data, binary=binary)
         # The correlation id of everything this message causes: the event's requestId (fresh per message, as
@@ -186,12 +230,23 @@ class LambdaIntegration:
             route=route_key,
         ):
             log.info("message on %s: route %s", conn.id, route_key)
-            await self._message(conn, route_key, event, request_id)
+            await self._message(conn, route_key, event, request_id, timeout_s)
 
-    async def _message(self, conn: Connection, route_key: str, event: dict[str, Any], request_id: str | None) -> None:
+    async def _message(
+        self, conn: Connection, route_key: str, event: dict[str, Any], request_id: str | None, timeout_s: float | None
+    ) -> None:
         self.stats.in_flight += 1
         try:
-            result = await self.invoke(route_key, event)
+            invocation = asyncio.create_task(self.invoke(route_key, event, timeout_s=INVOCATION_CAP_S))
+            try:
+                result = await asyncio.wait_for(asyncio.shield(invocation), timeout_s)
+            except TimeoutError:
+                if invocation.done():  # it ended just as the wait did: forward it after all
+                    result = invocation.result()
+                else:
+                    self._run_on(invocation, conn.id, route_key)
+                    await self.reply(conn, timed_out(conn.id, event["requestContext"]["requestId"]))
+                    return
             # A two-way route: the integration's response body goes back to the client.
             if result is not None and result.get("body"):
                 body = result["body"]
@@ -211,6 +266,35 @@ class LambdaIntegration:
         finally:
             self.stats.in_flight -= 1
 
+    def _run_on(self, invocation: asyncio.Task[dict[str, Any] | None], connection_id: str, route_key: str) -> None:
+        """The integration timeout passed: the client has been told; the function runs on, and whatever it
+        returns (or how it fails) is only logged."""
+        self.stats.timed_out += 1
+        self.stats.running_on += 1
+        self._running_on.add(invocation)
+        log.warning(
+            "message on %s (route %s): no answer within the %.1fs integration timeout; the function runs on",
+            connection_id,
+            route_key,
+            self.settings.integration_timeout_s,
+        )
+
+        def done(task: asyncio.Task[dict[str, Any] | None]) -> None:
+            self._running_on.discard(task)
+            self.stats.running_on -= 1
+            if task.cancelled():
+                return
+            exc = task.exception()
+            outcome = type(exc).__name__ if exc is not None else "returned"
+            log.info(
+                "the run-on invocation for %s (route %s) ended (%s); its result is dropped",
+                connection_id,
+                route_key,
+                outcome,
+            )
+
+        invocation.add_done_callback(done)
+
     @staticmethod
     async def reply(conn: Connection, data: bytes) -> None:
         """Send to the connection unless it has gone (then there is no one to tell)."""
@@ -222,15 +306,15 @@ class LambdaIntegration:
     # ------------------------------------------------------------------ Lambda Invoke
 
     async def invoke(
-        self, route_key: str, event: dict[str, Any], *, throttle_wait_s: float = 0.0
+        self, route_key: str, event: dict[str, Any], *, throttle_wait_s: float = 0.0, timeout_s: float | None = None
     ) -> dict[str, Any] | None:
         """Invoke the function behind `route_key` (Lambda Invoke API, RequestResponse); its result, or None
-        when no route has that key."""
+        when no route has that key. `timeout_s`: see ``call``."""
         function = self.settings.routes.get(route_key)
         if function is None:
             return None
         self.stats.invocations += 1
-        result = await self.call(function, event, throttle_wait_s=throttle_wait_s)
+        result = await self.call(function, event, throttle_wait_s=throttle_wait_s, timeout_s=timeout_s)
         if result.function_error:
             _, error_type = result.error()
             # The type only: the payload's errorMessage and stackTrace stay out of the log (house rule).
@@ -245,9 +329,13 @@ class LambdaIntegration:
             raise InvokeFailed(ErrorCode.FUNCTION_ERROR, "the function's answer is not JSON") from None
         return payload if isinstance(payload, dict) else None
 
-    async def call(self, function: str, event: dict[str, Any], *, throttle_wait_s: float = 0.0) -> Invocation:
+    async def call(
+        self, function: str, event: dict[str, Any], *, throttle_wait_s: float = 0.0, timeout_s: float | None = None
+    ) -> Invocation:
         """POST the event to the function's Invoke URL, signed (SigV4, service ``lambda``) with the stack's
-        internal key, within its concurrency slot and the integration timeout.
+        internal key, within its concurrency slot and `timeout_s` (default: the integration timeout, as for
+        the authorizer and $connect; a message's invocation passes INVOCATION_CAP_S and is timed by
+        ``message``).
 
         A throttled invocation (429) is retried with jittered exponential backoff for up to
         `throttle_wait_s` seconds (0: not retried), then fails with ``throttled``."""
@@ -260,12 +348,13 @@ class LambdaIntegration:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + throttle_wait_s
         backoff, backoff_max = THROTTLE_BACKOFF_S
+        limit_s = settings.integration_timeout_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(settings.integration_timeout_s):
+            async with asyncio.timeout(limit_s):
                 while True:
                     try:
                         async with slot or contextlib.nullcontext():
-                            return await self._post(function, url, event)
+                            return await self._post(function, url, event, limit_s)
                     except InvokeFailed as exc:
                         if exc.code != ErrorCode.THROTTLED:
                             raise
@@ -279,13 +368,13 @@ class LambdaIntegration:
                     await asyncio.sleep(wait)
                     backoff = min(backoff * 2, backoff_max)
         except TimeoutError:
-            log.error("invoke %s timed out after %.0fs", function, settings.integration_timeout_s)
+            log.error("invoke %s timed out after %.1fs", function, limit_s)
             raise InvokeFailed(ErrorCode.UPSTREAM_TIMEOUT, "the function did not answer in time") from None
 
-    async def _post(self, function: str, url: str, event: dict[str, Any]) -> Invocation:
+    async def _post(self, function: str, url: str, event: dict[str, Any], limit_s: float) -> Invocation:
         if self._http is None:
             raise RuntimeError("the Lambda integration's HTTP client is not open (client_ctx)")
-        timeout = aiohttp.ClientTimeout(total=self.settings.integration_timeout_s, connect=5)
+        timeout = aiohttp.ClientTimeout(total=limit_s, connect=5)
         body = json.dumps(event).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         key = self.settings.internal.signing_key()

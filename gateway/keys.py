@@ -1,6 +1,6 @@
 """The AppKeys of the gateway's applications (set by ``gateway.app.create_app``).
 
-The /v1 HTTP API is a sub-application with keys of its own (``gateway/http_api.py``).
+The /v1 HTTP API is not the gateway's: it forwards it to the api function (``gateway/http_api.py``).
 """
 
 from __future__ import annotations

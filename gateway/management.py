@@ -8,7 +8,8 @@ requests get AWS's 403 (MissingAuthenticationToken, UnrecognizedClientException,
 InvalidSignatureException). A connection that is closed (or a pseudo-connection whose HTTP request is
 over) answers 410 GoneException, as AWS does. Connection ids may contain ``/`` and ``+`` (they are base64,
 like AWS's): clients percent-encode them in the path, as botocore does, and aiohttp decodes them before
-the lookup.
+the lookup. Data over 128 KB (GATEWAY_MAX_MESSAGE_BYTES) gets 413 PayloadTooLargeException; calls over
+GATEWAY_MANAGEMENT_RATE_LIMIT get 429 LimitExceededException (botocore's 'standard' retry mode retries it).
 
 ``GET /health`` (public listener) tells counts only: connections, invocations in flight, and so on.
 """
@@ -87,7 +88,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def sigv4_only(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request of the internal listener must be signed (SigV4, ``execute-api``) with the internal key."""
-    body = await request.read()  # the payload is signed too; read() keeps it for the handler
+    try:
+        body = await request.read()  # the payload is signed too; read() keeps it for the handler
+    except web.HTTPRequestEntityTooLarge:  # over the application's client_max_size: AWS's 413, in its shape
+        return aws_error_response(413, "PayloadTooLargeException", "Message too large")
     host = request.headers.get("Host", request.host)
     url = f"{request.scheme}://{host}{request.raw_path}"
     keys = request.app[SETTINGS].internal.verification_keys()
@@ -103,9 +107,22 @@ def add_health_route(app: web.Application) -> None:
     app.router.add_get("/health", health)
 
 
+def throttled(handler: Handler) -> Handler:
+    """The @connections rate (API Gateway's account-level throttle): over it, 429 LimitExceededException."""
+
+    async def limited(request: web.Request) -> web.StreamResponse:
+        integration = request.app[INTEGRATION]
+        if not integration.management_throttle.take():
+            integration.stats.throttled_posts += 1
+            return aws_error_response(429, "LimitExceededException", "Rate exceeded")
+        return await handler(request)
+
+    return limited
+
+
 def add_management_routes(app: web.Application, stage: str) -> None:
     """@connections, with and without the stage prefix (on the internal application, behind sigv4_only)."""
     for prefix in ("", f"/{stage}"):
-        app.router.add_post(prefix + "/@connections/{connection_id}", post_to_connection)
-        app.router.add_get(prefix + "/@connections/{connection_id}", get_connection)
-        app.router.add_delete(prefix + "/@connections/{connection_id}", delete_connection)
+        app.router.add_post(prefix + "/@connections/{connection_id}", throttled(post_to_connection))
+        app.router.add_get(prefix + "/@connections/{connection_id}", throttled(get_connection))
+        app.router.add_delete(prefix + "/@connections/{connection_id}", throttled(delete_connection))

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.protocol import MAX_MESSAGE_BYTES, route_table
 from shared.settings import AuthSettings, DocumentsSettings, InternalAuthSettings, comma_list
 
+# API Gateway's WebSocket frame size quota (a message may span several frames, up to 128 KB in all).
+MAX_FRAME_BYTES = 32 * 1024
+
 DEFAULT_FUNCTIONS = {
     "ingestion": "http://127.0.0.1:9001/2015-03-31/functions/ingestion/invocations",
     "chat": "http://127.0.0.1:9002/2015-03-31/functions/chat/invocations",
@@ -92,19 +95,72 @@ class Settings(BaseSettings):
         "(within the integration timeout). Unset = no limit. Compose sets 1: the Lambda base image's "
         "emulator serves one invocation at a time.",
     )
-    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1, description="Largest client message (API Gateway: 128 KB).")
-    hard_max_message_bytes: int = Field(
-        4 * MAX_MESSAGE_BYTES,
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
         ge=1,
-        description="Frames above this are refused by the WebSocket layer (close 1009); between the two limits "
-        "the client gets a message_too_large error and stays connected.",
+        description="Largest message, in either direction (API Gateway: 128 KB): a client message over it "
+        "gets a message_too_large error if it is under GATEWAY_HARD_MAX_MESSAGE_BYTES; an @connections POST "
+        "over it gets 413 PayloadTooLargeException.",
+    )
+    hard_max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=1,
+        description="Client messages above this (all their frames together) close the connection with 1009, as "
+        "API Gateway does above 128 KB. Raise it above GATEWAY_MAX_MESSAGE_BYTES to answer messages between the "
+        "two with a message_too_large error instead, the connection staying open.",
+    )
+    max_frame_bytes: int = Field(
+        MAX_FRAME_BYTES,
+        ge=125,
+        description="Largest WebSocket frame a client may send (API Gateway: 32 KB; a larger message must be "
+        "sent in several frames): a larger one closes the connection with 1009. The gateway negotiates no "
+        "compression (API Gateway does not), so this is the frame's size as sent.",
     )
     idle_timeout_s: float = Field(600.0, gt=0, description="Close a connection idle this long (API Gateway: 10 min).")
+    max_connection_s: float = Field(
+        7200.0,
+        gt=0,
+        description="Close a connection this long after it opened, however busy (API Gateway: 2 hours), with "
+        "1001 'Going away'; $disconnect runs as usual.",
+    )
     integration_timeout_s: float = Field(
-        300.0, gt=0, description="Wait this long for a lambda invocation (API Gateway's own cap is 29 s)."
+        29.0,
+        gt=0,
+        description="How long a message waits for its route's function (API Gateway: 29 s, TimeoutInMillis in "
+        'template.yaml). Then the client gets API Gateway\'s {"message": "Endpoint request timed out"} while '
+        "the function runs on: its later @connections posts still arrive, its return value is dropped.",
+    )
+    throttling_rate_limit: float = Field(
+        10_000.0,
+        gt=0,
+        description="Messages per second the stage accepts, all connections together (API Gateway's "
+        "account-level default, 10,000; template.yaml's stage sets ThrottlingRateLimit 20, which "
+        "GATEWAY_THROTTLING_RATE_LIMIT=20 reproduces). A message over it gets API Gateway's "
+        '{"message": "Too Many Requests"} and invokes nothing; the connection stays open.',
+    )
+    throttling_burst_limit: int = Field(
+        5_000,
+        ge=1,
+        description="Messages the stage accepts in a burst (API Gateway's account-level default, 5,000; "
+        "template.yaml's ThrottlingBurstLimit is 50).",
+    )
+    connect_rate_limit: float = Field(
+        500.0,
+        gt=0,
+        description="New connections per second (and in a burst) the gateway accepts (API Gateway: 500 per "
+        "account and region); more are refused with 429 before the authorizer runs.",
+    )
+    management_rate_limit: float = Field(
+        10_000.0,
+        gt=0,
+        description="@connections calls per second (and in a burst) the internal listener accepts (API "
+        "Gateway's account-level throttle: 10,000 per second); more get 429 LimitExceededException.",
     )
     max_inflight_per_connection: int = Field(
-        4, ge=1, description="Invocations in flight per connection; more get a 'throttled' error."
+        4,
+        ge=1,
+        description="Invocations in flight per connection; more get a 'throttled' protocol error (a local guard, "
+        "not an API Gateway quota; a function refusing with 429 gives the same error).",
     )
     log_level: str = Field("INFO", description="Log level.")
     region: str = Field(
@@ -136,14 +192,14 @@ class Settings(BaseSettings):
     )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Browser origins (scheme://host[:port]) allowed to open the WebSocket and call /v1, "
-        "comma-separated, besides the gateway's own (http(s)://{an allowed host}). Requests without Origin "
-        "(CLI, SDKs) pass; another Origin gets 403.",
+        description="Browser origins (scheme://host[:port]) allowed to open the WebSocket (/v1's are "
+        "API_ALLOWED_ORIGINS), comma-separated, besides the gateway's own (http(s)://{an allowed host}). "
+        "Requests without Origin (CLI, SDKs) pass; another Origin gets 403.",
     )
-    http_max_body_bytes: int = Field(
-        1024 * 1024,
-        ge=1,
-        description="Largest request body of the OpenAI-compatible HTTP API under /v1 (larger: 413).",
+    api_url: str = Field(
+        "http://127.0.0.1:8004",
+        description="The HTTP API function (python -m api): /v1, /openapi.json and the web chat under /ui are "
+        "forwarded to it as API Gateway proxies (streamed, the client's headers intact).",
     )
     # -- the local stand-in for presigned S3 PUTs (documents in a local folder)
     documents: DocumentsSettings = Field(
@@ -153,11 +209,6 @@ class Settings(BaseSettings):
         "when it is a local folder, checks RAG_UPLOAD_SECRET and refuses bodies over RAG_MAX_UPLOAD_BYTES.",
     )
 
-    web_chat_gateways: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Other gateways (ws:// or wss:// origins) the web chat's ?ws= may connect to, "
-        "comma-separated; it sends them its key. Unset = only the gateway that served the page.",
-    )
     auth: AuthSettings = Field(
         default_factory=AuthSettings,
         description="RAG_AUTH, as the authorizer and the CLI read it: 'none' switches identity off.",
@@ -168,9 +219,7 @@ class Settings(BaseSettings):
         "@connections accepts only requests signed with it.",
     )
 
-    @field_validator(
-        "authorizer_identity_sources", "allowed_hosts", "allowed_origins", "web_chat_gateways", mode="before"
-    )
+    @field_validator("authorizer_identity_sources", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return comma_list(value)
@@ -200,17 +249,6 @@ class Settings(BaseSettings):
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
                 raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]); '*' is not accepted")
-            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
-        return out
-
-    @field_validator("web_chat_gateways")
-    @classmethod
-    def _gateways(cls, value: list[str]) -> list[str]:
-        out = []
-        for origin in value:
-            parts = urlsplit(origin)
-            if parts.scheme not in ("ws", "wss") or not parts.netloc or parts.path not in ("", "/"):
-                raise ValueError(f"{origin!r} is not a WebSocket origin (ws://host[:port] or wss://host[:port])")
             out.append(f"{parts.scheme}://{parts.netloc.lower()}")
         return out
 

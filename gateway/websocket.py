@@ -7,6 +7,19 @@ rejects it). Each message is checked against API Gateway's limits and handed to 
 (``gateway/integration.py``); ``$disconnect`` is invoked when the socket closes, however it closes. Every
 event carries the authorizer's context in ``requestContext.authorizer``.
 
+API Gateway's quotas, by default at AWS's values (``gateway/settings.py`` loosens them):
+
+- new connections over GATEWAY_CONNECT_RATE_LIMIT: the handshake gets 429 ``{"message": "Too Many
+  Requests"}`` before the authorizer runs;
+- a frame over 32 KB, or a message over 128 KB in all its frames: the connection closes with 1009;
+- a message over the stage's throttle (rate and burst): ``{"message": "Too Many Requests", "connectionId",
+  "requestId"}``, nothing is invoked, the connection stays open. Not to be confused with our protocol's
+  ``throttled`` error (``{"type": "error", "code": "throttled", "request_id"}``): that one means the
+  *function* is busy (its concurrency is used up, or GATEWAY_MAX_INFLIGHT_PER_CONNECTION is reached);
+- a function that has not answered within the integration timeout (29 s): ``{"message": "Endpoint request
+  timed out", ...}`` while the function runs on (``gateway/integration.py``);
+- idle for 10 minutes, or open for 2 hours: closed with 1001 (Going away); $disconnect runs as usual.
+
 Subprotocol: browsers cannot set headers on a WebSocket, so the web chat offers ``localrag.v1`` and
 ``localrag.bearer.<credential>``; the handshake answers ``localrag.v1`` only (never the credential).
 """
@@ -20,9 +33,10 @@ import time
 from aiohttp import WSMsgType, web
 
 from gateway.authorization import Call, Refused
-from gateway.connections import Connection, new_connection_id
-from gateway.integration import InvokeFailed, LambdaIntegration, connect_refusal
+from gateway.connections import Connection, new_connection_id, new_request_id
+from gateway.integration import InvokeFailed, LambdaIntegration, apigw_message, connect_refusal
 from gateway.keys import AUTHORIZER, CONNECTIONS, INTEGRATION, POLICY, SETTINGS
+from gateway.limits import FrameLimitedResponse
 from gateway.settings import Settings
 from shared.protocol import ErrorCode, encode, error, request_id_of
 
@@ -58,8 +72,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings, integration, connections = app[SETTINGS], app[INTEGRATION], app[CONNECTIONS]
     if not app[POLICY].request_origin_allowed(request):
         return refusal(403, "origin_not_allowed")
+    if not integration.connect_throttle.take():
+        integration.stats.throttled_connects += 1
+        return refusal(429, "throttled")
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    ws = web.WebSocketResponse(max_msg_size=settings.hard_max_message_bytes, heartbeat=30.0, protocols=(SUBPROTOCOL,))
+    ws = FrameLimitedResponse(
+        max_frame_bytes=settings.max_frame_bytes,
+        # aiohttp refuses a message of exactly max_msg_size bytes: the limit itself is allowed.
+        max_msg_size=settings.hard_max_message_bytes + 1,
+        heartbeat=30.0,
+        protocols=(SUBPROTOCOL,),
+    )
     conn = Connection(
         id=new_connection_id(),
         ws=ws,
@@ -85,7 +108,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     connections.add(conn)
     log.info("connected %s from %s", conn.id, conn.source_ip)
     tasks: set[asyncio.Task[None]] = set()
-    idle = asyncio.create_task(_idle_watch(conn, settings.idle_timeout_s))
+    idle = asyncio.create_task(_lifetime_watch(conn, settings.idle_timeout_s, settings.max_connection_s))
     try:
         async for msg in ws:
             conn.touch()
@@ -104,7 +127,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
-        close_code = ws.close_code
+        close_code = conn.closed_with or ws.close_code
         idle.cancel()
         connections.remove(conn.id)
         log.info("disconnected %s (%s)", conn.id, close_code)
@@ -113,14 +136,24 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _idle_watch(conn: Connection, idle_timeout_s: float) -> None:
+async def _lifetime_watch(conn: Connection, idle_timeout_s: float, max_connection_s: float) -> None:
+    """Close the connection when it has been idle for `idle_timeout_s`, or open for `max_connection_s`."""
+    opened = time.monotonic()
     while not conn.ws.closed:
-        remaining = idle_timeout_s - (time.monotonic() - conn.last_active)
-        if remaining <= 0:
+        now = time.monotonic()
+        idle_left = idle_timeout_s - (now - conn.last_active)
+        age_left = max_connection_s - (now - opened)
+        if age_left <= 0:
+            log.info("closing connection %s: open for %.0fs, the longest a connection lasts", conn.id, max_connection_s)
+            conn.closed_with = 1001
+            await conn.ws.close(code=1001, message=b"Going away")
+            return
+        if idle_left <= 0:
             log.info("closing idle connection %s", conn.id)
+            conn.closed_with = 1001
             await conn.ws.close(code=1001, message=b"Going away: idle timeout")
             return
-        await asyncio.sleep(min(remaining, 5.0))
+        await asyncio.sleep(min(idle_left, age_left, 5.0))
 
 
 async def _on_message(
@@ -145,6 +178,11 @@ async def _on_message(
         except UnicodeDecodeError:
             await refuse(ErrorCode.INVALID_UTF8, "the message is not valid UTF-8", None)
             return
+    if not integration.message_throttle.take():
+        # API Gateway's answer to a throttled message (the stage's rate/burst): no function runs.
+        integration.stats.throttled_messages += 1
+        await integration.reply(conn, apigw_message("Too Many Requests", conn.id, new_request_id()))
+        return
     request_id = request_id_of(data)
     if not data.strip():
         await refuse(ErrorCode.EMPTY_MESSAGE, "the message is empty", request_id)
@@ -158,6 +196,8 @@ async def _on_message(
         return
     conn.inflight += 1
     try:
-        await integration.message(conn, data, binary=binary, request_id=request_id)
+        await integration.message(
+            conn, data, binary=binary, request_id=request_id, timeout_s=settings.integration_timeout_s
+        )
     finally:
         conn.inflight -= 1

@@ -5,10 +5,14 @@ Routes:
 * ``GET  /health``                          liveness plus generation counters
 * ``POST /model/{modelId}/converse``        Bedrock Converse (JSON in, JSON out)
 * ``POST /model/{modelId}/converse-stream`` Bedrock ConverseStream (``application/vnd.amazon.eventstream``)
+* ``POST /model/{modelId}/invoke``          Bedrock InvokeModel, with the model family's own body
+* ``POST /model/{modelId}/invoke-with-response-stream``  InvokeModelWithResponseStream (``chunk`` events)
 * ``POST /v1/chat/completions``             OpenAI-compatible, ``stream`` true (SSE) or false
 * ``GET  /v1/models``                       OpenAI-compatible model list
 
-boto3's ``bedrock-runtime`` client works against it unchanged with ``endpoint_url`` pointing here.
+``{modelId}`` is any id of the model map (LLM_MODEL_IDS plus LLM_MODEL_ID: Bedrock ids of the common text
+families, their cross-region inference profiles and ARNs; llm/families.py), all served by the one local
+model. boto3's ``bedrock-runtime`` client works against it unchanged with ``endpoint_url`` pointing here.
 Errors follow AWS conventions (``x-amzn-ErrorType``), so botocore raises the usual ``ClientError`` codes;
 on the /v1 routes they follow OpenAI's ``{"error": {...}}`` shape instead.
 """
@@ -18,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -34,7 +39,8 @@ from llm.converse_models import (
 )
 from llm.engine import Engine, Generation, GenerationFailed, GenerationParams, StopReason
 from llm.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
-from llm.eventstream import encode_event, encode_exception
+from llm.eventstream import encode_chunk, encode_event, encode_exception
+from llm.families import ModelMap, Outcome, Renderer, ServedModel, TextRequest, parse_request
 from llm.model_fetch import ensure_model
 from llm.settings import Settings
 from shared.aws_http import AwsError, ModelTimeout, ResourceNotFound, aws_error_middleware
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
+MODELS = web.AppKey("models", ModelMap)
 
 
 class ModelError(AwsError):
@@ -69,7 +76,8 @@ class ClientGone(Exception):
     """The HTTP client disconnected before the answer was complete."""
 
 
-# Exceptions a ConverseStream response may carry in an exception frame (botocore's output shape members).
+# Exceptions a ConverseStream / InvokeModelWithResponseStream response may carry in an exception frame
+# (members of botocore's ConverseStreamOutput / ResponseStream shapes).
 _STREAM_EXCEPTIONS = {
     "ValidationException": "validationException",
     "ThrottlingException": "throttlingException",
@@ -84,6 +92,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         client_max_size=settings.max_body_bytes, middlewares=[correlation_middleware, aws_error_middleware]
     )
     app[SETTINGS] = settings
+    app[MODELS] = ModelMap(settings.model_ids, settings.model_id)
     if engine is not None:
         app[ENGINE] = engine
     else:
@@ -91,6 +100,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.router.add_get("/health", health)
     app.router.add_post("/model/{modelId}/converse", converse)
     app.router.add_post("/model/{modelId}/converse-stream", converse_stream)
+    app.router.add_post("/model/{modelId}/invoke", invoke)
+    app.router.add_post("/model/{modelId}/invoke-with-response-stream", invoke_stream)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     return app
@@ -124,10 +135,9 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _check_model_id(request: web.Request, model_id: str) -> None:
-    served = request.app[SETTINGS].model_id
-    if model_id != served:
-        raise ResourceNotFound(f"Model {model_id!r} not found: this endpoint serves only {served!r} (LLM_MODEL_ID).")
+def _model(request: web.Request) -> ServedModel:
+    """The requested model of the model map, or 400 ValidationException (Bedrock's answer to an unknown id)."""
+    return request.app[MODELS].resolve(request.match_info["modelId"])
 
 
 def _converse_params(req: ConverseRequest, settings: Settings) -> GenerationParams:
@@ -142,6 +152,21 @@ def _converse_params(req: ConverseRequest, settings: Settings) -> GenerationPara
         repeat_penalty=settings.repeat_penalty if extra.repeat_penalty is None else extra.repeat_penalty,
         frequency_penalty=settings.frequency_penalty if extra.frequency_penalty is None else extra.frequency_penalty,
         presence_penalty=settings.presence_penalty if extra.presence_penalty is None else extra.presence_penalty,
+    )
+
+
+def _text_params(req: TextRequest, settings: Settings) -> GenerationParams:
+    """A family request's generation: unset sampling fields take the LLM_* defaults."""
+    return GenerationParams(
+        messages=req.messages,
+        max_tokens=req.max_tokens or settings.max_tokens,
+        temperature=settings.temperature if req.temperature is None else req.temperature,
+        top_p=req.top_p,
+        stop=req.stop,
+        top_k=settings.top_k if req.top_k is None else req.top_k,
+        repeat_penalty=settings.repeat_penalty,
+        frequency_penalty=settings.frequency_penalty,
+        presence_penalty=settings.presence_penalty,
     )
 
 
@@ -189,7 +214,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def converse(request: web.Request) -> web.StreamResponse:
-    _check_model_id(request, request.match_info["modelId"])
+    _model(request)
     req = parse_body(ConverseRequest, await request.read())
     started = time.monotonic()
     try:
@@ -207,35 +232,148 @@ async def converse(request: web.Request) -> web.StreamResponse:
 
 
 async def converse_stream(request: web.Request) -> web.StreamResponse:
-    _check_model_id(request, request.match_info["modelId"])
+    _model(request)
     req = parse_body(ConverseRequest, await request.read())
-    settings, engine = request.app[SETTINGS], request.app[ENGINE]
-    params = _converse_params(req, settings)
     started = time.monotonic()
+
+    def start(gen: Generation) -> list[bytes]:
+        return [encode_event("messageStart", {"role": "assistant"})]
+
+    def piece(text: str, gen: Generation) -> bytes:  # each token goes out as soon as it is produced
+        return encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}})
+
+    def end(gen: Generation, first_byte_ms: int) -> list[bytes]:
+        return [
+            encode_event("contentBlockStop", {"contentBlockIndex": 0}),
+            encode_event("messageStop", {"stopReason": gen.stop_reason}),
+            encode_event("metadata", {"usage": _usage(gen), "metrics": {"latencyMs": _elapsed_ms(started)}}),
+        ]
+
+    return await _stream(
+        request,
+        _converse_params(req, request.app[SETTINGS]),
+        headers={"Content-Type": EVENTSTREAM_CONTENT_TYPE, "x-amzn-RequestId": _request_id()},
+        start=start,
+        piece=piece,
+        end=end,
+        timeout_kind="modelStreamErrorException",
+        what="converse-stream",
+    )
+
+
+def _outcome(text: str, gen: Generation, started: float, first_byte_ms: int) -> Outcome:
+    return Outcome(
+        text=text,
+        stop_reason=gen.stop_reason,
+        input_tokens=gen.input_tokens,
+        output_tokens=gen.output_tokens,
+        stop_sequence=gen.stop_sequence,
+        latency_ms=_elapsed_ms(started),
+        first_byte_ms=first_byte_ms,
+    )
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    """InvokeModel: the body in the model family's format, the answer in that family's response body."""
+    model = _model(request)
+    family, req = parse_request(model.family, await request.read())
+    started = time.monotonic()
+    try:
+        text, gen = await _generate_text(request, _text_params(req, request.app[SETTINGS]))
+    except ClientGone:
+        log.info("invoke: client disconnected, generation stopped")
+        return web.Response(status=499)
+    outcome = _outcome(text, gen, started, _elapsed_ms(started))
+    body = Renderer(family, model.model_id).body(outcome)
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+        content_type="application/json",  # as Bedrock sends it (no charset parameter)
+        headers={
+            "x-amzn-RequestId": _request_id(),
+            "X-Amzn-Bedrock-Invocation-Latency": str(outcome.latency_ms),
+            "X-Amzn-Bedrock-Input-Token-Count": str(outcome.input_tokens),
+            "X-Amzn-Bedrock-Output-Token-Count": str(outcome.output_tokens),
+        },
+    )
+
+
+async def invoke_stream(request: web.Request) -> web.StreamResponse:
+    """InvokeModelWithResponseStream: the family's stream chunks, each a ``chunk`` event whose payload is
+    ``{"bytes": base64(chunk JSON)}``; the last carries ``amazon-bedrock-invocationMetrics``."""
+    model = _model(request)
+    family, req = parse_request(model.family, await request.read())
+    renderer = Renderer(family, model.model_id)
+    started = time.monotonic()
+    parts: list[str] = []
+
+    def chunk(payload: dict[str, object]) -> bytes:
+        return encode_chunk(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+    def start(gen: Generation) -> list[bytes]:
+        return [chunk(c) for c in renderer.start(gen.input_tokens)]
+
+    def piece(text: str, gen: Generation) -> bytes:
+        parts.append(text)
+        return chunk(renderer.delta(text, gen.input_tokens))
+
+    def end(gen: Generation, first_byte_ms: int) -> list[bytes]:
+        return [chunk(c) for c in renderer.end(_outcome("".join(parts), gen, started, first_byte_ms))]
+
+    return await _stream(
+        request,
+        _text_params(req, request.app[SETTINGS]),
+        headers={
+            "Content-Type": EVENTSTREAM_CONTENT_TYPE,
+            "X-Amzn-Bedrock-Content-Type": "application/json",
+            "x-amzn-RequestId": _request_id(),
+        },
+        start=start,
+        piece=piece,
+        end=end,
+        timeout_kind="modelTimeoutException",
+        what="invoke-with-response-stream",
+    )
+
+
+async def _stream(
+    request: web.Request,
+    params: GenerationParams,
+    *,
+    headers: dict[str, str],
+    start: Callable[[Generation], list[bytes]],
+    piece: Callable[[str, Generation], bytes],
+    end: Callable[[Generation, int], list[bytes]],
+    timeout_kind: str,
+    what: str,
+) -> web.StreamResponse:
+    """Run one generation as an event stream: ``start`` frames, one ``piece`` frame per text delta (sent as
+    soon as it is produced), ``end`` frames. Errors before the response starts are AWS JSON errors; after,
+    exception frames."""
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    started = time.monotonic()
+    first_byte_ms: int | None = None
     resp: web.StreamResponse | None = None
     try:
         async with engine.generation(params) as gen, asyncio.timeout(settings.request_timeout_s):
             # Admission and prompt checks passed: from here on errors travel as exception frames.
-            resp = web.StreamResponse(
-                headers={"Content-Type": EVENTSTREAM_CONTENT_TYPE, "x-amzn-RequestId": _request_id()}
-            )
+            resp = web.StreamResponse(headers=headers)
             await resp.prepare(request)
-            await resp.write(encode_event("messageStart", {"role": "assistant"}))
-            async for piece in gen:  # each token goes out as soon as it is produced
-                await resp.write(encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}}))
-            await resp.write(encode_event("contentBlockStop", {"contentBlockIndex": 0}))
-            await resp.write(encode_event("messageStop", {"stopReason": gen.stop_reason}))
-            await resp.write(
-                encode_event("metadata", {"usage": _usage(gen), "metrics": {"latencyMs": _elapsed_ms(started)}})
-            )
+            for frame in start(gen):
+                await resp.write(frame)
+            async for text in gen:
+                if first_byte_ms is None:
+                    first_byte_ms = _elapsed_ms(started)
+                await resp.write(piece(text, gen))
+            for frame in end(gen, _elapsed_ms(started) if first_byte_ms is None else first_byte_ms):
+                await resp.write(frame)
     except ConnectionResetError:
-        log.info("converse-stream: client disconnected, generation stopped")
+        log.info("%s: client disconnected, generation stopped", what)
         return resp or web.Response(status=499)
     except TimeoutError:
         msg = f"Model generation did not finish within {settings.request_timeout_s:g}s (LLM_REQUEST_TIMEOUT_S)."
         if resp is None:
             raise ModelTimeout(msg) from None
-        await _write_quietly(resp, encode_exception("modelStreamErrorException", msg))
+        await _write_quietly(resp, encode_exception(timeout_kind, msg))
     except GenerationFailed as exc:
         if resp is None:
             raise ModelError(str(exc)) from None
@@ -249,7 +387,8 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
         if resp is None:
             raise
         log.error(
-            "converse-stream failed after the response started: %s at %s",
+            "%s failed after the response started: %s at %s",
+            what,
             type(exc).__name__,
             error_where(exc.__traceback__),
             extra={"error_type": type(exc).__name__},
@@ -300,8 +439,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     settings, engine = request.app[SETTINGS], request.app[ENGINE]
     req = parse_body(LlmChatCompletionRequest, await request.read())
-    if req.model is not None:
-        _check_model_id(request, req.model)
+    if req.model is not None and req.model not in request.app[MODELS]:
+        raise ResourceNotFound(
+            f"Model {req.model!r} not found: this endpoint serves {settings.model_id!r} and the Bedrock ids of "
+            "LLM_MODEL_IDS."
+        )
     params = GenerationParams(
         messages=openai_chat_messages(req),
         max_tokens=req.max_completion_tokens or req.max_tokens or settings.max_tokens,

@@ -151,6 +151,7 @@ class _Started:
 class _Done:
     stop_reason: StopReason
     output_tokens: int
+    stop_sequence: str | None = None  # the stop sequence that ended it (stop_reason "stop_sequence")
 
 
 @dataclass
@@ -164,6 +165,7 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = tuple(s for s in stops if s)
         self.pending = ""
+        self.matched: str | None = None  # the stop sequence found
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add generated text; return (text safe to emit now, whether a stop sequence was hit)."""
@@ -171,9 +173,10 @@ class StopMatcher:
         if not self.stops:
             out, self.pending = self.pending, ""
             return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s, i in ((s, self.pending.find(s)) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            out, self.pending = self.pending[:at], ""
             return out, True
         hold = 0
         for s in self.stops:
@@ -393,6 +396,7 @@ class Generation:
         self.cached_tokens = 0  # prompt tokens reused from an evaluated prefix, not evaluated again
         self.output_tokens = 0
         self.stop_reason: StopReason | None = None
+        self.stop_sequence: str | None = None  # which stop sequence ended it, if one did
         self._cancel = threading.Event()
         self._queue: asyncio.Queue[_Item] | None = None
         self._future: asyncio.Future[None] | None = None
@@ -470,6 +474,7 @@ class Generation:
         self._finished = True
         if isinstance(item, _Done):
             self.stop_reason = item.stop_reason
+            self.stop_sequence = item.stop_sequence
             self.output_tokens = item.output_tokens
             raise StopAsyncIteration
         if isinstance(item, _Failed):
@@ -571,4 +576,4 @@ class Generation:
             if rest:
                 emit(rest)
             n_out = self._sampled
-        emit(_Done(reason, n_out))
+        emit(_Done(reason, n_out, matcher.matched if hit_stop else None))

@@ -9,11 +9,14 @@ Each message is::
     payload:  bytes (here: JSON)
     trailer:  CRC32 of everything above (u32 BE)
 
-Only string-valued headers are produced, which is all the Bedrock event shapes need.
+Only string-valued headers are produced, which is all the Bedrock event shapes need. InvokeModelWithResponseStream
+wraps each of the model's own JSON chunks in a ``chunk`` event whose payload is ``{"bytes": base64(chunk)}``
+(botocore's PayloadPart; it hands the decoded bytes to the caller).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import zlib
@@ -68,6 +71,11 @@ def encode_event(event_type: str, payload: Mapping[str, Any]) -> bytes:
         {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
         _json(payload),
     )
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """An InvokeModelWithResponseStream ``chunk`` event carrying ``data`` (the model's JSON chunk)."""
+    return encode_event("chunk", {"bytes": base64.b64encode(data).decode("ascii")})
 
 
 def encode_exception(exception_type: str, message: str) -> bytes:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from llm.families import DEFAULT_MODEL_IDS, FAMILIES, parse_model_ids
 
 DEFAULT_MODEL_URL = (
     "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf"
@@ -22,8 +25,20 @@ class Settings(BaseSettings):
     model_id: str = Field(
         default="local-llm",
         description=(
-            "The Bedrock modelId this service answers to in /model/{modelId}/converse[-stream] "
-            "(and the OpenAI model name); any other id gets 404 ResourceNotFoundException."
+            "The local model's own id: the OpenAI model name of /v1, and a Bedrock modelId it answers to "
+            "besides LLM_MODEL_IDS (its InvokeModel body may be any family's)."
+        ),
+    )
+    model_ids: Annotated[list[str], NoDecode] = Field(
+        default=list(DEFAULT_MODEL_IDS),
+        description=(
+            "Bedrock text-model ids the local model also answers to (Converse, ConverseStream, InvokeModel, "
+            "InvokeModelWithResponseStream), comma-separated; each also in its us./eu./apac./global. "
+            "inference-profile form and as a foundation-model or inference-profile ARN. An entry is `id` "
+            "(the InvokeModel body family follows from the provider prefix: anthropic., amazon.nova-, meta., "
+            "mistral., amazon.titan-text-) or `id=family` (family: " + ", ".join(FAMILIES) + "). Default: "
+            "the Claude 3/3.5/3.7/4/4.5, Nova, Llama 3.x, Mistral 7B/Mixtral/Small/Large and Titan Text ids. "
+            "Any other id gets 400 ValidationException, as on Bedrock."
         ),
     )
     model_path: Path | None = Field(
@@ -137,6 +152,16 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1024, description="Largest accepted request body in bytes (larger: 413)."
     )
     log_level: str = Field(default="INFO", description="Python logging level (DEBUG, INFO, WARNING, ...).")
+
+    @field_validator("model_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        """``LLM_MODEL_IDS=a,b=llama`` (comma or whitespace separated); each entry is checked."""
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if isinstance(value, list):
+            parse_model_ids(str(v) for v in value)  # raises ValueError naming a bad entry
+        return value
 
     @field_validator("model_path", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings
 # inherits from, or nests, another class listed here are in that class's table.
 TABLES: list[tuple[str, str]] = [
     ("gateway", "gateway.settings:Settings"),
+    ("api (HTTP API + web chat)", "api.settings:Settings"),
     ("ingestion + chat", "shared.settings:RagSettings"),
     ("documents (ingestion + gateway)", "shared.settings:DocumentsSettings"),
     ("ingestion", "ingestion.settings:Settings"),
@@ -31,6 +32,7 @@ TABLES: list[tuple[str, str]] = [
     ("authorizer", "authorizer.settings:Settings"),
     ("embedding", "embedding.settings:Settings"),
     ("llm", "llm.settings:Settings"),
+    ("kinesis event source (local)", "shared.event_source:EventSourceSettings"),
 ]
 
 INTRO = """\

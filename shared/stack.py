@@ -307,6 +307,12 @@ class StackConfig:
     ingestion_port: int = 9001
     chat_port: int = 9002
     authorizer_port: int = 9003
+    api_port: int = 8004  # the HTTP API function (/v1, the web chat), which the gateway forwards to
+    # The local Kinesis endpoint (moto's server; also the on-failure SQS queue) and the event source
+    # mapping's poller (shared/event_source.py). An existing endpoint (RAG_KINESIS_ENDPOINT_URL): none started.
+    kinesis_port: int = 8005
+    event_source_port: int = 9005
+    kinesis_endpoint_url: str | None = field(default_factory=lambda: os.environ.get("RAG_KINESIS_ENDPOINT_URL") or None)
     lancedb_uri: str | None = None  # default: {data_dir}/lancedb
     documents_uri: str | None = None  # default: {data_dir}/documents
     s3_endpoint_url: str | None = None
@@ -348,9 +354,17 @@ def plan(cfg: StackConfig) -> list[Process]:
     chat = Process("chat", "chat", host=h, port=cfg.chat_port)
     authorizer = Process("authorizer", "authorizer", host=h, port=cfg.authorizer_port)
     gateway = Process("gateway", "gateway", host=h, port=cfg.gateway_port)
+    api = Process("api", "api", host=h, port=cfg.api_port)
     # @connections: on an internal listener of its own, loopback only whatever the public host is.
     management = gateway.listen(MANAGEMENT_FD_ENV, "127.0.0.1", cfg.management_port)
-    processes = [embedding, llm, ingestion, chat, authorizer, gateway]
+    kinesis = (
+        None
+        if cfg.kinesis_endpoint_url
+        else Process("kinesis", "shared.kinesis_local", host=h, port=cfg.kinesis_port, health_path="/moto-api/")
+    )
+    event_source = Process("event_source", "shared.event_source", host=h, port=cfg.event_source_port)
+    stream = [*([kinesis] if kinesis else []), event_source]
+    processes = [embedding, llm, ingestion, chat, authorizer, api, gateway, *stream]
     try:
         for p in processes:
             p.bind()
@@ -414,12 +428,35 @@ def plan(cfg: StackConfig) -> list[Process]:
         "GATEWAY_MANAGEMENT_PORT": str(management.port),
         "GATEWAY_STAGE": stage,
         "GATEWAY_FUNCTIONS": json.dumps(functions),
+        "GATEWAY_API_URL": api.url,
         **store_env,
         **upload_env,
         **extra,
     }
+    # The Kinesis event source mapping invokes ingestion as Lambda's would (signed with the internal key).
+    event_source.env = {
+        **internal,
+        "RAG_KINESIS_ENDPOINT_URL": cfg.kinesis_endpoint_url or (kinesis.url if kinesis else ""),
+        "RAG_KINESIS_FUNCTION_URL": functions["ingestion"],
+        "RAG_KINESIS_CHECKPOINT_DIR": str(cfg.data_dir / "event-source"),
+        "RAG_KINESIS_HOST": h,
+        "RAG_KINESIS_PORT": str(event_source.port),
+        **extra,
+    }
+    # The HTTP API function runs the chat and ingestion logic as libraries (their settings, the same
+    # store) and identifies callers as the authorizer does; local uploads go to the gateway's PUT route.
+    api.env = {
+        **shared_env,
+        **upload_env,
+        **auth_env,
+        "API_HOST": h,
+        "API_PORT": str(api.port),
+        "API_UPLOADS_URL": f"{gateway.url}/{stage}",
+        "API_STAGE": stage,
+        **extra,
+    }
     # Start order: the gateway last (it is the one clients reach); all of them start at once anyway.
-    return [embedding, llm, ingestion, chat, authorizer, gateway]
+    return [embedding, llm, ingestion, chat, authorizer, api, gateway, *stream]
 
 
 class Stack:
@@ -437,6 +474,24 @@ class Stack:
     def http_url(self) -> str:
         """The gateway's public address (the WebSocket API, /v1, /ui/, /health)."""
         return self.by_name["gateway"].url
+
+    @property
+    def api_url(self) -> str:
+        """The HTTP API function's own address (/v1, /ui/, /health), which the gateway forwards to."""
+        return self.by_name["api"].url
+
+    @property
+    def kinesis_url(self) -> str:
+        """The Kinesis endpoint producers put records to (moto's server, or RAG_KINESIS_ENDPOINT_URL)."""
+        return self.by_name["event_source"].env["RAG_KINESIS_ENDPOINT_URL"]
+
+    @property
+    def stream_name(self) -> str:
+        """The documents stream the event source mapping polls."""
+        from shared.event_source import EventSourceSettings
+
+        env = {**os.environ, **self.by_name["event_source"].env}
+        return env.get("RAG_KINESIS_STREAM_NAME") or str(EventSourceSettings.model_fields["stream_name"].default)
 
     @property
     def management_url(self) -> str:
@@ -643,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = StackConfig(llm_model_path=model_path, data_dir=args.data_dir, host=args.host, gateway_port=args.gateway_port)
     if args.any_ports:
         cfg.gateway_port = cfg.embedding_port = cfg.llm_port = cfg.management_port = 0
-        cfg.ingestion_port = cfg.chat_port = cfg.authorizer_port = 0
+        cfg.ingestion_port = cfg.chat_port = cfg.authorizer_port = cfg.api_port = 0
+        cfg.kinesis_port = cfg.event_source_port = 0
     key: str | None = None
     if auth_off(cfg=cfg):
         print(
@@ -666,13 +722,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc.strerror} (is the stack already running?)", file=sys.stderr)
         return 1
-    print("starting gateway, authorizer, ingestion, chat, embedding and llm ...", flush=True)
+    print("starting gateway, api, authorizer, ingestion, chat, embedding and llm ...", flush=True)
     try:
         stack.start(args.log_dir)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"\nready: {stack.ws_url}\n  try: localrag ask 'What is in my documents?' --url {stack.ws_url}", flush=True)
+    print(
+        f"  kinesis: put records to stream {stack.stream_name} at {stack.kinesis_url} "
+        f"(AWS_ENDPOINT_URL_KINESIS={stack.kinesis_url} STREAM_NAME={stack.stream_name})",
+        flush=True,
+    )
     if key is None:
         print(f"  web chat: {web_chat_url(stack, None)}\n", flush=True)
     elif sys.stdout.isatty():

@@ -37,6 +37,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from shared.api_keys import DEFAULT_KEY_FILE, read_key_file
+from shared.client.frames import send_text
 from shared.formats import find_format
 from shared.protocol import (
     MAX_DOCUMENTS_LIMIT,
@@ -76,6 +77,8 @@ from shared.protocol import (
 )
 
 log = logging.getLogger(__name__)
+# What API Gateway sends a client when its integration timeout passes (gateway/integration.py ``timed_out``).
+_ENDPOINT_TIMED_OUT = "Endpoint request timed out"
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8000/local"
 DEFAULT_TIMEOUT: Final = 120.0  # seconds to wait for each reply (the gateway's own integration cap is 300 s)
@@ -350,6 +353,11 @@ class RagClient:
 
     def _dispatch(self, text: str) -> None:
         item: _QueueItem
+        if _ENDPOINT_TIMED_OUT in text and text.lstrip().startswith('{"message"'):
+            # API Gateway stopped waiting for the function (29 s); the function runs on and its replies
+            # still come, so nothing is wrong for the request: only the two-way reply, which it never uses.
+            log.info("API Gateway's integration timeout passed; the function's replies keep coming")
+            return
         try:
             item = SERVER_MESSAGE.validate_json(text)
             request_id = item.request_id
@@ -418,7 +426,7 @@ class RagClient:
             raise RagClientError(RagClientError.CONNECTION_CLOSED, "the connection is closed")
         try:
             async with self._send_lock:
-                await ws.send_str(text)
+                await send_text(ws, text)  # in frames of at most 32 KB, as API Gateway requires
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             raise RagClientError(RagClientError.CONNECTION_CLOSED, f"could not send: {_reason(exc)}") from None
 

@@ -219,7 +219,7 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("dimensions as string", {"inputText": "a", "dimensions": "384"}),
     ("normalize wrong type", {"inputText": "a", "normalize": "yes"}),
     ("extraneous key", {"inputText": "a", "temperature": 0.5}),
-    ("binary embedding type", {"inputText": "a", "embeddingTypes": ["binary"]}),
+    ("unknown embedding type", {"inputText": "a", "embeddingTypes": ["int8"]}),
     ("texts missing input_type", {"texts": ["a"]}),
     ("texts not a list", {"texts": "a", "input_type": "search_query"}),
     ("texts empty list", {"texts": [], "input_type": "search_query"}),
@@ -228,7 +228,7 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("too many texts", {"texts": ["a"] * 97, "input_type": "search_query"}),
     ("bad input_type", {"texts": ["a"], "input_type": "summarize"}),
     ("bad truncate", {"texts": ["a"], "input_type": "search_query", "truncate": "MIDDLE"}),
-    ("int8 embeddings", {"texts": ["a"], "input_type": "search_query", "embedding_types": ["int8"]}),
+    ("float16 embeddings", {"texts": ["a"], "input_type": "search_query", "embedding_types": ["float16"]}),
 ]
 
 
@@ -258,7 +258,7 @@ def test_oversized_body_is_rejected(client: Any) -> None:
 
 def test_unknown_model_id(client: Any) -> None:
     with pytest.raises(ClientError) as exc:
-        invoke(client, {"inputText": "hello"}, model_id="amazon.titan-embed-text-v2:0")
+        invoke(client, {"inputText": "hello"}, model_id="amazon.titan-embed-text-v9:0")
     assert error_code(exc) == "ResourceNotFoundException"
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 

@@ -227,7 +227,7 @@ def test_embedding_overload_is_throttling(embedding: Service, session: boto3.ses
             "ValidationException",
             400,
         ),
-        ("unknown model", converse_stream(model_id="anthropic.claude-v2"), "ResourceNotFoundException", 404),
+        ("unknown model", converse_stream(model_id="anthropic.claude-v2"), "ValidationException", 400),
     ],
 )
 def test_llm_errors(llm: Service, session: boto3.session.Session, name: str, call: Any, code: str, status: int) -> None:

@@ -235,15 +235,17 @@ def _code(exc_info: pytest.ExceptionInfo[ClientError]) -> str:
     return str(exc_info.value.response["Error"]["Code"])
 
 
-def test_unknown_model_is_resource_not_found(llm: Service) -> None:
+def test_unknown_model_is_an_invalid_identifier(llm: Service) -> None:
+    """As on Bedrock: an id it does not know is 400 ValidationException "The provided model identifier is invalid."."""
     client = bedrock(llm)
     with pytest.raises(ClientError) as exc_info:
         client.converse(modelId="anthropic.claude-v2", messages=_user())
-    assert _code(exc_info) == "ResourceNotFoundException"
-    assert exc_info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert _code(exc_info) == "ValidationException"
+    assert exc_info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "model identifier is invalid" in str(exc_info.value) and "LLM_MODEL_IDS" in str(exc_info.value)
     with pytest.raises(ClientError) as exc_info:
         client.converse_stream(modelId="anthropic.claude-v2", messages=_user())
-    assert _code(exc_info) == "ResourceNotFoundException"
+    assert _code(exc_info) == "ValidationException"
 
 
 @pytest.mark.parametrize(

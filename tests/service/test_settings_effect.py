@@ -202,6 +202,7 @@ EMBEDDING: dict[str, Effect] = {
     "EMBEDDING_PORT": Effect("18001", lambda s: _main_arg(s, "port")),
     "EMBEDDING_LOG_LEVEL": Effect("DEBUG", lambda s: _main_arg(s, "log_level")),
     "EMBEDDING_MODEL_ID": Effect("amazon.titan-embed-text-v2:0", lambda s: _embed(s, ["lava"])),
+    "EMBEDDING_MODEL_MAP": Effect("{}", lambda s: _embed(s, ["lava"], "cohere.embed-english-v3")),
     "EMBEDDING_MODEL_PATH": Effect("{tmp}/minilm", _loaded_from),
     # A device the model cannot run on: the service refuses to start (it encodes once at startup).
     "EMBEDDING_DEVICE": Effect("meta", _device),
@@ -332,6 +333,7 @@ def llm_table(models: Path) -> dict[str, Effect]:
         "LLM_PORT": Effect("18002", lambda s: _main_arg(s, "port"), path),
         "LLM_LOG_LEVEL": Effect("DEBUG", lambda s: _main_arg(s, "log_level"), path),
         "LLM_MODEL_ID": Effect("other-llm", lambda s: _converse(s, maxTokens=2), path),
+        "LLM_MODEL_IDS": Effect("my.model-v1", lambda s: _converse(s, "us.amazon.nova-micro-v1:0", maxTokens=2), path),
         "LLM_MODEL_PATH": Effect(str(models / "other.gguf"), lambda s: _engine(s, "model_path"), by_url),
         "LLM_MODEL_URL": Effect("https://example.test/m/other.gguf", lambda s: _engine(s, "model_path"), by_url),
         "LLM_MODELS_DIR": Effect(str(models / "elsewhere"), lambda s: _engine(s, "model_path"), by_url),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from shared.protocol import SERVER_MESSAGE
 from shared.stack import Process, Stack
@@ -104,12 +105,15 @@ def test_invalid_fields_name_the_field(client: WsClient, message: dict[str, Any]
     assert_still_usable(client)
 
 
-def test_oversize_message_is_refused_and_connection_survives(client: WsClient) -> None:
+def test_oversize_message_closes_the_connection_with_1009(stack: Stack, client: WsClient) -> None:
+    """As API Gateway does for a message over 128 KB (or a frame over 32 KB): close 1009, nothing ingested."""
     doc = {"id": "big", "title": "Big", "text": "word " * 30_000}  # ~150 KB > 128 KB
     client.send({"action": "ingest", "request_id": "big", "document": doc})
-    assert_error(client.recv(), "message_too_large")
-    assert_still_usable(client)
-    r = client.request({"action": "search", "request_id": "s", "query": "word", "top_k": 50, "max_distance": 2.0})
+    with pytest.raises(ConnectionClosed):
+        client.recv()
+    assert client.ws.close_code == 1009
+    with WsClient(stack.ws_url) as other:
+        r = other.request({"action": "search", "request_id": "s", "query": "word", "top_k": 50, "max_distance": 2.0})
     assert all(s["doc_id"] != "big" for s in r["results"])
 
 
@@ -279,7 +283,7 @@ def test_unreachable_lambda_becomes_unavailable(tmp_path_factory: pytest.TempPat
     "raw", ["[" * 60_000 + "]" * 60_000, '{"action": "search", "q": ' + "[" * 5_000 + "]" * 5_000 + "}"]
 )
 def test_deeply_nested_json_is_malformed_and_the_connection_survives(client: WsClient, raw: str) -> None:
-    client.send(raw)
+    client.ws.send(raw[i : i + 32 * 1024] for i in range(0, len(raw), 32 * 1024))  # API Gateway's 32 KB frames
     assert_error(client.recv(), "malformed_json")
     assert_still_usable(client)
 

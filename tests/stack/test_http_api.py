@@ -1,8 +1,9 @@
-"""The OpenAI-compatible HTTP API (gateway/http_api.py) against the real six-service stack.
+"""The OpenAI-compatible HTTP API (api/, which the gateway forwards /v1 to) against the real stack.
 
-Driven with the official ``openai`` client and with plain HTTP (urllib / http.client); responses are
-validated against the gateway's own OpenAPI document, whose paths must be exactly the gateway's routes.
-Every request carries tenant alpha's API key (``Authorization: Bearer``) unless a test says otherwise.
+Driven with the official ``openai`` client and with plain HTTP (urllib / http.client) through the
+gateway, as clients reach it, and on the api process directly (no gateway); responses are validated
+against the API's own OpenAPI document, whose paths must be exactly the API's routes. Every request
+carries tenant alpha's API key (``Authorization: Bearer``) unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import openai
@@ -23,16 +26,24 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
-from yarl import URL
 
+from api.app import API, Backends
+from api.app import create_app as create_api
+from api.identity import Identity
+from api.openapi import openapi_document
+from api.settings import Settings as ApiSettings
+from authorizer.service import Authorizer
+from chat.service import ChatService
+from chat.settings import Settings as ChatSettings
 from gateway.app import create_app
-from gateway.keys import MANAGEMENT_APP
-from gateway.openapi import openapi_document
 from gateway.settings import Settings
+from ingestion.handler import build_service as build_ingestion
+from ingestion.settings import Settings as IngestionSettings
+from shared.bedrock import ChatEvent, StreamDone, TextDelta
 from shared.serving import listening_socket
-from shared.settings import AuthSettings, InternalAuthSettings
-from shared.sigv4 import SigningKey, sign
+from shared.settings import AuthSettings
 from shared.stack import Stack
+from shared.vector_store import VectorStore
 from tests.conftest import DEFAULT, TIMEOUT_FACTOR, StackFactory, WsClient, stack_keys
 from tests.stack.test_e2e import BREAD, VOLCANO
 from tests.support.auth import default_key, remember
@@ -125,12 +136,12 @@ def assert_openai_error(status: int, body: Any, expected_status: int, code: str 
         assert body["error"]["code"] == code, body
 
 
-def sse_events(base: str, body: dict[str, Any]) -> list[Any]:
+def sse_events(base: str, body: dict[str, Any], key: str | None = DEFAULT) -> list[Any]:
     """POST a streaming chat completion; every `data:` event, parsed ("[DONE]" kept as a string)."""
     req = urllib.request.Request(
         f"{base}/v1/chat/completions",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **auth(base)},
+        headers={"Content-Type": "application/json", **auth(base, key)},
     )
     events: list[Any] = []
     with urllib.request.urlopen(req, timeout=180 * TIMEOUT_FACTOR) as resp:
@@ -150,8 +161,12 @@ def ask(client: openai.OpenAI, question: str) -> tuple[str, list[dict[str, Any]]
     return resp.choices[0].message.content or "", citations
 
 
-def gateway_routes() -> set[tuple[str, str]]:
-    app = create_app(Settings())
+def _not_started() -> Backends:
+    raise AssertionError("the application is only inspected, never started")
+
+
+def api_routes() -> set[tuple[str, str]]:
+    app = create_api(ApiSettings(), _not_started)
     return {
         (r.method.lower(), r.resource.canonical)
         for r in app.router.routes()
@@ -161,13 +176,29 @@ def gateway_routes() -> set[tuple[str, str]]:
     }
 
 
+def forwarded_by_the_gateway(path: str) -> bool:
+    """The gateway's route for ``path`` is its proxy to the api function."""
+    app = create_app(Settings())
+    for resource in app.router.resources():
+        info = resource.get_info()
+        pattern = info.get("pattern")
+        matched = pattern.fullmatch(path) if pattern is not None else info.get("path") == path
+        if matched:
+            return any(getattr(r.handler, "__name__", "") == "forward" for r in resource)
+    return False
+
+
 # ---------------------------------------------------------------------- the description
 
 
 def test_openapi_document_matches_the_routes() -> None:
     validate_spec(_DOC)  # a valid OpenAPI 3.1 document
     documented = {(m, path) for path, ops in _DOC["paths"].items() for m in ops}
-    assert documented == gateway_routes()
+    assert documented == api_routes()
+    # and the gateway forwards every one of them to the api function
+    for _, path in documented:
+        assert forwarded_by_the_gateway(path.replace("{id}", "x")), path
+    assert forwarded_by_the_gateway("/ui/") and forwarded_by_the_gateway("/ui/config.json")
 
 
 def test_openapi_is_served(base: str) -> None:
@@ -310,13 +341,16 @@ def test_streaming_events(base: str) -> None:
     assert len({c["id"] for c in chunks}) == 1
 
 
-def test_client_leaving_mid_stream_closes_the_pseudo_connection(base: str) -> None:
-    def connections() -> int:
-        with urllib.request.urlopen(f"{base}/health", timeout=10 * TIMEOUT_FACTOR) as resp:
-            n: int = json.loads(resp.read())["connections"]
-            return n
+def api_health(stack: Stack) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{stack.api_url}/health", timeout=10 * TIMEOUT_FACTOR) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+        return body
 
-    assert connections() == 0
+
+def test_client_leaving_mid_stream_leaves_nothing_running(base: str, stack: Stack) -> None:
+    """Through the gateway: the client leaves after the first event; the answer is stopped (or had ended)
+    and nothing is left generating. (That leaving stops a generation that would go on: the in-process
+    test at the end of this file.)"""
     url = urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60 * TIMEOUT_FACTOR)
     body = {"model": "localrag", "messages": [{"role": "user", "content": VOLCANO_QUESTION}], "stream": True}
@@ -324,15 +358,39 @@ def test_client_leaving_mid_stream_closes_the_pseudo_connection(base: str) -> No
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.readline().startswith(b"data: ")  # the stream has started
-    # Leave mid-answer (the tiny model may already be done: then the connection is gone already).
     if conn.sock is not None:
         conn.sock.close()
     resp.close()
     conn.close()
-    deadline = time.monotonic() + 5 * TIMEOUT_FACTOR
-    while connections() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
+    while api_health(stack)["chats_in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert connections() == 0
+    assert api_health(stack)["chats_in_flight"] == 0
+
+
+def test_the_api_process_directly(stack: Stack) -> None:
+    """The api process without the gateway in front: the same API, the same identity, the web chat."""
+    api = stack.api_url
+    key = default_key(stack.http_url)
+    assert key
+    status, body = call(api, "GET", "/v1/documents", key=None)
+    assert_openai_error(status, body, 401, "missing_credentials")
+    status, body = call(api, "GET", "/v1/documents", key=key)
+    assert status == 200 and {"volcanoes", "sourdough"} <= {d["id"] for d in body["data"]}
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key=key, max_retries=0, timeout=180 * TIMEOUT_FACTOR)
+    _, citations = ask(client, VOLCANO_QUESTION)
+    assert "volcanoes" in {c["doc_id"] for c in citations}
+    events = sse_events(
+        api, {"model": "localrag", "messages": [{"role": "user", "content": VOLCANO_QUESTION}], "stream": True}, key
+    )
+    assert events[-1] == "[DONE]" and {c["doc_id"] for c in events[-2]["citations"]} == {"volcanoes"}
+    status, body = call(api, "GET", "/openapi.json", key=None)
+    assert status == 200 and body == json.loads(json.dumps(_DOC))
+    status, config = call(api, "GET", "/ui/config.json", key=None)
+    assert status == 200 and config == {"websocket_path": "/local", "gateways": []}
+    # A name that is not the API's (DNS rebinding) is refused before anything runs.
+    status, body = call(api, "GET", "/v1/models", key=None, headers={"Host": "evil.example"})
+    assert_openai_error(status, body, 421, "host_not_allowed")
 
 
 # ---------------------------------------------------------------------- documents and sync
@@ -472,9 +530,9 @@ def test_errors(base: str, client: openai.OpenAI) -> None:
 @pytest.fixture(autouse=True)
 def _no_leftover_connections(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if "base" in request.fixturenames:  # every HTTP request removed its pseudo-connection
+    if "base" in request.fixturenames:  # the HTTP API holds no connection in the gateway's table
         base = request.getfixturevalue("base")
-        deadline = time.monotonic() + 2 * TIMEOUT_FACTOR
+        deadline = time.monotonic() + 2 * TIMEOUT_FACTOR  # (the fixture's WebSocket client may be closing)
         while True:
             with urllib.request.urlopen(f"{base}/health", timeout=10 * TIMEOUT_FACTOR) as resp:
                 n = json.loads(resp.read())["connections"]
@@ -484,82 +542,91 @@ def _no_leftover_connections(request: pytest.FixtureRequest) -> Iterator[None]:
         assert n == 0
 
 
-# ---------------------------------------------------------------------- leaving mid-answer, deterministically
+# ---------------------------------------------------------------------- streaming and leaving, deterministically
+
+DIM = 4
 
 
-def test_client_leaving_makes_the_lambdas_next_post_gone() -> None:
-    """In process: a stand-in chat lambda posts a slow stream; the HTTP client leaves after two events;
-    the lambda's next post to the pseudo-connection gets 410 Gone (so a real one stops generating).
+class QueryEmbedder:
+    def embed_query(self, text: str) -> list[float]:
+        return [1.0, 0.0, 0.0, 0.0]
 
-    The stand-in posts as botocore does, with the connection id percent-encoded in the path: ids are
-    base64 (like API Gateway's) and about one in five has a '/', which unencoded names another path (404).
-    """
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return [[1.0, 0.0, 0.0, 0.0] for _ in texts]
 
-    async def scenario() -> list[int]:
-        statuses: list[int] = []
-        mgmt_port = 0  # set once the gateway's sockets are bound (below), before any request reaches the lambda
-        internal = SigningKey("LRINTHTTPAPITEST001", "a-secret-for-this-test-only-123")
 
-        async def fake_lambda(request: web.Request) -> web.Response:
-            event = await request.json()
-            cid = quote(event["requestContext"]["connectionId"], safe="")
-            rid = json.loads(event["body"])["request_id"]
-            start = {"type": "stream_start", "request_id": rid, "conversation_id": "c", "sources": []}
-            async with aiohttp.ClientSession() as s:
-                for i in range(200):
-                    msg = start if i == 0 else {"type": "token", "request_id": rid, "index": i - 1, "text": "x"}
-                    url = f"http://127.0.0.1:{mgmt_port}/local/@connections/{cid}"
-                    data = json.dumps(msg).encode()
-                    headers = sign("POST", url, {}, data, key=internal, service="execute-api", region="us-east-1")
-                    async with s.post(URL(url, encoded=True), data=data, headers=headers) as r:
-                        statuses.append(r.status)
-                        if r.status != 200:
-                            break
-                    await asyncio.sleep(0.02)
-            return web.json_response({"statusCode": 200})
+class EndlessLLM:
+    """An answer that never ends on its own: a token every 20 ms until the stream is closed."""
 
-        lam = web.Application()
-        lam.router.add_post("/2015-03-31/functions/chat/invocations", fake_lambda)
-        lam_runner = web.AppRunner(lam)
-        await lam_runner.setup()
-        lam_sock = listening_socket("127.0.0.1", 0)
-        await web.SockSite(lam_runner, lam_sock).start()
-        url = f"http://127.0.0.1:{lam_sock.getsockname()[1]}/2015-03-31/functions/chat/invocations"
-        gw_sock, mgmt_sock = listening_socket("127.0.0.1", 0), listening_socket("127.0.0.1", 0)
-        gw_port, mgmt_port = gw_sock.getsockname()[1], mgmt_sock.getsockname()[1]
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.closed = threading.Event()
+
+    def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Generator[ChatEvent, None, None]:
+        try:
+            while self.tokens < 100_000:
+                self.tokens += 1
+                yield TextDelta(f"t{self.tokens} ")
+                time.sleep(0.02)
+            yield StreamDone("end_turn", 1, self.tokens)
+        finally:
+            self.closed.set()
+
+
+def test_through_the_gateway_sse_streams_and_leaving_stops_the_generation(tmp_path: Path) -> None:
+    """In process: the gateway forwards to the api application, whose chat logic streams an answer that
+    never ends. The first token reaches the client through the gateway while the answer goes on (the proxy
+    streams, it does not buffer); the client leaves; the generation is stopped (the LLM stream closed)."""
+    llm = EndlessLLM()
+
+    async def scenario() -> tuple[int, int]:
+        store = VectorStore(str(tmp_path / "lancedb"), dimension=DIM, model_id="test", full_text=False)
+        chat = ChatService(
+            ChatSettings(intent_routing=False, search_mode="vector", token_flush_ms=0),
+            embedder=QueryEmbedder(),
+            store=store,
+            llm=llm,
+        )
+        ingestion = build_ingestion(
+            IngestionSettings(documents_uri=str(tmp_path / "documents")), embedder=QueryEmbedder(), store=store
+        )
+        backends = Backends(chat=chat, ingestion=ingestion, identity=Identity(Authorizer(methods={"none"})))
+        api_app = create_api(ApiSettings(), backends)
+        api_sock, gw_sock = listening_socket("127.0.0.1", 0), listening_socket("127.0.0.1", 0)
+        api_runner = web.AppRunner(api_app)
+        await api_runner.setup()
+        await web.SockSite(api_runner, api_sock).start()
+        gw_port = gw_sock.getsockname()[1]
         settings = Settings(
             port=gw_port,
-            functions={"chat": url, "ingestion": url},
-            auth=AuthSettings(auth=["none"]),  # identity is not what this test is about
-            internal=InternalAuthSettings(
-                access_key_id=internal.access_key_id, secret_access_key=internal.secret_access_key
-            ),
+            api_url=f"http://127.0.0.1:{api_sock.getsockname()[1]}",
+            auth=AuthSettings(auth=["none"]),
         )
-        app = create_app(settings)
-        gw_runner, mgmt_runner = web.AppRunner(app), web.AppRunner(app[MANAGEMENT_APP])
+        gw_runner = web.AppRunner(create_app(settings))
         await gw_runner.setup()
         await web.SockSite(gw_runner, gw_sock).start()
-        await mgmt_runner.setup()
-        await web.SockSite(mgmt_runner, mgmt_sock).start()
         try:
             body = {"model": "localrag", "messages": [{"role": "user", "content": "q"}], "stream": True}
             async with aiohttp.ClientSession() as s:
                 resp = await s.post(f"http://127.0.0.1:{gw_port}/v1/chat/completions", json=body)
-                assert resp.status == 200, (await resp.text(), statuses)
-                await resp.content.readline()  # the role chunk
-                await resp.content.readline()
-                await resp.content.readline()  # the first token
+                assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+                seen: list[dict[str, Any]] = []
+                while len(seen) < 2:  # the role chunk, then the first token
+                    line = await asyncio.wait_for(resp.content.readline(), 30 * TIMEOUT_FACTOR)
+                    if line.startswith(b"data: "):
+                        seen.append(json.loads(line[6:]))
+                assert seen[1]["choices"][0]["delta"]["content"].startswith("t1")
+                assert not llm.closed.is_set()  # it is still generating: the token came through as it was made
                 resp.close()  # leave
-            for _ in range(200):
-                if statuses and statuses[-1] != 200:
-                    break
-                await asyncio.sleep(0.02)
-            return statuses
+            stopped = await asyncio.to_thread(llm.closed.wait, 10 * TIMEOUT_FACTOR)
+            assert stopped, "the generation went on after the client left"
+            at_stop = llm.tokens
+            await asyncio.sleep(0.2)
+            stats = api_app[API].stats
+            return llm.tokens - at_stop, stats.chats_cancelled
         finally:
-            await mgmt_runner.cleanup()
             await gw_runner.cleanup()
-            await lam_runner.cleanup()
+            await api_runner.cleanup()
 
-    statuses = asyncio.run(scenario())
-    assert statuses[-1] == 410 and len(statuses) < 50, statuses
-    assert set(statuses[:-1]) == {200}
+    more, cancelled = asyncio.run(scenario())
+    assert more == 0 and cancelled == 1

@@ -1,4 +1,4 @@
-"""The web chat (gateway/static, served by the gateway at /ui/) in headless Chromium.
+"""The web chat (api/static, served by the api function at /ui/, reached through the gateway) in headless Chromium.
 
 - End to end against the five real services: upload a Markdown file through the file input
   (upload_url -> presigned PUT -> ingest_object), see it in the document list, ask about it and watch the
@@ -34,7 +34,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from gateway.web import CSP, add_web_routes
+from api.web import CSP, add_web_routes
 from shared.serving import listening_socket
 from shared.stack import Stack
 from tests.conftest import ARTIFACTS, TIMEOUT_FACTOR, StackFactory, stack_keys

@@ -36,7 +36,7 @@ from tests.support.timeouts import scaled
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 OUR_SERVICES = ("gateway", "ingestion", "chat", "authorizer", "embedding", "llm")
-ALL_SERVICES = {*OUR_SERVICES, "minio", "minio-init"}
+ALL_SERVICES = {*OUR_SERVICES, "minio", "minio-init", "kinesis", "event-source", "api"}
 LAMBDA_HANDLERS = {
     "ingestion": "ingestion.handler.handler",
     "chat": "chat.handler.handler",
@@ -420,7 +420,7 @@ def test_connects_wait_for_no_function(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_only_the_gateway_and_minio_console_are_published() -> None:
     for name, svc in (compose().get("services") or {}).items():
-        if name not in ("gateway", "minio"):
+        if name not in ("gateway", "minio", "kinesis"):  # kinesis: where producers put records (127.0.0.1)
             assert not svc.get("ports"), f"{name} publishes ports"
     assert all("8003" not in str(p) for p in service("gateway").get("ports") or []), "@connections is published"
 
@@ -627,3 +627,25 @@ def test_dockerfile_copy_sources_exist_and_are_not_dockerignored(name: str) -> N
 def test_dockerignore_keeps_the_big_and_private_things_out() -> None:
     for rel in (".git", ".venv", "models", "data", ".cache", ".env"):
         assert ignored(rel), f".dockerignore should exclude {rel}"
+
+
+def test_the_event_source_polls_the_kinesis_service_and_invokes_ingestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.event_source import EventSourceSettings
+
+    env = environment("event-source")
+    allowed = env_names(EventSourceSettings) | AWS_ENV
+    assert not sorted(v for v in env if v.upper() not in allowed), env
+    for var in list(os.environ):
+        if var.upper() in allowed:
+            monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    settings = EventSourceSettings()
+    assert settings.function_url == f"http://ingestion:{RIE_PORT}{RIE_INVOKE_PATH}"
+    assert settings.endpoint_url is not None
+    host, port = url_service_and_port(settings.endpoint_url)
+    assert host == "kinesis" and str(port) in " ".join(strings(service("kinesis")["healthcheck"]["test"]))
+    check = " ".join(strings(service("event-source")["healthcheck"]["test"]))
+    assert settings.host == "0.0.0.0" and f":{settings.port}/health" in check
+    assert set(depends_on("event-source")) == {"kinesis", "ingestion"}
+    assert all(str(p).startswith("127.0.0.1:") for p in service("kinesis")["ports"])

@@ -1,5 +1,6 @@
 """The gateway's parts, in process (no lambdas): its module shape, the @connections API with AWS's own
-client, the /v1 sub-application's error shaping, and the OpenAPI document generated from the models."""
+client, and the chunks the HTTP API sends against its OpenAPI document (the /v1 application itself:
+tests/unit/test_api.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
-from openapi_spec_validator import validate as validate_spec
 
+from api.openapi import openapi_document
 from gateway.app import create_app
 from gateway.connections import Connection, QueueSocket
-from gateway.http_api import API_PREFIX, ROUTES
 from gateway.keys import CONNECTIONS, MANAGEMENT_APP
-from gateway.openapi import openapi_document
 from gateway.settings import Settings
 from shared.connections import ConnectionGone, Connections
 from shared.events import build_event
@@ -115,41 +113,6 @@ def test_post_to_connection_with_aws_client(connection_id: str) -> None:
             await loop.run_in_executor(None, client.post, event, message)
 
     run_gateway(scenario, internal=True)
-
-
-async def _get(session: aiohttp.ClientSession, url: str, method: str = "GET") -> tuple[int, Any]:
-    async with session.request(method, url) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-def test_v1_errors_are_openai_shaped_and_only_there() -> None:
-    async def scenario(app: web.Application, base: str) -> None:
-        error_schema = Draft202012Validator(
-            {"$ref": "#/components/schemas/Error", "components": openapi_document()["components"]}
-        )
-        async with aiohttp.ClientSession() as s:
-            for method, path, status, code in [
-                ("GET", "/v1/nothing-here", 404, "not_found"),
-                ("PUT", "/v1/models", 405, "method_not_allowed"),
-                ("GET", "/v1/models/gpt-4o", 404, "model_not_found"),
-            ]:
-                got, body = await _get(s, base + path, method)
-                assert got == status, body
-                assert not list(error_schema.iter_errors(body)), body
-                assert body["error"]["code"] == code
-            async with s.get(base + "/nothing-here") as resp:  # outside /v1: aiohttp's own 404
-                assert resp.status == 404 and "error" not in (await resp.text())
-            got, body = await _get(s, base + "/v1/models")
-            assert got == 200 and [m["id"] for m in body["data"]] == ["localrag"]
-
-    run_gateway(scenario)
-
-
-def test_openapi_paths_are_the_v1_routes() -> None:
-    doc = openapi_document()
-    validate_spec(doc)
-    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if p != "/openapi.json"}
-    assert documented == {(m, API_PREFIX + p) for m, p, _ in ROUTES}
 
 
 def _validator(schema: str) -> Draft202012Validator:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.paths import ROOT
 
-SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm", "authorizer")
+SERVICES = ("gateway", "ingestion", "chat", "embedding", "llm", "authorizer", "api")
 PROJECT = ("shared", *SERVICES, "bench", "tests")
 
 

@@ -210,12 +210,53 @@ async def _integration_timeout(g: Gateway) -> Any:
         return None
     finally:
         g.functions.release.set()
-    return json.loads(msg.data).get("code") if msg.type == aiohttp.WSMsgType.TEXT else msg.type.name
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        return msg.type.name
+    data = json.loads(msg.data)
+    return data.get("code") or data.get("message")  # API Gateway's own messages have no code
 
 
-async def _http_body(g: Gateway) -> int:
-    headers = {"Authorization": "Bearer good", "Content-Type": "application/json"}
-    resp = await g.client.post("/v1/chat/completions", data=json.dumps({"padding": "x" * 500}), headers=headers)
+async def _second_message(g: Gateway) -> Any:
+    """A search, then (once it reached the function) another: is the second forwarded, or what comes back?"""
+    ws = await g.connect()
+    await ws.send_str(search(request_id="a"))
+    assert await g.functions.wait_messages(1)
+    await ws.send_str(search(request_id="b"))
+    if await g.functions.wait_messages(2):
+        return "forwarded"
+    msg = await ws.receive(timeout=PATIENCE_S)
+    return json.loads(msg.data).get("message") if msg.type == aiohttp.WSMsgType.TEXT else msg.type.name
+
+
+async def _second_connect(g: Gateway) -> Any:
+    await g.outcome()
+    return await g.outcome()
+
+
+async def _two_management_calls(g: Gateway) -> Any:
+    from gateway.keys import MANAGEMENT_APP
+    from shared.sigv4 import SigningKey, sign
+
+    async with TestClient(TestServer(g.client.app[MANAGEMENT_APP])) as internal:
+        statuses = []
+        for _ in range(2):
+            url = str(internal.make_url("/local/@connections/bm8tc3VjaC1jb25uZWN0aW9u"))
+            headers = sign(
+                "GET",
+                url,
+                {},
+                b"",
+                key=SigningKey(INTERNAL_ID, INTERNAL_SECRET),
+                service="execute-api",
+                region="us-east-1",
+            )
+            async with internal.session.get(url, headers=headers) as resp:
+                statuses.append(resp.status)
+        return statuses
+
+
+async def _forwarded(g: Gateway) -> int:
+    resp = await g.client.get("/v1/models")
     return resp.status
 
 
@@ -233,11 +274,6 @@ async def _authorizer_arn(g: Gateway) -> str:
 async def _health_as(g: Gateway, host: str) -> int:
     resp = await g.client.get("/health", headers={"Host": host})
     return resp.status
-
-
-async def _ui_config(g: Gateway) -> Any:
-    resp = await g.client.get("/ui/config.json")
-    return (await resp.json())["gateways"]
 
 
 async def _identity(g: Gateway) -> Any:
@@ -302,7 +338,8 @@ GATEWAY: dict[str, Effect] = {
     "GATEWAY_ALLOWED_ORIGINS": Effect(
         "http://app.example", lambda g: g.outcome(headers={"Origin": "http://app.example"})
     ),
-    "GATEWAY_WEB_CHAT_GATEWAYS": Effect("wss://other.example", _ui_config),
+    # /v1 (and /ui) go to the api function at this URL: the stand-in answers 404, nothing at the base's 502.
+    "GATEWAY_API_URL": Effect("{functions}", _forwarded, base={"GATEWAY_API_URL": "http://127.0.0.1:9"}),
     "RAG_AUTH": Effect("none", _identity),
     # Another internal key than the one the Invoke API knows: the authorizer cannot be invoked (500).
     "LOCALRAG_INTERNAL_ACCESS_KEY_ID": Effect("LRINTSOMEOTHERKEY01", lambda g: g.outcome()),
@@ -328,8 +365,13 @@ GATEWAY: dict[str, Effect] = {
     "GATEWAY_HARD_MAX_MESSAGE_BYTES": Effect("3000", lambda g: _sized(g, 4000)),
     "GATEWAY_IDLE_TIMEOUT_S": Effect("0.2", _idle),
     "GATEWAY_INTEGRATION_TIMEOUT_S": Effect("0.2", _integration_timeout),
+    "GATEWAY_MAX_FRAME_BYTES": Effect("1000", lambda g: _sized(g, 2000)),
+    "GATEWAY_MAX_CONNECTION_S": Effect("0.2", _idle),
+    "GATEWAY_THROTTLING_RATE_LIMIT": Effect("0.001", _second_message, base={"GATEWAY_THROTTLING_BURST_LIMIT": "1"}),
+    "GATEWAY_THROTTLING_BURST_LIMIT": Effect("1", _second_message, base={"GATEWAY_THROTTLING_RATE_LIMIT": "0.001"}),
+    "GATEWAY_CONNECT_RATE_LIMIT": Effect("0.001", _second_connect),
+    "GATEWAY_MANAGEMENT_RATE_LIMIT": Effect("0.001", _two_management_calls),
     "GATEWAY_MAX_INFLIGHT_PER_CONNECTION": Effect("1", lambda g: _two_held(g, two_connections=False)),
-    "GATEWAY_HTTP_MAX_BODY_BYTES": Effect("100", _http_body),
     "RAG_DOCUMENTS_URI": Effect("{tmp}/elsewhere", lambda g: _put(g)),
     "RAG_MAX_UPLOAD_BYTES": Effect("50", lambda g: _put(g)),
     "RAG_UPLOAD_SECRET": Effect("other-secret", lambda g: _put(g, secret="other-secret")),

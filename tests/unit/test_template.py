@@ -59,9 +59,14 @@ PHYSICAL = {
     "ChatIntegration": "chat456",
     "ConnectIntegration": "conn000",
     "AuthorizerFunction": "localrag-AuthorizerFunction-GhI",
+    "ApiFunction": "localrag-ApiFunction-PqR",
     "ConnectAuthorizer": "auth789",
+    "DocumentStream": "localrag-DocumentStream-JkL",
+    "DocumentStreamFailures": "https://sqs.eu-west-1.amazonaws.com/123456789012/localrag-DocumentStreamFailures-MnO",
 }
 FUNCTIONS = {"ingestion": "IngestionFunction", "chat": "ChatFunction", "authorizer": "AuthorizerFunction"}
+# The HTTP API function (api/: Lambda Web Adapter, a Function URL), checked by its own tests below.
+API_FUNCTION = "ApiFunction"
 # The functions behind routes (the RAG lambdas); the authorizer is invoked by API Gateway before them.
 ROUTE_FUNCTIONS = {"ingestion": "IngestionFunction", "chat": "ChatFunction"}
 ENDPOINT_VARS = {
@@ -70,7 +75,10 @@ ENDPOINT_VARS = {
     "RAG_S3_ENDPOINT_URL",
     "RAG_CONNECTIONS_ENDPOINT_URL",
 }
-SCOPED_SERVICES = ("bedrock:", "s3:", "execute-api:")
+SCOPED_SERVICES = ("bedrock:", "s3:", "execute-api:", "kinesis:", "sqs:")
+FUNCTION_URL = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/"
+STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/localrag-DocumentStream-JkL"
+FAILURES_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:localrag-DocumentStreamFailures-MnO"
 
 
 # -- loading and resolving ------------------------------------------------------------------------------------
@@ -136,6 +144,12 @@ class Resolver:
             return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{PHYSICAL[resource]}"
         if resource == "DocumentsBucket" and attr == "Arn":
             return f"arn:aws:s3:::{self.bucket()}"
+        if (resource, attr) == ("DocumentStream", "Arn"):
+            return STREAM_ARN
+        if (resource, attr) == ("DocumentStreamFailures", "Arn"):
+            return FAILURES_ARN
+        if (resource, attr) == ("ApiFunctionUrl", "FunctionUrl"):  # SAM's AWS::Lambda::Url of ApiFunction
+            return FUNCTION_URL
         raise AssertionError(f"GetAtt {resource}.{attr} not modelled")
 
     def condition(self, name: str) -> bool:
@@ -285,7 +299,7 @@ def translated(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     tpl = template()
-    for fn in FUNCTIONS.values():
+    for fn in [*FUNCTIONS.values(), API_FUNCTION]:
         tpl["Resources"][fn]["Properties"]["ImageUri"] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/localrag:{fn}"
 
     class ManagedPolicies:
@@ -721,3 +735,136 @@ def test_bucket_is_private_and_encrypted() -> None:
     assert all(p["PublicAccessBlockConfiguration"].values()) and len(p["PublicAccessBlockConfiguration"]) == 4
     assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert re.fullmatch(r"[a-z0-9.-]{3,63}", Resolver().bucket())
+
+
+# -- Kinesis ----------------------------------------------------------------------------------------------------
+
+
+def test_the_document_stream_is_encrypted_and_on_demand() -> None:
+    stream = props("DocumentStream")
+    assert stream["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert stream["StreamEncryption"] == {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"}
+    queue = props("DocumentStreamFailures")
+    assert queue["SqsManagedSseEnabled"] is True and queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_the_stream_feeds_ingestion_with_partial_batch_responses_bounded_retries_and_a_destination() -> None:
+    from shared.event_source import EventSourceSettings
+
+    (mapping,) = [m["Properties"] for m in resources("AWS::Lambda::EventSourceMapping").values()]
+    assert mapping["FunctionName"] == {"Ref": "IngestionFunction"}
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["DocumentStream", "Arn"]}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["BisectBatchOnFunctionError"] is True and mapping["ParallelizationFactor"] == 1
+    assert 0 <= mapping["MaximumRetryAttempts"] <= 10 and 60 <= mapping["MaximumRecordAgeInSeconds"] <= 86_400
+    failures = {"Fn::GetAtt": ["DocumentStreamFailures", "Arn"]}
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": failures}}
+    # The local poller's defaults are the deployed mapping's.
+    local = EventSourceSettings.model_fields
+    assert mapping["BatchSize"] == local["batch_size"].default
+    assert mapping["MaximumBatchingWindowInSeconds"] == local["maximum_batching_window_s"].default
+    assert mapping["MaximumRetryAttempts"] == local["maximum_retry_attempts"].default
+    assert mapping["MaximumRecordAgeInSeconds"] == local["maximum_record_age_s"].default
+    assert mapping["BisectBatchOnFunctionError"] == local["bisect_on_function_error"].default
+    # No SAM Kinesis event: it would attach AWSLambdaKinesisExecutionRole (every stream).
+    assert all(e.get("Type") != "Kinesis" for e in props("IngestionFunction").get("Events", {}).values())
+
+
+def test_ingestion_reads_that_stream_only_and_sends_to_that_queue_only() -> None:
+    resolver = Resolver()
+    for fn in FUNCTIONS.values():
+        actions = allowed(fn, resolver)
+        kinesis = {a: r for a, r in actions.items() if a.startswith("kinesis:")}
+        sqs = {a: r for a, r in actions.items() if a.startswith("sqs:")}
+        if fn != "IngestionFunction":
+            assert kinesis == {} and sqs == {}, fn
+            continue
+        assert set(kinesis) == {
+            "kinesis:DescribeStream",
+            "kinesis:DescribeStreamSummary",
+            "kinesis:GetRecords",
+            "kinesis:GetShardIterator",
+            "kinesis:ListShards",
+        }
+        assert all(r == {STREAM_ARN} for r in kinesis.values())
+        assert sqs == {"sqs:SendMessage": {FAILURES_ARN}}
+
+
+def test_outputs_name_the_stream_for_producers() -> None:
+    outputs = template()["Outputs"]
+    assert outputs["DocumentStreamName"]["Value"] == {"Ref": "DocumentStream"}
+    assert outputs["DocumentStreamArn"]["Value"] == {"Fn::GetAtt": ["DocumentStream", "Arn"]}
+    assert outputs["DocumentStreamFailuresUrl"]["Value"] == {"Ref": "DocumentStreamFailures"}
+
+
+# -- the HTTP API function (api/) -------------------------------------------------------------------------------
+
+
+def test_the_http_api_is_a_streaming_function_url_behind_lambda_web_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    res = template()["Resources"][API_FUNCTION]
+    meta, p = res["Metadata"], res["Properties"]
+    assert p["PackageType"] == "Image" and (ROOT / meta["DockerContext"]).resolve() == ROOT
+    dockerfile = (ROOT / meta["Dockerfile"]).read_text()
+    adapter = r"^COPY --from=public\.ecr\.aws/awsguru/aws-lambda-adapter:[0-9.]+ /lambda-adapter "
+    assert re.search(adapter + r"/opt/extensions/lambda-adapter$", dockerfile, re.M)
+    assert "AWS_LWA_INVOKE_MODE=response_stream" in dockerfile and "AWS_LWA_PORT=8080" in dockerfile
+    assert "API_PORT=8080" in dockerfile and "AWS_LWA_READINESS_CHECK_PATH=/health" in dockerfile
+    assert _dockerfile_cmd(ROOT / meta["Dockerfile"]) == ["python", "-m", "api"]
+    # A Function URL in response-streaming mode; the app checks identity itself (401/403).
+    assert p["FunctionUrlConfig"] == {"AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM"}
+    cfn = translated(monkeypatch)
+    (url,) = [r for r in cfn["Resources"].values() if r["Type"] == "AWS::Lambda::Url"]
+    assert url["Properties"]["InvokeMode"] == "RESPONSE_STREAM"
+    assert url["Properties"]["TargetFunctionArn"] == {"Ref": API_FUNCTION}
+    permissions = [r["Properties"] for r in cfn["Resources"].values() if r["Type"] == "AWS::Lambda::Permission"]
+    assert any(q["Action"] == "lambda:InvokeFunctionUrl" and q["FunctionUrlAuthType"] == "NONE" for q in permissions)
+    outputs = Resolver()(template()["Outputs"])
+    assert outputs["HttpApiUrl"]["Value"] == FUNCTION_URL
+    assert outputs["WebChatUrl"]["Value"] == FUNCTION_URL + "ui/"
+
+
+def test_the_http_api_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real settings names only (the api's, and the chat, ingestion and authorizer logic's it runs), no local
+    endpoint; the chat and ingestion settings it builds are a consistent aws profile; the web chat points
+    at the deployed WebSocket API."""
+    from api.settings import Settings as ApiSettings
+    from authorizer.settings import Settings as AuthorizerSettings
+    from chat.settings import Settings as ChatSettings
+    from ingestion.settings import Settings as IngestionSettings
+    from shared.settings_doc import variables
+
+    known: set[str] = set()
+    for cls in (ApiSettings, ChatSettings, IngestionSettings, AuthorizerSettings):
+        known |= env_names(cls) | {v.env.upper() for v in variables(cls)}
+    resolver = Resolver()
+    env = function_env(API_FUNCTION, resolver)
+    assert not sorted(n for n in env if n.upper() not in known)
+    assert not set(env) & ENDPOINT_VARS
+    stage = resolver.params["StageName"]
+    assert env["API_WEBSOCKET_URL"] == f"wss://{API_ID}.execute-api.{REGION}.amazonaws.com/{stage}"
+    for function in ("ChatFunction", "IngestionFunction"):
+        settings = settings_for(function, env, monkeypatch)
+        assert mode_of(settings) == "aws" and check(settings) == []
+        assert settings.lancedb_uri == f"s3://{resolver.bucket()}/lancedb"
+    for name in ("RAG_AUTH", "RAG_AUTH_JWT_TENANT_CLAIM"):  # the authorizer's identity settings, the same
+        assert env[name] == function_env("AuthorizerFunction", resolver)[name]
+
+
+def test_the_http_api_iam_is_the_chat_and_ingestion_logic_s() -> None:
+    """Bedrock on the configured models, S3 on the documents and index prefixes of the bucket; no
+    @connections, no stream, no queue (it replies over HTTP)."""
+    resolver = Resolver()
+    p = resolver.params
+    bucket_arn = f"arn:aws:s3:::{resolver.bucket()}"
+    embed = f"arn:aws:bedrock:{REGION}::foundation-model/{p['EmbeddingModelId']}"
+    llm = f"arn:aws:bedrock:{REGION}::foundation-model/{p['LlmModelId']}"
+    actions = allowed(API_FUNCTION, resolver)
+    assert actions == {
+        "bedrock:InvokeModel": {embed, llm},
+        "bedrock:InvokeModelWithResponseStream": {llm},
+        "s3:ListBucket": {bucket_arn},
+        **{
+            a: {f"{bucket_arn}/documents/*", f"{bucket_arn}/lancedb/*"}
+            for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
+        },
+    }

@@ -1,9 +1,9 @@
-"""The OpenAPI 3.1 description of the HTTP API (``gateway/http_api.py``), served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 description of the HTTP API (``api/app.py``), served at ``GET /openapi.json``.
 
 Generated: the schemas are the JSON schemas of the very models the handlers parse and build
-(``gateway/http_models.py``, ``shared/openai_models.py``), so the document cannot drift from the wire;
+(``api/models.py``, ``shared/openai_models.py``), so the document cannot drift from the wire;
 this module only lists the operations. ``tests/stack/test_http_api.py`` checks that its paths are
-exactly the gateway's routes and validates real responses against its schemas.
+exactly the API's routes and validates real responses against its schemas.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from gateway.http_api import API_PREFIX
-from gateway.http_models import (
+from api.models import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -33,6 +32,7 @@ from gateway.http_models import (
     UploadTicket,
 )
 
+API_PREFIX = "/v1"
 JSON = "application/json"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -61,7 +61,7 @@ ERROR_REASONS = {
     415: "Unsupported file type, or a body that is not application/json (unsupported_media_type)",
     429: "Throttled: too many requests in flight",
 }
-# The routes that take no credential (gateway/http_api.py's OPEN): they name the model and read no data.
+# The routes that take no credential (api/app.py's OPEN): they name the model and read no data.
 OPEN_OPERATIONS = {"listModels", "getModel"}
 BEARER = {"type": "http", "scheme": "bearer", "description": "An API key (lrk_...) or an OIDC token (JWT)."}
 
@@ -103,7 +103,7 @@ OPERATIONS: tuple[Operation, ...] = (
         UploadTicket,
         "The upload URL",
         summary="A presigned PUT URL for a file; then PUT it and POST /v1/kb/sync",
-        description="The gateway remembers the pending upload (in this process only) until it is synced.",
+        description="The API remembers the pending upload (in this process only) until it is synced.",
         request=UploadRequest,
         errors=(400, 413, 415),
     ),
@@ -137,7 +137,7 @@ OPERATIONS: tuple[Operation, ...] = (
         200,
         SyncJobList,
         "The jobs",
-        summary="Sync jobs, newest first (the last 100, in this gateway process)",
+        summary="Sync jobs, newest first (the last 100, in this API process)",
     ),
 )
 
@@ -214,7 +214,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "localrag HTTP API",
             "version": "1.0.0",
             "description": "OpenAI-compatible chat completions over the RAG stack, plus document upload and "
-            "knowledge-base sync. Served by the gateway next to the WebSocket API, through the same lambdas. "
+            "knowledge-base sync, over the same chat and ingestion logic as the WebSocket API. "
             "Every operation but the model list needs a credential, `Authorization: Bearer <API key or token>`, "
             "checked by the same authorizer as the WebSocket's $connect; the caller's tenant scopes every "
             "read and write.",

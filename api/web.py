@@ -1,11 +1,14 @@
-"""The web chat: a static single-page app served by the gateway under ``/ui/``.
+"""The web chat: a static single-page app served by the HTTP API function under ``/ui/`` (locally the
+gateway forwards ``/ui`` to it, so the page is reached on the gateway's address).
 
-- ``GET /ui/`` -> ``index.html``; ``GET /ui/{file}`` -> one of the files in ``gateway/static/``
+- ``GET /ui/`` -> ``index.html``; ``GET /ui/{file}`` -> one of the files in ``api/static/``
   (only those: the set is fixed when the routes are added, so no path ever reaches the file system).
 - ``GET /ui/config.json`` -> ``{"websocket_path": "/{stage}", "gateways": [...]}``: the page builds its
   WebSocket URL from its own origin and this path, so it works behind whatever host and port the gateway
   is reached on; ``?ws=`` may name another gateway only if its origin is in ``gateways``
-  (GATEWAY_WEB_CHAT_GATEWAYS), since the page sends it its key.
+  (API_WEB_CHAT_GATEWAYS), since the page sends it its key. With API_WEBSOCKET_URL set (on AWS: the
+  deployed WebSocket API, another origin than the page's), config.json also has ``"websocket_url"``,
+  which the page connects to instead.
 
 The page talks to the gateway only through the WebSocket protocol (``shared/protocol.py``) and the
 presigned upload URLs it is given; it has no build step and loads nothing from the network but this.
@@ -55,9 +58,11 @@ def _static_files() -> dict[str, Path]:
     return {p.name: p for p in sorted(STATIC_DIR.iterdir()) if p.is_file() and p.suffix in _CONTENT_TYPES}
 
 
-def add_web_routes(app: web.Application, stage: str, *, gateways: Sequence[str] = ()) -> None:
-    """Serve the web chat at /ui/ and its config at /ui/config.json (WebSocket path /{stage}, and the
-    other gateways' origins ``?ws=`` may name)."""
+def add_web_routes(
+    app: web.Application, stage: str, *, gateways: Sequence[str] = (), websocket_url: str | None = None
+) -> None:
+    """Serve the web chat at /ui/ and its config at /ui/config.json (WebSocket path /{stage}, the other
+    gateways' origins ``?ws=`` may name, and the WebSocket URL when it is not the page's own origin)."""
     files = _static_files()
 
     def file_response(name: str) -> web.StreamResponse:
@@ -74,7 +79,9 @@ def add_web_routes(app: web.Application, stage: str, *, gateways: Sequence[str] 
         return file_response("index.html")
 
     async def config_json(request: web.Request) -> web.StreamResponse:
-        config = {"websocket_path": f"/{stage}", "gateways": list(gateways)}
+        config: dict[str, object] = {"websocket_path": f"/{stage}", "gateways": list(gateways)}
+        if websocket_url is not None:
+            config["websocket_url"] = websocket_url
         return web.json_response(config, headers={"Cache-Control": "no-cache"})
 
     async def static_file(request: web.Request) -> web.StreamResponse:

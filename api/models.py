@@ -1,9 +1,9 @@
-"""The bodies of the gateway's HTTP API (``gateway/http_api.py``): OpenAI's, plus the RAG extensions.
+"""The bodies of the HTTP API (``api/app.py``): OpenAI's, plus the RAG extensions.
 
 The OpenAI shapes come from ``shared/openai_models.py`` (one definition, shared with the LLM service);
 this adds the retrieval parameters to the request and the citations to the answers, and the document
 and knowledge-base bodies. The retrieval and upload fields reuse the protocol's field definitions
-(``shared/protocol.py``), so the gateway accepts exactly what the lambdas do. ``gateway/openapi.py``
+(``shared/protocol.py``), so the API accepts exactly what the functions do. ``api/openapi.py``
 generates the OpenAPI document from these models.
 """
 

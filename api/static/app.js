@@ -918,6 +918,7 @@ async function uploadFile(file) {
 async function gatewayUrl() {
   let path = DEFAULT_WS_PATH;
   let gateways = [];
+  let configured = null; // the deployed WebSocket API when it is not this page's origin (AWS)
   try {
     const response = await fetch("config.json", { cache: "no-store" });
     if (response.ok) {
@@ -926,12 +927,20 @@ async function gatewayUrl() {
         path = config.websocket_path;
       }
       if (Array.isArray(config.gateways)) gateways = config.gateways.filter((g) => typeof g === "string");
+      if (typeof config.websocket_url === "string") {
+        try {
+          const url = new URL(config.websocket_url);
+          if (url.protocol === "ws:" || url.protocol === "wss:") configured = url;
+        } catch {
+          console.warn("config.json: websocket_url is not a URL; using this page's origin");
+        }
+      }
     }
   } catch (err) {
     console.warn("config.json unavailable; using the default WebSocket path", err);
   }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const own = `${scheme}//${location.host}`;
+  const own = configured ? `${configured.protocol}//${configured.host}` : `${scheme}//${location.host}`;
   const override = new URLSearchParams(location.search).get("ws");
   if (override) {
     // The page sends its key to this gateway: only its own origin, or one its config allows.
@@ -946,7 +955,7 @@ async function gatewayUrl() {
     }
     console.warn("ignoring ?ws=: not this page's gateway, nor one its config allows");
   }
-  return `${own}${path}`;
+  return configured ? configured.href : `${own}${path}`;
 }
 
 function wireControls() {
