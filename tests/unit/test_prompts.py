@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from chat.prompts import (
     NO_CONTEXT_PROMPT,
     SYSTEM_PROMPT,
@@ -59,10 +61,28 @@ def test_merged_turns_keep_the_passages_they_carry() -> None:
 def test_fit_history_keeps_newest_pairs_within_budget() -> None:
     turns = [Turn("user" if i % 2 == 0 else "assistant", "x" * 40) for i in range(6)]  # 10 tokens each
     assert fit_history(turns, 1000, approx_tokens) == turns
-    kept = fit_history(turns, 45, approx_tokens)
-    assert kept == turns[-4:]  # two whole pairs (40 tokens); a third would exceed 45
+    assert fit_history(turns, 60, approx_tokens) == turns  # three pairs of 20 tokens: exactly the budget
+    # 60 > 45: the oldest pairs go until at most half the budget (22) is left: one pair.
+    assert fit_history(turns, 45, approx_tokens) == turns[-2:]
     assert fit_history(turns, 15, approx_tokens) == []  # a pair costs 20: nothing fits
     assert fit_history(turns, 0, approx_tokens) == []
+
+
+def test_fit_history_moves_its_start_only_when_the_budget_is_reached() -> None:
+    """A growing conversation: the kept history's first turn changes only at a trim, and every trim leaves at
+    most half the budget, so most follow-ups start with the previous turn's prompt (prefix reuse)."""
+    budget, starts, conversation = 100, [], []
+    for i in range(40):
+        conversation += [Turn("user", f"q{i} " + "x" * 60), Turn("assistant", f"a{i} " + "y" * 40)]  # ~27 tokens
+        kept = fit_history(conversation, budget, approx_tokens)
+        assert kept and kept[0].role == "user" and kept == conversation[len(conversation) - len(kept) :]
+        assert sum(approx_tokens(t.content) for t in kept) <= budget
+        starts.append(len(conversation) - len(kept))
+    moves = [b for a, b in itertools.pairwise(starts) if a != b]
+    assert moves == sorted(set(moves))  # the start only moves forward
+    assert 0 < len(moves) <= len(starts) // 2  # ... and at most every other turn (every turn when trimming one pair)
+    dropped_one_pair_each_turn = sum(1 for a, b in itertools.pairwise(starts) if b == a + 2)
+    assert dropped_one_pair_each_turn < len(moves)  # trims drop several pairs at once
 
 
 def test_fit_history_never_starts_with_an_assistant_turn() -> None:

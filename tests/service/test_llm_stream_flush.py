@@ -1,0 +1,48 @@
+"""LLM_STREAM_FLUSH_MS: how often the LLM service hands generated text to its ConverseStream.
+
+Two real LLM service processes on the tiny random GGUF (greedy decoding, so both generate the same text):
+one handing over every token (0), one with an interval no generation reaches, which must send the first
+text at once and the rest in one delta at the end -- the same text, in two contentBlockDelta events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.service.test_llm_service import _start, _stream_events, _user, bedrock
+from tests.support.gguf_factory import write_tiny_llama_gguf
+from tests.support.procs import Service, stop_service
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Service]]:
+    model = write_tiny_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf")
+    logs = tmp_path_factory.mktemp("logs")
+    started: dict[str, Service] = {}
+    try:
+        started["every_token"] = _start("llm-flush-0", model, logs, LLM_STREAM_FLUSH_MS="0")
+        started["held"] = _start("llm-flush-long", model, logs, LLM_STREAM_FLUSH_MS="600000")
+        yield started
+    finally:
+        for svc in started.values():
+            stop_service(svc)
+
+
+def _deltas(svc: Service) -> tuple[list[str], dict[str, Any]]:
+    events = _stream_events(
+        bedrock(svc), messages=_user("Tell me about retrieval."), inferenceConfig={"maxTokens": 64, "temperature": 0}
+    )
+    return [e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e], events[-1]
+
+
+def test_the_flush_interval_sets_how_many_deltas_carry_the_same_text(services: dict[str, Service]) -> None:
+    every, meta_every = _deltas(services["every_token"])
+    held, meta_held = _deltas(services["held"])
+    assert "".join(held) == "".join(every)  # nothing lost, nothing reordered
+    assert meta_held["metadata"]["usage"]["outputTokens"] == meta_every["metadata"]["usage"]["outputTokens"] == 64
+    assert len(every) > 10  # one delta per token (tokens of the tiny model that decode to text)
+    assert len(held) == 2  # the first text at once, the rest when the generation ends
+    assert held[0] == every[0]
