@@ -678,7 +678,9 @@ def start_stack(root: Path, model: Path, max_tokens: int) -> Any:
     cfg = StackConfig.any_ports(
         llm_model_path=model,
         data_dir=root / "data",
-        extra_env={"RAG_MAX_TOKENS": str(max_tokens)},
+        # API Gateway's 500 new connections/s (GATEWAY_CONNECT_RATE_LIMIT) would cap the connection steps,
+        # which measure what the gateway itself can hold and accept.
+        extra_env={"RAG_MAX_TOKENS": str(max_tokens), "GATEWAY_CONNECT_RATE_LIMIT": "1000000"},
     )
     stack = Stack(plan(cfg), cfg)
     stack.start(root / "logs", timeout=300)

@@ -8,13 +8,19 @@ text at once and the rest in one delta at the end -- the same text, in two conte
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.service.test_llm_service import _start, _stream_events, _user, bedrock
+from tests.service.test_llm_service import bedrock
 from tests.support.gguf_factory import write_tiny_llama_gguf
-from tests.support.procs import Service, stop_service
+from tests.support.procs import Service, start_service, stop_service
+
+
+def _start(name: str, model: Path, logs: Path, flush_ms: str) -> Service:
+    env = {"LLM_MODEL_PATH": str(model), "LLM_N_CTX": "4096", "LLM_STREAM_FLUSH_MS": flush_ms}
+    return start_service(name, "llm", env, logs, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +29,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ser
     logs = tmp_path_factory.mktemp("logs")
     started: dict[str, Service] = {}
     try:
-        started["every_token"] = _start("llm-flush-0", model, logs, LLM_STREAM_FLUSH_MS="0")
-        started["held"] = _start("llm-flush-long", model, logs, LLM_STREAM_FLUSH_MS="600000")
+        started["every_token"] = _start("llm-flush-0", model, logs, "0")
+        started["held"] = _start("llm-flush-long", model, logs, "600000")
         yield started
     finally:
         for svc in started.values():
@@ -32,9 +38,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ser
 
 
 def _deltas(svc: Service) -> tuple[list[str], dict[str, Any]]:
-    events = _stream_events(
-        bedrock(svc), messages=_user("Tell me about retrieval."), inferenceConfig={"maxTokens": 64, "temperature": 0}
+    messages = [{"role": "user", "content": [{"text": "Tell me about retrieval."}]}]
+    response = bedrock(svc).converse_stream(
+        modelId="local-llm", messages=messages, inferenceConfig={"maxTokens": 64, "temperature": 0}
     )
+    events = list(response["stream"])
     return [e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e], events[-1]
 
 

@@ -348,6 +348,8 @@ def llm_table(models: Path) -> dict[str, Effect]:
         "LLM_TEMPERATURE": Effect("0.0", _temperature, path),
         "LLM_MAX_QUEUE": Effect("1", lambda s: _engine(s, "max_queue"), path),
         "LLM_STATE_CACHE_BYTES": Effect("0", _states_kept, path),
+        # The deltas themselves: tests/service/test_llm_stream_flush.py.
+        "LLM_STREAM_FLUSH_MS": Effect("600000", lambda s: _engine(s, "stream_flush_s"), path),
         "LLM_REQUEST_TIMEOUT_S": Effect("0.000001", lambda s: _converse(s, maxTokens=200), path),
         "LLM_MAX_BODY_BYTES": Effect("1024", _big_llm_body, path),
     }
