@@ -41,7 +41,8 @@ def _clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def llm(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    env = {"LLM_MODEL_PATH": str(tiny_gguf), "LLM_N_CTX": "2048", "LLM_MAX_TOKENS": "24"}
+    # LLM_STREAM_FLUSH_MS=0: one chunk per token, which the stream tests count.
+    env = {"LLM_MODEL_PATH": str(tiny_gguf), "LLM_N_CTX": "2048", "LLM_MAX_TOKENS": "24", "LLM_STREAM_FLUSH_MS": "0"}
     svc = start_service("llm-ids", "llm", env, tmp_path_factory.mktemp("logs"), timeout=60)
     yield svc
     stop_service(svc)
