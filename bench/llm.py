@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.client.frames import text_fragments
+
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT.parent / "shared" / "seeds"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -292,7 +294,8 @@ def _ingest_seeds(url: str, key: str) -> None:
     docs = [{"id": f.stem, "title": f.stem, "text": f.read_text(encoding="utf-8")} for f in sorted(SEEDS.glob("*.txt"))]
 
     async def work(ws: Any) -> None:
-        await ws.send(json.dumps({"action": "ingest_batch", "request_id": "seed", "documents": docs}))
+        # In fragments of at most 32 KB: API Gateway (and the local gateway) close a larger frame with 1009.
+        await ws.send(text_fragments(json.dumps({"action": "ingest_batch", "request_id": "seed", "documents": docs})))
         while True:
             msg = json.loads(await ws.recv())
             if msg.get("type") == "ingest_batch_result":

@@ -57,6 +57,8 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
 
+from shared.client.frames import text_fragments
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "load.json"
 TENANT = "bench"
@@ -462,7 +464,8 @@ async def ingest_all(url: str, key: str, docs: list[dict[str, Any]], batch: int,
     async def send_batch(ws: Any, j: int, b: list[dict[str, Any]]) -> None:
         nonlocal retried
         for attempt in range(60):
-            await ws.send(json.dumps({"action": "ingest_batch", "request_id": f"i{j}", "documents": b}))
+            # In fragments of at most 32 KB (API Gateway's frame quota).
+            await ws.send(text_fragments(json.dumps({"action": "ingest_batch", "request_id": f"i{j}", "documents": b})))
             while True:
                 msg = json.loads(await ws.recv())
                 if msg.get("type") == "error" and msg.get("code") == "throttled" and attempt < 59:

@@ -171,11 +171,23 @@ def _text_params(req: TextRequest, settings: Settings) -> GenerationParams:
     )
 
 
-def _usage(gen: Generation) -> dict[str, int]:
+def _usage(gen: Generation, caches_prompt: bool = False) -> dict[str, int]:
+    """Converse's usage. With a cachePoint in the request, as Bedrock reports prompt caching: inputTokens are
+    the prompt tokens evaluated, cacheReadInputTokens those reused from an evaluated prefix (the LLM service's
+    state cache; README "Prompt layout and prefix reuse"), totalTokens all of them plus the output."""
+    if not caches_prompt:
+        return {
+            "inputTokens": gen.input_tokens,
+            "outputTokens": gen.output_tokens,
+            "totalTokens": gen.input_tokens + gen.output_tokens,
+        }
+    cached = min(gen.cached_tokens, gen.input_tokens)
     return {
-        "inputTokens": gen.input_tokens,
+        "inputTokens": gen.input_tokens - cached,
         "outputTokens": gen.output_tokens,
         "totalTokens": gen.input_tokens + gen.output_tokens,
+        "cacheReadInputTokens": cached,
+        "cacheWriteInputTokens": 0,
     }
 
 
@@ -226,7 +238,7 @@ async def converse(request: web.Request) -> web.StreamResponse:
     body = {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
         "stopReason": gen.stop_reason,
-        "usage": _usage(gen),
+        "usage": _usage(gen, req.caches_prompt),
         "metrics": {"latencyMs": _elapsed_ms(started)},
     }
     return web.json_response(body, headers={"x-amzn-RequestId": _request_id()})
@@ -247,7 +259,9 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
         return [
             encode_event("contentBlockStop", {"contentBlockIndex": 0}),
             encode_event("messageStop", {"stopReason": gen.stop_reason}),
-            encode_event("metadata", {"usage": _usage(gen), "metrics": {"latencyMs": _elapsed_ms(started)}}),
+            encode_event(
+                "metadata", {"usage": _usage(gen, req.caches_prompt), "metrics": {"latencyMs": _elapsed_ms(started)}}
+            ),
         ]
 
     return await _stream(

@@ -120,6 +120,13 @@ class ConverseRequest(_Model):
     def _null_is_empty(cls, v: Any) -> Any:
         return {} if v is None else v
 
+    @property
+    def caches_prompt(self) -> bool:
+        """Whether the request marks a prompt-caching point (a cachePoint block in the system prompt or in a
+        message): Bedrock then reports the prompt tokens read from its cache apart (usage.cacheReadInputTokens)."""
+        blocks = [*self.system, *(b for m in self.messages for b in m.content)]
+        return any(b.cachePoint is not None for b in blocks)
+
     @field_validator("messages")
     @classmethod
     def _starts_with_user(cls, v: list[Message]) -> list[Message]:

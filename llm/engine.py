@@ -547,12 +547,6 @@ class Generation:
         eng.stats.prompt_tokens_evaluated += n_in - reused
         emit(_Started(n_in, reused))
 
-        def count_sampled(input_ids: Any, scores: Any) -> Any:
-            self._sampled += 1
-            return scores
-
-        from llama_cpp import LogitsProcessorList
-
         kwargs: dict[str, Any] = {}
         if p.top_p is not None:
             kwargs["top_p"] = p.top_p
@@ -565,7 +559,6 @@ class Generation:
             repeat_penalty=p.repeat_penalty,
             frequency_penalty=p.frequency_penalty,
             presence_penalty=p.presence_penalty,
-            logits_processor=LogitsProcessorList([count_sampled]),
             **kwargs,
         )
         matcher = StopMatcher(p.stop)
@@ -588,6 +581,11 @@ class Generation:
             close = getattr(stream, "close", None)
             if callable(close):
                 close()
+            # Tokens sampled: llama.cpp evaluates each sampled token but the last (the generation stops on it),
+            # so the context now holds the prompt and all but one of them. Counted from the context rather
+            # than by a logits processor, whose Python callback on every token (a view over the whole
+            # vocabulary) costs generation speed.
+            self._sampled = min(max(int(llama.n_tokens) - n_in + 1, 0), max_tokens)
         if self._cancel.is_set():
             return
         if hit_stop:

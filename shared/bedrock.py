@@ -229,7 +229,10 @@ class ChatModel:
             raise upstream_error("LLM", exc) from exc
         finally:
             stream.close()
-        yield StreamDone(stop_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))
+        # The prompt's size: with prompt caching Bedrock counts the tokens read from (or written to) its cache
+        # apart from inputTokens.
+        prompt = sum(int(usage.get(k, 0)) for k in ("inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"))
+        yield StreamDone(stop_reason, prompt, int(usage.get("outputTokens", 0)))
 
 
 def _describe(exc: Exception) -> str:

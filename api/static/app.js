@@ -1023,7 +1023,19 @@ async function main() {
   });
   gateway.addEventListener("unmatched", (event) => {
     const message = event.detail;
-    if (message.type === "error") systemNotice(`The gateway reported ${describeError(message)}`, "error");
+    if (message.type === "error") {
+      systemNotice(`The gateway reported ${describeError(message)}`, "error");
+    } else if (message.type === undefined && typeof message.message === "string") {
+      // API Gateway's own notices carry no request id. "Endpoint request timed out": the function runs on
+      // and its replies keep coming, so nothing to do. "Too Many Requests": the stage throttled a message,
+      // which was never delivered; the question can be sent again.
+      if (message.message === "Too Many Requests") {
+        setAnswering(false);
+        systemNotice("The gateway is throttling messages: wait a moment, then send again.", "error");
+      } else if (message.message !== "Endpoint request timed out") {
+        systemNotice(`The gateway said: ${message.message}`, "error");
+      }
+    }
   });
   window.addEventListener("online", () => gateway.retryNow());
   window.addEventListener("hashchange", () => {

@@ -19,6 +19,22 @@ FRAME_BYTES = 32 * 1024
 _TEXT, _CONTINUATION = 0x1, 0x0
 
 
+def text_fragments(text: str, limit: int = FRAME_BYTES) -> list[str]:
+    """`text` cut into the fewest pieces of at most `limit` bytes of UTF-8 each, never inside a character: for
+    clients that fragment a message themselves (the `websockets` library sends an iterable of str as one
+    message in fragments)."""
+    pieces: list[str] = []
+    start = used = 0
+    for i, ch in enumerate(text):
+        size = len(ch.encode("utf-8"))
+        if used + size > limit:
+            pieces.append(text[start:i])
+            start, used = i, 0
+        used += size
+    pieces.append(text[start:])
+    return pieces
+
+
 def frames(payload: bytes, limit: int = FRAME_BYTES) -> bytes:
     """`payload` as masked client frames of at most `limit` bytes each (a text message)."""
     out = bytearray()

@@ -152,7 +152,7 @@ def health(svc: Service) -> dict[str, Any]:
         ("unknown body", invoke(json.dumps({"prompt": "hello"})), "ValidationException", 400),
         (
             "unknown model",
-            invoke(json.dumps({"inputText": "hi"}), "amazon.titan-embed-text-v1"),
+            invoke(json.dumps({"inputText": "hi"}), "amazon.titan-embed-text-v9:0"),  # no such model
             "ResourceNotFoundException",
             404,
         ),
@@ -171,7 +171,7 @@ def test_embedding_errors(
 def test_embedding_unknown_model_through_the_adapter(embedding: Service, session: boto3.session.Session) -> None:
     local = local_client(session, embedding)
     aws = aws_client(session)
-    model = "amazon.titan-embed-text-v2:0"  # not what the local service serves
+    model = "amazon.titan-embed-text-v9:0"  # no such model: not served locally, unknown on AWS
     from_local = adapter_error(lambda: Embedder(local, model, body_format="titan").embed_query("hi"))
     with Stubber(aws) as stub:
         stub.add_client_error("invoke_model", service_error_code="ResourceNotFoundException", http_status_code=404)

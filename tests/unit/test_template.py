@@ -740,9 +740,12 @@ def test_bucket_is_private_and_encrypted() -> None:
 # -- Kinesis ----------------------------------------------------------------------------------------------------
 
 
-def test_the_document_stream_is_encrypted_and_on_demand() -> None:
+def test_the_document_stream_is_encrypted_with_its_capacity_mode() -> None:
     stream = props("DocumentStream")
-    assert stream["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert stream["StreamModeDetails"] == {"StreamMode": {"Ref": "DocumentStreamMode"}}
+    assert stream["ShardCount"] == {
+        "Fn::If": ["DocumentStreamIsProvisioned", {"Ref": "DocumentStreamShards"}, {"Ref": "AWS::NoValue"}]
+    }
     assert stream["StreamEncryption"] == {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"}
     queue = props("DocumentStreamFailures")
     assert queue["SqsManagedSseEnabled"] is True and queue["MessageRetentionPeriod"] == 14 * 24 * 3600
