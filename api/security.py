@@ -12,30 +12,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from api.settings import Settings
+from shared.web_origins import LOOPBACK_NAMES, split_host
 
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = 600
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-_HOST = re.compile(r"^(?P<name>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")
-
-
-def split_host(host: str) -> tuple[str, int | None] | None:
-    """``name[:port]`` -> (lower-case name, port or None); None if malformed."""
-    m = _HOST.match(host.strip())
-    if m is None:
-        return None
-    port = int(m["port"]) if m["port"] else None
-    if port is not None and not 0 < port < 65536:
-        return None
-    return m["name"].lower(), port
 
 
 class OriginPolicy:

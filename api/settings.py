@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.settings import comma_list
+from shared.web_origins import normalize_origin
 
 
 class Settings(BaseSettings):
@@ -70,24 +71,12 @@ class Settings(BaseSettings):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        out = []
-        for origin in value:
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]); '*' is not accepted")
-            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
-        return out
+        return [normalize_origin(origin) for origin in value]
 
     @field_validator("web_chat_gateways")
     @classmethod
     def _gateways(cls, value: list[str]) -> list[str]:
-        out = []
-        for origin in value:
-            parts = urlsplit(origin)
-            if parts.scheme not in ("ws", "wss") or not parts.netloc or parts.path not in ("", "/"):
-                raise ValueError(f"{origin!r} is not a WebSocket origin (ws://host[:port] or wss://host[:port])")
-            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
-        return out
+        return [normalize_origin(origin, ("ws", "wss")) for origin in value]
 
     @field_validator("websocket_url")
     @classmethod

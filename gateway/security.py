@@ -1,14 +1,14 @@
-"""The public listener's browser-facing checks: the Host it is reached by, the Origin of a page, CORS.
+"""The public listener's browser-facing checks: the Host it is reached by and the Origin of a page.
 
 - **Host** (every public route): only the names in ``Settings.host_names()`` (loopback names,
   GATEWAY_DOMAIN_NAME, GATEWAY_HOST, GATEWAY_ALLOWED_HOSTS); anything else answers 421 Misdirected
   Request. A DNS-rebinding page (``evil.example`` resolving to 127.0.0.1) sends its own name as Host.
-- **Origin** (WebSocket upgrades and ``/v1``): a request without Origin (CLI, SDKs, curl) passes; a
-  browser's Origin must be the gateway's own (same origin as the Host it reached, or one of its host names
-  on GATEWAY_PORT) or one of GATEWAY_ALLOWED_ORIGINS; otherwise 403.
-- **CORS** (``/v1``): a preflight is answered only for an allowed Origin, with the methods and headers
-  the API takes; responses to an allowed cross-origin request name that origin (never ``*``).
+- **Origin** (WebSocket upgrades): a request without Origin (CLI, SDKs, curl) passes; a browser's Origin
+  must be the gateway's own (same origin as the Host it reached, or one of its host names on GATEWAY_PORT)
+  or one of GATEWAY_ALLOWED_ORIGINS; otherwise 403.
 
+CORS belongs to the HTTP API, which the api function answers (api/security.py); the gateway only forwards
+``/v1``. Host names are parsed by shared/web_origins.py, as the api function parses them.
 The upload PUT (``gateway/uploads.py``) keeps its own rules: the signature in its URL is the credential,
 as for a presigned S3 URL.
 """
@@ -21,11 +21,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway.settings import Settings, split_host
+from gateway.settings import Settings
+from shared.web_origins import split_host
 
-CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type"
-CORS_MAX_AGE_S = 600
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,28 +88,3 @@ def host_guard(policy: OriginPolicy, refuse_v1: Refusal, v1_prefix: str) -> Midd
         return await handler(request)
 
     return middleware
-
-
-def cors_headers(origin: str) -> dict[str, str]:
-    """Headers of a response to an allowed cross-origin request."""
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-
-
-def preflight_headers(origin: str) -> dict[str, str]:
-    return {
-        **cors_headers(origin),
-        "Access-Control-Allow-Methods": CORS_METHODS,
-        "Access-Control-Allow-Headers": CORS_HEADERS,
-        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
-    }
-
-
-def cors_hook(policy: OriginPolicy) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """An on_response_prepare handler: name the request's Origin when it is allowed (nothing otherwise)."""
-
-    async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        if origin is not None and policy.origin_allowed(origin, request.headers.get("Host")):
-            response.headers.update(cors_headers(origin))
-
-    return add_cors_headers

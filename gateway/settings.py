@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_MESSAGE_BYTES, route_table
 from shared.settings import AuthSettings, DocumentsSettings, InternalAuthSettings, comma_list
+from shared.web_origins import LOOPBACK_NAMES, normalize_origin, split_host
 
 # API Gateway's WebSocket frame size quota (a message may span several frames, up to 128 KB in all).
 MAX_FRAME_BYTES = 32 * 1024
@@ -30,9 +30,7 @@ DEFAULT_IDENTITY_SOURCES = [
     "route.request.querystring.token",
     "route.request.header.Sec-WebSocket-Protocol",
 ]
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _IDENTITY_SOURCE = re.compile(r"^(?:route\.request|\$request)\.(header|querystring)\.([A-Za-z0-9_.-]+)$")
-_HOST = re.compile(r"^(?P<name>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")
 
 
 def identity_source(expression: str) -> tuple[Literal["header", "querystring"], str]:
@@ -44,17 +42,6 @@ def identity_source(expression: str) -> tuple[Literal["header", "querystring"], 
         )
     kind: Literal["header", "querystring"] = "header" if m[1] == "header" else "querystring"
     return kind, m[2]
-
-
-def split_host(host: str) -> tuple[str, int | None] | None:
-    """``name[:port]`` (a bracketed IPv6 address too) -> (lower-case name, port or None); None if malformed."""
-    m = _HOST.match(host.strip())
-    if m is None:
-        return None
-    port = int(m["port"]) if m["port"] else None
-    if port is not None and not 0 < port < 65536:
-        return None
-    return m["name"].lower(), port
 
 
 class Settings(BaseSettings):
@@ -244,13 +231,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        out = []
-        for origin in value:
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]); '*' is not accepted")
-            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
-        return out
+        return [normalize_origin(origin) for origin in value]
 
     def public_domain(self) -> str:
         return self.domain_name or f"{self.host}:{self.port}"
