@@ -25,6 +25,9 @@ help:
 	@echo "make bench-auth - WebSocket connect latency with the authorizer (warm cache) vs RAG_AUTH=none"
 	@echo "make bench-load - connections held (1k, 10k), connect burst, 50 chats, ingestion during chats"
 	@echo "make bench-kinesis - put_record -> searchable p50/p99 through the local Kinesis pipeline, 10 records/s"
+	@echo "make bench-freshness - search latency, S3 requests and cost per query for RAG_READ_CONSISTENCY_S 0/1/10/never (moto)"
+	@echo "make bench-retrieval - search through the gateway vs bare embed + search in one process (added ms p50/p99)"
+	@echo "make bench-scale - vector search at 100k/1M chunks (product vs bare LanceDB, folder and S3), history over 1M messages"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -133,6 +136,13 @@ bench-load: $(STAMP)
 bench-kinesis: $(STAMP)
 	$(PY) -m bench.kinesis $(BENCH_ARGS)
 
+# Storage freshness: VectorStore.search on moto's S3 behind a counting proxy for RAG_READ_CONSISTENCY_S = 0
+# (baseline), 1, 10 and never: p50/p99, LIST/GET per query busy and sparse, $ per million queries, and whether
+# a new document is found right after its write; writes bench/results/freshness.json. About 2 min.
+.PHONY: bench-freshness
+bench-freshness: $(STAMP)
+	$(PY) -m bench.freshness $(BENCH_ARGS)
+
 # LLM speed: the product end to end (WebSocket gateway -> chat function -> LLM service) vs bare llama-cpp-python,
 # same model (the embedded SmolLM2 unless LLM_MODEL_PATH), threads and prompts, first turn and follow-up, one run;
 # writes bench/results/llm.json and prints the ratios. About 5 min.
@@ -155,3 +165,19 @@ eval-answers: $(STAMP)
 .PHONY: rehearse
 rehearse: $(STAMP)
 	$(PY) -m tests.rehearse $(REHEARSE_ARGS)
+
+# Retrieval overhead: search over the gateway's WebSocket, and the chat function's retrieve step in process, vs
+# bare MiniLM embed + LanceDB search in one process, on 1,000 SciFact abstracts (~2,700 chunks), vector and hybrid, one run;
+# then the embedding service's batching under 8 concurrent clients. Writes bench/results/retrieval.json. About 5 min.
+.PHONY: bench-retrieval
+bench-retrieval: $(STAMP)
+	$(PY) -m bench.retrieval $(BENCH_ARGS)
+
+# Scale: 100k- and 1M-chunk tables of real MiniLM SciFact vectors grown by a generator the bench checks (k-NN
+# distances, ANN recall vs a real set), the product's VectorStore.search vs bare LanceDB vs the flat scan (p50/p99,
+# recall@10, index build, RSS, disk) on a folder and on S3 (moto); history over 1M messages; SciFact nDCG@10 with
+# the index on. Writes bench/results/scale.json. The first run embeds SciFact (~60k texts, cached in .cache/);
+# then about 30 min. Smoke run: make bench-scale BENCH_ARGS="--sizes 100k --no-s3 --messages 100k"
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale $(BENCH_ARGS)

@@ -18,30 +18,33 @@ settings as the functions build them), and the caller is identified by the autho
 - ``GET /openapi.json`` (``api/openapi.py``), ``/ui/`` (the web chat, ``api/web.py``), ``GET /health``.
 
 Every error is in OpenAI's shape (aiohttp's own 404 and 405 included). Pending uploads and sync jobs
-are remembered by this process only, in memory, per tenant: lost when it restarts (the files stay in
-``uploads/``), and on AWS per execution environment (see the README's AWS section).
+live in the documents store (``shared/sync_jobs.py``), per tenant, not in this process: every api
+process (every Lambda execution environment) answers the same, and a restart loses nothing. A sync job
+runs in the ingestion function, invoked asynchronously (``api/jobs.py``; in this process when
+API_SYNC_FUNCTION is unset).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from api.identity import Identity, Unidentified
+from api.identity import CredentialCache, Identity, Unidentified
+from api.jobs import LambdaSync, job_view
 from api.models import (
     MODEL_ID,
     ChatCompletion,
@@ -54,8 +57,6 @@ from api.models import (
     DocumentListQuery,
     Model,
     ModelList,
-    SyncError,
-    SyncJob,
     SyncJobAccepted,
     SyncJobList,
     UploadError,
@@ -63,6 +64,7 @@ from api.models import (
     UploadTicket,
 )
 from api.openapi import API_PREFIX, openapi_json
+from api.request_log import echo_request_id, request_log
 from api.security import OriginPolicy, cors_hook, preflight_headers
 from api.settings import Settings
 from api.web import add_web_routes
@@ -71,17 +73,18 @@ from ingestion.service import IngestionService
 from shared.connections import ConnectionGone
 from shared.errors import RagError
 from shared.identity import Principal
+from shared.logs import correlation_id
 from shared.openai_models import AssistantMessage, ChunkChoice, Delta, Error, FinishReason, Usage, sse
 from shared.openai_models import Choice as CompletionChoice
 from shared.protocol import (
     ChatRequest,
     DeleteDocumentRequest,
     ErrorCode,
-    IngestObjectRequest,
     ListDocumentsRequest,
     UploadUrlRequest,
     describe_validation_error,
 )
+from shared.sync_jobs import Failure, SyncJobs, UploadRecord
 from shared.timing import iso_utc
 
 log = logging.getLogger(__name__)
@@ -89,16 +92,6 @@ log = logging.getLogger(__name__)
 # Bodies a little over the limit are read (and dropped) before the 413 so the client gets to read it;
 # beyond this the connection is simply closed after the response.
 _DRAIN_LIMIT = 8 * 1024 * 1024
-_KEEP_JOBS = 100
-# Sync jobs retry a failed upload only when its failure may have been transient.
-_RETRYABLE = {
-    ErrorCode.THROTTLED,
-    ErrorCode.UPSTREAM_UNAVAILABLE,
-    ErrorCode.UPSTREAM_TIMEOUT,
-    ErrorCode.FUNCTION_ERROR,
-    ErrorCode.INTERNAL_ERROR,
-    ErrorCode.DOCUMENT_BUSY,
-}
 # How often a request checks whether its HTTP client is still there.
 _WATCH_S = 0.1
 
@@ -135,6 +128,21 @@ T = TypeVar("T")
 
 def _now_iso() -> str:
     return iso_utc(z=True)
+
+
+def _pending(upload: UploadRecord, error: UploadError | None) -> Document:
+    """An upload not synced yet, as the document list shows it."""
+    return Document(
+        id=upload.id,
+        title="",
+        name=upload.name,
+        size=upload.size,
+        status=upload.status,
+        chunks=0,
+        uploaded_at=upload.created_at,
+        indexed_at=None,
+        error=error,
+    )
 
 
 def _json(body: BaseModel, status: int = 200) -> web.Response:
@@ -223,68 +231,6 @@ def _protocol(model: type[M], data: dict[str, Any]) -> M:
 
 
 @dataclass
-class PendingUpload:
-    id: str
-    key: str
-    name: str
-    size: int
-    content_type: str
-    created_at: str = field(default_factory=_now_iso)
-    status: Literal["uploaded", "failed"] = "uploaded"
-    error: UploadError | None = None
-    job_id: str | None = None  # the sync job working on it
-
-    def info(self) -> Document:
-        return Document(
-            id=self.id,
-            title="",
-            name=self.name,
-            size=self.size,
-            status=self.status,
-            chunks=0,
-            uploaded_at=self.created_at,
-            indexed_at=None,
-            error=self.error,
-        )
-
-
-@dataclass
-class SyncRun:
-    """A knowledge-base sync job while (and after) it runs."""
-
-    id: str
-    documents: list[PendingUpload]
-    status: Literal["queued", "running", "done", "failed"] = "queued"
-    succeeded: int = 0
-    failed: int = 0
-    errors: list[SyncError] = field(default_factory=list)
-    created_at: str = field(default_factory=_now_iso)
-    started_at: str | None = None
-    finished_at: str | None = None
-
-    def info(self) -> SyncJob:
-        return SyncJob(
-            id=self.id,
-            status=self.status,
-            total=len(self.documents),
-            succeeded=self.succeeded,
-            failed=self.failed,
-            errors=list(self.errors),
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-        )
-
-
-@dataclass
-class Workspace:
-    """One tenant's pending uploads and sync jobs (documents are shared within a tenant, so are these)."""
-
-    pending: dict[str, PendingUpload] = field(default_factory=dict)
-    jobs: OrderedDict[str, SyncRun] = field(default_factory=OrderedDict)
-
-
-@dataclass
 class Backends:
     """The logic the routes run: built from the settings at the cold start (``api.__main__``), or given."""
 
@@ -309,13 +255,15 @@ CALLER = web.RequestKey("caller", Principal)
 
 
 class HttpApi:
-    """The application's state: the backends, a worker pool, each tenant's pending uploads and sync jobs."""
+    """The application's state: the backends and a worker pool (uploads and sync jobs are in the store)."""
 
     def __init__(self, settings: Settings, backends: Backends | None = None) -> None:
         self.settings = settings
         self._backends = backends  # set at startup when built then
         self.created = int(time.time())
-        self.workspaces: dict[str, Workspace] = {}
+        self._jobs: SyncJobs | None = None
+        self._sync: LambdaSync | None = None
+        self.credentials = CredentialCache(settings.credential_cache_s, settings.credential_cache_size)
         self.stats = Stats()
         self.pool = ThreadPoolExecutor(settings.max_concurrent_requests, thread_name_prefix="api")
         # Strong references to background work (sync jobs).
@@ -327,9 +275,23 @@ class HttpApi:
             raise ApiError(503, "the service is starting; retry shortly", ErrorCode.UPSTREAM_UNAVAILABLE.value)
         return self._backends
 
-    def workspace(self, request: web.Request) -> Workspace:
-        """The caller's tenant's workspace (the tenant comes from the credential, never from the request)."""
-        return self.workspaces.setdefault(request[CALLER].tenant, Workspace())
+    @property
+    def sync(self) -> LambdaSync | None:
+        """Where sync jobs run: the ingestion function (API_SYNC_FUNCTION, asynchronous invokes); None: here."""
+        if self._sync is None and self.settings.sync_function:
+            self._sync = LambdaSync(
+                self.settings.sync_function,
+                endpoint_url=self.settings.lambda_endpoint_url,
+                region=self.backends.ingestion.settings.aws_region,
+            )
+        return self._sync
+
+    @property
+    def jobs(self) -> SyncJobs:
+        """Pending uploads and sync jobs, in the documents store the ingestion logic uses."""
+        if self._jobs is None:
+            self._jobs = SyncJobs(self.backends.ingestion.objects, stale_after_s=self.settings.sync_stale_after_s)
+        return self._jobs
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -342,7 +304,8 @@ class HttpApi:
         if self.backends.refusal is not None:
             raise ApiError.of(self.backends.refusal)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+            # In a copy of this request's context: the worker's log lines carry its correlation id.
+            return await asyncio.get_running_loop().run_in_executor(self.pool, contextvars.copy_context().run, fn)
         except RagError as exc:
             raise ApiError.of(exc) from None
         except Exception as exc:
@@ -384,7 +347,8 @@ class Answer:
 
     def start(self) -> Answer:
         self.api.stats.chats_in_flight += 1
-        self.future = self.loop.run_in_executor(self.api.pool, self._generate)
+        run = contextvars.copy_context().run  # the request's correlation id in the generation's log lines
+        self.future = self.loop.run_in_executor(self.api.pool, run, self._generate)
         self.future.add_done_callback(lambda _: self._finished())
         return self
 
@@ -628,13 +592,15 @@ async def create_document(request: web.Request) -> web.Response:
     )
     doc_id = ticket.key.rsplit("/", 1)[-1]  # the file name as the ingestion logic made it safe: a valid id
     headers = {str(k): str(v) for k, v in ticket.headers.items()}
-    api.workspace(request).pending[doc_id] = PendingUpload(
+    pending = UploadRecord(
         id=doc_id,
         key=ticket.key,
         name=upload.filename,
         size=upload.size,
         content_type=headers.get("Content-Type", "application/octet-stream"),
+        created_at=_now_iso(),
     )
+    await api.run(partial(api.jobs.add_upload, tenant, pending))
     out = UploadTicket(
         id=doc_id, key=ticket.key, upload_url=ticket.url, headers=headers, expires_in=int(ticket.expires_in)
     )
@@ -642,8 +608,8 @@ async def create_document(request: web.Request) -> web.Response:
 
 
 async def list_documents(request: web.Request) -> web.Response:
-    """One page of the documents (``?limit=&after=``), the indexed ones and this process's pending uploads
-    merged in id order: the ingestion logic's page, with the pending uploads whose ids fall in its range
+    """One page of the documents (``?limit=&after=``), the indexed ones and the pending uploads merged in
+    id order: the ingestion logic's page, with the pending uploads whose ids fall in its range
     (an upload not synced yet shows as uploaded, or failed, even when an older version is indexed)."""
     query = _parse(DocumentListQuery, dict(request.query))
     api = request.app[API]
@@ -655,15 +621,17 @@ async def list_documents(request: web.Request) -> web.Response:
     page_in, upper = await api.run(
         partial(api.backends.ingestion.document_page, tenant=tenant, after=req.after, limit=query.limit)
     )
+    uploads = await api.run(partial(api.jobs.uploads, tenant))
     by_id: dict[str, Document] = {}
     for d in page_in:
         doc = Document.model_validate(d.model_dump(mode="json"))
         by_id[doc.id] = doc
-    for p in api.workspace(request).pending.values():  # the page covers ids in (after, upper]
+    for p in uploads:  # the page covers ids in (after, upper]
         if (query.after is not None and p.id <= query.after) or (upper is not None and p.id > upper):
             continue
         indexed = by_id.get(p.id)
-        by_id[p.id] = indexed.model_copy(update={"status": p.status, "error": p.error}) if indexed else p.info()
+        error = UploadError(code=p.error.code, message=p.error.message) if p.error else None
+        by_id[p.id] = indexed.model_copy(update={"status": p.status, "error": error}) if indexed else _pending(p, error)
     page = sorted(by_id.values(), key=lambda d: d.id)
     has_more = upper is not None or len(page) > query.limit
     page = page[: query.limit]
@@ -682,13 +650,14 @@ async def list_documents(request: web.Request) -> web.Response:
 async def delete_document(request: web.Request) -> web.Response:
     api = request.app[API]
     doc_id = request.match_info["id"]
-    pending = api.workspace(request).pending.pop(doc_id, None)
     req = _protocol(DeleteDocumentRequest, {"action": "delete_document", "doc_id": doc_id})
+    tenant = request[CALLER].tenant
+    pending = await api.run(partial(api.jobs.drop_upload, tenant, req.doc_id))
     chunks = 0
     try:
-        chunks = await api.run(partial(api.backends.ingestion.delete, req.doc_id, tenant=request[CALLER].tenant))
+        chunks = await api.run(partial(api.backends.ingestion.delete, req.doc_id, tenant=tenant))
     except ApiError as exc:
-        if not (pending is not None and exc.code == ErrorCode.DOCUMENT_NOT_FOUND.value):
+        if not (pending and exc.code == ErrorCode.DOCUMENT_NOT_FOUND.value):
             raise
     return _json(DocumentDeleted(id=doc_id, chunks_deleted=chunks))
 
@@ -696,60 +665,35 @@ async def delete_document(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- knowledge-base sync
 
 
-def _claimable(p: PendingUpload) -> bool:
-    if p.job_id is not None:
-        return False
-    return p.status == "uploaded" or (p.error is not None and p.error.code in _RETRYABLE)
-
-
 async def kb_sync(request: web.Request) -> web.Response:
+    """A job of every upload a sync may take (claimed in the store: a concurrent sync, in any process, takes
+    none of them), run by the ingestion function (an asynchronous invoke) or, without one, in this process."""
     await _read_json(request, required=False)  # no options yet; a body, if any, must still be JSON
     api = request.app[API]
-    space = api.workspace(request)
-    job = SyncRun(id=f"sync-{uuid.uuid4().hex[:16]}", documents=[p for p in space.pending.values() if _claimable(p)])
-    for p in job.documents:
-        p.job_id = job.id
-    space.jobs[job.id] = job
-    while len(space.jobs) > _KEEP_JOBS:
-        space.jobs.popitem(last=False)
-    api.spawn(_run_sync(api, space, job, request[CALLER]))
-    return _json(SyncJobAccepted(job_id=job.id, **job.info().model_dump()), 202)
+    tenant = request[CALLER].tenant
+    job = await api.run(partial(api.jobs.create_job, tenant, correlation_id=correlation_id()))
+    launcher = api.sync
+    if launcher is None:
+        ingestion = api.backends.ingestion
 
+        def ingest(key: str, doc_id: str) -> object:
+            return ingestion.ingest_object(key, doc_id, tenant=tenant)
 
-async def _run_sync(api: HttpApi, space: Workspace, job: SyncRun, caller: Principal) -> None:
-    """ingest_object for each claimed upload, one at a time."""
-    job.status = "running"
-    job.started_at = _now_iso()
-    try:
-        for p in job.documents:
-            try:
-                req = _protocol(IngestObjectRequest, {"action": "ingest_object", "key": p.key, "doc_id": p.id})
-                ingest = api.backends.ingestion.ingest_object
-                await api.run(partial(ingest, req.key, req.doc_id, req.title, tenant=caller.tenant))
-            except ApiError as exc:
-                job.failed += 1
-                job.errors.append(SyncError(document=p.id, code=exc.code, message=exc.message))
-                p.status, p.error = "failed", UploadError(code=exc.code, message=exc.message)
-            else:
-                job.succeeded += 1
-                if space.pending.get(p.id) is p:
-                    del space.pending[p.id]
-            finally:
-                p.job_id = None
-        job.status = "failed" if job.failed else "done"
-    except Exception:
-        log.exception("sync job %s failed", job.id)
-        job.status = "failed"
-        job.errors.append(SyncError(document=None, code=ErrorCode.INTERNAL_ERROR.value, message="internal error"))
-    finally:
-        for p in job.documents:
-            p.job_id = None
-        job.finished_at = _now_iso()
+        api.spawn(api.run(partial(api.jobs.run, tenant, job.id, ingest)))
+    else:
+        try:
+            await api.run(partial(launcher.launch, tenant, job.id))
+        except ApiError as exc:
+            await api.run(partial(api.jobs.fail_job, tenant, job.id, Failure(code=exc.code, message=exc.message)))
+            raise
+    view = job_view(job)
+    return _json(SyncJobAccepted(job_id=job.id, **view.model_dump()), 202)
 
 
 async def kb_status(request: web.Request) -> web.Response:
-    jobs = [j.info() for j in reversed(request.app[API].workspace(request).jobs.values())]
-    return _json(SyncJobList(data=jobs))
+    api = request.app[API]
+    jobs = await api.run(partial(api.jobs.jobs, request[CALLER].tenant))
+    return _json(SyncJobList(data=[job_view(j) for j in jobs]))
 
 
 # ---------------------------------------------------------------------- the application
@@ -811,7 +755,13 @@ def v1_guard(policy: OriginPolicy) -> Callable[..., Awaitable[web.StreamResponse
             headers, query, where = identity.of(request)
             try:
                 request[CALLER] = await asyncio.get_running_loop().run_in_executor(
-                    api.pool, identity.principal, headers, query, where
+                    api.pool,
+                    contextvars.copy_context().run,
+                    identity.principal,
+                    headers,
+                    query,
+                    where,
+                    api.credentials,
                 )
             except Unidentified as exc:
                 extra = {"WWW-Authenticate": 'Bearer realm="localrag"'} if exc.status == 401 else None
@@ -822,9 +772,15 @@ def v1_guard(policy: OriginPolicy) -> Callable[..., Awaitable[web.StreamResponse
 
 
 async def health(request: web.Request) -> web.Response:
-    stats = request.app[API].stats
+    api = request.app[API]
+    stats = api.stats
     return web.json_response(
-        {"status": "ok", "chats_in_flight": stats.chats_in_flight, "chats_cancelled": stats.chats_cancelled}
+        {
+            "status": "ok",
+            "chats_in_flight": stats.chats_in_flight,
+            "chats_cancelled": stats.chats_cancelled,
+            "credential_cache_hits": api.credentials.hits,
+        }
     )
 
 
@@ -849,7 +805,8 @@ def create_app(settings: Settings, backends: Backends | Callable[[], Backends]) 
     blocking, so run in a thread)."""
     policy = OriginPolicy(settings)
     app = web.Application(
-        client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware(policy), v1_guard(policy)]
+        client_max_size=settings.http_max_body_bytes,
+        middlewares=[request_log, error_middleware(policy), v1_guard(policy)],
     )
 
     api = HttpApi(settings, backends if isinstance(backends, Backends) else None)
@@ -858,11 +815,13 @@ def create_app(settings: Settings, backends: Backends | Callable[[], Backends]) 
     async def start(app: web.Application) -> AsyncIterator[None]:
         if not isinstance(backends, Backends):
             api._backends = await asyncio.to_thread(backends)
+        await asyncio.to_thread(lambda: api.sync)  # the Lambda client, made at the cold start (when configured)
         yield
         await api.stop(app)
 
     app.cleanup_ctx.append(start)
     app.on_response_prepare.append(cors_hook(policy))
+    app.on_response_prepare.append(echo_request_id)
     for method, path, handler in ROUTES:
         app.router.add_route(method, API_PREFIX + path, handler)
     app.router.add_get("/openapi.json", openapi_json)

@@ -103,7 +103,8 @@ OPERATIONS: tuple[Operation, ...] = (
         UploadTicket,
         "The upload URL",
         summary="A presigned PUT URL for a file; then PUT it and POST /v1/kb/sync",
-        description="The API remembers the pending upload (in this process only) until it is synced.",
+        description="The pending upload is remembered (in the documents store, for every api process) until "
+        "it is synced.",
         request=UploadRequest,
         errors=(400, 413, 415),
     ),

@@ -61,6 +61,35 @@ class Settings(BaseSettings):
         description="Worker threads: answers being generated, ingestion calls and credential checks running at "
         "once; more wait their turn.",
     )
+    sync_function: str | None = Field(
+        None,
+        description="The ingestion function that runs /v1/kb/sync jobs (its name or ARN), invoked "
+        "asynchronously (InvocationType=Event); it records their progress in the documents store. Unset: the "
+        "jobs run in this process (their state is in the documents store either way).",
+    )
+    lambda_endpoint_url: str | None = Field(
+        None,
+        description="The Lambda Invoke API API_SYNC_FUNCTION is reached at (a local runtime, http://HOST:PORT, "
+        "signed with the stack's internal key). Unset: AWS Lambda.",
+    )
+    sync_stale_after_s: float = Field(
+        960.0,
+        gt=0,
+        description="A sync job not updated for this long (its worker died: a killed process, a run past the "
+        "function's timeout) is shown failed ('interrupted') and its uploads may be synced again. Longer "
+        "than the ingestion function's timeout: the worker updates the job after every document.",
+    )
+    credential_cache_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long an API key's check is reused (a valid key's principal, a revoked key's 403; "
+        "never an unknown key's 401), as API Gateway caches an authorizer's answer: a key revoked meanwhile "
+        "still passes for at most this long. 0 = check the key store on every request. Tokens are not cached.",
+    )
+    credential_cache_size: int = Field(
+        10_000, ge=1, description="Most API keys' checks kept (least recently used ones go first)."
+    )
     log_level: str = Field("INFO", description="Log level.")
 
     @field_validator("allowed_hosts", "allowed_origins", "web_chat_gateways", mode="before")

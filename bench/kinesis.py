@@ -12,6 +12,11 @@ document per record (``put_record``, PartitionKey = doc_id, the real-time articl
 that moment - just before ``put_record``. At the end a sample of the documents is searched through the
 product (WebSocket ``search``, the default tenant's key) to confirm "there" means "searchable".
 
+Where the time goes (``stages``, p50/p99 per record): the poller logs each invocation (when GetRecords
+returned its records, when it invoked, when the answer came) and the ingestion function each Kinesis batch
+(``stages_ms``: parse, embed, lease_acquire, raw_put, chunks_commit, leftovers, lease_release); the bench
+joins them to each record by its sequence number (``stage_breakdown``).
+
 The machine's load average and CPU count are recorded at the start and the end: a shared machine makes the
 figures noisy.
 """
@@ -23,11 +28,13 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -153,6 +160,8 @@ def run(rate: float, duration: float, root: Path) -> dict[str, Any]:
         load_start = os.getloadavg()
         put_at: dict[str, float] = {}
         put_s: list[float] = []
+        sequence: dict[str, str] = {}
+        wall = time.time() - time.perf_counter()  # perf_counter -> Unix time (the processes log Unix times)
         n = int(rate * duration)
         start = time.perf_counter()
         for i in range(n):
@@ -164,8 +173,9 @@ def run(rate: float, duration: float, root: Path) -> dict[str, Any]:
                 watcher.pending.add(doc_id)
             t0 = time.perf_counter()
             put_at[doc_id] = t0
-            kinesis.put_record(StreamName=stream, Data=data, PartitionKey=doc_id)
+            put = kinesis.put_record(StreamName=stream, Data=data, PartitionKey=doc_id)
             put_s.append(time.perf_counter() - t0)
+            sequence[doc_id] = str(put["SequenceNumber"])
         deadline = time.monotonic() + 60
         while watcher.pending and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -176,12 +186,21 @@ def run(rate: float, duration: float, root: Path) -> dict[str, Any]:
         searchable = confirm_searchable(stack, key, rng.sample(sorted(watcher.seen), min(20, len(watcher.seen))))
         with urllib.request.urlopen(f"{stack.by_name['event_source'].url}/health", timeout=10) as r:
             poller = json.loads(r.read())
+        timeline = [
+            Put(sequence[d], put_at[d] + wall, put_at[d] + put_s[k] + wall, watcher.seen[d] + wall)
+            for k, d in enumerate(put_at)
+            if d in watcher.seen
+        ]
+        breakdown = stage_breakdown(
+            timeline, read_log(root / "logs" / "event_source.log"), read_log(root / "logs" / "ingestion.log")
+        )
         return {
             "rate_per_s": rate,
             "duration_s": duration,
             "records": n,
             "put_record_to_searchable": summary_ms(latencies),
             "put_record_call": summary_ms(put_s),
+            **breakdown,
             "not_searchable_within_60s": missing,
             "watcher_query": summary_ms(watcher.query_s),
             "confirmed_by_product_search": searchable,
@@ -191,6 +210,101 @@ def run(rate: float, duration: float, root: Path) -> dict[str, Any]:
         }
     finally:
         stack.stop()
+
+
+@dataclass(frozen=True)
+class Put:
+    """One record's life as the bench saw it (Unix seconds): put_record called and answered, first seen."""
+
+    sequence_number: str
+    put_at: float
+    put_done: float
+    seen_at: float
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """A process's JSON log lines (other lines skipped)."""
+    lines: list[dict[str, Any]] = []
+    if not path.is_file():
+        return lines
+    for text in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines
+
+
+def stage_breakdown(
+    puts: list[Put], poller_log: list[dict[str, Any]], ingestion_log: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Each record's latency, stage by stage (p50/p99 over the records, in ms):
+
+    - ``in_stream``: put_record answered -> GetRecords returned the record (the poll interval, and the
+      previous batch's invocation when the shard's reader was busy with it);
+    - ``to_invoke``: -> the invocation started; ``invoke``: the invocation, answer included; in it
+      ``handler.<stage>`` (the ingestion function's stages_ms of the batch) and ``invoke_overhead`` (the
+      invocation minus the handler's batch: HTTP, SigV4, the local runtime, the event's JSON);
+    - ``answered_to_seen``: the answer -> the watcher saw the document (negative: seen before the
+      invocation returned, i.e. before the lease was given up).
+
+    A record is joined to the last invocation whose sequence range holds it (a retried batch's final one)
+    and to the ingestion line of the batch that invocation started with."""
+    invocations = [
+        line
+        for line in poller_log
+        if "invoked_at" in line and "first_sequence_number" in line and "last_sequence_number" in line
+    ]
+    batches: dict[str, dict[str, Any]] = {}
+    for line in ingestion_log:
+        if isinstance(line.get("stages_ms"), dict) and "first_sequence_number" in line:
+            batches[str(line["first_sequence_number"])] = line  # the last of a retried batch
+    values: dict[str, list[float]] = {}
+
+    def add(name: str, seconds: float) -> None:
+        values.setdefault(name, []).append(seconds)
+
+    joined = 0
+    for put in puts:
+        seq = int(put.sequence_number)
+        inv = next(
+            (
+                i
+                for i in reversed(invocations)
+                if int(i["first_sequence_number"]) <= seq <= int(i["last_sequence_number"])
+            ),
+            None,
+        )
+        if inv is None:
+            continue
+        joined += 1
+        add("put_record_call", put.put_done - put.put_at)
+        add("in_stream", float(inv["read_at"]) - put.put_done)
+        add("to_invoke", float(inv["invoked_at"]) - float(inv["read_at"]))
+        invoke = float(inv["answered_at"]) - float(inv["invoked_at"])
+        add("invoke", invoke)
+        batch = batches.get(str(inv["first_sequence_number"]))
+        if batch is not None:
+            for name, ms in batch["stages_ms"].items():
+                add(f"handler.{name}", float(ms) / 1000)
+            add("handler.batch", float(batch["batch_ms"]) / 1000)
+            add("invoke_overhead", invoke - float(batch["batch_ms"]) / 1000)
+        add("answered_to_seen", put.seen_at - float(inv["answered_at"]))
+        add("total", put.seen_at - put.put_at)
+    optimized = [
+        float(m.group(1)) / 1000
+        for line in ingestion_log
+        if (m := re.fullmatch(r"optimized chunks in (\d+) ms", str(line.get("message", ""))))
+    ]
+    stages = {name: summary_ms(v) for name, v in values.items()}
+    return {
+        "stages": stages,
+        "records_joined_to_logs": joined,
+        "invocations": len(invocations),
+        "fts_optimizations": summary_ms(optimized),
+    }
 
 
 def confirm_searchable(stack: Any, key: str, doc_ids: list[str]) -> dict[str, int]:

@@ -60,6 +60,19 @@ class BodyError(ValueError):
     """The request body is invalid; the message is safe to show the caller (it never echoes input)."""
 
 
+# What Bedrock's InvokeModel answers for a model id it does not know: 400 ValidationException with this
+# message (not 404 ResourceNotFoundException), as the LLM stand-in answers too (llm/families.py).
+UNKNOWN_MODEL = "The provided model identifier is invalid."
+
+
+def unknown_model_message(served: dict[str, Family]) -> str:
+    """Bedrock's message for an unknown id, and the ids served here (the id asked for is not echoed)."""
+    return (
+        f"{UNKNOWN_MODEL} This endpoint serves {', '.join(sorted(served))} (and their foundation-model ARNs "
+        "and us./eu./apac./global. inference profiles); to serve another id, add it to EMBEDDING_MODEL_MAP."
+    )
+
+
 def resolve_model_id(raw: str, served: dict[str, Family]) -> tuple[str, Family] | None:
     """(model id, family) for ``raw``: a served id, a foundation-model ARN of one, or a system inference
     profile (id or ARN) whose model is served. None when nothing served matches."""

@@ -4,6 +4,11 @@
 ever called from a worker thread. ``MicroBatcher`` is the asyncio side: concurrent requests put their texts
 on one queue, a single worker thread encodes them in batches of up to ``max_batch_size``, and each request
 gets back its own rows, in order.
+
+Batches form without a timer: an idle batcher encodes a request at once (a lone query is never delayed),
+and what arrives while a batch runs is encoded together right after it. The one wait left is for requests
+the service has already received but not yet queued (``arriving``: being parsed and token-counted) when the
+batcher is idle: it waits for them, at most ``batch_wait_s``, so that a burst still makes one batch.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -186,15 +191,29 @@ class MicroBatcher:
         self._inflight: list[_Job] = []  # jobs of the batch being encoded
         self._pending = 0
         self._wakeup = asyncio.Event()
+        self._arriving = 0  # requests received and not yet queued (see ``arriving``)
+        self._arrived = asyncio.Event()  # set when one of those is queued or gives up
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.batches_encoded = 0
         self.texts_encoded = 0
+        self.batch_waits = 0  # batches that waited for arriving requests before starting
 
     @property
     def pending(self) -> int:
         """Texts accepted and not yet encoded (queued or in the running batch)."""
         return self._pending
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request that will call ``embed`` soon (it is being parsed): an idle batcher holds its next
+        batch for it (at most ``batch_wait_s``). Leave the block before calling ``embed``."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            self._arrived.set()
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-encode")
@@ -231,6 +250,7 @@ class MicroBatcher:
         self._queue.append(job)
         self._pending += n
         self._wakeup.set()
+        self._arrived.set()
         raw = await job.future
         return l2_normalize(raw) if normalize else raw
 
@@ -265,13 +285,32 @@ class MicroBatcher:
                     job.future.set_result(job.out)
             offset += count
 
+    def _queued(self) -> int:
+        return sum(job.unscheduled for job in self._queue)
+
+    async def _wait_for_arrivals(self) -> None:
+        """Idle, with a request queued: hold the batch while other received requests are still on their way
+        to the queue (at most ``batch_wait_s``, and not once the batch is full). No arrivals: no wait."""
+        if self.batch_wait_s <= 0 or self._arriving == 0 or not self._queue or self._queued() >= self.max_batch_size:
+            return
+        self.batch_waits += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        while self._arriving > 0 and self._queued() < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            queued = sum(job.unscheduled for job in self._queue)
-            if self.batch_wait_s > 0 and queued < self.max_batch_size:
-                await asyncio.sleep(self.batch_wait_s)  # let concurrent requests join this batch
+            self._wakeup.clear()
+            # Only the first batch after idle may wait; what queues while a batch runs is encoded right after it.
+            await self._wait_for_arrivals()
             while True:
                 texts, parts = self._take_batch()
                 if not texts:
@@ -294,4 +333,3 @@ class MicroBatcher:
                 finally:
                     self._inflight = []
                     self._pending -= len(texts)
-            self._wakeup.clear()

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
             "cohere-v4 (texts, input_type, output_dimension, max_tokens, truncate NONE|LEFT|RIGHT, "
             "embedding_types), auto (a titan-v2 or cohere-v3 body). {} serves EMBEDDING_MODEL_ID only. "
             "Foundation-model ARNs and system inference "
-            "profiles (us.cohere.embed-v4:0) of a mapped id are accepted; any other id gets 404 "
-            "ResourceNotFoundException. A dimensions / output_dimension other than the local model's (384 "
+            "profiles (us.cohere.embed-v4:0) of a mapped id are accepted; any other id gets 400 "
+            "ValidationException, as on Bedrock. A dimensions / output_dimension other than the local model's (384 "
             "for all-MiniLM-L6-v2) is a ValidationException; omitted, the model's own size is returned."
         ),
     )
@@ -69,8 +69,10 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description=(
-            "When the model is idle and a request arrives, wait this many milliseconds for more requests "
-            "to join the same batch (0 = encode at once). Not applied while a batch is already running."
+            "Most milliseconds an idle model holds a batch for requests the service has received but not yet "
+            "queued (still being read and token-counted), so that a burst becomes one batch (0 = never hold). "
+            "A lone request is encoded at once, and requests arriving while a batch runs are encoded together "
+            "right after it, without waiting."
         ),
     )
     max_texts_per_request: int = Field(

@@ -37,7 +37,8 @@ def load_tokenizer(path: str | None = None) -> Tokenizer:
     return tok
 
 
-def _sentence_spans(text: str) -> list[tuple[int, int]]:
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each non-blank sentence of ``text``, split at sentence-ending punctuation."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for m in _SENTENCE_END.finditer(text):
@@ -81,7 +82,7 @@ class Chunker:
     def _pieces(self, text: str) -> list[tuple[int, int, int]]:
         """(start, end, tokens) units no longer than max_tokens: sentences, or cuts of long ones."""
         units: list[tuple[int, int, int]] = []
-        for s, e in _sentence_spans(text):
+        for s, e in sentence_spans(text):
             enc = self.tokenizer.encode(text[s:e], add_special_tokens=False)
             n = len(enc.ids)
             if n <= self.max_tokens:

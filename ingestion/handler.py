@@ -1,6 +1,6 @@
 """Lambda entry point: ``ingestion.handler.handler`` (the image CMD on AWS and in compose).
 
-One function, three triggers, told apart by the event's shape (``shared.events.event_kind``):
+One function, four triggers, told apart by the event's shape (``shared.events.event_kind``):
 
 - API Gateway WebSocket events: ``ingest``, ``ingest_batch``, ``delete_document``, ``upload_url``,
   ``ingest_object``, ``list_documents``, each for the caller's tenant (``requestContext.authorizer``;
@@ -8,7 +8,9 @@ One function, three triggers, told apart by the event's shape (``shared.events.e
 - S3 event notifications (``Records[].eventSource == "aws:s3"``, or MinIO's webhook, ``"minio:s3"``)
   for files under the documents prefix's ``inbox/`` (the default tenant's) or ``tenants/{tenant}/inbox/``;
 - Kinesis batches (``Records[].eventSource == "aws:kinesis"``; a record's optional ``tenant`` names whose
-  document it is).
+  document it is);
+- a /v1/kb/sync job (``{"kb_sync": {"tenant", "job_id"}}``, an asynchronous invoke by the HTTP API
+  function): its uploads are ingested and its progress recorded in the documents store (shared/sync_jobs.py).
 
 S3 and Kinesis invocations answer a partial batch response, ``{"batchItemFailures": [{"itemIdentifier":
 ...}]}``: the Kinesis sequence number, or for S3 the object key (decoded), of each record that failed.
@@ -61,6 +63,7 @@ from shared.protocol import (
     UploadUrl,
     UploadUrlRequest,
 )
+from shared.sync_jobs import SyncJobs, sync_target
 from shared.timing import timed_ms
 from shared.vector_store import EmbeddingMismatch
 from shared.ws_lambda import Emit, WebSocketLambda, current_event, index_mismatch_error, refusing_lambda
@@ -257,6 +260,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     service, ws = _runtime()
+    target = sync_target(event)  # a /v1/kb/sync job, invoked asynchronously by the HTTP API function
+    if target is not None:
+        job = SyncJobs(service.objects).run(
+            target.tenant, target.job_id, lambda key, doc_id: service.ingest_object(key, doc_id, tenant=target.tenant)
+        )
+        return {"job_id": target.job_id, "status": job.status if job else "missing"}
     if event_kind(event) != "websocket":
         out = handle_records(service, event)
         if out is not None:

@@ -266,6 +266,8 @@ def reindex(
 
     if summary.indexed:
         store.optimize()  # fold the bulk load into the indexes / compact small files
+        # The vector index: created past RAG_VECTOR_INDEX_MIN_ROWS, retrained if the table outgrew it.
+        say(f"vector index: {store.ensure_vector_index()}")
     summary.seconds = time.perf_counter() - started
     return summary
 

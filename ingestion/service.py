@@ -32,6 +32,7 @@ so ``ingest_object`` can be retried).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import random
@@ -90,6 +91,7 @@ from shared.protocol import (
     DocumentInfo,
     describe_validation_error,
 )
+from shared.stages import collecting, stage
 from shared.timing import timed_ms
 from shared.vector_store import ChunkRow
 from shared.vector_store.leases import DocumentBusy as LeaseHeld
@@ -388,7 +390,8 @@ class IngestionService:
                     if job.upload_key is not None and job.original.key != job.upload_key:
                         job.objects.copy(job.upload_key, job.original.key, job.original.content_type)
                     raw["original"] = job.original.as_json()
-                job.objects.put_document(doc.id, raw)
+                with stage("raw_put"):
+                    job.objects.put_document(doc.id, raw)
             except Exception as exc:
                 if len(jobs) == 1 and raise_single:
                     raise
@@ -415,11 +418,12 @@ class IngestionService:
                 )
                 for n, ((c, meta), v) in enumerate(zip(job.chunks, vecs, strict=True))
             ]
-        if len(rows) == 1:
-            ((doc_id, doc_rows),) = rows.items()
-            counts = {doc_id: self.store.replace_document(doc_id, doc_rows, tenant=tenant)}
-        else:
-            counts = self.store.replace_documents(rows, tenant=tenant) if rows else {}
+        with stage("chunks_commit"):  # (with the full-text index upkeep the write may trigger)
+            if len(rows) == 1:
+                ((doc_id, doc_rows),) = rows.items()
+                counts = {doc_id: self.store.replace_document(doc_id, doc_rows, tenant=tenant)}
+            else:
+                counts = self.store.replace_documents(rows, tenant=tenant) if rows else {}
         outcomes: list[IngestOutcome | RagError] = []
         for k, job in enumerate(jobs):
             if k in refused:
@@ -427,9 +431,10 @@ class IngestionService:
                 continue
             doc, original, upload_key = job.doc, job.original, job.upload_key
             # The new version is in place: drop what belonged to the old one, and the upload.
-            job.objects.delete_prefix(originals_prefix(doc.id), keep=original.key if original else None)
-            if upload_key is not None and (original is None or original.key != upload_key):
-                job.objects.delete(upload_key)
+            with stage("leftovers"):
+                job.objects.delete_prefix(originals_prefix(doc.id), keep=original.key if original else None)
+                if upload_key is not None and (original is None or original.key != upload_key):
+                    job.objects.delete(upload_key)
             written, before = counts[doc.id]
             job.timings["store"] = timed_ms(t3)
             job.timings["total"] = timed_ms(job.t0)
@@ -470,7 +475,8 @@ class IngestionService:
         def flush() -> None:
             jobs = [job for _, job in group]
             try:
-                outcomes: Sequence[IngestOutcome | RagError] = self._write_when_free(jobs, self._embed(jobs))
+                vectors, taken = self._embed_taking_leases(jobs)
+                outcomes: Sequence[IngestOutcome | RagError] = self._write_when_free(jobs, vectors, taken)
             except RagError as exc:  # e.g. the embedding service is unavailable: the group failed
                 outcomes = [exc] * len(jobs)
             for (i, _), outcome in zip(group, outcomes, strict=True):
@@ -479,7 +485,8 @@ class IngestionService:
 
         for i, doc in enumerate(docs):
             try:
-                job = self._text_job(doc, objects)
+                with stage("parse"):
+                    job = self._text_job(doc, objects)
             except RagError as exc:
                 results[i] = exc
                 continue
@@ -490,12 +497,48 @@ class IngestionService:
             flush()
         return [r for r in results if r is not None]
 
+    def _embed_taking_leases(self, jobs: Sequence[_Job]) -> tuple[list[list[list[float]]], Lease | None]:
+        """``_embed`` the jobs while another thread takes the leases of their documents that are free (the
+        first attempt of ``_write_when_free``): the take's commit costs the write nothing then. Returns the
+        vectors and what was taken (None: nothing was tried, or the take failed: ``_write_when_free``
+        takes them). Nothing is held when the embedding fails. The leases are not renewed during the
+        embedding: ``_write`` confirms them (renewing those past half their length) before writing."""
+        tenant = jobs[0].objects.tenant
+        held = self._held()
+        wanted = {job.doc.id for job in jobs if (tenant, job.doc.id) not in held}
+        if not wanted:
+            with stage("embed"):
+                return self._embed(jobs), None
+        leases = self.store.document_leases()
+        taken: list[Lease] = []
+
+        def take() -> None:
+            try:
+                taken.append(leases.try_acquire(tenant, wanted, lease_s=self.settings.document_lease_s, peek=False))
+            except Exception as exc:
+                log.warning("taking the leases of a batch ahead failed (%s); taking them after", type(exc).__name__)
+
+        # (in a copy of this context: the take's stage and log fields are this batch's)
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(take,), name="lease-take")
+        thread.start()
+        try:
+            with stage("embed"):
+                vectors = self._embed(jobs)
+        except BaseException:
+            thread.join()
+            for lease in taken:
+                leases.release(lease)
+            raise
+        thread.join()
+        return vectors, (taken[0] if taken else None)
+
     def _write_when_free(
-        self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]]
+        self, jobs: Sequence[_Job], vectors: Sequence[Sequence[list[float]]], taken: Lease | None = None
     ) -> list[IngestOutcome | RagError]:
         """``_write`` the jobs (of distinct documents) under their leases: those free now are taken in one
         commit and written in one; the rest are tried again once those are written, until
-        RAG_DOCUMENT_LEASE_WAIT_S has passed (then: DocumentBusy each). Never waits holding a lease."""
+        RAG_DOCUMENT_LEASE_WAIT_S has passed (then: DocumentBusy each). Never waits holding a lease.
+        ``taken``: the first take, made already (``_embed_taking_leases``)."""
         tenant = jobs[0].objects.tenant
         leases = self.store.document_leases()
         out: list[IngestOutcome | RagError | None] = [None] * len(jobs)
@@ -505,12 +548,15 @@ class IngestionService:
         first = True
         while pending:
             held = self._held()
-            lease = leases.try_acquire(
-                tenant,
-                {jobs[k].doc.id for k in pending if (tenant, jobs[k].doc.id) not in held},
-                lease_s=self.settings.document_lease_s,
-                peek=not first,
-            )
+            if taken is not None:
+                lease, taken = taken, None
+            else:
+                lease = leases.try_acquire(
+                    tenant,
+                    {jobs[k].doc.id for k in pending if (tenant, jobs[k].doc.id) not in held},
+                    lease_s=self.settings.document_lease_s,
+                    peek=not first,
+                )
             first = False
             ready = [k for k in pending if jobs[k].doc.id in lease.doc_ids or (tenant, jobs[k].doc.id) in held]
             if ready:
@@ -790,7 +836,29 @@ class IngestionService:
         of upserts are ingested together (``ingest_many``: one embedding pass, one commit); a delete
         waits for the upserts before it. A record's optional ``tenant`` (default: the default tenant) names
         whose document it is; a run of upserts is one tenant's. A failed record's itemIdentifier is its
-        sequence number; deleting a missing document is not a failure."""
+        sequence number; deleting a missing document is not a failure.
+
+        One log line per batch names its first sequence number and where its time went (``stages_ms``:
+        parse, embed, lease_acquire, raw_put, chunks_commit, leftovers, lease_release ...)."""
+        t0 = time.perf_counter()
+        with collecting() as stages:
+            out = self._kinesis_records(records)
+        if records:
+            ms = timed_ms(t0)
+            log.info(
+                "kinesis batch of %d record(s), %d failed, in %.0f ms",
+                len(records),
+                len(out.batch_item_failures),
+                ms,
+                extra={
+                    "first_sequence_number": records[0].kinesis.sequence_number,
+                    "batch_ms": ms,
+                    "stages_ms": stages,
+                },
+            )
+        return out
+
+    def _kinesis_records(self, records: Sequence[KinesisEventRecord]) -> BatchResponse:
         failed: list[int] = []
         pending: list[tuple[int, str, Document]] = []
         pending_tenant = DEFAULT_TENANT

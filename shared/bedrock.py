@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from shared.errors import RagError, Throttled, UpstreamTimeout, UpstreamUnavailable
@@ -71,6 +72,10 @@ def observe(client: Any) -> Any:
     return client
 
 
+# Bedrock's answer to a model id it does not know (400 ValidationException), and the stand-ins' too.
+UNKNOWN_MODEL_ID = "The provided model identifier is invalid"
+
+
 def upstream_error(service: str, exc: Exception) -> RagError:
     """Map a botocore failure to a client-safe typed error (details go to the log only).
 
@@ -84,7 +89,10 @@ def upstream_error(service: str, exc: Exception) -> RagError:
             return Throttled(f"the {service} service is busy; retry shortly")
         if code == "ModelTimeoutException":
             return UpstreamTimeout(f"the {service} model timed out")
-        if code in ("ResourceNotFoundException", "AccessDeniedException"):
+        unknown_id = code == "ValidationException" and str(exc.response.get("Error", {}).get("Message", "")).startswith(
+            UNKNOWN_MODEL_ID
+        )
+        if code in ("ResourceNotFoundException", "AccessDeniedException") or unknown_id:
             # A deployment problem (model id, model access, IAM), not the client's: say so, without details.
             return UpstreamUnavailable(f"the {service} model is not available to this service (see its log)")
     return UpstreamUnavailable(f"the {service} service is unavailable")
@@ -122,7 +130,8 @@ class Embedder:
                 contentType="application/json",
                 accept="application/json",
             )
-            result: dict[str, Any] = json.loads(resp["body"].read())
+            # orjson: parsing the reply's floats (384 a text for MiniLM) is most of a query embedding's client cost.
+            result: dict[str, Any] = orjson.loads(resp["body"].read())
             return result
         except (ClientError, BotoCoreError) as exc:
             log.warning("embedding call failed: %s", _describe(exc))

@@ -6,7 +6,10 @@ same, against a Kinesis endpoint (moto's server, started by ``make up``; ``RAG_K
 
 - every shard is read in order, by its own thread: GetShardIterator (``TRIM_HORIZON`` the first time, then
   ``AFTER_SEQUENCE_NUMBER`` of the shard's checkpoint), GetRecords up to ``BatchSize`` records, waiting up to
-  ``MaximumBatchingWindowInSeconds`` to fill a batch;
+  ``MaximumBatchingWindowInSeconds`` to fill a batch. A shard that returned records is read again as soon as
+  its batch is done (Lambda "keeps processing batches until the function catches up with the stream"); one
+  that returned none, every ``poll_interval_s`` (50 ms), and after ``idle_after_s`` without records once a
+  second (Lambda's base rate);
 - a batch becomes the Kinesis event Lambda sends (``eventSource: aws:kinesis``, ``eventID
   shardId-...:seq``, ``kinesis.data`` base64 ...) and is invoked through the Lambda Invoke API
   (RequestResponse, SigV4-signed with the stack's internal key, as the gateway invokes);
@@ -23,7 +26,8 @@ same, against a Kinesis endpoint (moto's server, started by ``make up``; ``RAG_K
 The checkpoints (last sequence number done, per shard) are a JSON file under the data folder, written
 (atomically) after every batch part that succeeded: a restarted poller re-delivers nothing that did.
 
-``GET /health`` answers the poller's counters as JSON.
+``GET /health`` answers the poller's counters as JSON. Each invocation is logged (one line: its sequence
+numbers, when GetRecords returned them, when it was invoked and answered: bench/kinesis.py's stages).
 """
 
 from __future__ import annotations
@@ -107,7 +111,13 @@ class EventSourceSettings(BaseSettings):
         "retries; unset = they are only logged.",
     )
     poll_interval_s: float = Field(
-        0.1, gt=0, le=10, description="Wait between GetRecords calls on a shard that returned nothing."
+        0.05,
+        gt=0,
+        le=10,
+        description="Wait between GetRecords calls on a shard that returned nothing while records flow (a shard "
+        "that returned records is read again at once, as Lambda keeps reading a shard until it is caught up). "
+        "Lambda polls about once a second; locally shorter, for latency: an empty GetRecords costs moto's "
+        "server ~4 ms of CPU.",
     )
     idle_poll_interval_s: float = Field(
         1.0,
@@ -147,12 +157,13 @@ class Record:
     partition_key: str
     data: bytes
     arrival: float  # ApproximateArrivalTimestamp, Unix seconds
+    read_at: float = 0.0  # when GetRecords returned it, Unix seconds (logged with its invocation)
 
     @classmethod
-    def from_kinesis(cls, raw: dict[str, Any]) -> Record:
+    def from_kinesis(cls, raw: dict[str, Any], read_at: float | None = None) -> Record:
         arrival = raw.get("ApproximateArrivalTimestamp")
         ts = arrival.timestamp() if isinstance(arrival, datetime) else float(arrival or time.time())
-        return cls(str(raw["SequenceNumber"]), str(raw["PartitionKey"]), bytes(raw["Data"]), ts)
+        return cls(str(raw["SequenceNumber"]), str(raw["PartitionKey"]), bytes(raw["Data"]), ts, read_at or time.time())
 
 
 def kinesis_event(records: Sequence[Record], shard_id: str, settings: EventSourceSettings) -> dict[str, Any]:
@@ -478,13 +489,31 @@ class Poller:
         request = urllib.request.Request(s.function_url, data=body, headers=headers, method="POST")
         with self._lock:
             self.stats.invocations += 1
+        started = time.time()
         try:
             with urllib.request.urlopen(request, timeout=s.invoke_timeout_s) as resp:
-                return parse_answer(resp.status, resp.headers.get("X-Amz-Function-Error"), resp.read())
+                answer = parse_answer(resp.status, resp.headers.get("X-Amz-Function-Error"), resp.read())
         except urllib.error.HTTPError as exc:
-            return Answer(unavailable=f"HTTP {exc.code}", status=exc.code)
+            answer = Answer(unavailable=f"HTTP {exc.code}", status=exc.code)
         except (urllib.error.URLError, OSError) as exc:
-            return Answer(unavailable=type(exc).__name__, status=0)
+            answer = Answer(unavailable=type(exc).__name__, status=0)
+        ended = time.time()
+        # One line per invocation, with the times bench/kinesis.py breaks a record's latency down by.
+        log.info(
+            "invoked %s with %d record(s) in %.0f ms: %s",
+            s.function_name,
+            len(records),
+            (ended - started) * 1000,
+            answer.function_error or answer.unavailable or f"{len(answer.failed)} failed",
+            extra={
+                "first_sequence_number": records[0].sequence_number,
+                "last_sequence_number": records[-1].sequence_number,
+                "read_at": round(min(r.read_at for r in records), 4),
+                "invoked_at": round(started, 4),
+                "answered_at": round(ended, 4),
+            },
+        )
+        return answer
 
     def send_failure(self, part: Discarded, shard_id: str) -> None:
         record = on_failure_record(part, shard_id, self.settings)
@@ -556,7 +585,8 @@ class Poller:
         next_it: str | None = iterator
         while next_it and not self.stop.is_set():
             page = self.kinesis.get_records(ShardIterator=next_it, Limit=min(s.batch_size - len(batch), 10_000))
-            batch.extend(Record.from_kinesis(r) for r in page["Records"])
+            read_at = time.time()
+            batch.extend(Record.from_kinesis(r, read_at) for r in page["Records"])
             next_it = page.get("NextShardIterator")
             if len(batch) >= s.batch_size or time.monotonic() >= deadline:
                 break

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.bedrock import EmbeddingFormat
 from shared.identity import AuthMethod
 from shared.sigv4 import SigningKey
+
+if TYPE_CHECKING:
+    from shared.vector_store.vector_index import VectorIndexPolicy
 
 
 def comma_list(value: Any) -> Any:
@@ -111,6 +114,15 @@ class RagSettings(BaseSettings):
         description="Read timeout for every call to another service: Bedrock (embeddings, LLM), S3 (raw "
         "documents, LanceDB) and the @connections replies.",
     )
+    read_consistency_s: float = Field(
+        10.0,
+        ge=0,
+        description="How stale (seconds) a search of the chunks may be: LanceDB re-reads the table's latest "
+        "version at most this often (on S3 each re-read is ~5 LIST requests). 0 = on every query; 'never' (or "
+        "inf) = only when told. A tenant always sees its own writes at once, whatever this is: every write "
+        "publishes a version marker per tenant that readers of that tenant check (one GET per query). The "
+        "messages table is always read at its latest version.",
+    )
     metrics_namespace: str = Field(
         "localrag",
         min_length=1,
@@ -118,6 +130,62 @@ class RagSettings(BaseSettings):
         description="CloudWatch namespace of the lambdas' metrics (embedded metric format lines in their log; "
         "the service dimension is the function name).",
     )
+
+    # -- the vector index on the chunks (shared/vector_store/vector_index.py)
+    vector_index: Literal["auto", "off"] = Field(
+        "auto",
+        description="'auto': build an ANN index on the chunk vectors once the table holds RAG_VECTOR_INDEX_MIN_ROWS "
+        "rows, fold new rows into it and retrain it as the table grows (in the background after writes, and "
+        "in `localrag reindex`); 'off': never build one, and search by exact flat scan.",
+    )
+    vector_index_min_rows: int = Field(
+        20_000,
+        ge=1,
+        description="Chunks in the table (all tenants) from which the vector index is built; below it a flat "
+        "scan is about as fast (measured crossover on 2 cores).",
+    )
+    vector_index_type: Literal["IVF_HNSW_SQ", "IVF_PQ"] = Field(
+        "IVF_HNSW_SQ",
+        description="LanceDB vector index type (cosine): IVF_HNSW_SQ (HNSW graphs over 8-bit scalar-quantized "
+        "vectors) or IVF_PQ (product-quantized; smaller, slower to reach the same recall).",
+    )
+    vector_nprobes: int = Field(
+        20,
+        ge=1,
+        description="IVF partitions each vector query searches (all it takes when a narrow tenant filter leaves "
+        "fewer rows than asked for in those). Higher: better recall, slower.",
+    )
+    vector_refine_factor: int = Field(
+        4,
+        ge=0,
+        description="Each vector query re-ranks limit x this many index candidates by their full vectors "
+        "(0: none). Distances gated by the threshold are exact either way.",
+    )
+    vector_index_retrain_growth: float = Field(
+        4.0,
+        gt=1,
+        description="Retrain the vector index (rebuild its partitions on the current rows) once the table has "
+        "this many times the rows it was trained on; new rows are folded into the existing partitions until then.",
+    )
+
+    def vector_index_policy(self) -> VectorIndexPolicy:
+        """The VectorIndexPolicy (shared.vector_store) these settings describe."""
+        from shared.vector_store.vector_index import VectorIndexPolicy
+
+        return VectorIndexPolicy(
+            mode=self.vector_index,
+            min_rows=self.vector_index_min_rows,
+            index_type=self.vector_index_type,
+            nprobes=self.vector_nprobes,
+            refine_factor=self.vector_refine_factor,
+            retrain_growth=self.vector_index_retrain_growth,
+        )
+
+    @field_validator("read_consistency_s", mode="before")
+    @classmethod
+    def _never(cls, value: Any) -> Any:
+        """'never' = inf: the chunks are re-read only when a tenant's version marker says so."""
+        return float("inf") if isinstance(value, str) and value.strip().lower() == "never" else value
 
     def storage_options(self) -> dict[str, Any]:
         """LanceDB's object-store options for ``lancedb_uri`` (empty for a local folder)."""

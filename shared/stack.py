@@ -453,6 +453,9 @@ def plan(cfg: StackConfig) -> list[Process]:
         "API_PORT": str(api.port),
         "API_UPLOADS_URL": f"{gateway.url}/{stage}",
         "API_STAGE": stage,
+        # /v1/kb/sync jobs run in the ingestion function (asynchronous invokes, signed with the internal key).
+        "API_SYNC_FUNCTION": "ingestion",
+        "API_LAMBDA_ENDPOINT_URL": ingestion.url,
         **extra,
     }
     # Start order: the gateway last (it is the one clients reach); all of them start at once anyway.

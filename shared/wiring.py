@@ -68,4 +68,6 @@ def vector_store(settings: RagSettings) -> VectorStore:
         dimension=settings.embedding_dimension,
         model_id=settings.embedding_model_id,
         storage_options=settings.storage_options(),
+        vector_index=settings.vector_index_policy(),
+        read_consistency_s=settings.read_consistency_s,
     )

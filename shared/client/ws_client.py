@@ -64,6 +64,7 @@ from shared.protocol import (
     IngestResult,
     ListDocumentsRequest,
     SampleChunksRequest,
+    SearchMode,
     SearchRequest,
     SearchResult,
     ServerMessage,
@@ -541,10 +542,22 @@ class RagClient:
             DocumentDeleted,
         )
 
-    async def search(self, query: str, *, top_k: int | None = None, max_distance: float | None = None) -> SearchResult:
+    async def search(
+        self,
+        query: str,
+        *,
+        top_k: int | None = None,
+        max_distance: float | None = None,
+        search_mode: SearchMode | None = None,
+    ) -> SearchResult:
         return await self._call(
             lambda rid: SearchRequest(
-                action="search", request_id=rid, query=query, top_k=top_k, max_distance=max_distance
+                action="search",
+                request_id=rid,
+                query=query,
+                top_k=top_k,
+                max_distance=max_distance,
+                search_mode=search_mode,
             ),
             SearchResult,
         )

@@ -12,6 +12,8 @@ By concern:
 - ``schema``: the tables, their Arrow schemas and row shapes (ChunkRow, Match, MessageRow);
 - ``search``: the vector and full-text lists, their fusion, the threshold (SearchHits);
 - ``fulltext``: finding, creating and updating the full-text index;
+- ``vector_index``: the ANN index on the chunk vectors: created, folded, retrained, searched;
+- ``upkeep``: folding new rows into indexes (Table.optimize), in the background after writes;
 - ``store``: VectorStore, the connection and the operations the services use.
 
 Every row belongs to a tenant (``tenant`` column; ``principal`` too for chat messages) and every
@@ -52,6 +54,7 @@ from shared.vector_store.search import (
     vector_hits,
 )
 from shared.vector_store.store import VectorStore, migrate
+from shared.vector_store.vector_index import VECTOR_INDEX_NAME, VectorIndexPolicy
 
 __all__ = [
     "CHUNKS_TABLE",
@@ -64,6 +67,7 @@ __all__ = [
     "RRF_K",
     "SEARCH_MODES",
     "TENANT_COLUMN",
+    "VECTOR_INDEX_NAME",
     "ChunkRow",
     "ConversationBusy",
     "EmbeddingMismatch",
@@ -73,6 +77,7 @@ __all__ = [
     "MessageRow",
     "SearchHits",
     "TurnClaim",
+    "VectorIndexPolicy",
     "VectorStore",
     "chunks_schema",
     "fts_hits",

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from lancedb.index import FTS
 
-from shared.timing import timed_ms
 from shared.vector_store.schema import CHUNKS_TABLE
+from shared.vector_store.upkeep import optimize_table
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +94,7 @@ class FullTextIndex:
             self._optimize(table, attempts)
 
     def _optimize(self, table: Any, attempts: int) -> None:
-        t0 = time.perf_counter()
-        for attempt in range(1, attempts + 1):
-            try:
-                table.optimize()
-                break
-            except Exception as exc:
-                if attempt == attempts or "retryable" not in str(exc).lower():
-                    raise
-                log.debug("optimize preempted by a concurrent write (attempt %d): %s", attempt, exc)
-                time.sleep(0.05 * attempt)
-        log.info("optimized %s in %.0f ms", CHUNKS_TABLE, timed_ms(t0))
+        optimize_table(table, attempts)
 
     def after_write(self, table: Any, rows: int) -> None:
         """Keep the flat-scanned tail of the full-text index short: every unindexed row costs each

@@ -9,12 +9,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args, overload
 
-import numpy as np
-
 from shared.errors import RagError
 from shared.protocol import SearchMode
 from shared.vector_store.fulltext import FTS_COLUMN
 from shared.vector_store.schema import Match
+from shared.vector_store.vector_index import DEFAULT_SEARCH, VECTOR_COLUMN, SearchParams, exact_distances
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +61,35 @@ class SearchHits(Sequence[Match]):
         return iter(self.matches)
 
 
-def vector_hits(table: Any, vector: Sequence[float], limit: int, where: str) -> list[dict[str, Any]]:
+def vector_hits(
+    table: Any, vector: Sequence[float], limit: int, where: str, params: SearchParams = DEFAULT_SEARCH
+) -> list[dict[str, Any]]:
     """The ``limit`` nearest rows matching ``where`` by cosine distance (``_distance`` = 1 - cos, 0 .. 2).
 
     ``where`` is a prefilter: applied before the nearest rows are taken, so the ``limit`` rows are the
-    nearest of the rows it admits (a postfilter would take the nearest of all rows, then drop some)."""
-    rows: list[dict[str, Any]] = (
-        table.search([float(x) for x in vector], vector_column_name="vector")
-        .distance_type("cosine")
-        .where(where, prefilter=True)
-        .limit(limit)
-        .select([*_COLUMNS, "_distance"])
-        .to_list()
-    )
+    nearest of the rows it admits (a postfilter would take the nearest of all rows, then drop some).
+
+    With a vector index (``params``: nprobes, refine_factor) the candidates come from the index plus a
+    flat scan of the rows it does not hold yet; when the prefilter left fewer than ``limit`` rows in the
+    ``nprobes`` partitions searched (a small tenant), the query runs again over as many partitions as it
+    takes (without an index: the same flat scan again, of the few rows the prefilter admits). Either way
+    each row's ``_distance`` is then recomputed from its stored vector (an index's quantized distances
+    are approximate) and the rows are ordered by it: the threshold gate compares exact cosine distances."""
+
+    def query() -> Any:
+        return (
+            table.search([float(x) for x in vector], vector_column_name=VECTOR_COLUMN)
+            .distance_type("cosine")
+            .where(where, prefilter=True)
+            .limit(limit)
+            .select([*_COLUMNS, VECTOR_COLUMN, "_distance"])
+        )
+
+    rows: list[dict[str, Any]] = params.apply(query()).to_list()
+    if len(rows) < limit and params.use_index:  # the nearest partitions held too few of the rows admitted
+        rows = params.apply(query(), widen=True).to_list()
+    exact_distances(rows, vector)
+    rows.sort(key=lambda r: float(r["_distance"]))  # stable: equal distances keep LanceDB's order
     return rows
 
 
@@ -94,14 +109,7 @@ def fts_hits(table: Any, vector: Sequence[float], text: str, limit: int, where: 
     except Exception as exc:
         log.warning("full-text search failed: %s", exc)
         raise FullTextSearchFailed("full-text search failed (see the service log)") from exc
-    if not rows:
-        return rows
-    q = np.asarray(vector, dtype=np.float32)
-    m = np.asarray([r["vector"] for r in rows], dtype=np.float32)
-    cos = (m @ q) / np.maximum(np.linalg.norm(m, axis=1) * np.linalg.norm(q), 1e-12)
-    for r, c in zip(rows, cos, strict=True):
-        r["_distance"] = float(1.0 - c)
-        del r["vector"]
+    exact_distances(rows, vector)
     return rows
 
 
@@ -136,21 +144,23 @@ def search_table(
     rrf_k: int = RRF_K,
     candidates: int = HYBRID_CANDIDATES,
     fallback: str | None = None,
+    params: SearchParams = DEFAULT_SEARCH,
 ) -> SearchHits:
     """Run one search in ``mode`` (the caller has checked that it can run: text, index) over the rows
     ``where`` admits (the tenant's: a prefilter on both lists) and gate it.
 
     ``hybrid`` degrades to the vector list when the full-text query fails (logged, and reported in the
     result's ``mode`` and ``fallback``); in ``fts`` mode that failure is raised (FullTextSearchFailed).
+    ``params``: how the vector list uses the vector index (see SearchParams).
     """
     depth = top_k if mode == "vector" else max(top_k, candidates)
     ranked: list[tuple[dict[str, Any], float | None]]
     if mode == "vector":
-        ranked = [(r, None) for r in vector_hits(table, vector, depth, where)]
+        ranked = [(r, None) for r in vector_hits(table, vector, depth, where, params)]
     elif mode == "fts":
         ranked = [(r, float(r["_score"])) for r in fts_hits(table, vector, query_text, depth, where)]
     else:
-        vector_rows = vector_hits(table, vector, depth, where)
+        vector_rows = vector_hits(table, vector, depth, where, params)
         try:
             fts_rows = fts_hits(table, vector, query_text, depth, where)
         except FullTextSearchFailed:

@@ -16,7 +16,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from lancedb.index import Bitmap, BTree
 
 from shared.protocol import SearchMode
 from shared.timing import iso_utc
+from shared.vector_store.freshness import Freshness, open_markers
 from shared.vector_store.fulltext import FTS_REINDEX_ROWS, FullTextIndex
 from shared.vector_store.leases import LEASES_SCHEMA, LEASES_TABLE, DocumentLeases, has_primary_key
 from shared.vector_store.schema import (
@@ -56,6 +58,8 @@ from shared.vector_store.schema import (
     tenant_filter,
 )
 from shared.vector_store.search import HYBRID_CANDIDATES, RRF_K, SEARCH_MODES, SearchHits, search_table
+from shared.vector_store.upkeep import Upkeep, WriteCounter
+from shared.vector_store.vector_index import Action, VectorIndex, VectorIndexPolicy, scalar_upkeep
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,16 @@ MESSAGES_INDEXES: dict[str, Any] = {TENANT_COLUMN: Bitmap(), "conversation_id": 
 TURN_ATTEMPTS = 5
 # Opening (or creating) a table while other processes create it is tried this many times.
 OPEN_ATTEMPTS = 5
+# The messages table's scalar indexes (tenant, conversation_id) are brought up to date (Table.optimize,
+# which also compacts the one small file each turn writes) once this many rows were written outside
+# them: history, claims and listings then scan at most this many unindexed rows (a few ms), and the
+# optimize (a second or so at 1M messages) runs in the background once per this many rows.
+MESSAGES_FOLD_ROWS = 2_000
+# The cross-process lease that one vector-index builder at a time holds (leases.py: a reserved key, not
+# a tenant's document), and for how long (renewed every third of it while the build runs).
+INDEX_LEASE_TENANT = "0-localrag-upkeep"
+INDEX_LEASE_KEY = "chunks.vector"
+INDEX_LEASE_S = 60.0
 
 
 def migrate(table: Any, columns: Mapping[str, str]) -> bool:
@@ -117,14 +131,33 @@ class VectorStore:
         storage_options: dict[str, str] | None = None,
         full_text: bool = True,
         fts_reindex_rows: int = FTS_REINDEX_ROWS,
+        vector_index: VectorIndexPolicy | None = None,
+        messages_fold_rows: int = MESSAGES_FOLD_ROWS,
+        read_consistency_s: float = 0.0,
     ) -> None:
         self.uri = uri
         self.dimension = dimension
         self.model_id = model_id
         # full_text: keep a native full-text (BM25) index on the chunk text, for the fts and hybrid modes.
         self.full_text_index = FullTextIndex(enabled=full_text, reindex_rows=fts_reindex_rows)
-        # timedelta(0): always see other processes' writes (ingestion writes, chat reads).
+        # vector_index: when the ANN index on the chunk vectors is built, folded, retrained, searched.
+        self.vector_index = VectorIndex(
+            vector_index or VectorIndexPolicy(), dimension=dimension, lease=self._index_lease
+        )
+        # Index upkeep after writes runs on this store's background thread (the write does not wait).
+        self.upkeep = Upkeep(uri.rstrip("/").rsplit("/", 1)[-1] or "store")
+        self._messages_written = WriteCounter(messages_fold_rows)
+        # Messages and leases: always the latest version (turn claims and leases read-modify-write them).
         self.db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options or None)
+        # Chunks: at most read_consistency_s seconds stale (inf: never re-checked), except that a tenant sees
+        # its own writes at once, from any process (per-tenant version markers: freshness.py).
+        self.freshness = Freshness(open_markers(uri, storage_options, CHUNKS_TABLE), read_consistency_s)
+        interval = self.freshness.interval
+        self.chunks_db = (
+            lancedb.connect(uri, read_consistency_interval=interval, storage_options=storage_options or None)
+            if self.freshness.bounded
+            else self.db
+        )
         self._lock = threading.Lock()
         self._chunks: Any = None
         self._messages: Any = None
@@ -133,19 +166,20 @@ class VectorStore:
 
     # ------------------------------------------------------------------ tables
 
-    def _table_names(self) -> list[str]:
-        res = self.db.list_tables()
+    def _table_names(self, db: Any = None) -> list[str]:
+        res = (db or self.db).list_tables()
         names = getattr(res, "tables", res)
         return list(names)
 
-    def _open_or_create(self, name: str, schema: pa.Schema) -> Any:
+    def _open_or_create(self, name: str, schema: pa.Schema, db: Any = None) -> Any:
         """The table, opened or created; another process may be doing the same (its create may then fail
         here before the other's is visible: tried again, a few times)."""
         for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
-                if name in self._table_names():
-                    return self.db.open_table(name)
-                return self.db.create_table(name, schema=schema, exist_ok=True)
+                conn = db or self.db
+                if name in self._table_names(conn):
+                    return conn.open_table(name)
+                return conn.create_table(name, schema=schema, exist_ok=True)
             except Exception as exc:
                 if attempt == OPEN_ATTEMPTS:
                     raise
@@ -159,7 +193,7 @@ class VectorStore:
         existed is migrated: its rows become the default tenant's."""
         with self._lock:
             if self._chunks is None:
-                table = self._open_or_create(CHUNKS_TABLE, chunks_schema(self.dimension, self.model_id))
+                table = self._open_or_create(CHUNKS_TABLE, chunks_schema(self.dimension, self.model_id), self.chunks_db)
                 check_embedding(table, uri=self.uri, model_id=self.model_id, dimension=self.dimension)
                 migrate(table, CHUNKS_MIGRATION)
                 ensure_scalar_indexes(table, CHUNKS_INDEXES)
@@ -187,6 +221,19 @@ class VectorStore:
                 self._leases = table
             return self._leases
 
+    def _read_chunks(self, tenant: str) -> Any:
+        """The chunks table for a read of ``tenant``'s rows: moved to its latest version first when the tenant
+        wrote since this process last looked (its version marker is newer; see freshness.py)."""
+        table = self.chunks()
+        self.freshness.before_read(table, tenant)
+        return table
+
+    def _write_chunks(self) -> Any:
+        """The chunks table for a write, at its latest version (the write reads the rows it replaces)."""
+        table = self.chunks()
+        self.freshness.before_write(table)
+        return table
+
     def document_leases(self) -> DocumentLeases:
         """Per-document leases (shared.vector_store.leases): one writer of a document at a time."""
         return self._document_leases
@@ -202,7 +249,7 @@ class VectorStore:
         same id is another document: neither matched nor deleted.
         """
         where = tenant_filter(tenant, f"doc_id = {sql_str(doc_id)}")
-        table = self.chunks()
+        table = self._write_chunks()
         now = iso_utc()
         for r in rows:
             if r.doc_id != doc_id:
@@ -222,6 +269,8 @@ class VectorStore:
         before = int(result.num_updated_rows) + int(result.num_deleted_rows)
         log.debug("replace_document %s: %d rows written, %d before: %s", doc_id, len(rows), before, result)
         self.full_text_index.after_write(table, len(rows))
+        self.freshness.after_write(table, tenant)
+        self._after_chunks_write(len(rows))
         return len(rows), before
 
     def replace_documents(self, docs: Mapping[str, Sequence[ChunkRow]], *, tenant: str) -> dict[str, tuple[int, int]]:
@@ -233,7 +282,7 @@ class VectorStore:
         """
         if not docs:
             return {}
-        table = self.chunks()
+        table = self._write_chunks()
         now = iso_utc()
         payload: list[dict[str, Any]] = []
         for doc_id, rows in docs.items():
@@ -256,12 +305,14 @@ class VectorStore:
             .execute(pa.Table.from_pylist(payload, schema=table.schema))
         )
         self.full_text_index.after_write(table, len(payload))
+        self.freshness.after_write(table, tenant)
+        self._after_chunks_write(len(payload))
         return {d: (len(rows), before[d]) for d, rows in docs.items()}
 
     def document_stats(self, *, tenant: str) -> dict[str, tuple[int, str | None]]:
         """doc_id -> (chunk count, when it was last indexed), over the tenant's chunks."""
         stats: dict[str, tuple[int, str | None]] = {}
-        query = self.chunks().search().where(tenant_filter(tenant)).select(["doc_id", "ingested_at"])
+        query = self._read_chunks(tenant).search().where(tenant_filter(tenant)).select(["doc_id", "ingested_at"])
         rows = query.limit(None).to_arrow().to_pylist()
         for r in rows:
             n, at = stats.get(r["doc_id"], (0, None))
@@ -270,29 +321,30 @@ class VectorStore:
 
     def delete_document(self, doc_id: str, *, tenant: str) -> int:
         """Delete the tenant's document's chunks; returns how many there were."""
-        table = self.chunks()
+        table = self._write_chunks()
         n = self.count_chunks(doc_id, tenant=tenant)
         if n:
             table.delete(tenant_filter(tenant, f"doc_id = {sql_str(doc_id)}"))
+            self.freshness.after_write(table, tenant)
         return n
 
     def count_chunks(self, doc_id: str | None = None, *, tenant: str) -> int:
         """The tenant's chunks (of ``doc_id`` only, when given)."""
-        table = self.chunks()
+        table = self._read_chunks(tenant)
         return int(
             table.count_rows(tenant_filter(tenant, f"doc_id = {sql_str(doc_id)}" if doc_id is not None else None))
         )
 
     def indexed_doc_ids(self, *, tenant: str) -> set[str]:
         """The ids of the tenant's documents that have chunks."""
-        rows = self.chunks().search().where(tenant_filter(tenant)).select(["doc_id"]).limit(None).to_arrow()
+        rows = self._read_chunks(tenant).search().where(tenant_filter(tenant)).select(["doc_id"]).limit(None).to_arrow()
         return {str(v) for v in rows.column("doc_id").unique().to_pylist()}
 
     def sample_chunks(self, count: int, *, tenant: str, seed: int | None = None) -> tuple[int, list[dict[str, Any]]]:
         """(the tenant's chunk count, up to ``count`` of its chunks drawn uniformly at random: id, doc_id,
         chunk, title, text), for threshold calibration. Reads the ids of all the tenant's chunks, then the
         chosen rows."""
-        table = self.chunks()
+        table = self._read_chunks(tenant)
         ids = table.search().where(tenant_filter(tenant)).select(["id"]).limit(None).to_arrow().column("id")
         population = sorted(str(i) for i in ids.to_pylist())  # sorted: a seed draws the same sample
         chosen = random.Random(seed).sample(population, min(count, len(population)))
@@ -312,6 +364,54 @@ class VectorStore:
     def optimize(self, attempts: int = 3) -> None:
         """Fold new rows into the full-text index and compact small files (see FullTextIndex.optimize)."""
         self.full_text_index.optimize(self.chunks(), attempts)
+
+    # ------------------------------------------------------------------ vector and scalar index upkeep
+
+    def ensure_vector_index(self, force: bool = False) -> str:
+        """Bring the chunks table's vector index up to date now (after a bulk load, say); returns what it
+        did: "none", "created" (the table reached the policy's min_rows), "optimized" (rows not yet in the
+        index were folded in: any, not only past fold_rows) or "retrained" (the table grew by
+        retrain_growth since the index was trained). ``force``: build now whatever the thresholds (create
+        from a few hundred rows; else retrain). "none" too when RAG_VECTOR_INDEX is off, or while another
+        process holds the build lease (it is building)."""
+        action: Action = self.vector_index.upkeep(self.chunks(), force=force, explicit=True)
+        return action
+
+    def wait_for_upkeep(self, timeout: float) -> bool:
+        """Wait for the background index upkeep to finish what is queued; whether it did in ``timeout`` s."""
+        return self.upkeep.wait_idle(timeout)
+
+    def _after_chunks_write(self, rows: int) -> None:
+        """After a write of ``rows`` chunks: let the background upkeep create, fold or retrain the vector
+        index (and with it the scalar ones) when this process's writes say it may be due."""
+        if self.vector_index.due(rows):
+            self.upkeep.submit("chunks", lambda: self.vector_index.upkeep(self.chunks()))
+
+    def _after_messages_write(self, rows: int) -> None:
+        """After a write of ``rows`` messages: fold them into the scalar indexes once enough are outside."""
+        if self._messages_written.add(rows):
+            counter, fold = self._messages_written, self._messages_written.threshold
+            self.upkeep.submit("messages", lambda: scalar_upkeep(self.messages(), "conversation_id", counter, fold))
+
+    def _index_lease(self) -> AbstractContextManager[bool]:
+        return self._held_index_lease()
+
+    @contextmanager
+    def _held_index_lease(self) -> Iterator[bool]:
+        """Hold the vector-index build lease (across processes) for the block; yields whether it was taken.
+        A store whose lease table cannot be written builds anyway (a concurrent create then fails)."""
+        leases = self.document_leases()
+        try:
+            lease = leases.try_acquire(INDEX_LEASE_TENANT, [INDEX_LEASE_KEY], lease_s=INDEX_LEASE_S)
+        except Exception as exc:
+            log.warning("the index build lease could not be taken (%s); building without it", type(exc).__name__)
+            yield True
+            return
+        if not lease.doc_ids:
+            yield False
+            return
+        with leases.kept(lease):
+            yield True
 
     # ------------------------------------------------------------------ search
 
@@ -354,7 +454,7 @@ class VectorStore:
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}; expected one of {SEARCH_MODES}")
         where = tenant_filter(tenant)
-        table = self.chunks()
+        table = self._read_chunks(tenant)
         text = (query_text or "").strip()
         fallback: str | None = None
         if mode != "vector" and not text:
@@ -375,6 +475,7 @@ class VectorStore:
             rrf_k=rrf_k,
             candidates=candidates,
             fallback=fallback,
+            params=self.vector_index.search_params(),
         )
 
     # ------------------------------------------------------------------ messages
@@ -409,6 +510,7 @@ class VectorStore:
             raise ValueError("a message needs its principal")
         now = iso_utc()
         self.messages().add([message_record(m, now, tenant, principal) for m in messages])
+        self._after_messages_write(len(messages))
 
     # ------------------------------------------------------------------ conversation turns
 
@@ -442,6 +544,7 @@ class VectorStore:
             )
             anchor.update({CLAIM_COLUMN: token, CLAIM_UNTIL_COLUMN: _now_ms() + int(lease_s * 1000)})
             table.add([anchor])
+            self._after_messages_write(1)
             return TurnClaim(conversation_id, token, ANCHOR_SEQ + 1, (), anchor)
         where = self._conversation_filter(conversation_id, tenant, principal)
         for _ in range(TURN_ATTEMPTS):
@@ -465,6 +568,7 @@ class VectorStore:
                     continue
                 if not int(result.rows_updated):
                     continue  # another turn claimed it, or was stored after it: read again
+                self._after_messages_write(1)  # (the claimed row is rewritten: outside the indexes until folded)
             anchor = {**last, CLAIM_COLUMN: token, CLAIM_UNTIL_COLUMN: until}
             prior = tuple(message_row(r) for r in rows if int(r["seq"]) >= 0)
             return TurnClaim(conversation_id, token, int(last["seq"]) + 1, prior, anchor)
@@ -508,6 +612,7 @@ class VectorStore:
             # Whoever's messages are at these seqs now (ours, another turn's, or none yet).
             stored = {str(r["id"]) for r in table.search().where(where).select(["id"]).limit(None).to_list()}
             if stored:
+                self._after_messages_write(len(records))
                 return stored == {m.id for m in messages}
         raise failure or RuntimeError("the turn's messages were not stored")
 

@@ -212,10 +212,11 @@ def test_cohere_v4(client: Any) -> None:
 
 
 def test_unknown_model_id(client: Any) -> None:
-    with pytest.raises(client.exceptions.ResourceNotFoundException) as exc:
+    with pytest.raises(client.exceptions.ValidationException) as exc:  # as Bedrock answers an unknown id
         invoke(client, "amazon.titan-embed-text-v3:0", {"inputText": GUITAR})
-    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
-    assert TITAN_V2 in exc.value.response["Error"]["Message"]  # names what is served
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    message = exc.value.response["Error"]["Message"]
+    assert message.startswith("The provided model identifier is invalid.") and TITAN_V2 in message
 
 
 # ----------------------------------------------------------------------------------------- langchain-aws

@@ -259,8 +259,8 @@ def test_oversized_body_is_rejected(client: Any) -> None:
 def test_unknown_model_id(client: Any) -> None:
     with pytest.raises(ClientError) as exc:
         invoke(client, {"inputText": "hello"}, model_id="amazon.titan-embed-text-v9:0")
-    assert error_code(exc) == "ResourceNotFoundException"
-    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert error_code(exc) == "ValidationException"  # as Bedrock answers an unknown id
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
 
 
 def test_overload_is_throttled_then_recovers(client: Any, service: Service) -> None:

@@ -1,6 +1,7 @@
 """The local stand-ins fail the way Amazon Bedrock does, so error handling tested locally holds on AWS.
 
-For each failure -- a bad body (ValidationException), an unknown model id (ResourceNotFoundException),
+For each failure -- a bad body (ValidationException), an unknown model id (ValidationException "The
+provided model identifier is invalid.", Bedrock's answer to InvokeModel / Converse / ConverseStream),
 overload (ThrottlingException) -- the same boto3 ``bedrock-runtime`` client code gets:
 
 - from the real local embedding / LLM service (a process on an ephemeral port), and
@@ -36,6 +37,9 @@ from tests.support.procs import TIMEOUT_FACTOR, Service, start_service, stop_ser
 EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2"
 LLM_ID = "local-llm"
 EMBED_QUEUE = 64  # the overload test fills it with one batch
+# Bedrock's message for a model id it does not know (aws-samples/amazon-bedrock-workshop#315: InvokeModel,
+# GoogleCloudPlatform/kubectl-ai#515: ConverseStream, langchain-ai/langchain-aws#252: InvokeModel).
+UNKNOWN_MODEL = "The provided model identifier is invalid."
 LONG_TEXT = "The chef simmered the tomato sauce with garlic, basil and olive oil for an hour. " * 5
 T = 30 * TIMEOUT_FACTOR
 
@@ -92,10 +96,12 @@ def aws_client(session: boto3.session.Session) -> Any:
     return client
 
 
-def aws_error(client: Any, operation: str, code: str, status: int, call: Callable[[Any], Any]) -> ClientError:
-    """What the AWS client raises when Bedrock answers `code` with `status` to `call(client)`."""
+def aws_error(
+    client: Any, operation: str, code: str, status: int, call: Callable[[Any], Any], message: str = "(from AWS)"
+) -> ClientError:
+    """What the AWS client raises when Bedrock answers `code` with `status` (and `message`) to `call(client)`."""
     with Stubber(client) as stub:
-        stub.add_client_error(operation, service_error_code=code, service_message="(from AWS)", http_status_code=status)
+        stub.add_client_error(operation, service_error_code=code, service_message=message, http_status_code=status)
         with pytest.raises(ClientError) as info:
             call(client)
     return info.value
@@ -153,8 +159,8 @@ def health(svc: Service) -> dict[str, Any]:
         (
             "unknown model",
             invoke(json.dumps({"inputText": "hi"}), "amazon.titan-embed-text-v9:0"),  # no such model
-            "ResourceNotFoundException",
-            404,
+            "ValidationException",
+            400,
         ),
     ],
 )
@@ -163,9 +169,13 @@ def test_embedding_errors(
 ) -> None:
     local = local_client(session, embedding)
     aws = aws_client(session)
+    message = UNKNOWN_MODEL if name == "unknown model" else "(from AWS)"
+    from_local = local_error(local, call)
     assert_same(
-        local_error(local, call), aws_error(aws, "invoke_model", code, status, call), code, status, local, "embedding"
+        from_local, aws_error(aws, "invoke_model", code, status, call, message), code, status, local, "embedding"
     )
+    if name == "unknown model":
+        assert from_local.response["Error"]["Message"].startswith(UNKNOWN_MODEL)
 
 
 def test_embedding_unknown_model_through_the_adapter(embedding: Service, session: boto3.session.Session) -> None:
@@ -174,7 +184,12 @@ def test_embedding_unknown_model_through_the_adapter(embedding: Service, session
     model = "amazon.titan-embed-text-v9:0"  # no such model: not served locally, unknown on AWS
     from_local = adapter_error(lambda: Embedder(local, model, body_format="titan").embed_query("hi"))
     with Stubber(aws) as stub:
-        stub.add_client_error("invoke_model", service_error_code="ResourceNotFoundException", http_status_code=404)
+        stub.add_client_error(
+            "invoke_model",
+            service_error_code="ValidationException",
+            service_message=UNKNOWN_MODEL,
+            http_status_code=400,
+        )
         from_aws = adapter_error(lambda: Embedder(aws, model, body_format="titan").embed_query("hi"))
     assert (from_local.code, from_local.message) == (from_aws.code, from_aws.message)
     assert from_local.code == "upstream_unavailable" and "not available" in from_local.message
@@ -233,9 +248,55 @@ def test_embedding_overload_is_throttling(embedding: Service, session: boto3.ses
 def test_llm_errors(llm: Service, session: boto3.session.Session, name: str, call: Any, code: str, status: int) -> None:
     local = local_client(session, llm)
     aws = aws_client(session)
+    message = UNKNOWN_MODEL if name == "unknown model" else "(from AWS)"
     assert_same(
-        local_error(local, call), aws_error(aws, "converse_stream", code, status, call), code, status, local, "LLM"
+        local_error(local, call),
+        aws_error(aws, "converse_stream", code, status, call, message),
+        code,
+        status,
+        local,
+        "LLM",
     )
+
+
+UNKNOWN_LLM = "anthropic.claude-v2"  # a real Bedrock id the stand-in does not map by default
+
+
+@pytest.mark.parametrize(
+    ("operation", "call"),
+    [
+        (
+            "converse",
+            lambda c: c.converse(modelId=UNKNOWN_LLM, messages=[{"role": "user", "content": [{"text": "hi"}]}]),
+        ),
+        ("converse_stream", converse_stream(model_id=UNKNOWN_LLM)),
+        ("invoke_model", invoke(json.dumps({"prompt": "hi", "max_gen_len": 8}), UNKNOWN_LLM)),
+        (
+            "invoke_model_with_response_stream",
+            lambda c: c.invoke_model_with_response_stream(
+                modelId=UNKNOWN_LLM, body=json.dumps({"prompt": "hi"}), contentType="application/json"
+            ),
+        ),
+        ("embedding invoke_model", invoke(json.dumps({"inputText": "hi"}), "amazon.titan-embed-text-v9:0")),
+    ],
+)
+def test_an_unknown_model_id_is_one_behaviour(
+    embedding: Service, llm: Service, session: boto3.session.Session, operation: str, call: Any
+) -> None:
+    """Every operation of both stand-ins answers an unknown model id as Bedrock does: 400 ValidationException
+    "The provided model identifier is invalid." (then what is served); the adapters call it a deployment
+    problem (the model is not available), as they do for AWS's answer."""
+    svc, aws_op = (embedding, "invoke_model") if operation.startswith("embedding") else (llm, operation)
+    local = local_client(session, svc)
+    from_local = local_error(local, call)
+    assert type(from_local) is local.exceptions.ValidationException
+    assert from_local.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert from_local.response["Error"]["Message"].startswith(UNKNOWN_MODEL)
+    from_aws = aws_error(aws_client(session), aws_op, "ValidationException", 400, call, UNKNOWN_MODEL)
+    service = "embedding" if svc is embedding else "LLM"
+    mapped_local, mapped_aws = upstream_error(service, from_local), upstream_error(service, from_aws)
+    assert (mapped_local.code, mapped_local.message) == (mapped_aws.code, mapped_aws.message)
+    assert mapped_local.code == "upstream_unavailable" and "not available" in mapped_local.message
 
 
 class LongGeneration:

@@ -280,6 +280,7 @@ def test_switching_models_refuse_then_reindex(embedders: dict[str, Service], tmp
     progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
     assert len(progress) == 3 and all("/3] " in line for line in progress), done.stderr
     assert "tides: " in done.stderr and "(original file)" in done.stderr
+    assert "vector index: none" in done.stderr  # (3 documents: far below RAG_VECTOR_INDEX_MIN_ROWS)
     assert f"reindexed 3/3 documents into {new}" in done.stdout and "1 chat messages copied" in done.stdout
     assert f"RAG_LANCEDB_URI={new}" in done.stdout
     assert table_meta(new)[0] == {"embedding_model": TITAN, "embedding_dimension": "384"}

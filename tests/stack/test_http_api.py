@@ -47,6 +47,8 @@ from shared.vector_store import VectorStore
 from tests.conftest import DEFAULT, TIMEOUT_FACTOR, StackFactory, WsClient, stack_keys
 from tests.stack.test_e2e import BREAD, VOLCANO
 from tests.support.auth import default_key, remember
+from tests.support.paths import ARTIFACTS
+from tests.support.procs import start_service
 
 TIDES_MD = b"""# Ocean tides
 
@@ -55,6 +57,11 @@ TIDES_MD = b"""# Ocean tides
 Tides are the regular rise and fall of the sea level. They are caused by the gravitational pull of the
 Moon and, to a lesser degree, the Sun on the Earth's oceans. Most coasts see two high tides and two low
 tides every lunar day. Spring tides, the largest, happen when the Sun and the Moon line up.
+"""
+REEFS_MD = b"""# Coral reefs
+
+Coral reefs are underwater structures built by colonies of tiny animals called polyps, which secrete
+calcium carbonate skeletons. Reefs grow in warm, shallow, clear tropical water.
 """
 TIDES_QUESTION = "What causes the ocean tides to rise and fall?"
 VOLCANO_QUESTION = "How do volcanoes erupt?"
@@ -402,10 +409,10 @@ def put(url: str, data: bytes, headers: dict[str, str]) -> int:
         return int(resp.status)
 
 
-def wait_for_job(base: str, job_id: str) -> dict[str, Any]:
+def wait_for_job(base: str, job_id: str, key: str | None = DEFAULT) -> dict[str, Any]:
     deadline = time.monotonic() + 180 * TIMEOUT_FACTOR
     while time.monotonic() < deadline:
-        status, body = call(base, "GET", "/v1/kb/status")
+        status, body = call(base, "GET", "/v1/kb/status", key=key)
         assert status == 200
         conforms("SyncJobList", body)
         job = next(j for j in body["data"] if j["id"] == job_id)
@@ -415,8 +422,8 @@ def wait_for_job(base: str, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"sync job {job_id} did not finish")
 
 
-def documents(base: str) -> dict[str, dict[str, Any]]:
-    status, body = call(base, "GET", "/v1/documents")
+def documents(base: str, key: str | None = DEFAULT) -> dict[str, dict[str, Any]]:
+    status, body = call(base, "GET", "/v1/documents", key=key)
     assert status == 200
     conforms("DocumentList", body)
     return {d["id"]: d for d in body["data"]}
@@ -457,6 +464,47 @@ def test_upload_sync_ask_delete(base: str, client: openai.OpenAI) -> None:
     assert "tides.md" not in {c["doc_id"] for c in citations}
     status, body = call(base, "DELETE", "/v1/documents/tides.md")
     assert_openai_error(status, body, 404, "document_not_found")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_sync_jobs_outlive_the_api_process(stack: Stack, base: str) -> None:
+    """Two api processes (as two Lambda execution environments): a sync started on one, which is killed at
+    once, runs on in the ingestion function and is seen done on the other; the pending upload too."""
+    key = default_key(base)
+    env = dict(stack.by_name["api"].env)
+    logs = ARTIFACTS / "logs" / "http-two-apis"
+    one = start_service("api-one", "api", env, logs, settings_prefix="API")
+    two = start_service("api-two", "api", env, logs, settings_prefix="API")
+    try:
+        body = {"filename": "reefs.md", "content_type": "text/markdown", "size": len(REEFS_MD)}
+        status, ticket = call(one.url, "POST", "/v1/documents", body, key=key)
+        assert status == 201, ticket
+        assert put(ticket["upload_url"], REEFS_MD, ticket["headers"]) == 200
+        assert documents(two.url, key)["reefs.md"]["status"] == "uploaded"  # the other process knows it
+        correlation = f"sync-test-{time.monotonic_ns()}"
+        status, job = call(one.url, "POST", "/v1/kb/sync", key=key, headers={"X-Request-Id": correlation})
+        assert status == 202 and job["total"] == 1, job
+        one.kill()
+        done = wait_for_job(two.url, job["job_id"], key)
+        assert done["status"] == "done" and done["succeeded"] == 1, done
+        # The request's correlation id: on the api's request line, and on the ingestion function's lines
+        # about the job it started.
+        assert any(
+            line.get("correlation_id") == correlation and line["message"].startswith("POST /v1/kb/sync -> 202")
+            for line in json_lines(one.log())
+        )
+        ingestion = [x for x in json_lines(stack.by_name["ingestion"].log()) if job["job_id"] in x["message"]]
+        assert ingestion and all(x.get("correlation_id") == correlation for x in ingestion), ingestion
+        assert documents(two.url, key)["reefs.md"]["status"] == "indexed"
+        assert documents(base)["reefs.md"]["status"] == "indexed"  # and the stack's own api process
+        status, body = call(two.url, "DELETE", "/v1/documents/reefs.md", key=key)
+        assert status == 200 and body["chunks_deleted"] >= 1
+    finally:
+        one.stop()
+        two.stop()
 
 
 def test_sync_failure_is_reported(base: str) -> None:

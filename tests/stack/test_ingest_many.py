@@ -135,3 +135,5 @@ def test_embedding_down_fails_the_batch_and_writes_nothing(tmp_path: Path) -> No
         out = svc.ingest_many([doc("tides"), doc("bread"), doc("empty", " ")], tenant=T)
     assert [type(o) for o in out] == [UpstreamUnavailable, UpstreamUnavailable, EmptyDocument]
     assert svc.store.count_chunks(tenant=T) == 0 and svc.tenant_objects(T).document_ids() == []
+    # The leases taken while embedding were given up: another writer gets them at once.
+    assert svc.store.document_leases().try_acquire(T, ["tides", "bread"], lease_s=1).doc_ids == {"tides", "bread"}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import io
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
 from api.app import OPEN, ROUTES, Backends, create_app
-from api.identity import Identity
+from api.identity import CredentialCache, Identity, Unidentified
 from api.openapi import API_PREFIX, openapi_document
 from api.settings import Settings
 from authorizer.service import build_authorizer
@@ -35,6 +37,8 @@ from ingestion.handler import build_service as build_ingestion
 from ingestion.settings import Settings as IngestionSettings
 from shared.api_keys import KeyStore
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
+from shared.logs import JsonFormatter
+from shared.object_store import LocalObjectStore
 from shared.settings import AuthSettings
 from shared.vector_store import VectorStore
 
@@ -365,7 +369,135 @@ def test_startup_builds_the_backends_once_and_health_counts(tmp_path: Path) -> N
                 async with client.get("/v1/kb/status") as resp:
                     assert resp.status == 200
             async with client.get("/health") as resp:
-                assert await resp.json() == {"status": "ok", "chats_in_flight": 0, "chats_cancelled": 0}
+                assert await resp.json() == {
+                    "status": "ok",
+                    "chats_in_flight": 0,
+                    "chats_cancelled": 0,
+                    "credential_cache_hits": 0,  # identity off: nothing to check
+                }
 
     run(scenario())
     assert built == [1]
+
+
+def test_every_request_is_logged_with_its_correlation_id(tmp_path: Path) -> None:
+    """One JSON line per request (shared/logs.py's), with the request's correlation id -- the caller's
+    X-Request-Id, X-Ray's trace root, Lambda Web Adapter's request context, or a new one -- echoed in
+    X-Request-Id; the worker threads' lines carry it too; no credential in any line."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter("api"))
+    root, access = logging.getLogger(), logging.getLogger("aiohttp.access")
+    old_level, old_access = root.level, access.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    access.setLevel(logging.WARNING)  # as configure_logging() sets it in every service: it would log ?token=
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with harness(tmp_path) as h:
+            _, _, headers = await h.call("GET", "/v1/kb/status", "alpha", headers={"X-Request-Id": "req-123.abc"})
+            seen["given"] = headers["X-Request-Id"]
+            trace = {"X-Amzn-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"}
+            _, _, headers = await h.call("GET", "/v1/documents", "alpha", headers=trace)
+            seen["trace"] = headers["X-Request-Id"]
+            lwa = {
+                "x-amzn-request-context": json.dumps({"requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"}),
+                "x-amzn-lambda-context": json.dumps({"request_id": "8476a536-e9f4-11e8-9739-2dfe598c3fcd"}),
+            }
+            _, _, headers = await h.call("GET", "/v1/models", headers=lwa)
+            seen["lwa"] = headers["X-Request-Id"]
+            bad = {"X-Request-Id": "two words\tand " + "x" * 200}
+            _, _, headers = await h.call("GET", "/v1/kb/status", "nope-not-a-key", headers=bad)  # refused: 401
+            seen["fresh"] = headers["X-Request-Id"]
+            async with h.client.get("/v1/kb/status", params={"token": h.keys["beta"]}) as resp:
+                seen["query_token"] = (resp.status, resp.headers["X-Request-Id"])
+            body = {"model": "localrag", "messages": [{"role": "user", "content": "q"}], "stream": True}
+            async with h.client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer x"}) as r:
+                seen["stream"] = r.headers.get("X-Request-Id")
+            seen["keys"] = dict(h.keys)
+        return seen
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        access.setLevel(old_access)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    requests = [x for x in lines if x["logger"] == "requests"]
+
+    def request_line(correlation: str) -> dict[str, Any]:
+        return next(x for x in requests if x.get("correlation_id") == correlation)
+
+    assert seen["given"] == "req-123.abc"
+    assert request_line("req-123.abc")["message"].startswith("GET /v1/kb/status -> 200 in ")
+    assert seen["trace"] == "1-5759e988-bd862e3fe1be46a994272793"
+    assert request_line(seen["trace"])["http_status"] == 200
+    assert seen["lwa"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    assert request_line(seen["lwa"])["aws_request_id"] == "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
+    assert str(uuid.UUID(seen["fresh"])) == seen["fresh"]  # the bad one replaced by a new id
+    assert request_line(seen["fresh"])["http_status"] == 401
+    # The refusal was logged by the identity check, in a worker thread: with the request's id.
+    refusals = [x for x in lines if x["logger"] == "api.identity" and x.get("correlation_id") == seen["fresh"]]
+    assert refusals and "refused" in refusals[0]["message"]
+    status, correlation = seen["query_token"]
+    assert status == 200 and request_line(correlation)["message"].startswith("GET /v1/kb/status -> 200")
+    assert seen["stream"] is not None  # a refused stream has it too (401 before any event)
+    assert len({seen[k] for k in ("given", "trace", "lwa", "fresh")} | {correlation}) == 5
+    text = out.getvalue()
+    assert "two words" not in text and "nope-not-a-key" not in text
+    assert all(key not in text for key in seen["keys"].values())
+
+
+def test_api_keys_are_cached_briefly_and_revocation_is_honoured_within_the_ttl(tmp_path: Path) -> None:
+    """A valid key's principal and a revoked key's 403 are reused for the TTL (the key store is not read);
+    an unknown key's 401 is never cached; a key revoked meanwhile passes until its entry expires, then 403;
+    the cache is bounded (least recently used first)."""
+    reads: list[str] = []
+
+    class CountingStore(LocalObjectStore):
+        """The documents folder, counting the key store's reads (one per check that is not cached)."""
+
+        def read(self, key: str) -> bytes:
+            reads.append(key)
+            return super().read(key)
+
+    keys = KeyStore(CountingStore(tmp_path / "documents"))
+    identity = Identity(build_authorizer(AuthorizerSettings(auth=AuthSettings(auth=["api_key"])), key_store=keys))
+    now = [1000.0]
+    cache = CredentialCache(ttl_s=60, size=2, clock=lambda: now[0])
+    a_record, a = keys.create("alpha", "a")
+    b_record, b = keys.create("beta", "b")
+    _, c = keys.create("beta", "c")
+    ghost = "lrk_" + "0" * 16 + "_" + "x" * 43
+    reads.clear()
+
+    def who(key: str) -> str | int:
+        try:
+            return identity.principal([("Authorization", f"Bearer {key}")], {}, "GET /v1/x", cache).tenant
+        except Unidentified as exc:
+            return exc.status
+
+    assert [who(a), who(a), who(a)] == ["alpha"] * 3 and len(reads) == 1 and cache.hits == 2
+    assert [who(ghost), who(ghost)] == [401, 401] and len(reads) == 3  # 401s are not cached
+    keys.revoke(a_record.key_id)
+    now[0] += 59.0
+    assert who(a) == "alpha"  # revoked, but within the TTL of its cached Allow (as on API Gateway)
+    now[0] += 1.0
+    assert who(a) == 403  # expired: checked again, refused, and that Deny is cached
+    reads.clear()
+    assert who(a) == 403 and reads == []
+    # Bounded: a, b, then c pushes out the least recently used (a's Deny).
+    assert who(b) == "beta" and who(c) == "beta" and len(reads) == 2
+    assert who(a) == 403 and len(reads) == 3
+    keys.revoke(b_record.key_id)
+    reads.clear()
+    assert who(b) == 403 and len(reads) == 1  # b was pushed out by a: checked again
+    off = CredentialCache(ttl_s=0, size=10)
+    reads.clear()
+    assert [identity.principal([("Authorization", f"Bearer {c}")], {}, "w", off).tenant for _ in range(2)] == [
+        "beta",
+        "beta",
+    ]
+    assert len(reads) == 2 and off.hits == 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lancedb
 import pyarrow as pa
@@ -19,9 +21,10 @@ from tests.support.timeouts import scaled
 T = "alpha"
 
 
-def leases(path: Path) -> DocumentLeases:
-    """A fresh connection's leases (as another process would have)."""
-    return VectorStore(str(path), dimension=4, model_id="test", full_text=False).document_leases()
+def leases(path: Path, **kw: Any) -> DocumentLeases:
+    """A fresh connection's leases (as another process would have); ``kw``: DocumentLeases' upkeep settings."""
+    store = VectorStore(str(path), dimension=4, model_id="test", full_text=False)
+    return DocumentLeases(store._leases_table, **kw) if kw else store.document_leases()
 
 
 def test_a_held_document_is_refused_until_released(tmp_path: Path) -> None:
@@ -93,10 +96,12 @@ def test_a_batch_takes_what_is_free_in_one_go_and_never_waits_holding(tmp_path: 
     a.release(held)
 
 
-def test_threads_on_separate_connections_never_hold_one_document_together(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compact_every", [0, 3], ids=["uncompacted", "compacted-meanwhile"])
+def test_threads_on_separate_connections_never_hold_one_document_together(tmp_path: Path, compact_every: int) -> None:
     # Eight writers, each on its own connection, all trying at the same moment, round after round, on one
-    # new document per round (an insert race) and on one old document (an update race).
-    writers = [leases(tmp_path) for _ in range(8)]
+    # new document per round (an insert race) and on one old document (an update race); with
+    # compact_every, each writer's compactions (at a release, every third commit) race with the takes too.
+    writers = [leases(tmp_path, compact_every=compact_every) for _ in range(8)]
     rounds = 15
     barrier = threading.Barrier(len(writers))
     wins: Counter[tuple[str, int]] = Counter()
@@ -121,6 +126,37 @@ def test_threads_on_separate_connections_never_hold_one_document_together(tmp_pa
     assert sorted(wins.values()) == [1] * (2 * rounds), wins  # exactly one winner every time
     rows = lancedb.connect(tmp_path).open_table(LEASES_TABLE).to_arrow().column("key").to_pylist()
     assert len(rows) == len(set(rows)) == rounds + 1  # one row per document: no duplicate inserts
+    if compact_every:
+        assert sum(w.compactions for w in writers) > 0
+
+
+def fragments(path: Path) -> int:
+    stats: Any = lancedb.connect(path).open_table(LEASES_TABLE).stats()  # (a dict at run time)
+    return int(stats["fragment_stats"]["num_fragments"])
+
+
+def versions(path: Path) -> int:
+    return len(lancedb.connect(path).open_table(LEASES_TABLE).list_versions())
+
+
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\):UserWarning")  # one writer: safe here
+@pytest.mark.parametrize("compact_every", [0, 8])
+def test_the_leases_table_is_compacted_as_leases_come_and_go(tmp_path: Path, compact_every: int) -> None:
+    # Each take and release is a commit (a version, a fragment); every compact_every commits the table is
+    # compacted at the next release and the versions older than keep_versions removed. The leases still work.
+    w = leases(tmp_path, compact_every=compact_every, keep_versions=timedelta(0))
+    for i in range(40):
+        w.release(w.try_acquire(T, [f"doc-{i}"], lease_s=60, peek=False))
+    if compact_every:
+        assert w.compactions == 40 * 2 // compact_every
+        assert fragments(tmp_path) <= compact_every and versions(tmp_path) <= compact_every + 1
+    else:
+        assert w.compactions == 0
+        assert fragments(tmp_path) >= 40 and versions(tmp_path) > 80
+    assert has_primary_key(lancedb.connect(tmp_path).open_table(LEASES_TABLE))
+    held = w.acquire(T, ["doc-3"], lease_s=60, wait_s=0)
+    assert not leases(tmp_path).try_acquire(T, ["doc-3", "doc-4"], lease_s=60).doc_ids - {"doc-4"}
+    w.release(held)
 
 
 def test_waiting_writers_take_turns(tmp_path: Path) -> None:

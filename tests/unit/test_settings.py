@@ -66,6 +66,8 @@ class RecordingStore:
     dimension: int
     model_id: str
     storage_options: dict[str, str] | None = None
+    vector_index: Any = None  # the VectorIndexPolicy
+    read_consistency_s: float = 0.0
     searches: list[dict[str, Any]] = field(default_factory=list)
 
     def search(self, vector: Sequence[float], **kwargs: Any) -> list[Any]:
@@ -286,6 +288,15 @@ SHARED: dict[str, Effect] = {
     "RAG_CONNECTIONS_ENDPOINT_URL": Effect("http://gateway.invalid:1/local", lambda b: b.lam.connections.endpoint_url),
     "RAG_UPSTREAM_TIMEOUT_S": Effect(TIMEOUT, _lambda_timeouts, S3_INDEX),
     "RAG_METRICS_NAMESPACE": Effect("team-rag", _metrics_namespace),
+    # (what each vector-index setting then does: tests/unit/test_vector_index.py)
+    "RAG_VECTOR_INDEX": Effect("off", lambda b: b.store.vector_index.mode),
+    "RAG_VECTOR_INDEX_MIN_ROWS": Effect("1000", lambda b: b.store.vector_index.min_rows),
+    "RAG_VECTOR_INDEX_TYPE": Effect("IVF_PQ", lambda b: type(b.store.vector_index.config(10_000, 384)).__name__),
+    "RAG_VECTOR_NPROBES": Effect("7", lambda b: b.store.vector_index.nprobes),
+    "RAG_VECTOR_REFINE_FACTOR": Effect("0", lambda b: b.store.vector_index.refine_factor),
+    "RAG_VECTOR_INDEX_RETRAIN_GROWTH": Effect("8", lambda b: b.store.vector_index.retrain_growth),
+    # (what it then does, across processes: tests/service/test_freshness.py)
+    "RAG_READ_CONSISTENCY_S": Effect("never", lambda b: b.store.read_consistency_s),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from api.app import API as API_STATE
 from api.app import Backends, create_app
 from api.identity import Identity
 from api.settings import Settings
@@ -28,8 +29,10 @@ from chat.service import ChatService
 from chat.settings import Settings as ChatSettings
 from ingestion.handler import build_service as build_ingestion
 from ingestion.settings import Settings as IngestionSettings
+from shared.api_keys import KeyStore
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
 from shared.settings_doc import settings_class, variables
+from shared.sync_jobs import Records, SyncJobs
 from shared.vector_store import VectorStore
 from tests.support.timeouts import scaled
 
@@ -101,10 +104,49 @@ async def _second_request_waits(a: Api) -> bool:
     return waited
 
 
+async def _sync(a: Api) -> tuple[int, str]:
+    """Where a sync job runs: here (202, done) or the ingestion function (unreachable here: 502)."""
+    async with a.client.post("/v1/kb/sync") as resp:
+        return resp.status, str((await resp.json()).get("status"))
+
+
+async def _sync_endpoint(a: Api) -> str | None:
+    """The Lambda endpoint sync jobs are started at (no call made)."""
+    sync = a.client.app[API_STATE].sync
+    return str(sync.client.meta.endpoint_url) if sync else None
+
+
+async def _dead_worker_job(a: Api) -> str:
+    """A running job whose worker stopped updating it 100 s ago: still running, or failed (stale)?"""
+    objects = a.client.app[API_STATE].backends.ingestion.objects
+    job = SyncJobs(objects).create_job("default")
+    records, key = Records(objects), f"sync/default/jobs/{job.id}.json"
+    got = records.get(key)
+    assert got is not None
+    assert records.put(key, {**got[0], "status": "running", "updated": got[0]["updated"] - 100}, if_match=got[1])
+    async with a.client.get("/v1/kb/status") as resp:
+        return str((await resp.json())["data"][0]["status"])
+
+
+async def _revoked_key_passes(a: Api, keys_used: int = 1) -> list[int]:
+    """Identity on (API keys in the documents store): use ``keys_used`` keys, revoke the first, use it again."""
+    api = a.client.app[API_STATE]
+    keys = KeyStore(api.backends.ingestion.objects)
+    api.backends.identity = Identity(Authorizer(methods={"api_key"}, keys=keys))
+    made = [keys.create("alpha", f"k{i}") for i in range(keys_used)]
+    seen = []
+    for _, key in made:
+        seen.append(await _status(a, "GET", "/v1/kb/status", headers={"Authorization": f"Bearer {key}"}))
+    keys.revoke(made[0][0].key_id)
+    seen.append(await _status(a, "GET", "/v1/kb/status", headers={"Authorization": f"Bearer {made[0][1]}"}))
+    return seen
+
+
 @dataclass(frozen=True)
 class Effect:
     value: str
     observe: Callable[[Api], Awaitable[Any]]
+    base: dict[str, str] = field(default_factory=dict)  # set with and without the value
 
 
 WSS = "wss://abc123.execute-api.us-east-1.amazonaws.com/local"
@@ -133,6 +175,13 @@ API: dict[str, Effect] = {
         ),
     ),
     "API_MAX_CONCURRENT_REQUESTS": Effect("1", _second_request_waits),
+    "API_SYNC_FUNCTION": Effect("ingestion", _sync, base={"API_LAMBDA_ENDPOINT_URL": "http://127.0.0.1:9"}),
+    "API_LAMBDA_ENDPOINT_URL": Effect("http://127.0.0.1:9", _sync_endpoint, base={"API_SYNC_FUNCTION": "ingestion"}),
+    "API_SYNC_STALE_AFTER_S": Effect("10", _dead_worker_job),
+    # The default caches the first key's Allow (200 after its revocation); 0 checks again (403).
+    "API_CREDENTIAL_CACHE_S": Effect("0", _revoked_key_passes),
+    # Two keys: with room for one, the first key's Allow is pushed out and it is checked again (403).
+    "API_CREDENTIAL_CACHE_SIZE": Effect("1", lambda a: _revoked_key_passes(a, keys_used=2)),
 }
 
 
@@ -181,6 +230,6 @@ def test_every_variable_changes_the_api(var: str, monkeypatch: pytest.MonkeyPatc
         if name.startswith(("API_", "RAG_", "LOCALRAG_")):
             monkeypatch.delenv(name)
     effect = API[var]
-    default = asyncio.run(_observe(effect, {}, monkeypatch, tmp_path / "a"))
-    changed = asyncio.run(_observe(effect, {var: effect.value}, monkeypatch, tmp_path / "b"))
+    default = asyncio.run(_observe(effect, effect.base, monkeypatch, tmp_path / "a"))
+    changed = asyncio.run(_observe(effect, {**effect.base, var: effect.value}, monkeypatch, tmp_path / "b"))
     assert changed != default, f"{var}={effect.value} changed nothing: {default!r}"

@@ -854,8 +854,9 @@ def test_the_http_api_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_http_api_iam_is_the_chat_and_ingestion_logic_s() -> None:
-    """Bedrock on the configured models, S3 on the documents and index prefixes of the bucket; no
-    @connections, no stream, no queue (it replies over HTTP)."""
+    """Bedrock on the configured models, S3 on the documents and index prefixes of the bucket, invoking the
+    ingestion function (sync jobs run there; API_SYNC_FUNCTION names it); no @connections, no stream, no
+    queue (it replies over HTTP)."""
     resolver = Resolver()
     p = resolver.params
     bucket_arn = f"arn:aws:s3:::{resolver.bucket()}"
@@ -870,4 +871,6 @@ def test_the_http_api_iam_is_the_chat_and_ingestion_logic_s() -> None:
             a: {f"{bucket_arn}/documents/*", f"{bucket_arn}/lancedb/*"}
             for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
         },
+        "lambda:InvokeFunction": {resolver.getatt("IngestionFunction", "Arn")},
     }
+    assert function_env(API_FUNCTION, resolver)["API_SYNC_FUNCTION"] == PHYSICAL["IngestionFunction"]

@@ -1,0 +1,140 @@
+"""Index upkeep shared by the full-text, vector and scalar indexes: folding new rows into a table's indexes
+(Table.optimize, retried when a concurrent write preempts it), counting the rows an index does not hold
+yet, and the one background thread per store that runs upkeep after writes, off the writer's path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shared.timing import timed_ms
+
+log = logging.getLogger(__name__)
+
+# Table.optimize is retried this many times when a concurrent write preempts its commit.
+OPTIMIZE_ATTEMPTS = 3
+
+
+def optimize_table(table: Any, attempts: int = OPTIMIZE_ATTEMPTS) -> None:
+    """Fold the rows written since into every index of ``table`` and compact small files (LanceDB
+    Table.optimize).
+
+    Old versions are kept (LanceDB's default: 7 days), so readers on another process are safe. A
+    concurrent write can preempt the compaction commit ("Retryable commit conflict"; the write itself
+    always wins): then it is retried, up to ``attempts`` times."""
+    t0 = time.perf_counter()
+    for attempt in range(1, attempts + 1):
+        try:
+            table.optimize()
+            break
+        except Exception as exc:
+            if attempt == attempts or "retryable" not in str(exc).lower():
+                raise
+            log.debug("optimize preempted by a concurrent write (attempt %d): %s", attempt, exc)
+            time.sleep(0.05 * attempt)
+    log.info("optimized %s in %.0f ms", table.name, timed_ms(t0))
+
+
+def index_named(table: Any, column: str, *, kind: str | None = None) -> Any | None:
+    """The index on exactly ``column`` (of type ``kind``, e.g. "FTS", when given), if the table has one."""
+    for idx in table.list_indices():
+        if list(idx.columns) != [column]:
+            continue
+        if kind is None or str(idx.index_type).upper() == kind:
+            return idx
+    return None
+
+
+def unindexed_rows(table: Any, name: str | None) -> int:
+    """Rows the index ``name`` does not hold yet (searched by a flat scan until the next optimize)."""
+    if name is None:
+        return 0
+    stats = table.index_stats(name)
+    return int(stats.num_unindexed_rows) if stats is not None else 0
+
+
+class WriteCounter:
+    """This process's count of rows written to a table since its indexes were last looked at: the index
+    statistics (~10 ms, a few reads on S3) are read only once it reaches ``threshold``, not after every
+    write. Starts at the threshold, so that the first write looks at the real number."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self._written = threshold
+
+    def add(self, rows: int) -> bool:
+        """Count ``rows`` more; whether the threshold is reached (0 or less: never)."""
+        if self.threshold <= 0:
+            return False
+        with self._lock:
+            self._written += rows
+            return self._written >= self.threshold
+
+    def take(self) -> int:
+        """An upkeep starts: the count so far is its business (returned); writes from now on count anew."""
+        with self._lock:
+            taken, self._written = self._written, 0
+            return taken
+
+    def credit(self, unindexed: int) -> None:
+        """The upkeep left ``unindexed`` rows outside the indexes: they count toward the next one (rows
+        written meanwhile may be counted twice: the next look comes early, never late)."""
+        with self._lock:
+            self._written += unindexed
+
+
+class Upkeep:
+    """One daemon thread running index upkeep jobs in the background, so that a write returns without
+    waiting for an index build or an optimize.
+
+    Jobs are keyed: a job submitted while one of the same key is pending replaces it (ten writes in a
+    row cause one upkeep, not ten). A job that raises is logged; the next write submits it again."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._cv = threading.Condition()
+        self._pending: dict[str, Callable[[], object]] = {}
+        self._running: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, key: str, job: Callable[[], object]) -> None:
+        with self._cv:
+            self._pending[key] = job
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"upkeep-{self.name}", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job is pending or running; whether that happened within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._pending or self._running is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._running = None
+                    self._cv.notify_all()
+                    self._cv.wait()
+                key = next(iter(self._pending))
+                job = self._pending.pop(key)
+                self._running = key
+            try:
+                job()
+            except Exception as exc:  # best effort: the rows stay searchable by the flat scan
+                log.warning("index upkeep %r failed (tried again after a later write): %s", key, exc)
+            finally:
+                with self._cv:
+                    self._running = None
+                    self._cv.notify_all()
