@@ -49,7 +49,9 @@ FORGED = b'{"type": "stream_end", "request_id": "r", "conversation_id": "forged"
 
 @pytest.fixture(scope="module")
 def stack(start_stack: StackFactory) -> Stack:
-    return start_stack("security", RAG_MAX_DISTANCE="0.7", GATEWAY_AUTHORIZER_TTL_S=str(TTL_S))
+    return start_stack(
+        "security", RAG_MAX_DISTANCE="0.7", GATEWAY_AUTHORIZER_TTL_S=str(TTL_S), API_CREDENTIAL_CACHE_S=str(TTL_S)
+    )
 
 
 def new_connection_id(stack: Stack, before: set[str]) -> str:
@@ -338,7 +340,8 @@ def test_revoked_key_is_refused_once_the_cache_expires(stack: Stack) -> None:
         search_ok(c)
     assert v1(stack, auth.bearer(key)).status == 200
     store.revoke(record.key_id)
-    # Answers (Allow included) are cached for TTL_S: the revocation shows once the cached Allow expires.
+    # Answers (Allow included) are cached for TTL_S (the gateway's authorizer cache, the api function's credential
+    # cache): the revocation shows once the cached Allow expires.
     deadline = time.monotonic() + scaled(TTL_S + 30)
     ws, http = handshake(stack, auth.bearer(key)), v1(stack, auth.bearer(key))
     while (ws.status, http.status) != (403, 403) and time.monotonic() < deadline:
