@@ -155,11 +155,13 @@ class RagSettings(BaseSettings):
         description="IVF partitions each vector query searches (all it takes when a narrow tenant filter leaves "
         "fewer rows than asked for in those). Higher: better recall, slower.",
     )
-    vector_refine_factor: int = Field(
-        4,
+    vector_refine_factor: int | None = Field(
+        None,
         ge=0,
         description="Each vector query re-ranks limit x this many index candidates by their full vectors "
-        "(0: none). Distances gated by the threshold are exact either way.",
+        "(0: none). Distances gated by the threshold are exact either way. Unset: 4 on a local folder (recall@10 "
+        "0.996 vs 0.97 at 100k chunks, ~3 ms), 0 on S3, where re-ranking reads each candidate's vector with a "
+        "request of its own (measured on moto at 30k chunks: 1.7 s vs 0.7 s a query; recall 0.96-0.98 without).",
     )
     vector_index_retrain_growth: float = Field(
         4.0,
@@ -177,9 +179,17 @@ class RagSettings(BaseSettings):
             min_rows=self.vector_index_min_rows,
             index_type=self.vector_index_type,
             nprobes=self.vector_nprobes,
-            refine_factor=self.vector_refine_factor,
+            refine_factor=self.refine_factor(),
             retrain_growth=self.vector_index_retrain_growth,
         )
+
+    def refine_factor(self) -> int:
+        """RAG_VECTOR_REFINE_FACTOR, or the default for where the index lives (see its description)."""
+        from shared.vector_store.vector_index import DEFAULT_REFINE_FACTOR, S3_REFINE_FACTOR
+
+        if self.vector_refine_factor is not None:
+            return self.vector_refine_factor
+        return S3_REFINE_FACTOR if self.lancedb_uri.startswith("s3://") else DEFAULT_REFINE_FACTOR
 
     @field_validator("read_consistency_s", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import pytest
 
 from shared.vector_store import VECTOR_INDEX_NAME, MessageRow, VectorIndexPolicy, VectorStore
 from shared.vector_store.vector_index import (
+    S3_REFINE_FACTOR,
     TRAINED_ROWS_KEY,
     SearchParams,
     trained_rows,
@@ -117,6 +118,12 @@ def test_the_settings_build_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.settings import RagSettings
 
     assert RagSettings().vector_index_policy() == VectorIndexPolicy()  # one set of defaults
+    # On S3 re-ranking costs a request per candidate: no refine unless asked for.
+    monkeypatch.setenv("RAG_LANCEDB_URI", "s3://bucket/lancedb")
+    assert RagSettings().vector_index_policy().refine_factor == S3_REFINE_FACTOR == 0
+    monkeypatch.setenv("RAG_VECTOR_REFINE_FACTOR", "2")
+    assert RagSettings().vector_index_policy().refine_factor == 2
+    monkeypatch.delenv("RAG_LANCEDB_URI")
     for k, v in {
         "RAG_VECTOR_INDEX": "off",
         "RAG_VECTOR_INDEX_MIN_ROWS": "123",
