@@ -175,9 +175,9 @@ bench-retrieval: $(STAMP)
 
 # Scale: 100k- and 1M-chunk tables of real MiniLM SciFact vectors grown by a generator the bench checks (k-NN
 # distances, ANN recall vs a real set), the product's VectorStore.search vs bare LanceDB vs the flat scan (p50/p99,
-# recall@10, index build, RSS, disk) on a folder and on S3 (moto); history over 1M messages; SciFact nDCG@10 with
-# the index on. Writes bench/results/scale.json. The first run embeds SciFact (~60k texts, cached in .cache/);
-# then about 30 min. Smoke run: make bench-scale BENCH_ARGS="--sizes 100k --no-s3 --messages 100k"
+# recall@10, index build, RSS, disk) on a folder and (up to 100k) on S3 (moto); history over 1M messages; SciFact
+# nDCG@10 with the index on. Writes bench/results/scale.json. The first run embeds SciFact (~60k texts, ~10 min,
+# cached in .cache/); then about 30 min. Smoke run: make bench-scale BENCH_ARGS="--sizes 100k --no-s3 --messages 100k"
 .PHONY: bench-scale
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale $(BENCH_ARGS)

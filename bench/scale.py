@@ -710,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also measure on S3 (moto's server, started here)",
     )
+    p.add_argument(
+        "--s3-max-rows",
+        type=parse_count,
+        default=100_000,
+        help="largest table also measured on S3 (moto loads and indexes ~10x slower than a folder)",
+    )
     p.add_argument("--queries", type=int, default=300, help="queries per measurement (SciFact queries)")
     p.add_argument("--s3-queries", type=int, default=50, help="queries per measurement on S3 (moto is slow)")
     p.add_argument("--flat-queries", type=int, default=10, help="of which also run as a flat scan (the baseline)")
@@ -786,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
             np.save(work / "exact.npy", ex)
             np.save(work / "exact_d.npy", ed)
             stores = [Store("folder", str(work / f"chunks-{size}"))]
-            if moto is not None:
+            if moto is not None and size <= args.s3_max_rows:
                 stores.append(moto.bucket(f"chunks-{size}"))
             for store in stores:
                 res = chunks_at(real, order, size, store, args, vectors, work)
