@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from shared.logs import bind, unbind
+from shared.logs import logged_request
 
 REQUEST_ID_HEADER = "X-Request-Id"
 TRACE_HEADER = "X-Amzn-Trace-Id"
@@ -71,29 +70,13 @@ def correlation_of(request: web.Request) -> str:
 async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: binds the correlation id (and Lambda's request id) for the request, logs one line at the end."""
     request[REQUEST_ID] = correlation = correlation_of(request)
-    token = bind(
-        correlation_id=correlation, aws_request_id=_context_field(request, LAMBDA_CONTEXT_HEADER, "request_id")
+    return await logged_request(
+        request,
+        handler,
+        log,
+        correlation_id=correlation,
+        aws_request_id=_context_field(request, LAMBDA_CONTEXT_HEADER, "request_id"),
     )
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        if request.path != "/health":
-            log.info(
-                "%s %s -> %d in %.1f ms",
-                request.method,
-                request.path[:256],
-                status,
-                (time.perf_counter() - started) * 1000,
-                extra={"http_status": status},
-            )
-        unbind(token)
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:

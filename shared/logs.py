@@ -161,7 +161,16 @@ async def correlation_middleware(request: web.Request, handler: Callable[[web.Re
     log context while the request is served, and one line per request (method, path, status, milliseconds).
     Outermost, so that the status of an error answer (aws_error_middleware) is the one logged."""
     value = request.headers.get(CORRELATION_HEADER)
-    token = bind(correlation_id=value[:128] if value else None)
+    return await logged_request(request, handler, _requests, correlation_id=value[:128] if value else None)
+
+
+async def logged_request(
+    request: web.Request, handler: Callable[[web.Request], Any], logger: logging.Logger, **context: Any
+) -> web.StreamResponse:
+    """Serve ``request`` with ``context`` bound to every line logged meanwhile, then log one line for it: method,
+    path (never the query string: a ``?token=`` credential stays out of the log), status and milliseconds
+    (``/health`` is not logged)."""
+    token = bind(**context)
     started = time.perf_counter()
     status = 500
     try:
@@ -173,10 +182,10 @@ async def correlation_middleware(request: web.Request, handler: Callable[[web.Re
         raise
     finally:
         if request.path != "/health":
-            _requests.info(
+            logger.info(
                 "%s %s -> %d in %.1f ms",
                 request.method,
-                request.path,
+                request.path[:256],
                 status,
                 (time.perf_counter() - started) * 1000,
                 extra={"http_status": status},
