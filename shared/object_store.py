@@ -37,6 +37,7 @@ is ``sign_upload`` below (HMAC-SHA256 with a secret the ingestion lambda and the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -46,9 +47,12 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlencode
+
+from botocore.exceptions import ClientError
 
 from shared.errors import RagError
 from shared.identity import DEFAULT_TENANT, valid_tenant
@@ -660,3 +664,95 @@ def open_object_store(
         presign = presign_client_factory() if presign_client_factory is not None else None
         return S3ObjectStore(s3_client_factory(), uri, presign)
     return LocalObjectStore(uri.removeprefix("file://"), upload_secret=upload_secret)
+
+
+# ---------------------------------------------------------------------- conditional JSON objects
+
+
+class ConditionalJson:
+    """Small JSON objects with compare-and-swap, over an object store (S3 or a local folder): ``get`` returns
+    an object with its version tag, ``put`` writes only if there is no object yet (``create``) or it is still
+    the version read (``if_match``). On S3: PutObject with ``If-None-Match: *`` / ``If-Match: <ETag>`` (412 to
+    the loser). In a folder: the same checks under an exclusive ``flock`` of ``<lock_dir>/.lock`` (one
+    machine, many processes); the tag is the content's SHA-256."""
+
+    def __init__(self, store: ObjectStore, *, lock_dir: str) -> None:
+        self.store = store
+        self.lock_dir = lock_dir
+        self.s3 = store if isinstance(store, S3ObjectStore) else None
+        self.local = store if isinstance(store, LocalObjectStore) else None
+        if self.s3 is None and self.local is None:
+            raise TypeError(f"no conditional writes on {type(store).__name__}")
+
+    def _s3_key(self, key: str) -> str:
+        assert self.s3 is not None
+        return f"{self.s3.prefix}/{key}" if self.s3.prefix else key
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.local is None:
+            yield
+            return
+        path = self.local.root / self.lock_dir / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def get(self, key: str) -> tuple[dict[str, Any], str] | None:
+        """The object at ``key`` and its version tag (an ETag), or None."""
+        if self.s3 is not None:
+            try:
+                obj = self.s3.client.get_object(Bucket=self.s3.bucket, Key=self._s3_key(key))
+            except self.s3.client.exceptions.NoSuchKey:
+                return None
+            return json.loads(obj["Body"].read()), str(obj["ETag"])
+        assert self.local is not None
+        try:
+            raw = (self.local.root / key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+    def put(self, key: str, document: dict[str, Any], *, if_match: str | None = None, create: bool = False) -> bool:
+        """Write ``document`` at ``key``; with ``create`` only if there is no object there, with ``if_match``
+        only if the object is still the version read. False when the condition did not hold."""
+        if self.s3 is not None:
+            extra: dict[str, str] = {"IfNoneMatch": "*"} if create else {"IfMatch": if_match} if if_match else {}
+            try:
+                self.s3.client.put_object(
+                    Bucket=self.s3.bucket,
+                    Key=self._s3_key(key),
+                    Body=json.dumps(document).encode("utf-8"),
+                    ContentType="application/json",
+                    **extra,
+                )
+            except ClientError as exc:
+                error = exc.response.get("Error", {}).get("Code")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                # 412: the condition failed; 409 ConditionalRequestConflict: a concurrent conditional write
+                # won; NoSuchKey: If-Match on an object deleted since.
+                if status in (409, 412) or error in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                    return False
+                raise
+            return True
+        assert self.local is not None
+        with self._locked():
+            if create or if_match is not None:
+                current = self.get(key)
+                if (create and current is not None) or (
+                    if_match is not None and (current or ({}, None))[1] != if_match
+                ):
+                    return False
+            self.local.put_json(key, document)
+        return True
+
+    def delete(self, key: str) -> bool:
+        with self._locked():
+            return self.store.delete(key)
+
+    def names(self, prefix: str) -> list[str]:
+        return self.store.json_names(prefix)

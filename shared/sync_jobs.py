@@ -26,25 +26,19 @@ default); the worker resumes the documents not done yet.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import RagError
 from shared.identity import valid_tenant
 from shared.logs import bound
-from shared.object_store import LocalObjectStore, ObjectStore, S3ObjectStore, doc_name
+from shared.object_store import ConditionalJson, ObjectStore, doc_name
 from shared.protocol import ErrorCode
 from shared.timing import iso_utc
 
@@ -161,93 +155,6 @@ def _valid_job_id(job_id: str) -> bool:
     return len(job_id) == 21 and job_id.startswith("sync-") and all(c in "0123456789abcdef" for c in job_id[5:])
 
 
-# ---------------------------------------------------------------------- conditional JSON objects
-
-
-class Records:
-    """Small JSON objects with compare-and-swap, over the documents store (S3 or a local folder)."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-        self.s3 = store if isinstance(store, S3ObjectStore) else None
-        self.local = store if isinstance(store, LocalObjectStore) else None
-        if self.s3 is None and self.local is None:
-            raise TypeError(f"no conditional writes on {type(store).__name__}")
-
-    def _s3_key(self, key: str) -> str:
-        assert self.s3 is not None
-        return f"{self.s3.prefix}/{key}" if self.s3.prefix else key
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self.local is None:
-            yield
-            return
-        path = self.local.root / SYNC_PREFIX / ".lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def get(self, key: str) -> tuple[dict[str, Any], str] | None:
-        """The object at ``key`` and its version tag (an ETag), or None."""
-        if self.s3 is not None:
-            try:
-                obj = self.s3.client.get_object(Bucket=self.s3.bucket, Key=self._s3_key(key))
-            except self.s3.client.exceptions.NoSuchKey:
-                return None
-            return json.loads(obj["Body"].read()), str(obj["ETag"])
-        assert self.local is not None
-        try:
-            raw = (self.local.root / key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            return None
-        return json.loads(raw), hashlib.sha256(raw).hexdigest()
-
-    def put(self, key: str, document: dict[str, Any], *, if_match: str | None = None, create: bool = False) -> bool:
-        """Write ``document`` at ``key``; with ``create`` only if there is no object there, with ``if_match``
-        only if the object is still the version read. False when the condition did not hold."""
-        if self.s3 is not None:
-            extra: dict[str, str] = {"IfNoneMatch": "*"} if create else {"IfMatch": if_match} if if_match else {}
-            try:
-                self.s3.client.put_object(
-                    Bucket=self.s3.bucket,
-                    Key=self._s3_key(key),
-                    Body=json.dumps(document).encode("utf-8"),
-                    ContentType="application/json",
-                    **extra,
-                )
-            except ClientError as exc:
-                error = exc.response.get("Error", {}).get("Code")
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                # 412: the condition failed; 409 ConditionalRequestConflict: a concurrent conditional write
-                # won; NoSuchKey: If-Match on an object deleted since.
-                if status in (409, 412) or error in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
-                    return False
-                raise
-            return True
-        assert self.local is not None
-        with self._locked():
-            if create or if_match is not None:
-                current = self.get(key)
-                if (create and current is not None) or (
-                    if_match is not None and (current or ({}, None))[1] != if_match
-                ):
-                    return False
-            self.local.put_json(key, document)
-        return True
-
-    def delete(self, key: str) -> bool:
-        with self._locked():
-            return self.store.delete(key)
-
-    def names(self, prefix: str) -> list[str]:
-        return self.store.json_names(prefix)
-
-
 # ---------------------------------------------------------------------- jobs and uploads
 
 
@@ -271,7 +178,7 @@ class SyncJobs:
     """A tenant's pending uploads and sync jobs in the documents store, and the worker that runs a job."""
 
     def __init__(self, store: ObjectStore, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
-        self.records = Records(store)
+        self.records = ConditionalJson(store, lock_dir=SYNC_PREFIX)
         self.stale_after_s = stale_after_s
 
     # -- uploads

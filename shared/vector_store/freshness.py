@@ -20,16 +20,13 @@ If-None-Match; a file lock in a folder), so of two concurrent writers the higher
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import tempfile
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from shared.object_store import ConditionalJson, LocalObjectStore, ObjectStore, S3ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -46,95 +43,34 @@ def consistency_interval(seconds: float) -> timedelta | None:
 
 
 class VersionMarkers:
-    """The per-tenant version markers of one table: ``read`` and ``publish``."""
+    """The per-tenant version markers of one table, ``<table location>/_freshness/<table>/<tenant>.json``: small
+    JSON objects replaced by compare-and-swap (shared.object_store.ConditionalJson: a conditional PutObject on
+    S3, a file lock in a folder), so that of two concurrent publishers the higher version stays."""
+
+    def __init__(self, objects: ConditionalJson, table: str) -> None:
+        self.objects = objects
+        self.dir = f"{MARKERS_DIR}/{table}"
+
+    def _key(self, tenant: str) -> str:
+        return f"{self.dir}/{quote(tenant, safe='')}.json"
 
     def read(self, tenant: str) -> int | None:
-        """The version last published for ``tenant``; None when none was."""
-        raise NotImplementedError
+        """The version last published for ``tenant``; None when none was (one GET on S3)."""
+        got = self.objects.get(self._key(tenant))
+        return None if got is None else int(got[0]["version"])
 
     def publish(self, tenant: str, version: int) -> None:
-        """Make the tenant's marker at least ``version`` (never lower it)."""
-        raise NotImplementedError
-
-
-def _key(tenant: str) -> str:
-    return quote(tenant, safe="") + ".json"
-
-
-def _body(version: int) -> bytes:
-    return json.dumps({"version": version}).encode()
-
-
-def _version(body: bytes) -> int:
-    return int(json.loads(body)["version"])
-
-
-class FolderMarkers(VersionMarkers):
-    """Markers as files in ``<folder>/_freshness/<table>/``, each replaced under an exclusive file lock."""
-
-    def __init__(self, folder: Path, table: str) -> None:
-        self.dir = folder / MARKERS_DIR / table
-
-    def read(self, tenant: str) -> int | None:
-        try:
-            return _version((self.dir / _key(tenant)).read_bytes())
-        except FileNotFoundError:
-            return None
-
-    def publish(self, tenant: str, version: int) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / _key(tenant)
-        with open(self.dir / ".lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                current = self.read(tenant)
-                if current is not None and current >= version:
-                    return
-                fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".marker-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(_body(version))
-                os.replace(tmp, path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-class S3Markers(VersionMarkers):
-    """Markers as objects ``<prefix>/_freshness/<table>/<tenant>.json`` in the table's bucket.
-
-    read: one GetObject. publish: GetObject, then PutObject conditional on what was read (If-Match its
-    ETag, or If-None-Match * when there was none): a concurrent publish makes it fail (412/409) and it is
-    read again."""
-
-    def __init__(self, client: Any, bucket: str, prefix: str, table: str) -> None:
-        self.client = client
-        self.bucket = bucket
-        self.prefix = "/".join(p for p in (prefix.strip("/"), MARKERS_DIR, table) if p)
-
-    def _get(self, tenant: str) -> tuple[int, str] | None:
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{_key(tenant)}")
-        except self.client.exceptions.NoSuchKey:
-            return None
-        return _version(obj["Body"].read()), obj["ETag"]
-
-    def read(self, tenant: str) -> int | None:
-        got = self._get(tenant)
-        return None if got is None else got[0]
-
-    def publish(self, tenant: str, version: int) -> None:
-        key = f"{self.prefix}/{_key(tenant)}"
+        """Make the tenant's marker at least ``version`` (never lower it): read it, then write it conditional on
+        what was read; a concurrent publish makes the write fail, and it is read again."""
+        key = self._key(tenant)
         for _ in range(PUBLISH_ATTEMPTS):
-            got = self._get(tenant)
-            if got is not None and got[0] >= version:
+            got = self.objects.get(key)
+            if got is not None and int(got[0]["version"]) >= version:
                 return
-            condition = {"IfNoneMatch": "*"} if got is None else {"IfMatch": got[1]}
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=_body(version), **condition)
+            if self.objects.put(
+                key, {"version": version}, create=got is None, if_match=None if got is None else got[1]
+            ):
                 return
-            except self.client.exceptions.ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                    raise
         log.warning("the version marker of a tenant was not published: %d concurrent updates", PUBLISH_ATTEMPTS)
 
 
@@ -142,13 +78,13 @@ def open_markers(uri: str, storage_options: dict[str, str] | None, table: str) -
     """The markers of ``table`` in the LanceDB at ``uri`` (a folder or s3://bucket/prefix); an S3 client is
     made from the same ``storage_options`` LanceDB gets (endpoint, region, timeout)."""
     if not uri.startswith("s3://"):
-        return FolderMarkers(Path(uri.removeprefix("file://")), table)
+        store: ObjectStore = LocalObjectStore(uri.removeprefix("file://"))
+        return VersionMarkers(ConditionalJson(store, lock_dir=f"{MARKERS_DIR}/{table}"), table)
     from botocore.config import Config
 
     from shared.aws_clients import make_client
 
     opts = storage_options or {}
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     timeout = float(opts.get("timeout", "60s").rstrip("s") or 60)
     config = Config(
         read_timeout=timeout,
@@ -158,7 +94,7 @@ def open_markers(uri: str, storage_options: dict[str, str] | None, table: str) -
     )
     region = opts.get("region") or "us-east-1"
     client = make_client("s3", endpoint_url=opts.get("endpoint"), region=region, config=config)
-    return S3Markers(client, bucket, prefix, table)
+    return VersionMarkers(ConditionalJson(S3ObjectStore(client, uri), lock_dir=MARKERS_DIR), table)
 
 
 class Freshness:

@@ -73,8 +73,8 @@ def vector_hits(
     flat scan of the rows it does not hold yet; when the prefilter left fewer than ``limit`` rows in the
     ``nprobes`` partitions searched (a small tenant), the query runs again over as many partitions as it
     takes (without an index: the same flat scan again, of the few rows the prefilter admits). Either way
-    each row's ``_distance`` is then recomputed from its stored vector (an index's quantized distances
-    are approximate) and the rows are ordered by it: the threshold gate compares exact cosine distances."""
+    ``_distance`` is exact (SearchParams: an index's candidates are re-ranked by their full vectors), so
+    the threshold gate compares exact cosine distances."""
 
     def query() -> Any:
         return (
@@ -82,14 +82,12 @@ def vector_hits(
             .distance_type("cosine")
             .where(where, prefilter=True)
             .limit(limit)
-            .select([*_COLUMNS, VECTOR_COLUMN, "_distance"])
+            .select([*_COLUMNS, "_distance"])
         )
 
     rows: list[dict[str, Any]] = params.apply(query()).to_list()
     if len(rows) < limit and params.use_index:  # the nearest partitions held too few of the rows admitted
         rows = params.apply(query(), widen=True).to_list()
-    exact_distances(rows, vector)
-    rows.sort(key=lambda r: float(r["_distance"]))  # stable: equal distances keep LanceDB's order
     return rows
 
 

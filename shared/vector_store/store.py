@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -58,8 +58,8 @@ from shared.vector_store.schema import (
     tenant_filter,
 )
 from shared.vector_store.search import HYBRID_CANDIDATES, RRF_K, SEARCH_MODES, SearchHits, search_table
-from shared.vector_store.upkeep import Upkeep, WriteCounter
-from shared.vector_store.vector_index import Action, VectorIndex, VectorIndexPolicy, scalar_upkeep
+from shared.vector_store.upkeep import Upkeep, WriteCounter, scalar_upkeep
+from shared.vector_store.vector_index import Action, VectorIndex, VectorIndexPolicy
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class VectorStore:
         self.full_text_index = FullTextIndex(enabled=full_text, reindex_rows=fts_reindex_rows)
         # vector_index: when the ANN index on the chunk vectors is built, folded, retrained, searched.
         self.vector_index = VectorIndex(
-            vector_index or VectorIndexPolicy(), dimension=dimension, lease=self._index_lease
+            vector_index or VectorIndexPolicy(), dimension=dimension, lease=self._held_index_lease
         )
         # Index upkeep after writes runs on this store's background thread (the write does not wait).
         self.upkeep = Upkeep(uri.rstrip("/").rsplit("/", 1)[-1] or "store")
@@ -392,9 +392,6 @@ class VectorStore:
         if self._messages_written.add(rows):
             counter, fold = self._messages_written, self._messages_written.threshold
             self.upkeep.submit("messages", lambda: scalar_upkeep(self.messages(), "conversation_id", counter, fold))
-
-    def _index_lease(self) -> AbstractContextManager[bool]:
-        return self._held_index_lease()
 
     @contextmanager
     def _held_index_lease(self) -> Iterator[bool]:

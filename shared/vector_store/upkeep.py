@@ -138,3 +138,16 @@ class Upkeep:
                 with self._cv:
                     self._running = None
                     self._cv.notify_all()
+
+
+def scalar_upkeep(table: Any, column: str, counter: WriteCounter, fold_rows: int) -> bool:
+    """Fold new rows into ``table``'s indexes when the index on ``column`` lacks at least ``fold_rows``
+    of them (one statistics read; one optimize at most). Whether it optimized."""
+    counter.take()
+    idx = index_named(table, column)
+    pending = unindexed_rows(table, idx.name if idx is not None else None)
+    if pending < fold_rows:
+        counter.credit(pending)
+        return False
+    optimize_table(table)
+    return True

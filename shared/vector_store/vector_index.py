@@ -36,7 +36,7 @@ import numpy as np
 from lancedb.index import HnswSq, IvfPq
 
 from shared.timing import timed_ms
-from shared.vector_store.upkeep import WriteCounter, index_named, optimize_table, unindexed_rows
+from shared.vector_store.upkeep import WriteCounter, optimize_table, unindexed_rows
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ DEFAULT_INDEX_TYPE: VectorIndexType = "IVF_HNSW_SQ"
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 4
 # On S3 re-ranking reads each candidate's full vector with a ranged GET of its own (~100 a query at refine 4):
-# moto, 30k chunks, nprobes 20: 1.7 s vs 0.7 s a query through the product, recall@10 1.0 vs 0.98 (100k: 0.96).
-S3_REFINE_FACTOR = 0
+# moto, 30k chunks, nprobes 20: 1.7 s a query through the product at refine 4, 0.7 s with no re-ranking and the
+# exact distances computed from the matches' vectors, recall@10 1.0 vs 0.98 (100k: 0.96). 1: re-rank only the
+# limit's candidates, which is what makes their distances exact (the least any search through the index does).
+S3_REFINE_FACTOR = 1
 # Trained on 25k and folded forward to 100k (4x), recall@10 is still 0.98 (refine 4): retrain at 4x.
 DEFAULT_RETRAIN_GROWTH = 4.0
 # Unindexed rows are flat-scanned by every query (10k: ~12 ms) and folding costs ~2 ms per row (75k rows:
@@ -79,8 +81,9 @@ class VectorIndexPolicy:
     ``min_rows``: build it once the table holds this many rows. ``index_type``: IVF_HNSW_SQ or IVF_PQ.
     ``nprobes``: IVF partitions searched at least (more when a narrow tenant filter leaves fewer than
     the limit). ``refine_factor``: re-rank ``limit * refine_factor`` candidates by their full vectors
-    (0: no re-ranking). ``retrain_growth``: rebuild once the table has this many times the rows the index
-    was trained on. ``fold_rows``: fold new rows in (optimize) once a process has written this many.
+    (at least 1: the re-ranking is what makes the distances exact). ``retrain_growth``: rebuild once the
+    table has this many times the rows the index was trained on. ``fold_rows``: fold new rows in (optimize)
+    once a process has written this many.
     """
 
     mode: VectorIndexMode = "auto"
@@ -96,8 +99,8 @@ class VectorIndexPolicy:
             raise ValueError("mode must be 'auto' or 'off'")
         if self.index_type not in ("IVF_HNSW_SQ", "IVF_PQ"):
             raise ValueError("index_type must be IVF_HNSW_SQ or IVF_PQ")
-        if self.min_rows < 1 or self.nprobes < 1 or self.refine_factor < 0 or self.fold_rows < 1:
-            raise ValueError("min_rows, nprobes and fold_rows must be positive, refine_factor >= 0")
+        if self.min_rows < 1 or self.nprobes < 1 or self.refine_factor < 1 or self.fold_rows < 1:
+            raise ValueError("min_rows, nprobes, refine_factor and fold_rows must be positive")
         if self.retrain_growth <= 1.0:
             raise ValueError("retrain_growth must be > 1")
 
@@ -144,8 +147,7 @@ def trained_rows(table: Any) -> int | None:
 
 def exact_distances(rows: Sequence[dict[str, Any]], vector: Sequence[float]) -> None:
     """Set each row's ``_distance`` to the exact cosine distance from its stored ``vector`` to
-    ``vector`` (1 - cos, 0 .. 2), and drop the stored vector. An index's quantized distances are only
-    approximate; the threshold gate compares exact ones."""
+    ``vector`` (1 - cos, 0 .. 2), and drop the stored vector: for full-text hits, which carry no distance."""
     if not rows:
         return
     q = np.asarray(vector, dtype=np.float32)
@@ -158,7 +160,12 @@ def exact_distances(rows: Sequence[dict[str, Any]], vector: Sequence[float]) -> 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """What a vector query is told about the index: use it (``nprobes``, ``refine_factor``) or bypass it."""
+    """What a vector query is told about the index: use it (``nprobes``, ``refine_factor``) or bypass it.
+
+    Either way the ``_distance`` LanceDB returns is exact: a flat scan computes it from the full vectors, and
+    so does the re-ranking of an index's candidates (an index's own, quantized, distances are approximate;
+    the threshold gate compares exact ones). So a search through the index always re-ranks, at least the
+    limit's own candidates (``refine_factor`` 1)."""
 
     use_index: bool = True
     nprobes: int = DEFAULT_NPROBES
@@ -173,9 +180,7 @@ class SearchParams:
         if not self.use_index:
             return query.bypass_vector_index()
         query = query.minimum_nprobes(self.nprobes).maximum_nprobes(0) if widen else query.nprobes(self.nprobes)
-        if self.refine_factor > 0:
-            query = query.refine_factor(self.refine_factor)
-        return query
+        return query.refine_factor(max(1, self.refine_factor))
 
 
 # The parameters of a search through a store's default policy.
@@ -271,16 +276,3 @@ class VectorIndex:
             timed_ms(t0),
         )
         return "retrained" if replace else "created"
-
-
-def scalar_upkeep(table: Any, column: str, counter: WriteCounter, fold_rows: int) -> bool:
-    """Fold new rows into ``table``'s indexes when the index on ``column`` lacks at least ``fold_rows``
-    of them (one statistics read; one optimize at most). Whether it optimized."""
-    counter.take()
-    idx = index_named(table, column)
-    pending = unindexed_rows(table, idx.name if idx is not None else None)
-    if pending < fold_rows:
-        counter.credit(pending)
-        return False
-    optimize_table(table)
-    return True

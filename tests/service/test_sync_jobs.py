@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from shared.errors import RagError
-from shared.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
+from shared.object_store import ConditionalJson, LocalObjectStore, ObjectStore, S3ObjectStore
 from shared.protocol import ErrorCode
 from shared.sync_jobs import (
     INTERRUPTED,
+    SYNC_PREFIX,
     Failure,
-    Records,
     SyncJobs,
     UploadRecord,
     new_job_id,
@@ -59,7 +59,7 @@ def upload(doc_id: str, n: int = 0) -> UploadRecord:
 
 
 def test_conditional_writes(new_store: StoreFactory) -> None:
-    a, b = Records(new_store()), Records(new_store())
+    a, b = ConditionalJson(new_store(), lock_dir=SYNC_PREFIX), ConditionalJson(new_store(), lock_dir=SYNC_PREFIX)
     assert a.put("sync/t/x.json", {"v": 1}, create=True)
     assert not b.put("sync/t/x.json", {"v": 2}, create=True)  # already there
     got = b.get("sync/t/x.json")
@@ -148,7 +148,7 @@ def test_a_job_whose_worker_died_goes_stale(new_store: StoreFactory) -> None:
     job = jobs.create_job("alpha")
     assert jobs.create_job("alpha").documents == []  # held
     # No worker ever updates it: seen from a process whose threshold it has passed (written an hour ago).
-    records = Records(new_store())
+    records = ConditionalJson(new_store(), lock_dir=SYNC_PREFIX)
     key = f"sync/alpha/jobs/{job.id}.json"
     got = records.get(key)
     assert got is not None

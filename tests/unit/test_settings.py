@@ -293,7 +293,7 @@ SHARED: dict[str, Effect] = {
     "RAG_VECTOR_INDEX_MIN_ROWS": Effect("1000", lambda b: b.store.vector_index.min_rows),
     "RAG_VECTOR_INDEX_TYPE": Effect("IVF_PQ", lambda b: type(b.store.vector_index.config(10_000, 384)).__name__),
     "RAG_VECTOR_NPROBES": Effect("7", lambda b: b.store.vector_index.nprobes),
-    "RAG_VECTOR_REFINE_FACTOR": Effect("0", lambda b: b.store.vector_index.refine_factor),
+    "RAG_VECTOR_REFINE_FACTOR": Effect("1", lambda b: b.store.vector_index.refine_factor),
     "RAG_VECTOR_INDEX_RETRAIN_GROWTH": Effect("8", lambda b: b.store.vector_index.retrain_growth),
     # (what it then does, across processes: tests/service/test_freshness.py)
     "RAG_READ_CONSISTENCY_S": Effect("never", lambda b: b.store.read_consistency_s),

@@ -31,8 +31,9 @@ from ingestion.handler import build_service as build_ingestion
 from ingestion.settings import Settings as IngestionSettings
 from shared.api_keys import KeyStore
 from shared.bedrock import ChatEvent, StreamDone, TextDelta
+from shared.object_store import ConditionalJson
 from shared.settings_doc import settings_class, variables
-from shared.sync_jobs import Records, SyncJobs
+from shared.sync_jobs import SYNC_PREFIX, SyncJobs
 from shared.vector_store import VectorStore
 from tests.support.timeouts import scaled
 
@@ -120,7 +121,7 @@ async def _dead_worker_job(a: Api) -> str:
     """A running job whose worker stopped updating it 100 s ago: still running, or failed (stale)?"""
     objects = a.client.app[API_STATE].backends.ingestion.objects
     job = SyncJobs(objects).create_job("default")
-    records, key = Records(objects), f"sync/default/jobs/{job.id}.json"
+    records, key = ConditionalJson(objects, lock_dir=SYNC_PREFIX), f"sync/default/jobs/{job.id}.json"
     got = records.get(key)
     assert got is not None
     assert records.put(key, {**got[0], "status": "running", "updated": got[0]["updated"] - 100}, if_match=got[1])

@@ -99,7 +99,7 @@ def test_the_policy_rejects_what_cannot_work() -> None:
         {"index_type": "IVF_FLAT"},
         {"min_rows": 0},
         {"nprobes": 0},
-        {"refine_factor": -1},
+        {"refine_factor": 0},
         {"retrain_growth": 1.0},
     ):
         with pytest.raises(ValueError):
@@ -120,7 +120,7 @@ def test_the_settings_build_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert RagSettings().vector_index_policy() == VectorIndexPolicy()  # one set of defaults
     # On S3 re-ranking costs a request per candidate: no refine unless asked for.
     monkeypatch.setenv("RAG_LANCEDB_URI", "s3://bucket/lancedb")
-    assert RagSettings().vector_index_policy().refine_factor == S3_REFINE_FACTOR == 0
+    assert RagSettings().vector_index_policy().refine_factor == S3_REFINE_FACTOR == 1
     monkeypatch.setenv("RAG_VECTOR_REFINE_FACTOR", "2")
     assert RagSettings().vector_index_policy().refine_factor == 2
     monkeypatch.delenv("RAG_LANCEDB_URI")
@@ -129,12 +129,12 @@ def test_the_settings_build_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
         "RAG_VECTOR_INDEX_MIN_ROWS": "123",
         "RAG_VECTOR_INDEX_TYPE": "IVF_PQ",
         "RAG_VECTOR_NPROBES": "9",
-        "RAG_VECTOR_REFINE_FACTOR": "0",
+        "RAG_VECTOR_REFINE_FACTOR": "1",
         "RAG_VECTOR_INDEX_RETRAIN_GROWTH": "3",
     }.items():
         monkeypatch.setenv(k, v)
     assert RagSettings().vector_index_policy() == VectorIndexPolicy(
-        mode="off", min_rows=123, index_type="IVF_PQ", nprobes=9, refine_factor=0, retrain_growth=3.0
+        mode="off", min_rows=123, index_type="IVF_PQ", nprobes=9, refine_factor=1, retrain_growth=3.0
     )
 
 
@@ -185,10 +185,11 @@ def test_nprobes_and_refine_factor_reach_the_query(tmp_path: Path) -> None:
     assert "minimum_nprobes=7, maximum_nprobes=Some(7)" in plan
     assert "k=15" in plan  # 5 x refine 3 candidates from the index, re-ranked by KNNVectorDistance
     query = store.chunks().search(v[0].tolist()).distance_type("cosine").limit(5)
-    plan = SearchParams(True, 7, 0).apply(query).explain_plan(True)
-    assert "k=5," in plan and "KNNVectorDistance" not in plan
+    plan = SearchParams(True, 7, 1).apply(query).explain_plan(True)
+    # The least re-ranking: the limit's own candidates, re-scored by their full vectors (exact distances).
+    assert "k=5," in plan and "KNNVectorDistance" in plan
     query = store.chunks().search(v[0].tolist()).distance_type("cosine").limit(5)
-    assert "minimum_nprobes=7, maximum_nprobes=None" in SearchParams(True, 7, 0).apply(query, widen=True).explain_plan(
+    assert "minimum_nprobes=7, maximum_nprobes=None" in SearchParams(True, 7, 1).apply(query, widen=True).explain_plan(
         True
     )
 
@@ -275,16 +276,16 @@ def test_the_tenant_prefilter_never_leaks_through_the_index(tmp_path: Path) -> N
 
 
 def test_the_gate_compares_exact_distances(tmp_path: Path) -> None:
-    """IVF_PQ without refine: LanceDB's _distance is the quantized one; the gate and every Match use the
-    exact cosine distance. A threshold between the two keeps exactly the rows whose exact distance is
-    within it."""
-    store = store_at(tmp_path, VectorIndexPolicy(min_rows=256, index_type="IVF_PQ", refine_factor=0, nprobes=50))
+    """IVF_PQ: LanceDB's _distance without re-ranking is the quantized one; the gate and every Match use the
+    exact cosine distance, even at the least re-ranking (refine_factor 1). A threshold between the two keeps
+    exactly the rows whose exact distance is within it."""
+    store = store_at(tmp_path, VectorIndexPolicy(min_rows=256, index_type="IVF_PQ", refine_factor=1, nprobes=50))
     v = clustered(600, seed=5, spread=0.8)
     write(store, v)
     assert has_index(store)
     table = store.chunks()
     q = clustered(1, seed=6)[0]
-    raw = SearchParams(True, 50, 0).apply(table.search(q.tolist()).distance_type("cosine").limit(10)).to_list()
+    raw = table.search(q.tolist()).distance_type("cosine").nprobes(50).limit(10).to_list()  # no re-ranking
     exact = {r["text"]: float(1.0 - np.dot(r["vector"], q)) for r in raw}
     approx = {r["text"]: float(r["_distance"]) for r in raw}
     assert max(abs(exact[t] - approx[t]) for t in exact) > 1e-4  # precondition: PQ distances are approximate
