@@ -18,7 +18,8 @@ conversations of two turns (a question, then a follow-up that leans on it) are c
 time to first token frame from sending the question, and tokens/s from the first token frame to the last,
 as the client sees them. The prompts the chat function sent are rebuilt with its own code (and the stack's
 chat settings) and given to ``Llama.create_chat_completion`` in this process, in the same order (so both
-reuse evaluated prefixes alike); rounds alternate between the two. Run once with the chat function's token
+reuse evaluated prefixes alike); each turn is asked of both back to back, the side that goes first
+alternating. Run once with the chat function's token
 coalescing defaults (RAG_TOKEN_FLUSH_MS / RAG_TOKEN_FLUSH_BYTES) and once posting every token. Reports
 the medians, the ratios product / bare (targets: tokens/s >= 0.95, TTFT <= 1.05) and follow-up TTFT / first
 turn TTFT; writes bench/results/llm.json.
@@ -343,22 +344,39 @@ async def _product_chat(ws: Any, question: str, conversation_id: str | None, req
             raise RuntimeError(f"chat failed: {msg.get('code')}: {msg.get('message')}")
 
 
-def _product_round(
-    url: str, key: str, variant: str, rnd: int, recorder: _Recorder | None, prompts: list[list[dict[str, str]]]
+def _paired_round(
+    url: str,
+    key: str,
+    variant: str,
+    rnd: int,
+    recorder: _Recorder | None,
+    prompts: list[list[dict[str, str]]],
+    bare: Any,
 ) -> list[Turn]:
-    """Every conversation, first turn then follow-up (a stored conversation), on one WebSocket. With a
-    ``recorder``, each turn's prompt is recorded into ``prompts`` just before the turn is asked."""
+    """Every conversation, first turn then follow-up (a stored conversation), on one WebSocket, each turn
+    asked of the product and of bare llama-cpp-python back to back (``bare(i, rnd, conversation, turn)``
+    answers prompt ``i``), the side that goes first alternating from pair to pair: the two halves of a pair
+    are seconds apart, so a slow spell of the machine (a shared host's CPU varies by tens of percent from
+    minute to minute) falls on both. With a ``recorder``, each turn's prompt is recorded into ``prompts``
+    just before the turn is asked."""
 
     async def work(ws: Any) -> list[Turn]:
         out = []
+        i = 0
         for c, questions in enumerate(CONVERSATIONS):
             conversation_id = None
             for t, question in enumerate(questions, start=1):
                 if recorder is not None:
                     prompts.append(recorder.prompt(question, conversation_id))
+                bare_first = (rnd + i) % 2 == 1
+                if bare_first:
+                    out.append(bare(i, rnd, c, t))
                 r = await _product_chat(ws, question, conversation_id, f"r{rnd}c{c}t{t}")
                 conversation_id = r.pop("conversation_id")
                 out.append(Turn("product", variant, rnd, c, t, **r))
+                if not bare_first:
+                    out.append(bare(i, rnd, c, t))
+                i += 1
         return out
 
     result: list[Turn] = asyncio.run(_ws_session(url, key, work))
@@ -425,26 +443,23 @@ class _Recorder:
         return ConverseRequest.model_validate(self.captured[-1]).chat_messages()
 
 
-def _bare_round(llama: Any, prompts: list[list[dict[str, str]]], sampling: dict[str, Any], rnd: int) -> list[Turn]:
-    out = []
-    for i, messages in enumerate(prompts):
-        t0 = time.perf_counter()
-        first = last = None
-        parts = []
-        stream: Any = llama.create_chat_completion(messages=messages, stream=True, **sampling)
-        for chunk in stream:
-            piece = chunk["choices"][0]["delta"].get("content")
-            if piece:
-                last = time.perf_counter()
-                first = first or last
-                parts.append(piece)
-        end = time.perf_counter()
-        first, last = first or end, last or end
-        n = len(parts)
-        out.append(
-            Turn("bare", "", rnd, i // 2, i % 2 + 1, (first - t0) * 1000, _rate(n, first, last), n, n, "".join(parts))
-        )
-    return out
+def _bare_turn(
+    llama: Any, messages: list[dict[str, str]], sampling: dict[str, Any], rnd: int, conversation: int, turn: int
+) -> Turn:
+    t0 = time.perf_counter()
+    first = last = None
+    parts = []
+    stream: Any = llama.create_chat_completion(messages=messages, stream=True, **sampling)
+    for chunk in stream:
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            last = time.perf_counter()
+            first = first or last
+            parts.append(piece)
+    end = time.perf_counter()
+    first, last = first or end, last or end
+    n = len(parts)
+    return Turn("bare", "", rnd, conversation, turn, (first - t0) * 1000, _rate(n, first, last), n, n, "".join(parts))
 
 
 def _med(values: list[float]) -> float:
@@ -610,13 +625,15 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
                     stack.restart("llm")
                     if not prompts:
                         recorder = _Recorder(dict(chat.env), record.principal())
-                    product = _product_round(stack.ws_url, key, name, rnd, recorder, prompts)
-                    recorder = None
-                    turns += product
                     llama.reset()
                     if s.state_cache_bytes > 0:
                         llama.set_cache(LlamaRAMCache(capacity_bytes=s.state_cache_bytes))
-                    turns += _bare_round(llama, prompts, sampling, rnd)
+
+                    def bare(i: int, rnd: int, c: int, t: int) -> Turn:
+                        return _bare_turn(llama, prompts[i], sampling, rnd, c, t)
+
+                    turns += _paired_round(stack.ws_url, key, name, rnd, recorder, prompts, bare)
+                    recorder = None
                     print(f"round {rnd} ({name}) done", flush=True)
                     rnd += 1
         finally:

@@ -294,8 +294,9 @@ class ChatService:
                         first_token_ms = timed_ms(t_llm)
                     parts.append(ev.text)
                     post(coalescer.add(ev.text))
-                else:
+                else:  # the stream's last event: the answer's end goes out now
                     done = ev
+                    post(coalescer.flush())
             post(coalescer.flush())
         finally:
             events.close()

@@ -381,6 +381,9 @@ async def _stream(
                 await resp.write(piece(text, gen))
             for frame in end(gen, _elapsed_ms(started) if first_byte_ms is None else first_byte_ms):
                 await resp.write(frame)
+            # The response ends now, not once the worker has kept the evaluated state (leaving the block
+            # waits for it: tens of ms for a long context); a client reading to the end gets its answer's end.
+            await resp.write_eof()
     except ConnectionResetError:
         log.info("%s: client disconnected, generation stopped", what)
         return resp or web.Response(status=499)
@@ -506,6 +509,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             if req.include_usage:
                 await resp.write(chunk(None, usage=_openai_usage(gen)))
             await resp.write(sse("[DONE]"))
+            await resp.write_eof()  # before the worker keeps the evaluated state (as in _stream)
     except ConnectionResetError:
         log.info("chat/completions: client disconnected, generation stopped")
         return resp or web.Response(status=499)

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
 
+# How long a finished generation's worker waits for its caller to release it before keeping the state anyway.
+RELEASE_WAIT_S = 30.0
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -344,16 +347,19 @@ class Engine:
 
         llama = self.llama
         ctx = llama._ctx.ctx
-        size = C.llama_state_get_size(ctx)
-        buf = (ctypes.c_uint8 * int(size))()
-        n_bytes = int(C.llama_state_get_data(ctx, buf, size))
+        size = int(C.llama_state_get_size(ctx))
+        # Tens of MB for a long context: a bytearray (calloc'd, so not written twice) that llama.cpp fills
+        # without the GIL, kept as it is (load_state copies from any buffer), rather than a ctypes array
+        # zeroed and then copied into bytes, two copies made holding the GIL the event loop needs.
+        data = bytearray(size)
+        n_bytes = int(C.llama_state_get_data(ctx, (ctypes.c_uint8 * size).from_buffer(data), size))
         state = LlamaState(
             input_ids=llama.input_ids.copy(),
             # load_state broadcasts this row into its logits buffer; the restored prefix's last token is
             # evaluated again before sampling (Llama.generate), which rewrites them.
             scores=np.zeros((1, llama.n_vocab()), dtype=np.single),
             n_tokens=llama.n_tokens,
-            llama_state=ctypes.string_at(buf, n_bytes),
+            llama_state=data if n_bytes == size else bytes(data[:n_bytes]),  # type: ignore[arg-type]
             llama_state_size=n_bytes,
             seed=llama._seed,
         )
@@ -407,6 +413,9 @@ class Generation:
         self.stop_reason: StopReason | None = None
         self.stop_sequence: str | None = None  # which stop sequence ended it, if one did
         self._cancel = threading.Event()
+        # Set once the caller is done with the generation (its response written): the worker keeps the
+        # evaluated state only then, so that copying it does not hold up the answer's last frames.
+        self._released = threading.Event()
         self._queue: asyncio.Queue[_Item] | None = None
         self._future: asyncio.Future[None] | None = None
         self._finished = False  # the worker's final item (_Done / _Failed) has been consumed
@@ -451,6 +460,7 @@ class Generation:
     async def _finish(self) -> None:
         """Stop the worker if it is still generating, wait for it, and free the model."""
         eng = self.engine
+        self._released.set()
         try:
             if self._future is not None:
                 if not self._finished:
@@ -524,6 +534,7 @@ class Generation:
         with self.engine._thread_lock:
             try:
                 self._generate(emit)
+                self._released.wait(RELEASE_WAIT_S)
                 self.engine._save()
             except AwsError as exc:
                 emit(_Failed(exc))

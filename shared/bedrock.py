@@ -207,7 +207,9 @@ class ChatModel:
 
     def stream(self, system: str, messages: Sequence[dict[str, str]]) -> Generator[ChatEvent, None, None]:
         """Yield TextDelta per token and one StreamDone. Closing the generator closes the HTTP stream,
-        which stops generation on the server."""
+        which stops generation on the server. StreamDone comes with the stream's last event (metadata), before
+        the HTTP response has been read to its end, so that the caller can send the answer's end at once; the
+        generator then reads the response to its end (the connection is kept for the next call)."""
         try:
             resp = self.client.converse_stream(
                 modelId=self.model_id,
@@ -220,7 +222,7 @@ class ChatModel:
             raise upstream_error("LLM", exc) from exc
         stream = resp["stream"]
         stop_reason = "end_turn"
-        usage: dict[str, int] = {}
+        done: StreamDone | None = None
         try:
             for event in stream:
                 if "contentBlockDelta" in event:
@@ -229,8 +231,9 @@ class ChatModel:
                         yield TextDelta(text)
                 elif "messageStop" in event:
                     stop_reason = event["messageStop"].get("stopReason", stop_reason)
-                elif "metadata" in event:
-                    usage = event["metadata"].get("usage", {})
+                elif "metadata" in event and done is None:  # Bedrock's last event
+                    done = _done(stop_reason, event["metadata"].get("usage", {}))
+                    yield done
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and error_code(exc) in THROTTLING_CODES:
                 record_metric("BedrockThrottles", 1, "Count")  # inside the stream: botocore does not retry it
@@ -238,10 +241,15 @@ class ChatModel:
             raise upstream_error("LLM", exc) from exc
         finally:
             stream.close()
-        # The prompt's size: with prompt caching Bedrock counts the tokens read from (or written to) its cache
-        # apart from inputTokens.
-        prompt = sum(int(usage.get(k, 0)) for k in ("inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"))
-        yield StreamDone(stop_reason, prompt, int(usage.get("outputTokens", 0)))
+        if done is None:  # a stream without metadata
+            yield _done(stop_reason, {})
+
+
+def _done(stop_reason: str, usage: dict[str, Any]) -> StreamDone:
+    # The prompt's size: with prompt caching Bedrock counts the tokens read from (or written to) its cache
+    # apart from inputTokens.
+    prompt = sum(int(usage.get(k, 0)) for k in ("inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"))
+    return StreamDone(stop_reason, prompt, int(usage.get("outputTokens", 0)))
 
 
 def _describe(exc: Exception) -> str:

@@ -6,10 +6,14 @@ same, against a Kinesis endpoint (moto's server, started by ``make up``; ``RAG_K
 
 - every shard is read in order, by its own thread: GetShardIterator (``TRIM_HORIZON`` the first time, then
   ``AFTER_SEQUENCE_NUMBER`` of the shard's checkpoint), GetRecords up to ``BatchSize`` records, waiting up to
-  ``MaximumBatchingWindowInSeconds`` to fill a batch. A shard that returned records is read again as soon as
-  its batch is done (Lambda "keeps processing batches until the function catches up with the stream"); one
-  that returned none, every ``poll_interval_s`` (50 ms), and after ``idle_after_s`` without records once a
-  second (Lambda's base rate);
+  ``MaximumBatchingWindowInSeconds`` to fill a batch. A shard that returned records is read again at once
+  (Lambda "keeps processing batches until the function catches up with the stream"); one that returned
+  none, every ``poll_interval_s`` (50 ms), and after ``idle_after_s`` without records once a second
+  (Lambda's base rate);
+- ``ParallelizationFactor``: the records read go to that many lanes of the shard by their partition key's
+  MD5, each lane delivering its records in order, one batch at a time (up to ``BatchSize`` of what it has
+  queued), so up to that many batches of a shard are in flight and one key's records still apply in order.
+  The reader reads ahead while batches run, up to factor x ``BatchSize`` records not yet done;
 - a batch becomes the Kinesis event Lambda sends (``eventSource: aws:kinesis``, ``eventID
   shardId-...:seq``, ``kinesis.data`` base64 ...) and is invoked through the Lambda Invoke API
   (RequestResponse, SigV4-signed with the stack's internal key, as the gateway invokes);
@@ -24,7 +28,9 @@ same, against a Kinesis endpoint (moto's server, started by ``make up``; ``RAG_K
   and counts as no attempt (Lambda retries throttles and service errors until the records expire).
 
 The checkpoints (last sequence number done, per shard) are a JSON file under the data folder, written
-(atomically) after every batch part that succeeded: a restarted poller re-delivers nothing that did.
+(atomically) whenever the records done without a gap in stream order grow (``ShardProgress``): a restarted
+poller re-delivers nothing before it; records of other lanes done after a gap are delivered again (at least
+once, as on AWS), each key's still in order.
 
 ``GET /health`` answers the poller's counters as JSON. Each invocation is logged (one line: its sequence
 numbers, when GetRecords returned them, when it was invoked and answered: bench/kinesis.py's stages).
@@ -33,6 +39,7 @@ numbers, when GetRecords returned them, when it was invoked and answered: bench/
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +51,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -90,6 +98,16 @@ class EventSourceSettings(BaseSettings):
     )
     function_name: str = Field("ingestion", min_length=1, description="The function named in events' ARNs.")
     batch_size: int = Field(100, ge=1, le=10_000, description="BatchSize: most records per invocation.")
+    parallelization_factor: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="ParallelizationFactor: batches of one shard in flight at once. A record joins one of "
+        "them by its partition key (MD5, as Kinesis maps keys to shards), so one key's records (one "
+        "document's versions, PartitionKey = doc_id) still apply in order; the checkpoint moves only over "
+        "records done in stream order. 1 (one batch per shard at a time): on two cores a second batch only "
+        "competes with the first for the CPU (make bench-kinesis, README).",
+    )
     maximum_batching_window_s: float = Field(
         0.0, ge=0, le=300, description="MaximumBatchingWindowInSeconds: how long to gather records for a batch."
     )
@@ -362,6 +380,43 @@ def on_failure_record(part: Discarded, shard_id: str, settings: EventSourceSetti
     }
 
 
+def lane_of(partition_key: str, factor: int) -> int:
+    """Which of a shard's ``factor`` lanes a record joins: by its partition key's MD5 (Kinesis maps keys to
+    shards the same way), so that one key's records are delivered by one lane, in order."""
+    if factor <= 1:
+        return 0
+    return int.from_bytes(hashlib.md5(partition_key.encode("utf-8")).digest()[:8], "big") % factor
+
+
+class ShardProgress:
+    """A shard's records read and not yet done, in stream order. Lanes mark records done in any order;
+    ``done`` answers the sequence number the shard's checkpoint may move to (every record read up to it is
+    done) or None when the oldest record read is still under way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: deque[str] = deque()
+        self._done: set[str] = set()
+
+    def read(self, records: Sequence[Record]) -> None:
+        with self._lock:
+            self._pending.extend(r.sequence_number for r in records)
+
+    def __len__(self) -> int:
+        """Records read and not yet behind the checkpoint."""
+        with self._lock:
+            return len(self._pending)
+
+    def done(self, records: Sequence[Record]) -> str | None:
+        with self._lock:
+            self._done.update(r.sequence_number for r in records)
+            last = None
+            while self._pending and self._pending[0] in self._done:
+                last = self._pending.popleft()
+                self._done.discard(last)
+            return last
+
+
 class Checkpoints:
     """The last sequence number done per shard, in ``{dir}/{stream}.json`` (atomic replace), for one
     incarnation of the stream (``epoch``: its creation time): the checkpoints of a stream deleted and
@@ -406,6 +461,7 @@ class Stats:
     discarded_batches: int = 0
     discarded_records: int = 0
     shards: int = 0
+    in_flight_max: int = 0  # most batches of one shard invoked at once (at most ParallelizationFactor)
 
 
 class Poller:
@@ -541,30 +597,97 @@ class Poller:
             self.stop.set()
 
     def _run_shard(self, shard_id: str) -> None:
+        """Read the shard (this thread) and deliver its records through ParallelizationFactor lanes."""
         s = self.settings
-        with bound(shard_id=shard_id):
-            delivery = BatchDelivery(
-                s,
-                invoke=lambda recs: self.invoke(recs, shard_id),
-                checkpoint=lambda done: self._done(shard_id, done),
-                discard=lambda part: self.send_failure(part, shard_id),
-                sleep=lambda t: self.stop.wait(t),
-                stop=self.stop,
-            )
-            iterator = self._iterator(shard_id)
-            last_record = time.monotonic()
-            while not self.stop.is_set() and iterator:
-                batch, iterator = self._gather(iterator)
-                if batch:
-                    last_record = time.monotonic()
-                    with self._lock:
-                        self.stats.batches += 1
-                    delivery.deliver(batch)
-                elif iterator:
-                    idle = time.monotonic() - last_record > s.idle_after_s
-                    self.stop.wait(s.idle_poll_interval_s if idle else s.poll_interval_s)
-            if not iterator:
-                log.info("shard %s is closed and read to its end", shard_id)
+        factor = s.parallelization_factor
+        progress = ShardProgress()
+        room = factor * s.batch_size  # records read ahead and not yet done, at most
+        cond = threading.Condition()
+        queues: list[deque[Record]] = [deque() for _ in range(factor)]
+        state = {"read_to_end": False, "in_flight": 0}
+
+        def checkpoint(done: Sequence[Record]) -> None:
+            last = progress.done(done)
+            if last is not None:
+                self.checkpoints.set(shard_id, last)
+            with self._lock:
+                self.stats.records_done += len(done)
+            with cond:
+                cond.notify_all()  # room to read ahead again
+
+        def lane(i: int) -> None:
+            with bound(shard_id=shard_id, lane=i):
+                delivery = BatchDelivery(
+                    s,
+                    invoke=lambda recs: self.invoke(recs, shard_id),
+                    checkpoint=checkpoint,
+                    discard=lambda part: self.send_failure(part, shard_id),
+                    sleep=lambda t: self.stop.wait(t),
+                    stop=self.stop,
+                )
+                queue = queues[i]
+                while True:
+                    with cond:
+                        while not queue and not state["read_to_end"] and not self.stop.is_set():
+                            cond.wait(1.0)
+                        if self.stop.is_set() or not queue:
+                            return
+                        batch = [queue.popleft() for _ in range(min(len(queue), s.batch_size))]
+                        state["in_flight"] += 1
+                        with self._lock:
+                            self.stats.batches += 1
+                            self.stats.in_flight_max = max(self.stats.in_flight_max, state["in_flight"])
+                    try:
+                        delivery.deliver(batch)
+                    finally:
+                        with cond:
+                            state["in_flight"] -= 1
+
+        def guarded(i: int) -> None:
+            try:
+                lane(i)
+            except Exception as exc:
+                log.error("delivering %s failed: %s", shard_id, type(exc).__name__, exc_info=True)
+                self.failed.set()
+                self.stop.set()
+                with cond:
+                    cond.notify_all()
+
+        lanes = [
+            threading.Thread(target=guarded, args=(i,), name=f"{shard_id}/{i}", daemon=True) for i in range(factor)
+        ]
+        for t in lanes:
+            t.start()
+        try:
+            with bound(shard_id=shard_id):
+                iterator = self._iterator(shard_id)
+                last_record = time.monotonic()
+                while not self.stop.is_set() and iterator:
+                    with cond:
+                        while len(progress) >= room and not self.stop.is_set():
+                            cond.wait(1.0)
+                    if self.stop.is_set():
+                        break
+                    batch, iterator = self._gather(iterator)
+                    if batch:
+                        last_record = time.monotonic()
+                        progress.read(batch)  # before any lane can mark one done
+                        with cond:
+                            for r in batch:
+                                queues[lane_of(r.partition_key, factor)].append(r)
+                            cond.notify_all()
+                    elif iterator:
+                        idle = time.monotonic() - last_record > s.idle_after_s
+                        self.stop.wait(s.idle_poll_interval_s if idle else s.poll_interval_s)
+                if not iterator:
+                    log.info("shard %s is closed and read to its end", shard_id)
+        finally:
+            with cond:
+                state["read_to_end"] = True  # the lanes deliver what they hold, then end
+                cond.notify_all()
+            if not self.stop.is_set():
+                for t in lanes:
+                    t.join()
 
     def _iterator(self, shard_id: str) -> str | None:
         done = self.checkpoints.get(shard_id)
@@ -593,11 +716,6 @@ class Poller:
             if not page["Records"]:
                 self.stop.wait(min(s.poll_interval_s, max(0.0, deadline - time.monotonic())))
         return batch, next_it
-
-    def _done(self, shard_id: str, done: Sequence[Record]) -> None:
-        self.checkpoints.set(shard_id, done[-1].sequence_number)
-        with self._lock:
-            self.stats.records_done += len(done)
 
     def run(self) -> list[threading.Thread]:
         shards = self.shard_ids()

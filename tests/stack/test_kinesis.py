@@ -4,7 +4,7 @@ Kinesis endpoint by AWS_ENDPOINT_URL_KINESIS) -> moto's Kinesis server -> the ev
 
 Kinesis records carry no caller identity: what they write is the ``default`` tenant's, so the searches use
 its key. The stack's mapping retries a failing batch twice, with short waits, so that a poison record
-reaches the on-failure queue quickly.
+reaches the on-failure queue quickly, and reads the shard with ParallelizationFactor 2.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ STACK_ENV = {
     "RAG_MAX_DISTANCE": "0.7",
     "RAG_KINESIS_MAXIMUM_RETRY_ATTEMPTS": "2",
     "RAG_KINESIS_RETRY_BACKOFF_S": "0.05",
+    # Two batches of the shard at once (template.yaml's ParallelizationFactor may be up to 10): every test here
+    # then also checks that one key's records stay in order across lanes.
+    "RAG_KINESIS_PARALLELIZATION_FACTOR": "2",
 }
 
 
@@ -129,6 +132,27 @@ def test_records_of_one_partition_key_apply_in_order(kstack: Stack, client: WsCl
     assert [r["text"] for r in chunk_rows(kstack, "cat2")] == [v2.replace("cat", "dog")]
     found = hit(client, "What is the lighthouse keeper's cat called?", "cat")
     assert found is not None and "Saffron" in found["excerpt"]
+
+
+def test_batches_of_one_shard_run_in_parallel_and_each_keys_versions_still_apply_in_order(
+    kstack: Stack, client: WsClient
+) -> None:
+    """ParallelizationFactor 2: the records of one GetRecords go to two lanes by partition key, both invoked at
+    once; a key's versions, interleaved with other keys', apply in order."""
+    keys = [f"fleet-{i}" for i in range(8)]
+    versions = ["moored in the north harbour", "sailing past the breakwater", "anchored off Gull Island"]
+    batch = [
+        {"Data": doc(k, f"The boat {k} is {v}, version {n}."), "PartitionKey": k}
+        for n, v in enumerate(versions)
+        for k in keys
+    ]
+    seqs = kinesis(kstack).put_records(StreamName=kstack.stream_name, Records=batch)["Records"]
+    last = max((r["SequenceNumber"] for r in seqs), key=int)
+    eventually(lambda: _done_past(kstack, last), "the poller checkpointed past the last record")
+    for k in keys:
+        assert [r["text"] for r in chunk_rows(kstack, k)] == [f"The boat {k} is {versions[-1]}, version 2."]
+    health = poller_health(kstack)
+    assert health["in_flight_max"] == 2  # two batches of the one shard were invoked at once, never more
 
 
 def _done_past(stack: Stack, seq: str) -> bool:

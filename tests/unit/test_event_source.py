@@ -6,6 +6,8 @@ tests/stack/test_kinesis.py on real processes."""
 from __future__ import annotations
 
 import json
+import random
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from shared.event_source import (
     Discarded,
     EventSourceSettings,
     Record,
+    ShardProgress,
     kinesis_event,
+    lane_of,
     on_failure_record,
     parse_answer,
 )
@@ -231,3 +235,79 @@ def test_batch_settings_reach_the_event_and_the_arns(monkeypatch: pytest.MonkeyP
     assert s.function_arn().endswith(":function:ingest2")
     assert (s.batch_size, s.maximum_batching_window_s, s.maximum_retry_attempts) == (7, 1.5, 9)
     assert s.bisect_on_function_error is False
+
+
+def test_one_partition_key_always_joins_the_same_lane_and_keys_spread_over_all() -> None:
+    keys = [f"doc-{i}" for i in range(400)]
+    for factor in (1, 2, 4, 10):
+        lanes = [lane_of(k, factor) for k in keys]
+        assert lanes == [lane_of(k, factor) for k in keys]  # stable (not Python's per-process hash)
+        assert set(lanes) == set(range(factor))
+        assert min(lanes.count(i) for i in range(factor)) > 400 / factor / 2  # roughly even
+    assert lane_of("anything", 1) == 0
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_checkpoint_moves_only_over_records_done_without_a_gap(seed: int) -> None:
+    """Lanes finish their batches in any order: the checkpoint never passes a record not yet done, and
+    reaches the last record once all are."""
+    rng = random.Random(seed)
+    batch = records(rng.randint(1, 40))
+    factor = rng.randint(1, 4)
+    progress = ShardProgress()
+    progress.read(batch)
+    lanes: list[list[Record]] = [[r for r in batch if lane_of(r.partition_key, factor) == i] for i in range(factor)]
+    # Each lane completes its records in order, in parts; the lanes interleave at random.
+    parts = []
+    for lane in lanes:
+        i = 0
+        while i < len(lane):
+            n = rng.randint(1, 5)
+            parts.append(lane[i : i + n])
+            i += n
+    order: list[list[Record]] = []
+    queues = [[p for p in parts if p and lane_of(p[0].partition_key, factor) == i] for i in range(factor)]
+    while any(queues):
+        q = rng.choice([q for q in queues if q])
+        order.append(q.pop(0))
+    done: set[str] = set()
+    checkpoint: str | None = None
+    for part in order:
+        done.update(r.sequence_number for r in part)
+        moved = progress.done(part)
+        if moved is not None:
+            assert checkpoint is None or int(moved) > int(checkpoint)
+            checkpoint = moved
+        # Every record up to the checkpoint is done, and the next one (if any) is not.
+        upto = [
+            r.sequence_number for r in batch if checkpoint is not None and int(r.sequence_number) <= int(checkpoint)
+        ]
+        assert set(upto) <= done
+        rest = [r.sequence_number for r in batch if r.sequence_number not in upto]
+        assert not rest or rest[0] not in done
+    assert checkpoint == batch[-1].sequence_number and len(progress) == 0
+
+
+def test_progress_is_consistent_when_lanes_mark_records_from_many_threads() -> None:
+    batch = records(2_000)
+    progress = ShardProgress()
+    progress.read(batch)
+    factor = 8
+    lanes = [[r for r in batch if lane_of(r.partition_key, factor) == i] for i in range(factor)]
+    moved: list[str] = []
+    lock = threading.Lock()
+
+    def run(lane: list[Record]) -> None:
+        for i in range(0, len(lane), 3):
+            last = progress.done(lane[i : i + 3])
+            if last is not None:
+                with lock:
+                    moved.append(last)
+
+    threads = [threading.Thread(target=run, args=(lane,)) for lane in lanes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(progress) == 0
+    assert max(moved, key=int) == batch[-1].sequence_number

@@ -758,7 +758,7 @@ def test_the_stream_feeds_ingestion_with_partial_batch_responses_bounded_retries
     assert mapping["FunctionName"] == {"Ref": "IngestionFunction"}
     assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["DocumentStream", "Arn"]}
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert mapping["BisectBatchOnFunctionError"] is True and mapping["ParallelizationFactor"] == 1
+    assert mapping["BisectBatchOnFunctionError"] is True and 1 <= mapping["ParallelizationFactor"] <= 10
     assert 0 <= mapping["MaximumRetryAttempts"] <= 10 and 60 <= mapping["MaximumRecordAgeInSeconds"] <= 86_400
     failures = {"Fn::GetAtt": ["DocumentStreamFailures", "Arn"]}
     assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": failures}}
@@ -769,6 +769,7 @@ def test_the_stream_feeds_ingestion_with_partial_batch_responses_bounded_retries
     assert mapping["MaximumRetryAttempts"] == local["maximum_retry_attempts"].default
     assert mapping["MaximumRecordAgeInSeconds"] == local["maximum_record_age_s"].default
     assert mapping["BisectBatchOnFunctionError"] == local["bisect_on_function_error"].default
+    assert mapping["ParallelizationFactor"] == local["parallelization_factor"].default
     # No SAM Kinesis event: it would attach AWSLambdaKinesisExecutionRole (every stream).
     assert all(e.get("Type") != "Kinesis" for e in props("IngestionFunction").get("Events", {}).values())
 
