@@ -605,7 +605,7 @@ class Poller:
         room = factor * s.batch_size  # records read ahead and not yet done, at most
         cond = threading.Condition()
         queues: list[deque[Record]] = [deque() for _ in range(factor)]
-        state = {"read_to_end": False, "in_flight": 0}
+        read_to_end = threading.Event()  # the reader is done: the lanes deliver what they hold, then end
         running = [False] * factor  # lanes delivering a batch
 
         def all_lanes_taken() -> bool:
@@ -634,21 +634,19 @@ class Poller:
                 queue = queues[i]
                 while True:
                     with cond:
-                        while not queue and not state["read_to_end"] and not self.stop.is_set():
+                        while not queue and not read_to_end.is_set() and not self.stop.is_set():
                             cond.wait(1.0)
                         if self.stop.is_set() or not queue:
                             return
                         batch = [queue.popleft() for _ in range(min(len(queue), s.batch_size))]
-                        state["in_flight"] += 1
                         running[i] = True
                         with self._lock:
                             self.stats.batches += 1
-                            self.stats.in_flight_max = max(self.stats.in_flight_max, state["in_flight"])
+                            self.stats.in_flight_max = max(self.stats.in_flight_max, sum(running))
                     try:
                         delivery.deliver(batch)
                     finally:
                         with cond:
-                            state["in_flight"] -= 1
                             running[i] = False
                             cond.notify_all()  # the reader may read again
 
@@ -695,7 +693,7 @@ class Poller:
                     log.info("shard %s is closed and read to its end", shard_id)
         finally:
             with cond:
-                state["read_to_end"] = True  # the lanes deliver what they hold, then end
+                read_to_end.set()
                 cond.notify_all()
             if not self.stop.is_set():
                 for t in lanes:
