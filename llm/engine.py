@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
 
-# How long a finished generation's worker waits for its caller to release it before keeping the state anyway.
-RELEASE_WAIT_S = 30.0
-
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -413,9 +410,6 @@ class Generation:
         self.stop_reason: StopReason | None = None
         self.stop_sequence: str | None = None  # which stop sequence ended it, if one did
         self._cancel = threading.Event()
-        # Set once the caller is done with the generation (its response written): the worker keeps the
-        # evaluated state only then, so that copying it does not hold up the answer's last frames.
-        self._released = threading.Event()
         self._queue: asyncio.Queue[_Item] | None = None
         self._future: asyncio.Future[None] | None = None
         self._finished = False  # the worker's final item (_Done / _Failed) has been consumed
@@ -460,7 +454,6 @@ class Generation:
     async def _finish(self) -> None:
         """Stop the worker if it is still generating, wait for it, and free the model."""
         eng = self.engine
-        self._released.set()
         try:
             if self._future is not None:
                 if not self._finished:
@@ -534,7 +527,6 @@ class Generation:
         with self.engine._thread_lock:
             try:
                 self._generate(emit)
-                self._released.wait(RELEASE_WAIT_S)
                 self.engine._save()
             except AwsError as exc:
                 emit(_Failed(exc))

@@ -72,11 +72,12 @@ def slow_llm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def bedrock(svc: Service, read_timeout: float = T) -> Any:
-    return _bedrock(svc.url, read_timeout)
+    return bedrock_at(svc.url, read_timeout)
 
 
 @functools.cache
-def _bedrock(url: str, read_timeout: float) -> Any:
+def bedrock_at(url: str, read_timeout: float) -> Any:
+    """A bedrock-runtime client of ``url`` (one per URL and timeout), no retries."""
     return boto3.client(
         "bedrock-runtime",
         endpoint_url=url,

@@ -8,6 +8,7 @@ tokens wait for work that is not theirs.
 
 The LLM service runs in-process here (the real app and engine on the tiny random GGUF, real HTTP on port
 0) so that the state copy can be held open; the chat side's client is botocore through shared/bedrock.py.
+Dropping either ``write_eof`` in llm/app.py, or StreamDone-at-metadata in shared/bedrock.py, fails a test.
 """
 
 from __future__ import annotations
@@ -17,60 +18,20 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import pytest
 import requests
 from aiohttp import web
-from botocore.config import Config
 
 from llm.app import create_app
 from llm.engine import Engine
 from llm.eventstream import CONTENT_TYPE, encode_event
 from llm.settings import Settings
 from shared.bedrock import ChatModel, StreamDone, TextDelta
+from tests.service.test_llm_service import bedrock_at
 from tests.support.gguf_factory import write_tiny_llama_gguf
+from tests.support.http import served
 
 HOLD_S = 20.0  # how long a held step waits for the test before giving up (the test fails then)
-
-
-class _Server:
-    """An aiohttp application served on 127.0.0.1:0 by an event loop in a thread."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = self._call(self._start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    async def _start(self) -> int:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self._call(self.runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def _client(url: str) -> Any:
-    return boto3.client(
-        "bedrock-runtime",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(read_timeout=HOLD_S * 2, retries={"total_max_attempts": 1}),
-    )
 
 
 class _HeldSave:
@@ -99,7 +60,7 @@ class _HeldSave:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Server, Engine]]:
+def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
     model = write_tiny_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf")
     settings = Settings(model_path=model, n_ctx=2048)
     engine = Engine.load(
@@ -112,18 +73,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Server, 
         stream_flush_ms=settings.stream_flush_ms,
     )
     assert engine.state_cache is not None  # the default keeps states: there is a copy to wait for
-    server = _Server(create_app(settings, engine))
     try:
-        yield server, engine
+        with served(create_app(settings, engine)) as url:
+            yield url, engine
     finally:
-        server.close()
         engine.close()
 
 
-def test_converse_stream_ends_before_the_state_is_kept(served: tuple[_Server, Engine]) -> None:
-    server, engine = served
+def test_converse_stream_ends_before_the_state_is_kept(llm: tuple[str, Engine]) -> None:
+    url, engine = llm
     with _HeldSave(engine) as held:
-        response = _client(server.url).converse_stream(
+        response = bedrock_at(url, HOLD_S * 2).converse_stream(
             modelId="local-llm",
             messages=[{"role": "user", "content": [{"text": "Tell me about retrieval."}]}],
             inferenceConfig={"maxTokens": 32, "temperature": 0},
@@ -133,12 +93,12 @@ def test_converse_stream_ends_before_the_state_is_kept(served: tuple[_Server, En
         assert held.started.wait(HOLD_S) and not held.finished.is_set()  # ended while the state copy was under way
 
 
-def test_chat_completions_end_before_the_state_is_kept(served: tuple[_Server, Engine]) -> None:
-    server, engine = served
+def test_chat_completions_end_before_the_state_is_kept(llm: tuple[str, Engine]) -> None:
+    url, engine = llm
     body: dict[str, Any] = {"model": "local-llm", "stream": True, "max_tokens": 32, "temperature": 0,
             "messages": [{"role": "user", "content": "Tell me about retrieval."}]}  # fmt: skip
     with _HeldSave(engine) as held:
-        with requests.post(f"{server.url}/v1/chat/completions", json=body, stream=True, timeout=HOLD_S * 2) as r:
+        with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=HOLD_S * 2) as r:
             lines = [line for line in r.iter_lines() if line]  # to the end of the response
         assert lines[-1] == b"data: [DONE]"
         assert held.started.wait(HOLD_S) and not held.finished.is_set()
@@ -167,15 +127,14 @@ def test_the_chat_side_gets_the_end_with_the_last_event_not_the_end_of_the_respo
 
     app = web.Application()
     app.router.add_post("/model/{modelId}/converse-stream", converse_stream)
-    server = _Server(app)
-    try:
-        stream = ChatModel(_client(server.url), "local-llm").stream("system", [{"role": "user", "content": "hi"}])
-        assert next(stream) == TextDelta("Hello")
-        done = next(stream)
-        assert done == StreamDone("end_turn", 7, 2)
-        assert not ended.is_set()  # the response is still open: the end did not wait for it
-        close.set()
-        assert list(stream) == []  # then read to its end; nothing more
-    finally:
-        close.set()
-        server.close()
+    with served(app) as url:
+        try:
+            model = ChatModel(bedrock_at(url, HOLD_S * 2), "local-llm")
+            stream = model.stream("system", [{"role": "user", "content": "hi"}])
+            assert next(stream) == TextDelta("Hello")
+            assert next(stream) == StreamDone("end_turn", 7, 2)
+            assert not ended.is_set()  # the response is still open: the end did not wait for it
+            close.set()
+            assert list(stream) == []  # then read to its end; nothing more
+        finally:
+            close.set()  # a failed assertion must not leave the handler waiting

@@ -1,14 +1,22 @@
-"""Plain HTTP for the security tests: any method, any Host header, signed (SigV4) or not."""
+"""Plain HTTP for the security tests: any method, any Host header, signed (SigV4) or not; and an aiohttp app
+served in a thread (``served``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import http.client
 import json
 import os
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from aiohttp import web
 
 from shared.sigv4 import SigningKey, sign
 from tests.support.timeouts import scaled
@@ -72,3 +80,24 @@ def upgrade_headers(**extra: str) -> dict[str, str]:
         "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
         **extra,
     }
+
+
+@contextlib.contextmanager
+def served(app: web.Application) -> Iterator[str]:
+    """``app`` served on 127.0.0.1 (any free port) by an event loop in a thread: yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.SockSite(runner, sock).start())
+    thread = threading.Thread(target=loop.run_forever, name="served-app", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(scaled(10))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(scaled(10))
+        loop.close()

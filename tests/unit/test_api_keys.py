@@ -10,9 +10,7 @@ import asyncio
 import json
 import os
 import re
-import socket
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from shared.client import cli
 from shared.client.ws_client import RagClient, RagClientError, find_api_key
 from shared.object_store import LocalObjectStore, S3ObjectStore
 from tests.conftest import s3_client
+from tests.support.http import served
 from tests.support.timeouts import scaled
 
 KEY_SHAPE = re.compile(r"\Alrk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}\Z")
@@ -270,22 +269,8 @@ def gate() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_get("/local", ws)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.SockSite(runner, sock).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"ws://127.0.0.1:{port}/local", seen
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(scaled(10))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(scaled(10))
-        loop.close()
+    with served(app) as url:
+        yield f"{url.replace('http://', 'ws://')}/local", seen
 
 
 def test_client_sends_the_key_on_the_upgrade(gate: tuple[str, list[dict[str, Any]]]) -> None:
