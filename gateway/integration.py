@@ -247,8 +247,8 @@ class LambdaIntegration:
                     self._run_on(invocation, conn.id, route_key)
                     await self.reply(conn, timed_out(conn.id, event["requestContext"]["requestId"]))
                     return
-            # A two-way route: the integration's response body goes back to the client.
-            if result is not None and result.get("body"):
+            # A two-way route: the integration's response body goes back to the client (elsewhere it is dropped).
+            if result is not None and result.get("body") and route_key in self.settings.two_way_routes:
                 body = result["body"]
                 await self.reply(conn, body.encode("utf-8") if isinstance(body, str) else json.dumps(body).encode())
         except InvokeFailed as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.protocol import MAX_MESSAGE_BYTES, route_table
+from shared.protocol import MAX_MESSAGE_BYTES, route_table, two_way_routes
 from shared.settings import AuthSettings, DocumentsSettings, InternalAuthSettings, comma_list
 from shared.web_origins import LOOPBACK_NAMES, normalize_origin, split_host
 
@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "(route selection expression $request.body.action); unmatched messages take $default. $connect and "
         "$disconnect invoke a function only if routed here (by default neither is: a connect needs only "
         "the authorizer).",
+    )
+    two_way_routes: list[str] = Field(
+        default_factory=lambda: sorted(two_way_routes()),
+        description="Route keys whose function's response body goes back to the client (API Gateway's two-way "
+        "routes: a route response; template.yaml declares the same ones), as a JSON list. On other routes the "
+        "body is dropped, as API Gateway drops it: the function replies through @connections.",
     )
     function_concurrency: dict[str, int] = Field(
         default_factory=dict,

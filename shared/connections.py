@@ -98,12 +98,16 @@ class Connections:
         GoneException (410) is final: botocore's retry policy does not retry it, and the connection is
         remembered as gone, so later posts to it raise ConnectionGone without calling the API again.
         Throttling (429 LimitExceededException) and 5xx are retried by the client's 'standard' policy."""
-        connection_id = event.request_context.connection_id
-        if connection_id in self._gone:
-            raise ConnectionGone(connection_id)
         data = encode(message)
         if len(data) > MAX_MESSAGE_BYTES:
             raise reply_too_large(len(data))
+        self.post_data(event, data)
+
+    def post_data(self, event: WebSocketEvent, data: bytes) -> None:
+        """``post`` of a message already encoded (and within MAX_MESSAGE_BYTES)."""
+        connection_id = event.request_context.connection_id
+        if connection_id in self._gone:
+            raise ConnectionGone(connection_id)
         client = self.client(self.endpoint_for(event))
         try:
             client.post_to_connection(ConnectionId=connection_id, Data=data)

@@ -311,10 +311,14 @@ FunctionName = Literal["ingestion", "chat"]
 
 @dataclass(frozen=True)
 class ActionSpec:
-    """One client action: its request model and the function that serves it."""
+    """One client action: its request model and the function that serves it. ``two_way``: the reply comes
+    back as the route's response (API Gateway's two-way route: ``RouteResponseSelectionExpression: $default``
+    and a ``$default`` RouteResponse in template.yaml), in the Invoke's own answer, instead of through a
+    separate @connections POST; for actions whose single reply is all they send."""
 
     request: type[_Msg]
     function: FunctionName
+    two_way: bool = False
 
     @property
     def name(self) -> str:
@@ -336,12 +340,12 @@ ACTION_REGISTRY: Mapping[str, ActionSpec] = _registry(
     ActionSpec(IngestBatchRequest, "ingestion"),
     ActionSpec(DeleteDocumentRequest, "ingestion"),
     ActionSpec(ChatRequest, "chat"),
-    ActionSpec(SearchRequest, "chat"),
-    ActionSpec(HistoryRequest, "chat"),
+    ActionSpec(SearchRequest, "chat", two_way=True),
+    ActionSpec(HistoryRequest, "chat", two_way=True),
     ActionSpec(UploadUrlRequest, "ingestion"),
     ActionSpec(IngestObjectRequest, "ingestion"),
     ActionSpec(ListDocumentsRequest, "ingestion"),
-    ActionSpec(SampleChunksRequest, "chat"),
+    ActionSpec(SampleChunksRequest, "chat", two_way=True),
 )
 ACTIONS: tuple[str, ...] = tuple(ACTION_REGISTRY)
 # The route keys that are not actions and have a function: messages no action matches ($default, which
@@ -357,6 +361,11 @@ MOCK_ROUTES: tuple[str, ...] = ("$connect",)
 def actions_of(function: FunctionName) -> tuple[str, ...]:
     """The actions ``function`` serves, in registry order."""
     return tuple(name for name, spec in ACTION_REGISTRY.items() if spec.function == function)
+
+
+def two_way_routes() -> frozenset[str]:
+    """The route keys whose function answers in the route's response (``ActionSpec.two_way``)."""
+    return frozenset(name for name, spec in ACTION_REGISTRY.items() if spec.two_way)
 
 
 def route_table() -> dict[str, FunctionName]:

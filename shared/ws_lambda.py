@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.connections import ConnectionGone, Connections
+from shared.connections import ConnectionGone, Connections, reply_too_large
 from shared.errors import RagError
 from shared.events import WebSocketEvent
 from shared.identity import MissingIdentity, Principal
@@ -27,13 +27,16 @@ from shared.logs import bound, error_where
 from shared.protocol import (
     ACTIONS,
     CLIENT_REQUEST,
+    MAX_MESSAGE_BYTES,
     ClientRequest,
     ErrorCode,
     FunctionName,
     actions_of,
     describe_validation_error,
+    encode,
     error,
     request_id_of,
+    two_way_routes,
 )
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,12 @@ class WebSocketLambda:
 
     With ``function``, ``routes`` must cover exactly the actions the protocol's registry gives that
     function (``shared.protocol.ACTION_REGISTRY``): a handler that misses one, or serves one routed
-    elsewhere, is refused when it is built rather than answering unknown_action at run time."""
+    elsewhere, is refused when it is built rather than answering unknown_action at run time.
+
+    On a two-way route (``shared.protocol.two_way_routes``; API Gateway's route with a route response) the
+    reply is returned as the response's ``body``, which API Gateway sends to the client once the function
+    returns: no @connections call. Were a route there to send two replies, all but the last would be posted
+    as they come (each post completes before the function returns, so the order holds)."""
 
     def __init__(
         self, connections: Connections, routes: dict[str, RouteHandler], *, function: FunctionName | None = None
@@ -133,6 +141,7 @@ class WebSocketLambda:
                 )
         self.connections = connections
         self.routes = routes
+        self.two_way = two_way_routes() & set(routes)
 
     def __call__(self, event_dict: dict[str, Any], context: Any) -> dict[str, Any]:
         try:
@@ -158,12 +167,25 @@ class WebSocketLambda:
             log.info("%s %s", ctx.route_key, ctx.connection_id)
             return {"statusCode": 200 if principal is not None else 403}
 
+        held: list[bytes] = []  # a two-way route's reply, returned as the response body
+
         def emit(message: BaseModel) -> None:
-            self.connections.post(event, message)
+            if ctx.route_key not in self.two_way:
+                self.connections.post(event, message)
+                return
+            data = encode(message)
+            if len(data) > MAX_MESSAGE_BYTES:
+                raise reply_too_large(len(data))
+            if held:
+                self.connections.post_data(event, held.pop())
+            held.append(data)
+
+        def answer(status: int) -> dict[str, Any]:
+            return {"statusCode": status, "body": held[0].decode("utf-8")} if held else {"statusCode": status}
 
         if principal is None:
             self._report(emit, error(ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE, request_id), ctx.connection_id)
-            return {"statusCode": 403}
+            return answer(403)
         token = _EVENT.set(event)
         try:
             request = parse_request(event)
@@ -191,7 +213,7 @@ class WebSocketLambda:
             )
         finally:
             _EVENT.reset(token)
-        return {"statusCode": 200}
+        return answer(200)
 
     @staticmethod
     def _report(emit: Emit, message: BaseModel, connection_id: str) -> None:

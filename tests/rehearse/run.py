@@ -58,6 +58,7 @@ class Step:
 class Report:
     steps: list[Step] = field(default_factory=list)
     unrunnable: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     def step(self, name: str) -> Step:
@@ -75,6 +76,7 @@ class Report:
             "seconds": round(self.seconds, 1),
             "steps": [s.__dict__ for s in self.steps],
             "not_runnable_in_ministack": self.unrunnable,
+            "left_out_of_the_rehearsal_template": self.left_out,
         }
 
 
@@ -214,6 +216,7 @@ def rehearse(log_dir: Path, timeout: float = 600.0) -> Report:
         source = load_template(ROOT / "template.yaml")
         reh = rehearsal_template(source, Endpoints(ministack.url, services[0].url, services[1].url), ARTIFACTS_BUCKET)
         report.unrunnable.update(reh.unrunnable)
+        report.left_out.update(reh.left_out)
         (log_dir / "rehearsal-template.json").write_text(reh.body(), encoding="utf-8")
         s3 = client("s3", ministack.url)
         s3.create_bucket(Bucket=ARTIFACTS_BUCKET)

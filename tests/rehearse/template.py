@@ -10,6 +10,10 @@ What changes, and only this (everything else, resources added later included, is
 * Every function gets the endpoints of the rehearsal in its environment: Bedrock = the local embedding and
   LLM services, S3 and Kinesis = MiniStack, @connections = MiniStack's execute-api path (``RAG_*_ENDPOINT_URL``
   settings; on AWS they are unset).
+* ``AWS::ApiGatewayV2::RouteResponse`` resources (the two-way routes' route responses) are left out, and
+  ``DependsOn`` entries naming them: MiniStack 1.5.33's CloudFormation has no provisioner for that type and
+  refuses the template. Its WebSocket data plane sends every integration's response body to the client
+  (route response or not), so the two-way routes (search, history, sample_chunks) answer as on AWS.
 * ``EmbeddingDimension`` also allows the local embedding model's size (MiniLM: 384), which the rehearsal
   deploys with: Titan V2's 256/512/1024 are sizes the local model cannot produce, and the embedding service
   refuses them as Bedrock refuses a size a model does not have.
@@ -148,10 +152,16 @@ class Rehearsal:
     zips: dict[str, bytes]  # S3 key -> zip
     handlers: dict[str, str]  # logical id -> handler
     unrunnable: dict[str, str] = field(default_factory=dict)  # logical id -> why MiniStack cannot run it
+    left_out: dict[str, str] = field(default_factory=dict)  # logical id -> why it is not deployed
 
     def body(self) -> str:
         return json.dumps(self.template, indent=1)
 
+
+ROUTE_RESPONSE_LEFT_OUT = (
+    "MiniStack's CloudFormation cannot provision AWS::ApiGatewayV2::RouteResponse; its WebSocket API sends every "
+    "integration response body to the client anyway, so the two-way route still answers"
+)
 
 # The local embedding model's vector size (all-MiniLM-L6-v2), the size the rehearsal deploys with.
 LOCAL_EMBEDDING_DIMENSION = "384"
@@ -192,6 +202,19 @@ def rehearsal_template(source: dict[str, Any], endpoints: Endpoints, artifacts_b
     handlers: dict[str, str] = {}
     unrunnable: dict[str, str] = {}
     has_ws_api = any(r.get("Type") == "AWS::ApiGatewayV2::Api" for r in resources.values())
+    left_out = {
+        logical_id: ROUTE_RESPONSE_LEFT_OUT
+        for logical_id, resource in resources.items()
+        if resource.get("Type") == "AWS::ApiGatewayV2::RouteResponse"
+    }
+    for logical_id in left_out:
+        del resources[logical_id]
+    for resource in resources.values():
+        depends = resource.get("DependsOn")
+        if isinstance(depends, list):
+            resource["DependsOn"] = [d for d in depends if d not in left_out]
+        elif isinstance(depends, str) and depends in left_out:
+            del resource["DependsOn"]
     stage_param = "StageName" if "StageName" in template.get("Parameters", {}) else None
 
     for logical_id, resource in resources.items():
@@ -244,4 +267,4 @@ def rehearsal_template(source: dict[str, Any], endpoints: Endpoints, artifacts_b
     values.update(parameters)
     if "Conditions" in template:
         template["Conditions"] = fold_splits(template["Conditions"], values)
-    return Rehearsal(template, parameters, zips, handlers, unrunnable)
+    return Rehearsal(template, parameters, zips, handlers, unrunnable, left_out)

@@ -7,6 +7,7 @@ Run once with LanceDB and raw documents on a local folder and once on an S3-comp
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,21 @@ def test_ingest_ask_and_history(client: WsClient) -> None:
     assert msgs[3]["sources"] == [] and msgs[3]["prompt"] == "no_context"
 
 
-def test_search_threshold_and_override(client: WsClient) -> None:
+def _posts(stack: Stack) -> int:
+    """@connections posts the gateway has delivered (its /health counts)."""
+    with urllib.request.urlopen(f"{stack.http_url}/health", timeout=30) as resp:
+        return int(json.loads(resp.read())["posts"])
+
+
+def test_search_threshold_and_override(client: WsClient, stack: Stack) -> None:
     client.request({"action": "ingest", "request_id": "i", "document": VOLCANO})
     client.request({"action": "ingest", "request_id": "j", "document": BREAD})
+    posts = _posts(stack)
     r = client.request({"action": "search", "request_id": "s1", "query": "sourdough starter and yeast"})
     assert r["type"] == "search_result" and [s["doc_id"] for s in r["results"]] == ["sourdough"]
+    # A two-way route: the result came back in the Invoke's answer (API Gateway's route response), not
+    # through an @connections post.
+    assert _posts(stack) == posts
     assert r["max_distance"] == pytest.approx(float(MAX_DISTANCE))
     # The whole range: every chunk comes back, nearest first.
     r = client.request({"action": "search", "request_id": "s2", "query": "sourdough starter", "max_distance": 2.0})

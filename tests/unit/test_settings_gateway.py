@@ -40,6 +40,7 @@ class Functions:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.hold = False
+        self.replying = False  # MESSAGE invocations return a body (what a two-way route's function does)
         self.release = asyncio.Event()
         self.arrived = asyncio.Condition()
 
@@ -65,6 +66,8 @@ class Functions:
             return authorize(event)
         if self.hold and event["requestContext"].get("eventType") == "MESSAGE":
             await self.release.wait()
+        if self.replying and event["requestContext"].get("eventType") == "MESSAGE":
+            return web.json_response({"statusCode": 200, "body": json.dumps({"type": "returned"})})
         return web.json_response({"statusCode": 200})
 
     async def wait_messages(self, n: int) -> bool:
@@ -161,6 +164,18 @@ async def _function_for_search(g: Gateway) -> str:
     await ws.send_str(search())
     assert await g.functions.wait_messages(1)
     return g.functions.messages()[-1][0]
+
+
+async def _returned(g: Gateway) -> Any:
+    """A search whose function returns a body: the frame the client gets (None: the body was dropped)."""
+    g.functions.replying = True
+    ws = await g.connect()
+    await ws.send_str(search())
+    try:
+        msg = await ws.receive(timeout=PATIENCE_S)
+    except TimeoutError:
+        return None
+    return json.loads(msg.data).get("type") if msg.type == aiohttp.WSMsgType.TEXT else msg.type.name
 
 
 async def _stage(g: Gateway) -> bool:
@@ -359,6 +374,8 @@ GATEWAY: dict[str, Effect] = {
         _function_for_search,
     ),
     "GATEWAY_ROUTES": Effect(_routes_with_search_to_ingestion(), _function_for_search),
+    # search no longer two-way: the body its function returns is dropped, as API Gateway drops it.
+    "GATEWAY_TWO_WAY_ROUTES": Effect('["history"]', _returned),
     # The second waits for the first's slot: nothing happens until the test releases the first.
     "GATEWAY_FUNCTION_CONCURRENCY": Effect('{"chat": 1}', lambda g: _two_held(g, two_connections=True)),
     "GATEWAY_MAX_MESSAGE_BYTES": Effect("1000", lambda g: _sized(g, 2000)),

@@ -354,6 +354,25 @@ def test_routes_are_the_action_registrys() -> None:
     assert route_table() == DEFAULT_ROUTES
 
 
+def test_two_way_routes_are_the_action_registrys() -> None:
+    """The routes with a route response (their function's reply comes back in the Invoke's answer) are the
+    registry's two-way actions, and the local gateway forwards response bodies on those routes only."""
+    from gateway.settings import Settings
+    from shared.protocol import two_way_routes
+
+    by_id = resources("AWS::ApiGatewayV2::Route")
+    responses = resources("AWS::ApiGatewayV2::RouteResponse").values()
+    answered = {by_id[r["Properties"]["RouteId"]["Ref"]]["Properties"]["RouteKey"] for r in responses}
+    assert all(r["Properties"]["RouteResponseKey"] == "$default" for r in responses)
+    assert all(r["Properties"]["ApiId"] == {"Ref": "WebSocketApi"} for r in responses)
+    selecting = {
+        r["Properties"]["RouteKey"]
+        for r in by_id.values()
+        if r["Properties"].get("RouteResponseSelectionExpression") == "$default"
+    }
+    assert answered == selecting == two_way_routes() == set(Settings().two_way_routes)
+
+
 def test_connect_needs_no_function_and_disconnect_has_no_route() -> None:
     """$connect is the authorizer's answer alone: a MOCK integration answers 200 without invoking anything,
     so no connect waits for a function's concurrency (chat's, held while answers generate). Nothing is done
@@ -519,7 +538,8 @@ def test_stage_auto_deploys_after_every_route() -> None:
     ((_, res),) = stage.items()
     assert res["Properties"]["AutoDeploy"] is True
     assert res["Properties"]["ApiId"] == {"Ref": "WebSocketApi"}
-    assert set(res.get("DependsOn", [])) == set(resources("AWS::ApiGatewayV2::Route"))
+    routes = set(resources("AWS::ApiGatewayV2::Route")) | set(resources("AWS::ApiGatewayV2::RouteResponse"))
+    assert set(res.get("DependsOn", [])) == routes
     throttle = res["Properties"]["DefaultRouteSettings"]
     assert throttle["ThrottlingRateLimit"] and throttle["ThrottlingBurstLimit"]
 
