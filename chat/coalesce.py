@@ -8,7 +8,9 @@ The policy (``RAG_TOKEN_FLUSH_MS``, ``RAG_TOKEN_FLUSH_BYTES``):
 
 * the first text of an answer goes out at once: coalescing never delays the time to first token;
 * after that, text is gathered and goes out when ``flush_ms`` have passed since the last post, or when
-  ``flush_bytes`` (UTF-8) are gathered, whichever comes first;
+  ``flush_bytes`` (UTF-8) are gathered, or when it ends a sentence (``shared/sentences.py``: an answer's
+  last words then go out as they come, not with the end of the stream, which is known one token later),
+  whichever comes first;
 * what is left goes out when the stream ends.
 
 The policy is checked as text arrives (no timer thread): gathered text waits at most one token past
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+from shared.sentences import TAIL_CHARS, ends_sentence
 
 
 class TokenCoalescer:
@@ -31,6 +35,7 @@ class TokenCoalescer:
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._last_post: float | None = None  # None: nothing posted yet
+        self._tail = ""  # the last characters of the text so far
 
     def add(self, text: str) -> str | None:
         """Gather ``text``; return the text to post now (everything gathered), or None to keep gathering."""
@@ -38,8 +43,14 @@ class TokenCoalescer:
             return None
         self._pending.append(text)
         self._pending_bytes += len(text.encode("utf-8"))
+        self._tail = (self._tail + text)[-TAIL_CHARS:]
         now = self.clock()
-        if self._last_post is None or now - self._last_post >= self.flush_s or self._pending_bytes >= self.flush_bytes:
+        if (
+            self._last_post is None
+            or now - self._last_post >= self.flush_s
+            or self._pending_bytes >= self.flush_bytes
+            or ends_sentence(self._tail)
+        ):
             self._last_post = now
             return self._take()
         return None

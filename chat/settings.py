@@ -87,7 +87,8 @@ class Settings(RagSettings):
         50.0,
         ge=0.0,
         description="Token coalescing: the first token of an answer is posted at once, then tokens are gathered "
-        "and posted together every this many ms (or at RAG_TOKEN_FLUSH_BYTES, or at the end); 0 = one "
+        "and posted together every this many ms (or at RAG_TOKEN_FLUSH_BYTES, where a sentence ends, or at the "
+        "end); 0 = one "
         "WebSocket message per token. Each message is an HTTP round trip to the gateway and, on AWS, a billed "
         "API Gateway message (make bench-llm measures the cost).",
     )

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from shared.aws_http import AwsError, Throttling, ValidationError
+from shared.sentences import TAIL_CHARS, ends_sentence
 
 log = logging.getLogger(__name__)
 
@@ -506,16 +507,20 @@ class Generation:
 
         # Text is handed over at most every stream_flush_s (the first at once): each handover wakes the
         # event loop, and every wakeup on a machine whose cores all run llama.cpp costs generation speed.
+        # Text that ends a sentence goes at once too (shared/sentences.py): an answer's last words then leave
+        # when generated, not one token later with the end of the generation.
         flush_s = self.engine.stream_flush_s
         held: list[str] = []
         last_sent = -float("inf")
+        tail = ""
 
         def emit(item: _Item) -> None:
-            nonlocal last_sent
+            nonlocal last_sent, tail
             if isinstance(item, str):
                 held.append(item)
+                tail = (tail + item)[-TAIL_CHARS:]
                 now = time.monotonic()
-                if now - last_sent < flush_s:
+                if now - last_sent < flush_s and not ends_sentence(tail):
                     return
                 item, last_sent = "".join(held), now
                 held.clear()

@@ -2,7 +2,8 @@
 
 Two real LLM service processes on the tiny random GGUF (greedy decoding, so both generate the same text):
 one handing over every token (0), one with an interval no generation reaches, which must send the first
-text at once and the rest in one delta at the end -- the same text, in two contentBlockDelta events.
+text at once, then text only where a sentence ends, and the rest at the end -- the same text, in fewer
+contentBlockDelta events.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shared.sentences import ends_sentence
 from tests.service.test_llm_service import bedrock
 from tests.support.gguf_factory import write_tiny_llama_gguf
 from tests.support.procs import Service, start_service, stop_service
@@ -52,5 +54,9 @@ def test_the_flush_interval_sets_how_many_deltas_carry_the_same_text(services: d
     assert "".join(held) == "".join(every)  # nothing lost, nothing reordered
     assert meta_held["metadata"]["usage"]["outputTokens"] == meta_every["metadata"]["usage"]["outputTokens"] == 64
     assert len(every) > 10  # one delta per token (tokens of the tiny model that decode to text)
-    assert len(held) == 2  # the first text at once, the rest when the generation ends
+    # The first text at once, then one delta per sentence end (shared/sentences.py: the tiny model's printable
+    # ASCII has some), the rest when the generation ends: each delta but the last ends a sentence.
     assert held[0] == every[0]
+    assert len(held) < len(every)
+    assert all(ends_sentence("".join(held[: i + 1])) for i in range(1, len(held) - 1))
+    assert not any(ends_sentence("".join(every[: i + 1])) for i in range(len(every) - 1)) or len(held) > 2

@@ -1,7 +1,7 @@
 """Token coalescing (chat/coalesce.py): the first text goes out at once, then text is gathered until
-RAG_TOKEN_FLUSH_MS have passed since the last post or RAG_TOKEN_FLUSH_BYTES are gathered, and the rest at the
-end; and the chat service posts token frames that way, every token's text once, in order. A fake clock:
-no wall-clock assertion."""
+RAG_TOKEN_FLUSH_MS have passed since the last post or RAG_TOKEN_FLUSH_BYTES are gathered or a sentence ends,
+and the rest at the end; and the chat service posts token frames that way, every token's text once, in
+order. A fake clock: no wall-clock assertion."""
 
 from __future__ import annotations
 
@@ -59,6 +59,46 @@ def test_tokens_are_posted_when_flush_bytes_are_gathered() -> None:
     assert c.add("é") == "1234567é"  # 7 + 2 bytes of UTF-8: over 8
     assert c.add("x") is None
     assert c.flush() == "x"
+
+
+@pytest.mark.parametrize(
+    ("tail", "ends"),
+    [
+        ("lava.", True),
+        ("erupts!", True),
+        ("why?", True),
+        ('said "no."', True),
+        ("(see above).", True),
+        ("**done.**", True),
+        ("\u706b\u5c71\u3002", True),
+        ("lava. ", False),  # the space goes with the next sentence's text
+        ("1.", False),  # a list's number
+        ("pi is 3.", False),
+        ("x .", False),
+        (".", False),
+        ("lava", False),
+        ("", False),
+    ],
+)
+def test_where_a_sentence_ends(tail: str, ends: bool) -> None:
+    from shared.sentences import ends_sentence
+
+    assert ends_sentence(tail) is ends
+
+
+def test_the_end_of_a_sentence_is_posted_at_once() -> None:
+    """An answer's last words go out as they come: its end is known only a token later."""
+    c = TokenCoalescer(1_000_000, 1_000_000, Clock())
+    assert c.add("Lava") == "Lava"
+    assert c.add(" is") is None
+    assert c.add(" hot") is None
+    assert c.add(".") == " is hot."
+    assert c.add(" It") is None
+    assert c.add(" flows") is None
+    assert c.add(" at 1") is None
+    assert c.add(".") is None  # "1." is not a sentence's end
+    assert c.add("2 m/s!") == " It flows at 1.2 m/s!"
+    assert c.flush() is None
 
 
 def test_flush_ms_zero_posts_every_token() -> None:

@@ -14,10 +14,10 @@ from botocore.stub import ANY, Stubber
 from pydantic import BaseModel
 
 from shared.connections import Connections
+from shared.events import WebSocketEvent
 from shared.identity import Principal
 from shared.protocol import ACTION_REGISTRY, MAX_MESSAGE_BYTES, ErrorCode, actions_of, two_way_routes
 from shared.ws_lambda import Emit, WebSocketLambda
-from shared.events import WebSocketEvent
 from tests.unit.test_ws_identity import event
 
 
