@@ -136,7 +136,8 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Hand generated text to the HTTP stream at most this often, in milliseconds (the first text at "
-            "once, and text that ends a sentence; 0 = every token): fewer, larger contentBlockDelta events cost fewer wakeups of the server, "
+            "once, and text that ends a sentence; 0 = every token): fewer, larger contentBlockDelta events "
+            "cost fewer wakeups of the server, "
             'the chat function and the gateway while llama.cpp uses every core (README "LLM speed"). 50 = the chat '
             "function's own RAG_TOKEN_FLUSH_MS, so an answer's frames reach the client no later than before."
         ),

@@ -10,15 +10,13 @@ import json
 from typing import Any
 
 import pytest
-from botocore.stub import ANY, Stubber
 from pydantic import BaseModel
 
 from shared.connections import Connections
-from shared.events import WebSocketEvent
 from shared.identity import Principal
 from shared.protocol import ACTION_REGISTRY, MAX_MESSAGE_BYTES, ErrorCode, actions_of, two_way_routes
 from shared.ws_lambda import Emit, WebSocketLambda
-from tests.unit.test_ws_identity import event
+from tests.unit.test_ws_identity import event, posted
 
 
 class Hello(BaseModel):
@@ -34,22 +32,6 @@ def lam(replies: list[BaseModel]) -> WebSocketLambda:
 
     connections = Connections(endpoint_url="http://127.0.0.1:1/prod", region="eu-west-1")
     return WebSocketLambda(connections, dict.fromkeys(actions_of("chat"), serve), function="chat")
-
-
-def posted(lam: WebSocketLambda, raw: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Invoke ``lam`` with ``raw``; its result and the messages it posted to @connections."""
-    client = lam.connections.client(lam.connections.endpoint_for(WebSocketEvent.model_validate(raw)))
-    sent: list[dict[str, Any]] = []
-
-    def record(params: dict[str, Any], **_: Any) -> None:
-        sent.append(json.loads(params["Data"]))
-
-    client.meta.events.register("before-parameter-build.apigatewaymanagementapi.PostToConnection", record)
-    with Stubber(client) as stub:
-        for _ in range(4):
-            stub.add_response("post_to_connection", {}, {"ConnectionId": ANY, "Data": ANY})
-        result = lam(raw, None)
-    return result, sent
 
 
 def message(route: str) -> dict[str, Any]:
@@ -75,13 +57,13 @@ def test_a_two_way_reply_is_the_response_body_and_nothing_is_posted() -> None:
 
 
 def test_a_one_way_route_posts_and_returns_no_body() -> None:
-    result, sent = posted(lam([Hello(n=1), Hello(n=2)]), message("chat"))
+    result, sent = posted(lam([Hello(n=1), Hello(n=2)]), message("chat"), posts=2)
     assert result == {"statusCode": 200}
     assert [m["n"] for m in sent] == [1, 2]
 
 
 def test_two_replies_on_a_two_way_route_post_the_first_and_return_the_last() -> None:
-    result, sent = posted(lam([Hello(n=1), Hello(n=2), Hello(n=3)]), message("history"))
+    result, sent = posted(lam([Hello(n=1), Hello(n=2), Hello(n=3)]), message("history"), posts=2)
     assert [m["n"] for m in sent] == [1, 2]
     assert json.loads(result["body"])["n"] == 3
 

@@ -41,8 +41,8 @@ def serving(calls: list[Principal]) -> WebSocketLambda:
     return WebSocketLambda(connections, dict.fromkeys(actions_of("chat"), serve), function="chat")
 
 
-def posted(lam: WebSocketLambda, raw: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Invoke ``lam`` with ``raw``; its result and the messages it posted to @connections."""
+def posted(lam: WebSocketLambda, raw: dict[str, Any], *, posts: int = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Invoke ``lam`` with ``raw``; its result and the messages it posted to @connections (at most ``posts``)."""
     client = lam.connections.client(lam.connections.endpoint_for(WebSocketEvent.model_validate(raw)))
     sent: list[dict[str, Any]] = []
 
@@ -51,7 +51,8 @@ def posted(lam: WebSocketLambda, raw: dict[str, Any]) -> tuple[dict[str, Any], l
 
     client.meta.events.register("before-parameter-build.apigatewaymanagementapi.PostToConnection", record)
     with Stubber(client) as stub:
-        stub.add_response("post_to_connection", {}, {"ConnectionId": ANY, "Data": ANY})
+        for _ in range(posts):
+            stub.add_response("post_to_connection", {}, {"ConnectionId": ANY, "Data": ANY})
         result = lam(raw, None)
     return result, sent
 
