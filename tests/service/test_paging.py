@@ -4,7 +4,8 @@ conversation, every page under 128 KB, every item once, in order.
 
 The documents and messages are written straight into the stores (as ingestion and chat write them), so
 that the test spends its time on the listing, not on embedding 10,000 documents; the @connections client
-is boto3's, stubbed (botocore's Stubber), so each reply is seen exactly as it would be posted.
+is boto3's, stubbed (botocore's Stubber), so each reply is seen exactly as it would be posted (or returned, on a
+two-way route).
 """
 
 from __future__ import annotations
@@ -99,11 +100,14 @@ def invoke(lam: WebSocketLambda, body: dict[str, Any]) -> tuple[Any, int]:
     try:
         with Stubber(event_client) as stub:
             stub.add_response("post_to_connection", {}, {"ConnectionId": ANY, "Data": ANY})
-            assert lam(raw, None) == {"statusCode": 200}
+            result = lam(raw, None)
     finally:
         event_client.meta.events.unregister("before-parameter-build.apigatewaymanagementapi.PostToConnection", record)
-    assert len(sent) == 1
-    return SERVER_MESSAGE.validate_json(sent[0]), len(sent[0])
+    assert result["statusCode"] == 200
+    # history is a two-way route: its reply is the response body (shared/protocol.py two_way_routes)
+    replies = [*sent, *([result["body"].encode()] if "body" in result else [])]
+    assert len(replies) == 1
+    return SERVER_MESSAGE.validate_json(replies[0]), len(replies[0])
 
 
 def test_ten_thousand_documents_page_through_list_documents(lambdas: tuple[Any, Any, Any]) -> None:
