@@ -17,7 +17,7 @@ order so that a load spike on this shared machine hits all three alike:
    embedding service + the same search. ``embed_http`` times that HTTP call alone, which splits the hops.
 3. **product**: ``search`` sent on the gateway's WebSocket with the CLI's client (shared/client/ws_client.py)
    until its ``search_result`` arrives: gateway -> Invoke (SigV4) -> chat function -> embedding service ->
-   LanceDB -> @connections (SigV4) -> gateway -> client.
+   LanceDB -> its return value (search is a two-way route: the Invoke's answer) -> gateway -> client.
 
 It reports p50/p99 of each and the added milliseconds, product - bare (target: at most 5 ms at p50), and
 checks that the product found the same chunks as bare. Last, the embedding service's batching under

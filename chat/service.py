@@ -14,7 +14,6 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from chat.coalesce import TokenCoalescer
 from chat.followup import retrieval_query
 from chat.intent import Intent, classify
 from chat.prompts import (
@@ -29,6 +28,7 @@ from chat.prompts import (
 )
 from chat.settings import Settings
 from shared.bedrock import StreamDone, TextDelta
+from shared.coalesce import TokenCoalescer
 from shared.errors import InvalidRequest, RagError, UnknownConversation
 from shared.identity import Principal
 from shared.logs import record_metric
@@ -270,7 +270,7 @@ class ChatService:
         emit(StreamStart(request_id=req.request_id, conversation_id=conversation_id, sources=retrieval.sources))
         t_llm = time.perf_counter()
         parts: list[str] = []
-        # Tokens are coalesced into token frames (chat/coalesce.py): the first goes out at once.
+        # Tokens are coalesced into token frames (shared/coalesce.py): the first goes out at once.
         coalescer = TokenCoalescer(self.settings.token_flush_ms, self.settings.token_flush_bytes)
         index = 0
         first_token_ms: float | None = None

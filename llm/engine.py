@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from shared.aws_http import AwsError, Throttling, ValidationError
-from shared.sentences import TAIL_CHARS, ends_sentence
+from shared.coalesce import TokenCoalescer
 
 log = logging.getLogger(__name__)
 
@@ -505,28 +505,20 @@ class Generation:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening any more
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        # Text is handed over at most every stream_flush_s (the first at once): each handover wakes the
-        # event loop, and every wakeup on a machine whose cores all run llama.cpp costs generation speed.
-        # Text that ends a sentence goes at once too (shared/sentences.py): an answer's last words then leave
-        # when generated, not one token later with the end of the generation.
-        flush_s = self.engine.stream_flush_s
-        held: list[str] = []
-        last_sent = -float("inf")
-        tail = ""
+        # Text is handed over as the chat function posts it (shared/coalesce.py: the first at once, then every
+        # stream_flush_s or where a sentence ends): each handover wakes the event loop, and every wakeup on a
+        # machine whose cores all run llama.cpp costs generation speed.
+        coalescer = TokenCoalescer(self.engine.stream_flush_s * 1000, clock=time.monotonic)
 
         def emit(item: _Item) -> None:
-            nonlocal last_sent, tail
             if isinstance(item, str):
-                held.append(item)
-                tail = (tail + item)[-TAIL_CHARS:]
-                now = time.monotonic()
-                if now - last_sent < flush_s and not ends_sentence(tail):
-                    return
-                item, last_sent = "".join(held), now
-                held.clear()
-            elif held:
-                send("".join(held))
-                held.clear()
+                text = coalescer.add(item)
+                if text:
+                    send(text)
+                return
+            rest = coalescer.flush()
+            if rest:
+                send(rest)
             send(item)
 
         with self.engine._thread_lock:

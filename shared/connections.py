@@ -42,6 +42,15 @@ def reply_too_large(size: int) -> RagError:
 _GONE_MEMORY = 1024
 
 
+def encoded(message: BaseModel) -> bytes:
+    """``message`` as sent to a client (a post's Data, or a two-way route's body): reply_too_large over the
+    128 KB a WebSocket message may carry."""
+    data = encode(message)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise reply_too_large(len(data))
+    return data
+
+
 class Connections:
     """post_to_connection with one cached client per endpoint.
 
@@ -98,10 +107,7 @@ class Connections:
         GoneException (410) is final: botocore's retry policy does not retry it, and the connection is
         remembered as gone, so later posts to it raise ConnectionGone without calling the API again.
         Throttling (429 LimitExceededException) and 5xx are retried by the client's 'standard' policy."""
-        data = encode(message)
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise reply_too_large(len(data))
-        self.post_data(event, data)
+        self.post_data(event, encoded(message))
 
     def post_data(self, event: WebSocketEvent, data: bytes) -> None:
         """``post`` of a message already encoded (and within MAX_MESSAGE_BYTES)."""

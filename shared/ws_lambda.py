@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.connections import ConnectionGone, Connections, reply_too_large
+from shared.connections import ConnectionGone, Connections, encoded
 from shared.errors import RagError
 from shared.events import WebSocketEvent
 from shared.identity import MissingIdentity, Principal
@@ -27,13 +27,11 @@ from shared.logs import bound, error_where
 from shared.protocol import (
     ACTIONS,
     CLIENT_REQUEST,
-    MAX_MESSAGE_BYTES,
     ClientRequest,
     ErrorCode,
     FunctionName,
     actions_of,
     describe_validation_error,
-    encode,
     error,
     request_id_of,
     two_way_routes,
@@ -173,9 +171,7 @@ class WebSocketLambda:
             if ctx.route_key not in self.two_way:
                 self.connections.post(event, message)
                 return
-            data = encode(message)
-            if len(data) > MAX_MESSAGE_BYTES:
-                raise reply_too_large(len(data))
+            data = encoded(message)
             if held:
                 self.connections.post_data(event, held.pop())
             held.append(data)

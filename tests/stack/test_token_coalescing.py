@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from shared.sentences import ends_sentence
+from shared.coalesce import ends_sentence
 from shared.stack import Stack
 from tests.conftest import TIMEOUT_FACTOR, StackFactory, WsClient
 from tests.stack.test_e2e import VOLCANO

@@ -1,4 +1,4 @@
-"""Token coalescing (chat/coalesce.py): the first text goes out at once, then text is gathered until
+"""Token coalescing (shared/coalesce.py): the first text goes out at once, then text is gathered until
 RAG_TOKEN_FLUSH_MS have passed since the last post or RAG_TOKEN_FLUSH_BYTES are gathered or a sentence ends,
 and the rest at the end; and the chat service posts token frames that way, every token's text once, in
 order. A fake clock: no wall-clock assertion."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chat.coalesce import TokenCoalescer
+from shared.coalesce import TokenCoalescer
 
 
 class Clock:
@@ -81,7 +81,7 @@ def test_tokens_are_posted_when_flush_bytes_are_gathered() -> None:
     ],
 )
 def test_where_a_sentence_ends(tail: str, ends: bool) -> None:
-    from shared.sentences import ends_sentence
+    from shared.coalesce import ends_sentence
 
     assert ends_sentence(tail) is ends
 

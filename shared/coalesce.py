@@ -1,16 +1,19 @@
-"""Token coalescing: which generated text goes out in which ``token`` frame.
+"""Coalescing streamed text: which generated text goes out together.
 
-Each frame is one @connections post: an HTTP round trip from the chat function to the gateway (SigV4-signed)
-and, on AWS, one billed API Gateway message. Posting every token costs a round trip per token in the loop
-that reads the model's stream, and the CPU it takes is taken from generation when they share the cores.
+Two places hold an answer's text back, with one policy: the LLM service, handing text to its ConverseStream
+response (``LLM_STREAM_FLUSH_MS``: each hand-over wakes its event loop, the chat function and the gateway
+while llama.cpp uses every core), and the chat function, posting ``token`` frames (``RAG_TOKEN_FLUSH_MS``,
+``RAG_TOKEN_FLUSH_BYTES``: each frame is an @connections post, an HTTP round trip to the gateway and, on AWS,
+one billed API Gateway message).
 
-The policy (``RAG_TOKEN_FLUSH_MS``, ``RAG_TOKEN_FLUSH_BYTES``):
+The policy:
 
 * the first text of an answer goes out at once: coalescing never delays the time to first token;
 * after that, text is gathered and goes out when ``flush_ms`` have passed since the last post, or when
-  ``flush_bytes`` (UTF-8) are gathered, or when it ends a sentence (``shared/sentences.py``: an answer's
-  last words then go out as they come, not with the end of the stream, which is known one token later),
-  whichever comes first;
+  ``flush_bytes`` (UTF-8) are gathered, or when it ends a sentence (``ends_sentence``), whichever comes
+  first. An answer usually ends with a sentence, and the end of the stream is known only once the model has
+  evaluated its last token and sampled the end-of-generation one: without the sentence rule, a short
+  answer's last words reached the client one token's evaluation later than they were generated;
 * what is left goes out when the stream ends.
 
 The policy is checked as text arrives (no timer thread): gathered text waits at most one token past
@@ -19,16 +22,30 @@ The policy is checked as text arrives (no timer thread): gathered text waits at 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
-from shared.sentences import TAIL_CHARS, ends_sentence
+# What may follow the punctuation: closing quotes, brackets, Markdown emphasis.
+_CLOSERS = "\"')]}*_\u201d\u2019\u00bb"
+_ENDS = ".!?\u3002\uff01\uff1f"
+TAIL_CHARS = 8  # how much of the text seen so far ``ends_sentence`` needs
+
+
+def ends_sentence(tail: str) -> bool:
+    """Whether text ending in ``tail`` (its last TAIL_CHARS characters or more) ends a sentence: ``.``, ``!``
+    or ``?`` (or their CJK forms) after a letter or a closer, not after a digit ("1." of a list, "1.2") or a
+    space, optionally followed by closers. Whitespace after it does not count: that goes with the next text."""
+    t = tail.rstrip(_CLOSERS)
+    return len(t) >= 2 and t[-1] in _ENDS and not t[-2].isdigit() and not t[-2].isspace()
 
 
 class TokenCoalescer:
     """Feed it text as it is generated; it says what to post now."""
 
-    def __init__(self, flush_ms: float, flush_bytes: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, flush_ms: float, flush_bytes: int = sys.maxsize, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.flush_s = flush_ms / 1000
         self.flush_bytes = flush_bytes
         self.clock = clock
