@@ -268,7 +268,7 @@ class VectorStore:
         # counted by the commit itself (no extra scan, and exact even with a concurrent writer).
         before = int(result.num_updated_rows) + int(result.num_deleted_rows)
         log.debug("replace_document %s: %d rows written, %d before: %s", doc_id, len(rows), before, result)
-        self.full_text_index.after_write(table, len(rows))
+        self._after_fts_write(table, len(rows))
         self.freshness.after_write(table, tenant)
         self._after_chunks_write(len(rows))
         return len(rows), before
@@ -304,7 +304,7 @@ class VectorStore:
             .when_not_matched_by_source_delete(where)
             .execute(pa.Table.from_pylist(payload, schema=table.schema))
         )
-        self.full_text_index.after_write(table, len(payload))
+        self._after_fts_write(table, len(payload))
         self.freshness.after_write(table, tenant)
         self._after_chunks_write(len(payload))
         return {d: (len(rows), before[d]) for d, rows in docs.items()}
@@ -380,6 +380,12 @@ class VectorStore:
     def wait_for_upkeep(self, timeout: float) -> bool:
         """Wait for the background index upkeep to finish what is queued; whether it did in ``timeout`` s."""
         return self.upkeep.wait_idle(timeout)
+
+    def _after_fts_write(self, table: Any, rows: int) -> None:
+        """After a write of ``rows`` chunks: let the background upkeep fold them into the full-text index when
+        this process's writes say it may be due (FullTextIndex.fold)."""
+        if self.full_text_index.due(rows):
+            self.upkeep.submit("chunks.fts", lambda: self.full_text_index.fold(table))
 
     def _after_chunks_write(self, rows: int) -> None:
         """After a write of ``rows`` chunks: let the background upkeep create, fold or retrain the vector

@@ -20,6 +20,7 @@ from shared.identity import DEFAULT_TENANT
 from shared.protocol import SearchMode, Source
 from shared.vector_store import ChunkRow, FullTextSearchFailed, SearchHits, VectorStore, rrf_fuse
 from tests.support.embedder import InProcessEmbedder
+from tests.support.timeouts import scaled
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -173,7 +174,9 @@ def test_writes_fold_new_rows_into_the_index(tmp_path: Path, embedder: InProcess
     s.replace_document("a", [row("a", t, v, i) for i, (t, v) in enumerate(zip(texts, vecs, strict=True))], tenant=T)
     assert s.unindexed_rows() == 3  # below the threshold: searched by the flat scan
     s.replace_document("b", [row("b", t, v, i) for i, (t, v) in enumerate(zip(texts, vecs, strict=True))], tenant=T)
-    assert s.unindexed_rows() == 0  # 6 >= 4: folded into the index by the write
+    # 6 >= 4: the write has the background upkeep fold them into the index
+    assert s.wait_for_upkeep(scaled(60))
+    assert s.unindexed_rows() == 0
     assert len(search(s, embedder, "lighthouse keepers", "fts")) == 6
 
 
