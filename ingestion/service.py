@@ -418,7 +418,7 @@ class IngestionService:
                 )
                 for n, ((c, meta), v) in enumerate(zip(job.chunks, vecs, strict=True))
             ]
-        with stage("chunks_commit"):  # (with the full-text index upkeep the write may trigger)
+        with stage("chunks_commit"):  # (index upkeep it makes due runs in the background)
             if len(rows) == 1:
                 ((doc_id, doc_rows),) = rows.items()
                 counts = {doc_id: self.store.replace_document(doc_id, doc_rows, tenant=tenant)}
