@@ -593,6 +593,7 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
     variants: list[tuple[float, int]] = [(chat_defaults.token_flush_ms, chat_defaults.token_flush_bytes)]
     if args.per_token:
         variants.append((0.0, chat_defaults.token_flush_bytes))
+    variants += [(float(ms), chat_defaults.token_flush_bytes) for ms in args.flush_ms]
     turns: list[Turn] = []
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
         print(f"model {model.name}, {threads} threads; starting the stack ...", flush=True)
@@ -672,6 +673,10 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument(
         "--per-token", action=argparse.BooleanOptionalAction, default=True,
         help="also measure the product posting one message per token (RAG_TOKEN_FLUSH_MS=0)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--flush-ms", type=float, nargs="*", default=[], metavar="MS",
+        help="also measure the product with these RAG_TOKEN_FLUSH_MS values (the chat function's frame interval)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     # SIGTERM (e.g. timeout) as an exception, so that the speed run's finally stops the stack it started.
