@@ -725,12 +725,45 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc.strerror} (is the stack already running?)", file=sys.stderr)
         return 1
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # While starting, SIGTERM as Ctrl-C is: an exception, so that start() stops what it has started (by
+    # default SIGTERM would end this process at once and leave the services running).
+    signal.signal(signal.SIGTERM, interrupted)
     print("starting gateway, api, authorizer, ingestion, chat, embedding and llm ...", flush=True)
     try:
         stack.start(args.log_dir)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130  # (start() stopped the services it had started)
+    try:
+        return _serve(stack, cfg, key, no_restart=args.no_restart)
+    except KeyboardInterrupt:  # a signal in the moment before _serve's handlers were in place
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the stop short and leave services running: they are stopped (each
+        # within 10 s, then killed) whatever comes now.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping ...", flush=True)
+        stack.stop()
+
+
+def _serve(stack: Stack, cfg: StackConfig, key: str | None, *, no_restart: bool) -> int:
+    """Say where the started stack is, then supervise it until SIGINT or SIGTERM (the caller stops it)."""
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # Before anything is printed: a client that acts on "ready" (a test, a script) may signal at once.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     print(f"\nready: {stack.ws_url}\n  try: localrag ask 'What is in my documents?' --url {stack.ws_url}", flush=True)
     print(
         f"  kinesis: put records to stream {stack.stream_name} at {stack.kinesis_url} "
@@ -748,23 +781,11 @@ def main(argv: list[str] | None = None) -> int:
             "(not printed: stdout is not a terminal)\n",
             flush=True,
         )
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    supervisor = Supervisor(stack, restart=not args.no_restart)
-    try:
-        while not stopping:
-            if not supervisor.check():
-                return 1
-            time.sleep(0.5)
-    finally:
-        print("stopping ...", flush=True)
-        stack.stop()
+    supervisor = Supervisor(stack, restart=not no_restart)
+    while not stopping:
+        if not supervisor.check():
+            return 1
+        time.sleep(0.5)
     return 0
 
 

@@ -383,9 +383,34 @@ def run_make_up(data: Path, model: Path, log_dir: Path, *, terminal: bool, auth_
         assert match, text
         return text, match.group(1)
     finally:
+        services = children(proc.pid)
         proc.send_signal(signal.SIGINT)
         proc.wait(scaled(60))
         os.close(master)
+        # Ctrl-C stops the services too, even sent the moment "ready" is printed (the launcher's handlers
+        # used to be installed after it printed; a signal in between left every service running).
+        assert services and not [pid for pid in services if alive(pid)], services
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_make_up_creates_a_private_local_key_and_prints_the_chat_url_to_the_terminal_only(
@@ -409,6 +434,33 @@ def test_make_up_creates_a_private_local_key_and_prints_the_chat_url_to_the_term
     assert key not in text and "/ui/" in text, text
     for log in logs.rglob("*.log"):
         assert key not in log.read_text(errors="replace"), log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_make_up_stopped_while_starting_leaves_no_service_running(
+    tmp_path: Path, tiny_gguf: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM (or Ctrl-C) while the services start: the launcher stops those it started and exits 130 (by
+    default SIGTERM ended it at once, the services running on)."""
+    env = {**os.environ, "LLM_MODEL_PATH": str(tiny_gguf), "PYTHONUNBUFFERED": "1"}
+    log_dir = ARTIFACTS / "logs" / "make-up" / f"stopped-{sig.name}"
+    cmd = [sys.executable, "-m", "shared.stack", "--any-ports", "--data-dir", str(tmp_path), "--log-dir", str(log_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + scaled(120)
+        while len(children(proc.pid)) < 9:  # every service launched, none healthy yet (they take seconds)
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        services = children(proc.pid)
+        proc.send_signal(sig)
+        assert proc.wait(scaled(60)) == 130
+        assert not [pid for pid in services if alive(pid)], services
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_make_up_with_auth_off_warns_and_makes_no_key(tmp_path: Path, tiny_gguf: Path) -> None:
