@@ -10,7 +10,7 @@ from typing import Any
 from lancedb.index import FTS
 
 from shared.vector_store.schema import CHUNKS_TABLE
-from shared.vector_store.upkeep import optimize_table
+from shared.vector_store.upkeep import WriteCounter, optimize_table, unindexed_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,10 @@ class FullTextIndex:
         self.enabled = enabled
         self.reindex_rows = reindex_rows
         self.name: str | None = None
-        self._lock = threading.Lock()
         self._optimize_lock = threading.Lock()
         # Unindexed rows as far as this process knows (its own writes since it last read the index
         # statistics); starts at the threshold so that the first write looks at the real number.
-        self._written = reindex_rows
+        self._written = WriteCounter(reindex_rows)
 
     def open(self, table: Any) -> None:
         """Find or create the index on a freshly opened chunks table (when enabled)."""
@@ -78,10 +77,7 @@ class FullTextIndex:
 
     def unindexed_rows(self, table: Any) -> int:
         """Rows not yet in the full-text index (searched by a flat scan until the next optimize)."""
-        if self.name is None:
-            return 0
-        stats = table.index_stats(self.name)
-        return int(stats.num_unindexed_rows) if stats is not None else 0
+        return unindexed_rows(table, self.name)
 
     def optimize(self, table: Any, attempts: int = 3) -> None:
         """Fold new rows into the full-text index and compact small files (LanceDB Table.optimize).
@@ -99,11 +95,7 @@ class FullTextIndex:
     def due(self, rows: int) -> bool:
         """Count ``rows`` more written by this process; whether it is time to look at the index (its own
         count of unindexed rows reached reindex_rows, or this is its first write). Then ``fold``."""
-        if self.name is None or self.reindex_rows <= 0:
-            return False
-        with self._lock:
-            self._written += rows
-            return self._written >= self.reindex_rows
+        return self.name is not None and self._written.add(rows)
 
     def fold(self, table: Any) -> None:
         """Keep the flat-scanned tail of the full-text index short: every unindexed row costs each
@@ -114,14 +106,15 @@ class FullTextIndex:
         (bench-kinesis). The index statistics (~10 ms) are read here, not after every write."""
         if not self._optimize_lock.acquire(blocking=False):
             return  # another thread is optimizing right now
+        self._written.take()
         try:
             unindexed = self.unindexed_rows(table)
             if unindexed >= self.reindex_rows:
                 self._optimize(table, attempts=3)
-                unindexed = 0
-            with self._lock:
-                self._written = unindexed
+            else:
+                self._written.credit(unindexed)
         except Exception as exc:  # best effort: the rows stay searchable by the flat scan
+            self._written.credit(self.reindex_rows)  # the next write looks again
             log.warning("updating the full-text index failed (will retry after a later write): %s", type(exc).__name__)
         finally:
             self._optimize_lock.release()
