@@ -71,6 +71,8 @@ def test_one_correlation_id_from_the_gateway_to_the_bedrock_stand_ins(stack: Sta
     assert ingest_line["correlation_id"] != cid and ingest_line["connection_id"] == routed["connection_id"]
 
     # The chat function: its runtime's START/REPORT, Powertools' Lambda context, the client's request_id.
+    # REPORT is the invocation's last line, written after the reply went out: wait for it, then read them all.
+    wait_lines(stack, "chat", lambda x: x.get("correlation_id") == cid and x.get("phase") == "REPORT", "REPORT line")
     chat = wait_lines(stack, "chat", lambda x: x.get("correlation_id") == cid, "line of the chat invocation")
     phases = {x.get("phase") for x in chat}
     assert {"START", "END", "REPORT"} <= phases, phases
@@ -91,10 +93,16 @@ def test_one_correlation_id_from_the_gateway_to_the_bedrock_stand_ins(stack: Sta
     assert emf["SourcesKept"] in (len(end["sources"]), [float(len(end["sources"]))])
 
     # The Bedrock stand-ins got the id in X-Localrag-Correlation-Id and logged it.
-    embed = wait_lines(stack, "embedding", lambda x: x.get("correlation_id") == cid, "embedding request line")
-    assert any("/invoke" in x["message"] for x in embed), embed
-    llm = wait_lines(stack, "llm", lambda x: x.get("correlation_id") == cid, "LLM request line")
-    assert any("converse-stream" in x["message"] for x in llm), llm
+    # (Each writes its access line once the response is out, so each waits for its own line.)
+    wait_lines(
+        stack,
+        "embedding",
+        lambda x: x.get("correlation_id") == cid and "/invoke" in x["message"],
+        "embedding request line",
+    )
+    wait_lines(
+        stack, "llm", lambda x: x.get("correlation_id") == cid and "converse-stream" in x["message"], "LLM request line"
+    )
 
 
 def test_a_failing_invocation_is_logged_by_type_and_place_without_a_traceback(stack: Stack) -> None:
