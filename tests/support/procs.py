@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ __all__ = [
     "ROOT",
     "TIMEOUT_FACTOR",
     "Service",
+    "log_with",
     "port_of",
     "refusing_port",
     "reserve_port",
@@ -60,6 +62,20 @@ def start_service(
 
 def stop_service(svc: Process) -> None:
     svc.stop()
+
+
+def log_with(svc: Process, text: str, timeout: float = 30.0) -> str:
+    """The service's log once it contains ``text``. A request's access line is written when its handler
+    returns, which for a streamed response is after the client has read it: a test that reads the log right
+    after the response waits for the line rather than racing it."""
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        log = svc.log()
+        if text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the {svc.name} log after {scaled(timeout):.0f} s")
+        time.sleep(0.05)
 
 
 def reserve_port(host: str = "127.0.0.1") -> socket.socket:
