@@ -247,7 +247,11 @@ TARGET_TTFT_RATIO = 1.05  # issue 12: product time to first token <= 1.05x bare
 class Turn:
     """One answer's timing. ``ttft_ms``: from sending the question (product: the chat message on the
     WebSocket; bare: create_chat_completion) to the first text. ``tokens_per_s``: output tokens after the
-    first over the time from the first text to the last."""
+    first over the time from the first text to the answer's end as each side learns it: the product's last
+    token frame (the chat function flushes what it holds when the model's end event comes) and bare's end of
+    the stream (its finish_reason chunk, before llama-cpp-python saves the state to its cache). Both come after
+    the decode in which the model samples its end of turn; bare's last text comes one decode earlier (measured
+    to it, bare had one decode less than the product in every answer that ended by itself)."""
 
     side: str  # "product" or "bare"
     variant: str  # the product's token coalescing, e.g. "flush 50 ms / 1024 B"; "" for bare
@@ -261,6 +265,8 @@ class Turn:
     text: str
     timings_ms: dict[str, float] | None = None  # product: the chat function's stream_end timings
     input_tokens: int = 0
+    # To the last text instead of the answer's end (bare: one decode earlier; product: the same, its last frame).
+    tokens_per_s_last_text: float = 0.0
 
 
 def _rate(n: int, first: float, last: float) -> float:
@@ -333,6 +339,7 @@ async def _product_chat(ws: Any, question: str, conversation_id: str | None, req
             return {
                 "ttft_ms": (first - t0) * 1000,
                 "tokens_per_s": _rate(n, first, last),
+                "tokens_per_s_last_text": _rate(n, first, last),
                 "output_tokens": n,
                 "input_tokens": int(usage.get("input_tokens", 0)),
                 "frames": frames,
@@ -447,19 +454,37 @@ def _bare_turn(
     llama: Any, messages: list[dict[str, str]], sampling: dict[str, Any], rnd: int, conversation: int, turn: int
 ) -> Turn:
     t0 = time.perf_counter()
-    first = last = None
+    first = done = last = None
     parts = []
     stream: Any = llama.create_chat_completion(messages=messages, stream=True, **sampling)
     for chunk in stream:
-        piece = chunk["choices"][0]["delta"].get("content")
+        choice = chunk["choices"][0]
+        piece = choice["delta"].get("content")
         if piece:
             last = time.perf_counter()
             first = first or last
             parts.append(piece)
+        if choice.get("finish_reason") and done is None:
+            # The answer's end: llama-cpp-python yields it once the end of turn is sampled, and saves the
+            # evaluated state to its cache only after (the LLM service, too, ends its response before that).
+            done = time.perf_counter()
     end = time.perf_counter()
-    first, last = first or end, last or end
+    done = done or end
+    first = first or done
     n = len(parts)
-    return Turn("bare", "", rnd, conversation, turn, (first - t0) * 1000, _rate(n, first, last), n, n, "".join(parts))
+    return Turn(
+        "bare",
+        "",
+        rnd,
+        conversation,
+        turn,
+        (first - t0) * 1000,
+        _rate(n, first, done),
+        n,
+        n,
+        "".join(parts),
+        tokens_per_s_last_text=_rate(n, first, last or done),
+    )
 
 
 def _med(values: list[float]) -> float:
@@ -534,6 +559,7 @@ def _paired(product: list[Turn], bare: list[Turn]) -> dict[str, float]:
     same = [(t, u) for t, u in pairs if t.text == u.text and t.output_tokens > 8]
     return {
         "tokens_per_s_same_text": ratio(same, "tokens_per_s"),
+        "tokens_per_s_same_text_to_last_text": ratio(same, "tokens_per_s_last_text"),
         "ttft_first_turn": ratio([(t, u) for t, u in pairs if t.turn == 1], "ttft_ms"),
         "ttft_follow_up": ratio([(t, u) for t, u in pairs if t.turn == 2], "ttft_ms"),
         "pairs": len(pairs),
@@ -555,6 +581,7 @@ def _print_speed(summary: dict[str, Any]) -> None:
             f"{'  per-turn ratio, median':34} {pr['tokens_per_s_same_text']:>7} {pr['ttft_first_turn']:>9} "
             f"{pr['ttft_follow_up']:>9}   ({pr['pairs_same_text']} of {pr['pairs']} turns with the same text)"
         )
+        print(f"{'  per-turn tok/s to the last text':34} {pr['tokens_per_s_same_text_to_last_text']:>7}")
         r = s["ratio"]
         print(
             f"{'  ratio product / bare':34} {r['tokens_per_s']:>7} {r['ttft_first_turn']:>9} {r['ttft_follow_up']:>9}"
