@@ -25,7 +25,7 @@ A conversation's turns are serialized across processes by a claim on its last ro
 user and assistant alternating.
 """
 
-from shared.vector_store.fulltext import FTS_COLUMN, FTS_REINDEX_ROWS, FullTextIndex
+from shared.vector_store.fulltext import FTS_COLUMN, FTS_FOLD_COMMITS, FTS_REINDEX_ROWS, FullTextIndex
 from shared.vector_store.schema import (
     CHUNKS_TABLE,
     MESSAGES_SCHEMA,
@@ -59,6 +59,7 @@ from shared.vector_store.vector_index import VECTOR_INDEX_NAME, VectorIndexPolic
 __all__ = [
     "CHUNKS_TABLE",
     "FTS_COLUMN",
+    "FTS_FOLD_COMMITS",
     "FTS_REINDEX_ROWS",
     "HYBRID_CANDIDATES",
     "MESSAGES_SCHEMA",

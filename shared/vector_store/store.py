@@ -28,7 +28,7 @@ from lancedb.index import Bitmap, BTree
 from shared.protocol import SearchMode
 from shared.timing import iso_utc
 from shared.vector_store.freshness import Freshness, open_markers
-from shared.vector_store.fulltext import FTS_REINDEX_ROWS, FullTextIndex
+from shared.vector_store.fulltext import FTS_FOLD_COMMITS, FTS_REINDEX_ROWS, FullTextIndex
 from shared.vector_store.leases import LEASES_SCHEMA, LEASES_TABLE, DocumentLeases, has_primary_key
 from shared.vector_store.schema import (
     ANCHOR_ROLE,
@@ -131,6 +131,7 @@ class VectorStore:
         storage_options: dict[str, str] | None = None,
         full_text: bool = True,
         fts_reindex_rows: int = FTS_REINDEX_ROWS,
+        fts_fold_commits: int = FTS_FOLD_COMMITS,
         vector_index: VectorIndexPolicy | None = None,
         messages_fold_rows: int = MESSAGES_FOLD_ROWS,
         read_consistency_s: float = 0.0,
@@ -139,7 +140,9 @@ class VectorStore:
         self.dimension = dimension
         self.model_id = model_id
         # full_text: keep a native full-text (BM25) index on the chunk text, for the fts and hybrid modes.
-        self.full_text_index = FullTextIndex(enabled=full_text, reindex_rows=fts_reindex_rows)
+        self.full_text_index = FullTextIndex(
+            enabled=full_text, reindex_rows=fts_reindex_rows, fold_commits=fts_fold_commits
+        )
         # vector_index: when the ANN index on the chunk vectors is built, folded, retrained, searched.
         self.vector_index = VectorIndex(
             vector_index or VectorIndexPolicy(), dimension=dimension, lease=self._held_index_lease

@@ -180,6 +180,24 @@ def test_writes_fold_new_rows_into_the_index(tmp_path: Path, embedder: InProcess
     assert len(search(s, embedder, "lighthouse keepers", "fts")) == 6
 
 
+def test_many_small_commits_are_folded_and_their_files_compacted(tmp_path: Path, embedder: InProcessEmbedder) -> None:
+    """A stream of one-chunk writes (Kinesis) is folded after fold_commits commits, however few rows: the
+    small files the commits left are compacted (every commit and query reads each of them)."""
+    s = new_store(tmp_path / "db", fts_reindex_rows=10_000, fts_fold_commits=4)
+    texts = [f"Note {i} about lighthouses and their keepers." for i in range(4)]
+    vecs = embedder.embed_documents(texts)
+    for i in range(3):
+        s.replace_document(f"d{i}", [row(f"d{i}", texts[i], vecs[i])], tenant=T)
+        assert s.wait_for_upkeep(scaled(60))
+    stats = s.chunks().stats()
+    assert s.unindexed_rows() == 3 and stats["fragment_stats"]["num_small_fragments"] >= 3  # not yet
+    s.replace_document("d3", [row("d3", texts[3], vecs[3])], tenant=T)  # the fourth commit
+    assert s.wait_for_upkeep(scaled(60))
+    stats = s.chunks().stats()
+    assert s.unindexed_rows() == 0 and stats["fragment_stats"]["num_fragments"] == 1, stats
+    assert len(search(s, embedder, "lighthouse keepers", "fts")) == 4
+
+
 def test_bulk_replace_documents(tmp_path: Path, embedder: InProcessEmbedder) -> None:
     s = new_store(tmp_path / "db")
     v = embedder.embed_documents(["alpha beta", "gamma delta", "epsilon"])
