@@ -24,11 +24,8 @@ FTS_REINDEX_ROWS = 256
 # Every commit leaves at least one small file (fragment), which every later commit and query of the table
 # reads: a stream of one-document writes (Kinesis) made 256 of them between row-count folds, the commit
 # growing from ~24 to ~55 ms. So a fold also comes after this many commits by this process, however few
-# rows they held (LanceDB's own advice: optimize after ~20 data modifications) ...
+# rows they held, at most upkeep.FOLD_DUTY of the time (WriteCounter).
 FTS_FOLD_COMMITS = 32
-# ... but such commit-count folds keep to this share of the time: the next one waits for nine times the last
-# one's duration (a fold at a million rows takes seconds, and should not run back to back).
-FOLD_DUTY = 0.1
 
 
 def fts_index_name(table: Any) -> str | None:
@@ -51,7 +48,7 @@ def ensure_fts_index(table: Any) -> str | None:
     try:
         table.create_index(FTS_COLUMN, config=FTS(), replace=False)
     except Exception as exc:  # a concurrent creator, or a store that refuses: re-check, else no FTS
-        log.debug("creating the full-text index failed: %s", exc)
+        log.debug("creating the full-text index failed: %s", type(exc).__name__)
     name = fts_index_name(table)
     if name is None:
         log.warning("no full-text index on %s.%s: fts/hybrid search fall back to vector", CHUNKS_TABLE, FTS_COLUMN)
@@ -64,7 +61,7 @@ class FullTextIndex:
     ``enabled``: keep the index at all (for the fts and hybrid modes). ``reindex_rows``: fold the
     unindexed rows into the index once a write leaves at least this many (0: never on a write).
     ``fold_commits``: fold (and so compact the table's small files) after this many commits by this
-    process however few rows they held, at most FOLD_DUTY of the time (0: by rows only).
+    process however few rows they held, at most upkeep.FOLD_DUTY of the time (0: by rows only).
     """
 
     def __init__(
@@ -76,12 +73,9 @@ class FullTextIndex:
         self.name: str | None = None
         self._optimize_lock = threading.Lock()
         # Unindexed rows as far as this process knows (its own writes since it last read the index
-        # statistics); starts at the threshold so that the first write looks at the real number.
-        self._written = WriteCounter(reindex_rows)
-        # Commits by this process since its last fold, and when the next commit-count fold may start.
-        self._commit_lock = threading.Lock()
-        self._commits = 0
-        self._commit_fold_at = 0.0
+        # statistics; starts at the threshold so that the first write looks at the real number), and its
+        # commits since its last fold.
+        self._written = WriteCounter(reindex_rows, commits=fold_commits)
 
     def open(self, table: Any) -> None:
         """Find or create the index on a freshly opened chunks table (when enabled)."""
@@ -115,16 +109,7 @@ class FullTextIndex:
         """Count one more commit of ``rows`` by this process; whether it is time to look at the index (its
         own count of unindexed rows reached reindex_rows, or this is its first write) or to compact (its
         commits reached fold_commits). Then ``fold``."""
-        if self.name is None:
-            return False
-        by_rows = self._written.add(rows)
-        with self._commit_lock:
-            self._commits += 1
-            return self._many_commits() or by_rows
-
-    def _many_commits(self) -> bool:
-        """(under _commit_lock) Whether a commit-count fold is due: enough commits, and FOLD_DUTY kept."""
-        return 0 < self.fold_commits <= self._commits and time.monotonic() >= self._commit_fold_at
+        return self.name is not None and self._written.add(rows)
 
     def fold(self, table: Any) -> None:
         """Keep the flat-scanned tail of the full-text index short: every unindexed row costs each
@@ -135,25 +120,18 @@ class FullTextIndex:
         (bench-kinesis). The index statistics (~10 ms) are read here, not after every write."""
         if not self._optimize_lock.acquire(blocking=False):
             return  # another thread is optimizing right now
-        self._written.take()
-        with self._commit_lock:
-            many, commits, self._commits = self._many_commits(), self._commits, 0
+        many, commits = self._written.take()
         try:
             if not many:
                 unindexed = self.unindexed_rows(table)
                 if unindexed < self.reindex_rows:
-                    self._written.credit(unindexed)
-                    with self._commit_lock:
-                        self._commits += commits  # they still count toward a commit-count fold
+                    self._written.credit(unindexed, commits)  # they still count toward a commit-count fold
                     return
             started = time.monotonic()
             self._optimize(table, attempts=3)
-            with self._commit_lock:
-                self._commit_fold_at = time.monotonic() + (time.monotonic() - started) * (1 / FOLD_DUTY - 1)
+            self._written.folded(time.monotonic() - started)
         except Exception as exc:  # best effort: the rows stay searchable by the flat scan
-            self._written.credit(self.reindex_rows)  # the next write looks again
-            with self._commit_lock:
-                self._commits += commits
+            self._written.credit(self.reindex_rows, commits)  # the next write looks again
             log.warning("updating the full-text index failed (will retry after a later write): %s", type(exc).__name__)
         finally:
             self._optimize_lock.release()

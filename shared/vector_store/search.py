@@ -105,7 +105,7 @@ def fts_hits(table: Any, vector: Sequence[float], text: str, limit: int, where: 
             .to_list()
         )
     except Exception as exc:
-        log.warning("full-text search failed: %s", exc)
+        log.warning("full-text search failed: %s", type(exc).__name__)
         raise FullTextSearchFailed("full-text search failed (see the service log)") from exc
     exact_distances(rows, vector)
     return rows

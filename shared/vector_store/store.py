@@ -77,6 +77,10 @@ OPEN_ATTEMPTS = 5
 # them: history, claims and listings then scan at most this many unindexed rows (a few ms), and the
 # optimize (a second or so at 1M messages) runs in the background once per this many rows.
 MESSAGES_FOLD_ROWS = 2_000
+# ... or after this many commits (a turn makes two or three: its claim, its messages), however few rows:
+# each commit leaves a small file that every claim, commit and history read of the table then reads (300
+# turns unfolded: a turn's claim and commit 60 -> 358 ms). Such folds keep to upkeep.FOLD_DUTY of the time.
+MESSAGES_FOLD_COMMITS = 32
 # The cross-process lease that one vector-index builder at a time holds (leases.py: a reserved key, not
 # a tenant's document), and for how long (renewed every third of it while the build runs).
 INDEX_LEASE_TENANT = "0-localrag-upkeep"
@@ -116,7 +120,8 @@ def ensure_scalar_indexes(table: Any, indexes: Mapping[str, Any]) -> None:
         try:
             table.create_index(column, config=config, replace=False)
         except Exception as exc:
-            log.debug("creating the %s index on %s.%s failed: %s", type(config).__name__, table.name, column, exc)
+            kind, error = type(config).__name__, type(exc).__name__
+            log.debug("creating the %s index on %s.%s failed: %s", kind, table.name, column, error)
 
 
 class VectorStore:
@@ -134,6 +139,7 @@ class VectorStore:
         fts_fold_commits: int = FTS_FOLD_COMMITS,
         vector_index: VectorIndexPolicy | None = None,
         messages_fold_rows: int = MESSAGES_FOLD_ROWS,
+        messages_fold_commits: int = MESSAGES_FOLD_COMMITS,
         read_consistency_s: float = 0.0,
     ) -> None:
         self.uri = uri
@@ -149,7 +155,7 @@ class VectorStore:
         )
         # Index upkeep after writes runs on this store's background thread (the write does not wait).
         self.upkeep = Upkeep(uri.rstrip("/").rsplit("/", 1)[-1] or "store")
-        self._messages_written = WriteCounter(messages_fold_rows)
+        self._messages_written = WriteCounter(messages_fold_rows, commits=messages_fold_commits)
         # Messages and leases: always the latest version (turn claims and leases read-modify-write them).
         self.db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options or None)
         # Chunks: at most read_consistency_s seconds stale (inf: never re-checked), except that a tenant sees

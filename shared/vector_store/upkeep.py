@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # Table.optimize is retried this many times when a concurrent write preempts its commit.
 OPTIMIZE_ATTEMPTS = 3
+# Folds a WriteCounter calls for by its commit count take at most this share of the time.
+FOLD_DUTY = 0.1
 
 
 def optimize_table(table: Any, attempts: int = OPTIMIZE_ATTEMPTS) -> None:
@@ -33,7 +35,7 @@ def optimize_table(table: Any, attempts: int = OPTIMIZE_ATTEMPTS) -> None:
         except Exception as exc:
             if attempt == attempts or "retryable" not in str(exc).lower():
                 raise
-            log.debug("optimize preempted by a concurrent write (attempt %d): %s", attempt, exc)
+            log.debug("optimize preempted by a concurrent write (attempt %d): %s", attempt, type(exc).__name__)
             time.sleep(0.05 * attempt)
     log.info("optimized %s in %.0f ms", table.name, timed_ms(t0))
 
@@ -59,32 +61,57 @@ def unindexed_rows(table: Any, name: str | None) -> int:
 class WriteCounter:
     """This process's count of rows written to a table since its indexes were last looked at: the index
     statistics (~10 ms, a few reads on S3) are read only once it reaches ``threshold``, not after every
-    write. Starts at the threshold, so that the first write looks at the real number."""
+    write. Starts at the threshold, so that the first write looks at the real number.
 
-    def __init__(self, threshold: int) -> None:
+    ``commits``: also due after this many writes (commits), however few rows they held (0: by rows only).
+    Every commit leaves at least one small file that every later commit and query of the table reads, so a
+    stream of small writes wants folds (which compact them) sooner than its rows say; LanceDB's own advice is
+    to optimize after ~20 data modifications. Such commit-count folds keep to ``duty`` of the time: after a
+    fold (``folded``), the next waits (1 / duty - 1) times its duration, so where a fold takes seconds (a
+    million rows) they cannot run back to back."""
+
+    def __init__(self, threshold: int, *, commits: int = 0, duty: float = FOLD_DUTY) -> None:
         self.threshold = threshold
+        self.commits = commits
+        self.duty = duty
         self._lock = threading.Lock()
         self._written = threshold
+        self._commits = 0
+        self._commit_fold_at = 0.0  # monotonic: no commit-count fold before
 
     def add(self, rows: int) -> bool:
-        """Count ``rows`` more; whether the threshold is reached (0 or less: never)."""
+        """Count one commit of ``rows`` more; whether a look is due (0 threshold or less: never)."""
         if self.threshold <= 0:
             return False
         with self._lock:
             self._written += rows
-            return self._written >= self.threshold
+            self._commits += 1
+            return self._written >= self.threshold or self._many_commits()
 
-    def take(self) -> int:
-        """An upkeep starts: the count so far is its business (returned); writes from now on count anew."""
+    def _many_commits(self) -> bool:
+        """(under _lock) Enough commits for a fold of their own, and the duty kept."""
+        return 0 < self.commits <= self._commits and time.monotonic() >= self._commit_fold_at
+
+    def take(self) -> tuple[bool, int]:
+        """An upkeep starts: the counts so far are its business; writes from now on count anew. Returns
+        whether the commits call for a fold whatever the rows, and the commits taken (for ``credit``)."""
         with self._lock:
-            taken, self._written = self._written, 0
-            return taken
+            many, commits = self._many_commits(), self._commits
+            self._written, self._commits = 0, 0
+            return many, commits
 
-    def credit(self, unindexed: int) -> None:
-        """The upkeep left ``unindexed`` rows outside the indexes: they count toward the next one (rows
-        written meanwhile may be counted twice: the next look comes early, never late)."""
+    def credit(self, unindexed: int, commits: int = 0) -> None:
+        """The upkeep left ``unindexed`` rows outside the indexes and did not fold the ``commits`` it took:
+        they count toward the next one (rows written meanwhile may be counted twice: the next look comes
+        early, never late)."""
         with self._lock:
             self._written += unindexed
+            self._commits += commits
+
+    def folded(self, seconds: float) -> None:
+        """A fold took ``seconds``: the next commit-count fold waits (1 / duty - 1) times as long."""
+        with self._lock:
+            self._commit_fold_at = time.monotonic() + seconds * (1 / self.duty - 1)
 
 
 class Upkeep:
@@ -133,7 +160,8 @@ class Upkeep:
             try:
                 job()
             except Exception as exc:  # best effort: the rows stay searchable by the flat scan
-                log.warning("index upkeep %r failed (tried again after a later write): %s", key, exc)
+                # (its type only: LanceDB's messages carry source paths, and no exception text is logged)
+                log.warning("index upkeep %r failed (tried again after a later write): %s", key, type(exc).__name__)
             finally:
                 with self._cv:
                     self._running = None
@@ -141,13 +169,21 @@ class Upkeep:
 
 
 def scalar_upkeep(table: Any, column: str, counter: WriteCounter, fold_rows: int) -> bool:
-    """Fold new rows into ``table``'s indexes when the index on ``column`` lacks at least ``fold_rows``
-    of them (one statistics read; one optimize at most). Whether it optimized."""
-    counter.take()
-    idx = index_named(table, column)
-    pending = unindexed_rows(table, idx.name if idx is not None else None)
-    if pending < fold_rows:
-        counter.credit(pending)
-        return False
-    optimize_table(table)
+    """Fold new rows into ``table``'s indexes (and compact its small files) when the index on ``column``
+    lacks at least ``fold_rows`` of them (one statistics read) or ``counter``'s commits call for it; one
+    optimize at most. Whether it optimized."""
+    many, commits = counter.take()
+    if not many:
+        idx = index_named(table, column)
+        pending = unindexed_rows(table, idx.name if idx is not None else None)
+        if pending < fold_rows:
+            counter.credit(pending, commits)
+            return False
+    started = time.monotonic()
+    try:
+        optimize_table(table)
+    except Exception:
+        counter.credit(fold_rows, commits)  # the next write looks again
+        raise
+    counter.folded(time.monotonic() - started)
     return True

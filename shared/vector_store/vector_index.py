@@ -259,14 +259,14 @@ class VectorIndex:
         except Exception as exc:  # another process created it first (without the lease): use theirs
             if replace or vector_index(table) is None:
                 raise
-            log.info("the vector index was created by another process (%s)", exc)
+            log.info("the vector index was created by another process (%s)", type(exc).__name__)
             return "none"
         stats = table.index_stats(VECTOR_INDEX_NAME)
         indexed = int(stats.num_indexed_rows) if stats is not None else rows
         try:
             table.update_field_metadata({"path": VECTOR_COLUMN, "metadata": {TRAINED_ROWS_KEY: str(indexed)}})
         except Exception as exc:  # the next upkeep falls back on the indexed row count
-            log.warning("recording the vector index's trained rows failed: %s", exc)
+            log.warning("recording the vector index's trained rows failed: %s", type(exc).__name__)
         log.info(
             "%s the %s vector index on %d rows (%d partitions) in %.0f ms",
             "retrained" if replace else "created",

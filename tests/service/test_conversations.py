@@ -83,8 +83,8 @@ class ScriptedLLM:
         yield StreamDone("end_turn", 5, 3)
 
 
-def make_service(uri: Path, llm: ScriptedLLM, lease_s: float = 30.0) -> ChatService:
-    store = VectorStore(str(uri), dimension=DIM, model_id="test", full_text=False)
+def make_service(uri: Path, llm: ScriptedLLM, lease_s: float = 30.0, store: VectorStore | None = None) -> ChatService:
+    store = store or VectorStore(str(uri), dimension=DIM, model_id="test", full_text=False)
     settings = Settings(intent_routing=False, search_mode="vector", max_distance=2.0)
     return ChatService(settings, embedder=Embedder(), store=store, llm=llm, turn_lease_s=lease_s)
 
@@ -444,3 +444,28 @@ def test_a_chat_process_killed_mid_answer_does_not_block_the_conversation(tmp_pa
     rows = stored(uri, cid)
     assert [r.content for r in rows[0::2]] == ["q0", "q1"]
     assert_serial(rows)
+
+
+# ---------------------------------------------------------------------------------------------- compaction
+
+
+def test_turns_small_commits_are_compacted_while_turns_go_on(tmp_path: Path) -> None:
+    """Each turn commits two or three small files (its claim, its messages); after messages_fold_commits
+    commits the background upkeep compacts them, however few rows they held (300 turns unfolded made a
+    turn's claim and commit 6x slower), while the turns go on and stay serial."""
+    uri = tmp_path / "db"
+    store = VectorStore(str(uri), dimension=DIM, model_id="test", full_text=False, messages_fold_commits=4)
+    svc = make_service(uri, ScriptedLLM(), store=store)
+    cid = chat(svc, "first")[0][-1].conversation_id  # the anchor with its claim, then the two messages
+    assert store.wait_for_upkeep(scaled(60))
+    chat(svc, "second", cid)  # the claim, then the messages: the fourth commit
+    assert store.wait_for_upkeep(scaled(60))
+    stats: Any = lancedb.connect(uri).open_table(MESSAGES_TABLE).stats()
+    assert stats["fragment_stats"]["num_fragments"] == 1, stats
+    for i in range(6):  # turns go on across the folds (two more commit-count folds are due meanwhile)
+        chat(svc, f"more {i}", cid)
+    assert store.wait_for_upkeep(scaled(60))
+    rows = stored(uri, cid)
+    assert_serial(rows)
+    assert len(rows) == 2 * 8
+    assert_table_clean(uri)

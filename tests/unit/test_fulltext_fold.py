@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import shared.vector_store.fulltext as fulltext
-from shared.vector_store.fulltext import FOLD_DUTY, FullTextIndex
+from shared.vector_store.fulltext import FullTextIndex
+from shared.vector_store.upkeep import FOLD_DUTY
 
 
 class Clock:
