@@ -27,6 +27,7 @@ help:
 	@echo "make bench-kinesis - put_record -> searchable p50/p99 through the local Kinesis pipeline, 10 records/s"
 	@echo "make bench-freshness - search latency, S3 requests and cost per query for RAG_READ_CONSISTENCY_S 0/1/10/never (moto)"
 	@echo "make bench-retrieval - search through the gateway vs bare embed + search in one process (added ms p50/p99)"
+	@echo "make bench-small-commits - one-chunk writes and chat turns: folds after 32 commits vs by rows only"
 	@echo "make bench-scale - vector search at 100k/1M chunks (product vs bare LanceDB, folder and S3), history over 1M messages"
 
 $(PY):
@@ -142,6 +143,12 @@ bench-kinesis: $(STAMP)
 .PHONY: bench-freshness
 bench-freshness: $(STAMP)
 	$(PY) -m bench.freshness $(BENCH_ARGS)
+
+# Small commits: one-chunk writes and chat turns as their small files pile up, folds after 32 commits vs folds by
+# rows only (the baseline, same run), in process; writes bench/results/small-commits.json. About 4 min.
+.PHONY: bench-small-commits
+bench-small-commits: $(STAMP)
+	$(PY) -m bench.small_commits $(BENCH_ARGS)
 
 # LLM speed: the product end to end (WebSocket gateway -> chat function -> LLM service) vs bare llama-cpp-python,
 # same model (the embedded SmolLM2 unless LLM_MODEL_PATH), threads and prompts, first turn and follow-up, one run;

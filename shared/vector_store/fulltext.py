@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from lancedb.index import FTS
 
 from shared.vector_store.schema import CHUNKS_TABLE
-from shared.vector_store.upkeep import WriteCounter, optimize_table, unindexed_rows
+from shared.vector_store.upkeep import WriteCounter, fold_when_due, optimize_table, unindexed_rows
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,6 @@ class FullTextIndex:
     ) -> None:
         self.enabled = enabled
         self.reindex_rows = reindex_rows
-        self.fold_commits = fold_commits
         self.name: str | None = None
         self._optimize_lock = threading.Lock()
         # Unindexed rows as far as this process knows (its own writes since it last read the index
@@ -120,18 +118,11 @@ class FullTextIndex:
         (bench-kinesis). The index statistics (~10 ms) are read here, not after every write."""
         if not self._optimize_lock.acquire(blocking=False):
             return  # another thread is optimizing right now
-        many, commits = self._written.take()
         try:
-            if not many:
-                unindexed = self.unindexed_rows(table)
-                if unindexed < self.reindex_rows:
-                    self._written.credit(unindexed, commits)  # they still count toward a commit-count fold
-                    return
-            started = time.monotonic()
-            self._optimize(table, attempts=3)
-            self._written.folded(time.monotonic() - started)
+            fold_when_due(
+                self._written, self.reindex_rows, lambda: self.unindexed_rows(table), lambda: self._optimize(table, 3)
+            )
         except Exception as exc:  # best effort: the rows stay searchable by the flat scan
-            self._written.credit(self.reindex_rows, commits)  # the next write looks again
             log.warning("updating the full-text index failed (will retry after a later write): %s", type(exc).__name__)
         finally:
             self._optimize_lock.release()

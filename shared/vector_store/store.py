@@ -78,8 +78,9 @@ OPEN_ATTEMPTS = 5
 # optimize (a second or so at 1M messages) runs in the background once per this many rows.
 MESSAGES_FOLD_ROWS = 2_000
 # ... or after this many commits (a turn makes two or three: its claim, its messages), however few rows:
-# each commit leaves a small file that every claim, commit and history read of the table then reads (300
-# turns unfolded: a turn's claim and commit 60 -> 358 ms). Such folds keep to upkeep.FOLD_DUTY of the time.
+# each commit leaves a small file that every claim, commit and history read of the table then reads
+# (make bench-small-commits: unfolded, a turn's claim and commit grew several times over 300 turns).
+# Such folds keep to upkeep.FOLD_DUTY of the time.
 MESSAGES_FOLD_COMMITS = 32
 # The cross-process lease that one vector-index builder at a time holds (leases.py: a reserved key, not
 # a tenant's document), and for how long (renewed every third of it while the build runs).

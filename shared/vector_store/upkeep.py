@@ -168,22 +168,34 @@ class Upkeep:
                     self._cv.notify_all()
 
 
-def scalar_upkeep(table: Any, column: str, counter: WriteCounter, fold_rows: int) -> bool:
-    """Fold new rows into ``table``'s indexes (and compact its small files) when the index on ``column``
-    lacks at least ``fold_rows`` of them (one statistics read) or ``counter``'s commits call for it; one
-    optimize at most. Whether it optimized."""
+def fold_when_due(
+    counter: WriteCounter, fold_rows: int, unindexed: Callable[[], int], optimize: Callable[[], object]
+) -> bool:
+    """The fold a due ``counter`` called for: ``optimize`` (Table.optimize: it folds the new rows into the
+    indexes and compacts the table's small files) when the counter's commits call for it, or else when
+    ``unindexed()`` (one statistics read) reaches ``fold_rows``; what was not folded counts toward the next
+    look. Whether it optimized; a failure is raised, and the next write looks again."""
     many, commits = counter.take()
-    if not many:
-        idx = index_named(table, column)
-        pending = unindexed_rows(table, idx.name if idx is not None else None)
-        if pending < fold_rows:
-            counter.credit(pending, commits)
-            return False
-    started = time.monotonic()
     try:
-        optimize_table(table)
+        if not many:
+            pending = unindexed()
+            if pending < fold_rows:
+                counter.credit(pending, commits)
+                return False
+        started = time.monotonic()
+        optimize()
     except Exception:
-        counter.credit(fold_rows, commits)  # the next write looks again
+        counter.credit(fold_rows, commits)
         raise
     counter.folded(time.monotonic() - started)
     return True
+
+
+def scalar_upkeep(table: Any, column: str, counter: WriteCounter, fold_rows: int) -> bool:
+    """``fold_when_due`` for a table whose indexes are scalar: the rows the index on ``column`` lacks."""
+
+    def unindexed() -> int:
+        idx = index_named(table, column)
+        return unindexed_rows(table, idx.name if idx is not None else None)
+
+    return fold_when_due(counter, fold_rows, unindexed, lambda: optimize_table(table))

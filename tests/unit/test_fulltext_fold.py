@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import shared.vector_store.fulltext as fulltext
+import shared.vector_store.upkeep as upkeep
 from shared.vector_store.fulltext import FullTextIndex
 from shared.vector_store.upkeep import FOLD_DUTY
 
@@ -50,7 +50,7 @@ def write(idx: Recorded, rows: int = 1) -> None:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(fulltext.time, "monotonic", c)
+    monkeypatch.setattr(upkeep.time, "monotonic", c)
     return c
 
 
