@@ -27,6 +27,7 @@ help:
 	@echo "make bench-kinesis - put_record -> searchable p50/p99 through the local Kinesis pipeline, 10 records/s"
 	@echo "make bench-freshness - search latency, S3 requests and cost per query for RAG_READ_CONSISTENCY_S 0/1/10/never (moto)"
 	@echo "make bench-retrieval - search through the gateway vs bare embed + search in one process (added ms p50/p99)"
+	@echo "make bench-embedding - the embedding model on ONNX Runtime vs torch: speed per workload, same top-10 on SciFact"
 	@echo "make bench-small-commits - one-chunk writes and chat turns: folds after 32 commits vs by rows only"
 	@echo "make bench-scale - vector search at 100k/1M chunks (product vs bare LanceDB, folder and S3), history over 1M messages"
 
@@ -143,6 +144,12 @@ bench-kinesis: $(STAMP)
 .PHONY: bench-freshness
 bench-freshness: $(STAMP)
 	$(PY) -m bench.freshness $(BENCH_ARGS)
+
+# Embedding backends: all-MiniLM-L6-v2 on ONNX Runtime (the default) vs torch (the baseline) in one process: a query,
+# a document, a batch of 32; and SciFact top-10 with each. Writes bench/results/embedding.json. About 6 min.
+.PHONY: bench-embedding
+bench-embedding: $(STAMP)
+	$(PY) -m bench.embedding $(BENCH_ARGS)
 
 # Small commits: one-chunk writes and chat turns as their small files pile up, folds after 32 commits vs folds by
 # rows only (the baseline, same run), in process; writes bench/results/small-commits.json. About 4 min.

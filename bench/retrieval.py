@@ -166,7 +166,9 @@ async def measure(stack: Any, key: str, queries: list[str]) -> dict[str, Any]:
         service = build_service(settings)
     with environment(dict(stack.by_name["embedding"].env)):
         emb = EmbeddingSettings()
-    model = await asyncio.to_thread(load_model, emb.model_path, emb.device)
+    model = await asyncio.to_thread(
+        load_model, emb.model_path, emb.device, emb.backend, emb.onnx_dir, emb.onnx_max_tokens
+    )
     store = service.store
     samples: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SIDES} for m in MODES}
     names = ("bare_embed", "embed_http", *(f"bare_search_{m}" for m in MODES))

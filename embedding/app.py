@@ -169,6 +169,8 @@ async def health(request: web.Request) -> web.Response:
             "served_models": request.app[SERVED_KEY],
             "dimension": model.dimension,
             "max_seq_length": model.max_seq_length,
+            "backend": model.backend,
+            "batches_by_backend": model.batches_by_backend,
             "pending_texts": batcher.pending,
             "batches_encoded": batcher.batches_encoded,
             "texts_encoded": batcher.texts_encoded,
@@ -189,7 +191,14 @@ def create_app(settings: Settings | None = None, model: EmbeddingModel | None = 
     async def model_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded = model
         if loaded is None:
-            loaded = await asyncio.to_thread(load_model, settings.model_path, settings.device)
+            loaded = await asyncio.to_thread(
+                load_model,
+                settings.model_path,
+                settings.device,
+                settings.backend,
+                settings.onnx_dir,
+                settings.onnx_max_tokens,
+            )
         app[MODEL_KEY] = loaded
         batcher = MicroBatcher(
             loaded,

@@ -16,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from embedding.onnx_backend import OnnxEncoder, load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,16 @@ def l2_normalize(vectors: Vectors) -> Vectors:
 class EmbeddingModel:
     """A loaded sentence-transformers model. ``encode`` is thread-safe (serialised by a lock)."""
 
-    def __init__(self, st_model: object, name: str) -> None:
+    def __init__(
+        self,
+        st_model: object,
+        name: str,
+        *,
+        backend: str = "torch",
+        onnx_dir: Path | None = None,
+        threads: int | None = None,
+        onnx_max_tokens: int = 2048,
+    ) -> None:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.models import Normalize
         from tokenizers import Tokenizer
@@ -76,17 +89,26 @@ class EmbeddingModel:
             raise ValueError(f"model {name} does not declare its max_seq_length")
         self.max_seq_length: int = int(max_seq_length)
         hf_tokenizer = st_model.tokenizer
-        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
-        if backend is None:
+        rust_tokenizer = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if rust_tokenizer is None:
             raise ValueError(f"model {name} has no fast (Rust) tokenizer, which this service needs")
         # A private copy for counting and START truncation: never reconfigured after this, so it is safe
         # to use from any thread while the model's own tokenizer is busy in the encode thread.
-        self._counter = Tokenizer.from_str(backend.to_str())
+        self._counter = Tokenizer.from_str(rust_tokenizer.to_str())
         self._counter.no_truncation()
         self._counter.no_padding()
         specials = int(hf_tokenizer.num_special_tokens_to_add(pair=False))
         # Content tokens the model reads; the rest of max_seq_length goes to [CLS]/[SEP] and the like.
         self.max_text_tokens: int = max(1, self.max_seq_length - specials)
+        self._onnx: OnnxEncoder | None = None
+        if backend == "onnx":
+            self._onnx = load_onnx(st_model, onnx_dir, threads or os.cpu_count() or 1)
+        elif backend != "torch":
+            raise ValueError(f"unknown embedding backend {backend!r}")
+        # What encodes: "onnx", or "torch" (asked for, or the fallback when the ONNX export is refused).
+        self.backend: str = "onnx" if self._onnx is not None else "torch"
+        self.onnx_max_tokens = onnx_max_tokens
+        self.batches_by_backend: dict[str, int] = {"onnx": 0, "torch": 0}
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens in each text (without special tokens), before any truncation."""
@@ -128,6 +150,12 @@ class EmbeddingModel:
         """Embed ``texts`` as float32 rows (L2-normalised unless ``normalize`` is false). Blocking."""
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
+        if self._onnx is not None:
+            onnx_vectors = self._onnx.encode(texts, self.onnx_max_tokens)
+            if onnx_vectors is not None:
+                self.batches_by_backend["onnx"] += 1
+                return l2_normalize(onnx_vectors) if normalize else onnx_vectors
+        self.batches_by_backend["torch"] += 1
         with self._lock:
             out = self._st.encode(
                 list(texts),
@@ -140,14 +168,23 @@ class EmbeddingModel:
         return l2_normalize(vectors) if normalize else vectors
 
 
-_models: dict[tuple[str, str], EmbeddingModel] = {}
+_models: dict[tuple[str, str, str, int, str], EmbeddingModel] = {}
 _models_lock = threading.Lock()
 
 
-def load_model(model_path: str | None, device: str = "cpu") -> EmbeddingModel:
-    """Load (once per process, then cached) the sentence-transformers model at ``model_path``."""
+def load_model(
+    model_path: str | None,
+    device: str = "cpu",
+    backend: str = "onnx",
+    onnx_dir: Path | None = None,
+    onnx_max_tokens: int = 2048,
+) -> EmbeddingModel:
+    """Load (once per process, then cached) the sentence-transformers model at ``model_path``, its transformer
+    run by ONNX Runtime (``backend="onnx"``, CPU only; exported once into ``onnx_dir``) or by torch."""
     path = model_path or default_model_path()
-    key = (path, device)
+    if device != "cpu":
+        backend = "torch"
+    key = (path, device, backend, onnx_max_tokens, str(onnx_dir))
     with _models_lock:
         cached = _models.get(key)
         if cached is not None:
@@ -159,9 +196,21 @@ def load_model(model_path: str | None, device: str = "cpu") -> EmbeddingModel:
 
             hf_logging.disable_progress_bar()
         log.info("loading embedding model %s on %s", path, device)
-        model = EmbeddingModel(SentenceTransformer(path, device=device), name=path)
+        model = EmbeddingModel(
+            SentenceTransformer(path, device=device),
+            name=path,
+            backend=backend,
+            onnx_dir=onnx_dir,
+            onnx_max_tokens=onnx_max_tokens,
+        )
         model.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
-        log.info("model loaded: dimension %d, max_seq_length %d tokens", model.dimension, model.max_seq_length)
+        model.batches_by_backend = {"onnx": 0, "torch": 0}  # count served batches only
+        log.info(
+            "model loaded: dimension %d, max_seq_length %d tokens, backend %s",
+            model.dimension,
+            model.max_seq_length,
+            model.backend,
+        )
         _models[key] = model
         return model
 

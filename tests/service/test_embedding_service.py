@@ -264,7 +264,7 @@ def test_unknown_model_id(client: Any) -> None:
 
 
 def test_overload_is_throttled_then_recovers(client: Any, service: Service) -> None:
-    big = [f"{i}. {COOKING * 4}" for i in range(MAX_QUEUE)]  # keeps the model busy for a while
+    big = [f"{i}. {COOKING * 10}" for i in range(MAX_QUEUE)]  # ~200 tokens each: keeps the model busy a while
     results: dict[str, Any] = {}
 
     def send_big() -> None:

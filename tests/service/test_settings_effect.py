@@ -179,6 +179,26 @@ async def _device(s: Served) -> str:
     return str(s.client.app[MODEL_KEY]._st.device)
 
 
+async def _model_attr(s: Served, name: str) -> Any:
+    from embedding.app import MODEL_KEY
+
+    return getattr(s.client.app[MODEL_KEY], name)
+
+
+async def _onnx_folder(s: Served) -> str:
+    from embedding.app import MODEL_KEY
+
+    encoder = s.client.app[MODEL_KEY]._onnx
+    return str(encoder.path.parent)
+
+
+async def _backend_counts(s: Served) -> dict[str, int]:
+    from embedding.app import MODEL_KEY
+
+    assert await _embed(s, ["lava"]) == 200
+    return dict(s.client.app[MODEL_KEY].batches_by_backend)
+
+
 async def _big_body(s: Served) -> int:
     resp = await s.client.post(
         f"/model/{EMBEDDING_ID}/invoke", data=json.dumps({"texts": ["x" * 3000], "input_type": "search_document"})
@@ -212,6 +232,9 @@ EMBEDDING: dict[str, Effect] = {
     "EMBEDDING_MAX_INPUT_CHARS": Effect("10", lambda s: _embed(s, ["twenty characters .."])),
     "EMBEDDING_MAX_BODY_BYTES": Effect("1024", _big_body),
     "EMBEDDING_MAX_QUEUE": Effect("3", lambda s: _batcher(s, "max_queue")),
+    "EMBEDDING_BACKEND": Effect("torch", lambda s: _model_attr(s, "backend")),
+    "EMBEDDING_ONNX_MAX_TOKENS": Effect("0", _backend_counts),
+    "EMBEDDING_ONNX_DIR": Effect("{tmp}/onnx", _onnx_folder),
 }
 
 
