@@ -128,10 +128,18 @@ class DocumentLeases:
     it: VectorStore.document_leases)."""
 
     def __init__(
-        self, table: Callable[[], Any], *, compact_every: int = COMPACT_EVERY, keep_versions: timedelta = KEEP_VERSIONS
+        self,
+        table: Callable[[], Any],
+        *,
+        compact_every: int = COMPACT_EVERY,
+        keep_versions: timedelta = KEEP_VERSIONS,
+        background: Callable[[str, Callable[[], object]], None] | None = None,
     ) -> None:
         self._table = table
         self.compact_every = compact_every  # 0: never (compact() still can be called)
+        # Where a due compaction runs: ``background(key, job)`` (the store's upkeep thread), so that the
+        # release that makes it due returns at once; None: in the releasing thread.
+        self._background = background
         self.keep_versions = keep_versions
         self.compactions = 0  # done by this process
         self._commits = 0  # since the last compaction
@@ -146,10 +154,16 @@ class DocumentLeases:
 
     def _compact_if_due(self) -> None:
         """After a release: compact once ``compact_every`` commits have been made since the last compaction
-        (unless another thread of this process is compacting)."""
+        (unless another thread of this process is compacting), in the background when there is one."""
         with self._count_lock:
             if self.compact_every <= 0 or self._commits < self.compact_every:
                 return
+        if self._background is not None:
+            self._background(f"{LEASES_TABLE}.compact", self._compact_now)
+            return
+        self._compact_now()
+
+    def _compact_now(self) -> None:
         if not self._compacting.acquire(blocking=False):
             return
         try:

@@ -172,7 +172,8 @@ class VectorStore:
         self._chunks: Any = None
         self._messages: Any = None
         self._leases: Any = None
-        self._document_leases = DocumentLeases(self._leases_table)
+        # Its compactions (~140 ms every 64 commits) run on the upkeep thread, not in a batch's release.
+        self._document_leases = DocumentLeases(self._leases_table, background=self.upkeep.submit)
 
     # ------------------------------------------------------------------ tables
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from shared.vector_store import CHUNKS_TABLE, VectorStore, chunks_schema
 from shared.vector_store.leases import LEASES_TABLE, DocumentBusy, DocumentLeases, has_primary_key
+from shared.vector_store.upkeep import Upkeep
 from tests.support.timeouts import scaled
 
 T = "alpha"
@@ -217,3 +219,33 @@ def test_old_chunks_tables_get_the_doc_version_column(tmp_path: Path) -> None:
     lancedb.connect(tmp_path).create_table(CHUNKS_TABLE, data=pa.Table.from_pylist([row], schema=old))
     table = VectorStore(str(tmp_path), dimension=4, model_id="test", full_text=False).chunks()
     assert table.to_arrow().column("doc_version").to_pylist() == [None]
+
+
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\):UserWarning")  # one writer: safe here
+def test_a_due_compaction_runs_in_the_background_not_in_the_release(tmp_path: Path) -> None:
+    # The store's leases hand a due compaction to its upkeep thread: the release that makes it due returns
+    # without it (a Kinesis batch used to wait ~140 ms for it every 32 batches), and it is done soon after.
+    upkeep = Upkeep("leases-test")
+    submitted: list[str] = []
+    gate = threading.Event()
+
+    def background(key: str, job: Callable[[], object]) -> None:
+        submitted.append(key)
+
+        def held() -> object:
+            gate.wait(30)
+            return job()
+
+        upkeep.submit(key, held)
+
+    w = DocumentLeases(leases(tmp_path)._table, compact_every=4, keep_versions=timedelta(0), background=background)
+    for i in range(2):
+        w.release(w.try_acquire(T, [f"doc-{i}"], lease_s=60, peek=False))
+    assert submitted == [f"{LEASES_TABLE}.compact"] and w.compactions == 0  # due, handed over, not yet run
+    held = w.acquire(T, ["doc-9"], lease_s=60, wait_s=0)  # the leases work while it waits
+    assert held.doc_ids == {"doc-9"}
+    gate.set()
+    assert upkeep.wait_idle(60)
+    assert w.compactions == 1
+    w.release(held)
+    assert fragments(tmp_path) <= 2
