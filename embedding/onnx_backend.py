@@ -58,8 +58,14 @@ def default_cache_dir() -> Path:
 def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
+    import transformers
 
-    return {"torch": str(torch.__version__), "onnxruntime": str(onnxruntime.__version__)}
+    # transformers too: the exported graph is traced through its modelling code.
+    return {
+        "torch": str(torch.__version__),
+        "onnxruntime": str(onnxruntime.__version__),
+        "transformers": str(transformers.__version__),
+    }
 
 
 def model_key(st: Any, input_names: Sequence[str]) -> str:
@@ -68,7 +74,9 @@ def model_key(st: Any, input_names: Sequence[str]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": EXPORT_FORMAT, "opset": OPSET, "inputs": list(input_names)}).encode())
     digest.update(json.dumps(_versions(), sort_keys=True).encode())
-    digest.update(transformer.config.to_json_string(use_diff=False).encode())
+    config = transformer.config.to_dict()
+    config.pop("_name_or_path", None)  # where the weights were read from: not what they are
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(transformer.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -19,6 +19,7 @@ import embedding.onnx_backend as onnx_backend
 from embedding.model import EmbeddingModel, default_model_path
 from tests.support.procs import TIMEOUT_FACTOR, Service, start_service, stop_service
 
+
 TEXTS = [
     "Vitamin D deficiency is associated with an increased risk of fractures.",
     "ok",
@@ -57,6 +58,21 @@ def test_onnx_gives_torchs_vectors_and_exports_once(tmp_path: Path, st_model: An
     assert again.backend == "onnx"
     assert export.stat().st_mtime_ns == mtime  # the cached export, not a new one
     assert list(tmp_path.glob("*.onnx")) == [export]
+
+
+def test_the_export_is_named_by_the_weights_not_their_path(tmp_path: Path, st_model: Any) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    link = tmp_path / "elsewhere"
+    link.symlink_to(Path(default_model_path()), target_is_directory=True)
+    moved = SentenceTransformer(str(link), device="cpu")
+    names = onnx_backend._input_names(st_model)
+    assert onnx_backend.model_key(moved, names) == onnx_backend.model_key(st_model, names)
+    changed = SentenceTransformer(str(link), device="cpu")
+    with torch.no_grad():
+        next(changed[0].auto_model.parameters()).add_(1e-3)
+    assert onnx_backend.model_key(changed, names) != onnx_backend.model_key(st_model, names)
 
 
 def test_a_damaged_cache_file_is_exported_again(tmp_path: Path, st_model: Any, torch_model: EmbeddingModel) -> None:
