@@ -19,7 +19,6 @@ import embedding.onnx_backend as onnx_backend
 from embedding.model import EmbeddingModel, default_model_path
 from tests.support.procs import TIMEOUT_FACTOR, Service, start_service, stop_service
 
-
 TEXTS = [
     "Vitamin D deficiency is associated with an increased risk of fractures.",
     "ok",
