@@ -79,7 +79,7 @@ def model_key(st: Any, input_names: Sequence[str]) -> str:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(transformer.state_dict().items()):
         digest.update(name.encode())
-        digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))  # no copy
+        digest.update(memoryview(tensor.detach().cpu().contiguous().numpy().reshape(-1)).cast("B"))  # no copy
     return digest.hexdigest()[:32]
 
 
