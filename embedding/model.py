@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from embedding.onnx_backend import OnnxEncoder, load_onnx
+from embedding.onnx_backend import ONNX_MAX_TOKENS, OnnxEncoder, load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class EmbeddingModel:
         backend: str = "torch",
         onnx_dir: Path | None = None,
         threads: int | None = None,
-        onnx_max_tokens: int = 2048,
+        onnx_max_tokens: int = ONNX_MAX_TOKENS,
     ) -> None:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.models import Normalize
@@ -177,7 +177,7 @@ def load_model(
     device: str = "cpu",
     backend: str = "onnx",
     onnx_dir: Path | None = None,
-    onnx_max_tokens: int = 2048,
+    onnx_max_tokens: int = ONNX_MAX_TOKENS,
 ) -> EmbeddingModel:
     """Load (once per process, then cached) the sentence-transformers model at ``model_path``, its transformer
     run by ONNX Runtime (``backend="onnx"``, CPU only; exported once into ``onnx_dir``) or by torch."""

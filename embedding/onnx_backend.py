@@ -43,6 +43,8 @@ OPSET = 17
 # float32 through two runtimes: measured 2e-7 apart on all-MiniLM-L6-v2; 1e-4 is far below what moves a
 # cosine ranking and far above rounding.
 MAX_ABS_ERROR = 1e-4
+# EMBEDDING_ONNX_MAX_TOKENS' default: larger padded batches go to torch (make bench-embedding).
+ONNX_MAX_TOKENS = 2048
 PROBE_TEXTS = (
     "What threshold did the author settle on?",
     "ok",

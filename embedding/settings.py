@@ -12,6 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding.families import DEFAULT_MODEL_MAP, Family
+from embedding.onnx_backend import ONNX_MAX_TOKENS
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
         ),
     )
     onnx_max_tokens: int = Field(
-        default=2048,
+        default=ONNX_MAX_TOKENS,
         ge=0,
         description=(
             "With EMBEDDING_BACKEND=onnx, the largest batch ONNX Runtime encodes, in padded tokens (texts x the "
